@@ -1,0 +1,71 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MonotonicTime
+import Registry
+import RendezvousServer
+
+/// `natchat-server`: the rendezvous server. All of the work is in the RendezvousServer module.
+@main
+struct NatchatServer: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "natchat-server",
+        abstract: "The natchat UDP rendezvous server.",
+        discussion: """
+            Clients register an ID and their private address; the server records the public \
+            endpoint it sees, sends a newcomer the list of registered clients (with private \
+            addresses of those behind the same NAT), tells everyone about joins and leaves, and \
+            evicts a client silent for longer than the keep-alive timeout.
+
+            Event lines (registrations, unregistrations, evictions) go to stdout; diagnostics to stderr.
+            """)
+
+    @Option(help: "UDP port to listen on.")
+    var port: Int = 10080
+
+    @Option(help: "Local address to bind (0.0.0.0: all IPv4 addresses).")
+    var bind: String = "0.0.0.0"
+
+    @Option(help: "Seconds a client may stay silent before it is evicted (strictly more than this).")
+    var keepaliveTimeout: Double = 30
+
+    @Option(help: "Seconds between sweeps for silent clients.")
+    var sweepInterval: Double = 10
+
+    @Option(help: "Most clients registered at once.")
+    var maxClients: Int = 100_000
+
+    @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard keepaliveTimeout > 0, keepaliveTimeout < 86_400 else { throw ValidationError("--keepalive-timeout must be in (0, 86400) seconds") }
+        guard sweepInterval > 0, sweepInterval < 86_400 else { throw ValidationError("--sweep-interval must be in (0, 86400) seconds") }
+        guard maxClients > 0 else { throw ValidationError("--max-clients must be positive") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "natchat.server")
+        let configuration = RendezvousService.Configuration(
+            registry: Registry.Configuration(keepAliveTimeout: .fractionalSeconds(keepaliveTimeout), maxClients: maxClients),
+            sweepInterval: .fractionalSeconds(sweepInterval))
+        try await RendezvousServer.run(host: bind, port: port, configuration: configuration, logger: logger) { line in
+            StandardOutput.writeLine(line)
+        }
+    }
+}
+
+/// Line-buffered stdout that is safe to call from any thread.
+enum StandardOutput {
+    static func writeLine(_ line: String) {
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    }
+}

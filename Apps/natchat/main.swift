@@ -1,0 +1,110 @@
+import AddressDiscovery
+import ArgumentParser
+import ChatClient
+import LineEditor
+import Logging
+import MonotonicTime
+import Wire
+
+/// `natchat`: the chat shell. All of the work is in the ChatClient module.
+@main
+struct Natchat: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "natchat",
+        abstract: "Chat peer to peer over UDP, finding peers through a natchat rendezvous server.",
+        discussion: """
+            Commands: @show_list, @chat <id> <text>, @exit, @help. On a terminal the shell has \
+            line editing, history and Tab completion of commands and peer IDs; with stdin from a \
+            pipe it reads one command per line and end of input acts as @exit.
+            """)
+
+    @Option(help: "Your client ID (1-32 bytes; no space, '@', ':' or control characters). Asked for when missing.")
+    var id: String?
+
+    @Option(help: "Rendezvous server host or IPv4 address. Asked for when missing.")
+    var server: String?
+
+    @Option(help: "Rendezvous server UDP port.")
+    var serverPort: Int = 10080
+
+    @Option(help: "Local UDP port (0 picks any free port).")
+    var port: Int = 10081
+
+    @Option(help: "Local address to bind (0.0.0.0: all).")
+    var bind: String = "0.0.0.0"
+
+    @Option(help: "Seconds between keep-alives to the server.")
+    var keepaliveInterval: Double = 10
+
+    @Option(help: "UDP port that same-NAT peers listen on (the classic protocol sends only their private IP).")
+    var peerPort: Int = 10081
+
+    @Option(help: "History file (default: $XDG_STATE_HOME/natchat/history or ~/.local/state/natchat/history).")
+    var historyFile: String?
+
+    @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "warning"
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard (1...65535).contains(serverPort) else { throw ValidationError("--server-port must be 1...65535") }
+        guard (1...65535).contains(peerPort) else { throw ValidationError("--peer-port must be 1...65535") }
+        guard keepaliveInterval > 0, keepaliveInterval < 86_400 else { throw ValidationError("--keepalive-interval must be in (0, 86400) seconds") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        if let id, let violation = ClientID.violation(in: id) { throw ValidationError("invalid --id: \(violation)") }
+    }
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .warning
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "natchat.client")
+        guard let clientID = try id.map({ try ClientID($0) }) ?? Self.ask("Enter client ID: ", parse: { text in
+            if let violation = ClientID.violation(in: text) { return .failure("invalid ID: \(violation)") }
+            return (try? ClientID(text)).map { .success($0) } ?? .failure("invalid ID")
+        }) else { throw ExitCode(1) }
+        let serverText = server ?? Self.ask("Enter server IP address: ", parse: { text in
+            HostResolver.resolveIPv4(text) != nil ? .success(text) : .failure("cannot resolve '\(text)' to an IPv4 address")
+        })
+        guard let serverText, let serverAddress = HostResolver.resolveIPv4(serverText) else {
+            LineWriter.write("natchat: cannot resolve server '\(serverText ?? "")' to an IPv4 address")
+            throw ExitCode(1)
+        }
+        let options = ChatClientRunner.Options(
+            id: clientID, server: Endpoint(address: serverAddress, port: UInt16(serverPort)),
+            bindAddress: bind, port: port, keepAliveInterval: .fractionalSeconds(keepaliveInterval),
+            peerPrivatePort: UInt16(peerPort), historyPath: historyFile ?? ChatClientRunner.defaultHistoryPath())
+        let status = ChatClientRunner.run(options, logger: logger)
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    enum Answer<Value> {
+        case success(Value)
+        case failure(String)
+    }
+
+    /// The seed's prompts: asks on stdout, reads a line from stdin; asks again (at most 5
+    /// times) while the answer is invalid; `nil` at end of input.
+    static func ask<Value>(_ prompt: String, parse: (String) -> Answer<Value>) -> Value? {
+        for _ in 0..<5 {
+            LineWriter.writeRaw(prompt)
+            guard let line = readLine(strippingNewline: true) else { return nil }
+            switch parse(line.trimmingCharacters(in: " \t")) {
+            case .success(let value): return value
+            case .failure(let why): LineWriter.write(why)
+            }
+        }
+        return nil
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        let isTrimmed: (Character) -> Bool = { set.contains($0) }
+        guard let first = firstIndex(where: { !isTrimmed($0) }), let last = lastIndex(where: { !isTrimmed($0) }) else { return "" }
+        return String(self[first...last])
+    }
+}

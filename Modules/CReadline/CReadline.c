@@ -1,0 +1,159 @@
+#include "CReadline.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <readline/readline.h>
+#include <readline/history.h>
+
+typedef struct {
+    char **words;
+    int count;
+} word_list;
+
+static word_list commands;
+static word_list peers;
+static char *pending_line;
+static int pending_state; /* 0 none, 1 line, 2 eof */
+
+static void clear_list(word_list *list) {
+    for (int i = 0; i < list->count; i++) free(list->words[i]);
+    free(list->words);
+    list->words = NULL;
+    list->count = 0;
+}
+
+static void set_list(word_list *list, const char *const *words, int count) {
+    clear_list(list);
+    if (count <= 0) return;
+    list->words = calloc((size_t)count, sizeof(char *));
+    if (!list->words) return;
+    for (int i = 0; i < count; i++) {
+        list->words[list->count] = strdup(words[i] ? words[i] : "");
+        if (list->words[list->count]) list->count++;
+    }
+}
+
+void natchat_rl_set_commands(const char *const *words, int count) { set_list(&commands, words, count); }
+void natchat_rl_set_peers(const char *const *words, int count) { set_list(&peers, words, count); }
+
+static const word_list *list_for(const char *line, int start) {
+    int i = 0;
+    while (i < start && line[i] == ' ') i++;
+    if (i == start) return &commands; /* completing the first word */
+    if (strncmp(line + i, "@chat ", 6) != 0) return NULL;
+    int j = i + 6;
+    while (j < start && line[j] == ' ') j++;
+    if (j != start) return NULL; /* past the peer ID: free text, nothing to complete */
+    return &peers;
+}
+
+char **natchat_rl_candidates(const char *line, int start, const char *text) {
+    if (!line || !text || start < 0 || (size_t)start > strlen(line)) return NULL;
+    const word_list *list = list_for(line, start);
+    if (!list || list->count == 0) return NULL;
+    size_t prefix = strlen(text);
+    char **result = calloc((size_t)list->count + 2, sizeof(char *));
+    if (!result) return NULL;
+    int n = 0;
+    for (int i = 0; i < list->count; i++) {
+        if (strncmp(list->words[i], text, prefix) == 0) {
+            char *copy = strdup(list->words[i]);
+            if (copy) result[1 + n++] = copy;
+        }
+    }
+    if (n == 0) { free(result); return NULL; }
+    /* readline's convention: result[0] is the longest common prefix of the matches. */
+    size_t common = strlen(result[1]);
+    for (int i = 2; i <= n; i++) {
+        size_t k = 0;
+        while (k < common && result[i][k] == result[1][k]) k++;
+        common = k;
+    }
+    result[0] = strndup(result[1], common);
+    if (!result[0]) { natchat_rl_free_candidates(result + 1); free(result); return NULL; }
+    return result;
+}
+
+void natchat_rl_free_candidates(char **candidates) {
+    if (!candidates) return;
+    for (int i = 0; candidates[i]; i++) free(candidates[i]);
+    free(candidates);
+}
+
+static char **attempted_completion(const char *text, int start, int end) {
+    (void)end;
+    rl_attempted_completion_over = 1; /* never fall back to file names */
+    return natchat_rl_candidates(rl_line_buffer, start, text);
+}
+
+static void line_handler(char *line) {
+    if (!line) {
+        pending_state = 2;
+        return;
+    }
+    free(pending_line);
+    pending_line = line;
+    pending_state = 1;
+}
+
+void natchat_rl_install(const char *prompt) {
+    rl_catch_signals = 0;
+    rl_catch_sigwinch = 1;
+    rl_readline_name = "natchat";
+    rl_attempted_completion_function = attempted_completion;
+    rl_basic_word_break_characters = " ";
+    rl_callback_handler_install(prompt, line_handler);
+}
+
+void natchat_rl_remove(void) {
+    rl_callback_handler_remove();
+}
+
+void natchat_rl_read_char(void) { rl_callback_read_char(); }
+
+int natchat_rl_take_line(char **line) {
+    int state = pending_state;
+    pending_state = 0;
+    if (state == 1) {
+        *line = pending_line;
+        pending_line = NULL;
+    }
+    return state;
+}
+
+void natchat_rl_print_above(const char *text) {
+    /* Save what the user typed, wipe the prompt line, print, then redraw it intact. */
+    int saved_point = rl_point;
+    char *saved_line = rl_copy_text(0, rl_end);
+    rl_save_prompt();
+    rl_replace_line("", 0);
+    rl_redisplay();
+    fputs("\r\033[K", rl_outstream ? rl_outstream : stdout);
+    fputs(text, rl_outstream ? rl_outstream : stdout);
+    fputc('\n', rl_outstream ? rl_outstream : stdout);
+    fflush(rl_outstream ? rl_outstream : stdout);
+    rl_restore_prompt();
+    if (saved_line) {
+        rl_replace_line(saved_line, 0);
+        free(saved_line);
+    }
+    rl_point = saved_point;
+    rl_on_new_line();
+    rl_redisplay();
+}
+
+int natchat_rl_history_load(const char *path) {
+    using_history();
+    return read_history(path);
+}
+
+void natchat_rl_history_add(const char *line) {
+    if (line && *line) add_history(line);
+}
+
+int natchat_rl_history_save(const char *path, int max_entries) {
+    int status = write_history(path);
+    if (status == 0 && max_entries > 0) status = history_truncate_file(path, max_entries);
+    return status;
+}

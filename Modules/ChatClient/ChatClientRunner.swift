@@ -1,0 +1,124 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import AddressDiscovery
+import LineEditor
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import Transport
+import Wire
+
+/// Wires a ``ChatClientService`` to a UDP socket and a console, and runs the shell until
+/// `@exit`, end of input, SIGINT or SIGTERM — unregistering before it returns.
+public enum ChatClientRunner {
+    /// Everything the `natchat` command line decides.
+    public struct Options: Sendable {
+        public var id: ClientID
+        public var server: Endpoint
+        public var bindAddress: String
+        public var port: Int
+        public var keepAliveInterval: Duration
+        public var peerPrivatePort: UInt16
+        public var historyPath: String?
+        /// Use readline (`nil`: when stdin and stdout are terminals).
+        public var interactive: Bool?
+
+        public init(id: ClientID, server: Endpoint, bindAddress: String = "0.0.0.0", port: Int = 10081,
+                    keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
+                    historyPath: String? = ChatClientRunner.defaultHistoryPath(), interactive: Bool? = nil) {
+            self.id = id
+            self.server = server
+            self.bindAddress = bindAddress
+            self.port = port
+            self.keepAliveInterval = keepAliveInterval
+            self.peerPrivatePort = peerPrivatePort
+            self.historyPath = historyPath
+            self.interactive = interactive
+        }
+    }
+
+    /// `$XDG_STATE_HOME/natchat/history`, else `~/.local/state/natchat/history`; the folder
+    /// is created (owner-only). `nil` when there is no home.
+    public static func defaultHistoryPath() -> String? {
+        let environment = { (name: String) -> String? in getenv(name).map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } }
+        let base: String
+        if let state = environment("XDG_STATE_HOME") {
+            base = state
+        } else if let home = environment("HOME") {
+            base = home + "/.local/state"
+        } else {
+            return nil
+        }
+        let folder = base + "/natchat"
+        var path = ""
+        for component in folder.split(separator: "/") {
+            path += "/" + component
+            mkdir(path, 0o700)
+        }
+        return folder + "/history"
+    }
+
+    /// The private address to report: the bound address when one was given, else the
+    /// address the kernel would use towards the server.
+    public static func privateAddress(bindAddress: String, server: Endpoint) -> IPv4Address {
+        if let bound = try? IPv4Address(parsing: bindAddress), bound.bits != 0 { return bound }
+        return (try? PrivateAddress.discover(towards: server)) ?? IPv4Address(127, 0, 0, 1)
+    }
+
+    /// Runs the client; returns the process exit status.
+    public static func run(_ options: Options, logger: Logger) -> Int32 {
+        let interactive = options.interactive ?? standardStreamsAreTerminals()
+        let console: any Console = interactive
+            ? ReadlineConsole(prompt: "\(options.id)> ", commands: Command.names, historyPath: options.historyPath)
+            : PlainConsole()
+        let refused = Atomic<Bool>(false)
+        let configuration = ChatClientService.Configuration(
+            id: options.id, server: options.server,
+            privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server),
+            keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort)
+        let sinks = ChatClientService.Sinks(
+            display: { console.show($0) },
+            peersChanged: { console.setCompletionPeers($0) },
+            registrationRefused: { _ in
+                refused.store(true, ordering: .relaxed)
+                console.stop()
+            })
+        let host: DatagramHost<ChatClientService>
+        do {
+            host = try DatagramHost.bindBlocking(host: options.bindAddress, port: options.port,
+                                                 group: MultiThreadedEventLoopGroup.singleton, logger: logger) {
+                ChatClientService(configuration: configuration, sinks: sinks, logger: logger)
+            }
+        } catch {
+            LineWriter.write("natchat: cannot bind UDP \(options.bindAddress):\(options.port): \(error)")
+            return 1
+        }
+        host.perform { service, output, now in service.start(now: now, output: &output) }
+        TerminationSignal.onSignal { _ in console.stop() }
+
+        console.run { line in
+            let command: Command?
+            do {
+                command = try Command.parse(line)
+            } catch {
+                console.show("\(error)")
+                return .keepReading
+            }
+            guard let command else { return .keepReading }
+            if command == .exit { return .stop }
+            host.perform { service, output, now in service.handle(command, now: now, output: &output) }
+            return .keepReading
+        }
+        if refused.load(ordering: .relaxed) {
+            console.show("* registration refused; choose another ID with --id")
+            return 2
+        }
+        host.performBlocking { service, output, now in service.leave(now: now, output: &output) }
+        LineWriter.write("* bye")
+        return 0
+    }
+}

@@ -1,0 +1,71 @@
+import MonotonicTime
+
+/// The server's side of keep-alive: when each client was last heard, and which have been
+/// silent for longer than the timeout.
+///
+/// A client is expired when it has been silent for *strictly more* than ``timeout``
+/// (the seed's `time() - last > 30`): silent for exactly the timeout, it survives that
+/// sweep. ``expire(now:)`` costs time in proportion to the entries it looks at, not to the
+/// table: touches are queued in time order and stale queue entries are skipped lazily.
+public struct LivenessTable<Key: Hashable & Sendable>: Sendable {
+    /// How long a client may stay silent.
+    public var timeout: Duration
+
+    private var lastHeard: [Key: Instant] = [:]
+    private var queue: [(key: Key, heard: Instant)] = []
+    private var queueHead = 0
+
+    public init(timeout: Duration = .seconds(30)) {
+        self.timeout = timeout
+    }
+
+    /// Number of live entries.
+    public var count: Int { lastHeard.count }
+
+    /// When `key` was last heard, if it is in the table.
+    public func lastHeard(_ key: Key) -> Instant? { lastHeard[key] }
+
+    /// Whether `key` is in the table and has been silent for more than the timeout at `now`.
+    public func isExpired(_ key: Key, now: Instant) -> Bool {
+        guard let heard = lastHeard[key] else { return false }
+        return now - heard > timeout
+    }
+
+    /// Records that `key` was heard at `now` (adds it when new).
+    public mutating func touch(_ key: Key, now: Instant) {
+        if let previous = lastHeard[key], previous >= now { return }
+        lastHeard[key] = now
+        queue.append((key, now))
+    }
+
+    /// Forgets `key` (it left).
+    public mutating func remove(_ key: Key) {
+        lastHeard[key] = nil
+    }
+
+    /// Removes and returns every key silent for more than the timeout at `now`, oldest first.
+    public mutating func expire(now: Instant) -> [Key] {
+        var expired: [Key] = []
+        while queueHead < queue.count {
+            let entry = queue[queueHead]
+            guard now - entry.heard > timeout else { break }
+            queueHead += 1
+            if lastHeard[entry.key] == entry.heard {
+                lastHeard[entry.key] = nil
+                expired.append(entry.key)
+            }
+        }
+        compactQueueIfWorthIt()
+        return expired
+    }
+
+    private mutating func compactQueueIfWorthIt() {
+        if queueHead > 1024, queueHead * 2 > queue.count {
+            queue.removeFirst(queueHead)
+            queueHead = 0
+        } else if queueHead == queue.count {
+            queue.removeAll(keepingCapacity: true)
+            queueHead = 0
+        }
+    }
+}

@@ -1,0 +1,169 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import CReadline
+import Synchronization
+
+/// The interactive console: GNU readline line editing, persistent bounded history, Tab
+/// completion of commands and of peer IDs after `@chat `, and lines from the network
+/// printed above the prompt with the half-typed line restored.
+///
+/// readline's state is process-wide C globals, so every readline call happens on the one
+/// thread that runs ``run(onLine:)``. Other threads only queue work (lines to show, new
+/// completion words) and wake that thread through a pipe.
+public final class ReadlineConsole: Console {
+    private struct Pending {
+        var lines: [String] = []
+        var peers: [String]?
+        var stopRequested = false
+    }
+
+    private let prompt: String
+    private let commands: [String]
+    private let historyPath: String?
+    private let historyLimit: Int
+    private let pending = Mutex(Pending())
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+
+    /// - Parameters:
+    ///   - commands: words Tab completes at the start of a line.
+    ///   - historyPath: where history is kept across runs (`nil`: not kept).
+    ///   - historyLimit: most history lines kept in the file.
+    public init(prompt: String = "> ", commands: [String], historyPath: String?, historyLimit: Int = 1000) {
+        self.prompt = prompt
+        self.commands = commands
+        self.historyPath = historyPath
+        self.historyLimit = historyLimit
+        var fds: [Int32] = [-1, -1]
+        if pipe(&fds) == 0 {
+            _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
+        }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+    }
+
+    public func show(_ text: String) {
+        pending.withLock { $0.lines.append(text) }
+        wake()
+    }
+
+    public func setCompletionPeers(_ ids: [String]) {
+        pending.withLock { $0.peers = ids }
+        wake()
+    }
+
+    public func stop() {
+        pending.withLock { $0.stopRequested = true }
+        wake()
+    }
+
+    public func run(onLine: (String) -> LineDisposition) {
+        if let historyPath { _ = natchat_rl_history_load(historyPath) }
+        withCStrings(commands) { natchat_rl_set_commands($0, Int32(commands.count)) }
+        natchat_rl_install(prompt)
+        defer {
+            natchat_rl_remove()
+            if let historyPath { _ = natchat_rl_history_save(historyPath, Int32(historyLimit)) }
+        }
+        // Every iteration blocks in poll(2) until a key or a wake-up arrives: no busy loop.
+        var fds = [pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+        while true {
+            if drainPending() { return }
+            fds[0].revents = 0
+            fds[1].revents = 0
+            let ready = poll(&fds, 2, -1)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            if fds[1].revents != 0 { drainWakePipe() }
+            if drainPending() { return }
+            if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                natchat_rl_read_char()
+                var line: UnsafeMutablePointer<CChar>?
+                switch natchat_rl_take_line(&line) {
+                case 1:
+                    guard let line else { continue }
+                    let text = String(cString: line)
+                    free(line)
+                    if !text.trimmingSpaces.isEmpty { natchat_rl_history_add(text) }
+                    if onLine(text) == .stop { return }
+                case 2:
+                    return
+                default:
+                    continue
+                }
+            }
+        }
+    }
+
+    /// Shows queued lines and takes new completion words; `true` when asked to stop.
+    private func drainPending() -> Bool {
+        let work = pending.withLock { state -> Pending in
+            defer { state.lines.removeAll(); state.peers = nil }
+            return state
+        }
+        if let peers = work.peers {
+            withCStrings(peers) { natchat_rl_set_peers($0, Int32(peers.count)) }
+        }
+        for line in work.lines { natchat_rl_print_above(line) }
+        return work.stopRequested
+    }
+
+    private func wake() {
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
+    }
+
+    private func drainWakePipe() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while read(wakeRead, &buffer, buffer.count) > 0 {}
+    }
+}
+
+/// Tab completion candidates, as readline sees them: for the word at `start` with prefix
+/// `text` in `line`. Commands complete the first word, peer IDs the word after `@chat `.
+/// The first element is the longest common prefix (readline's convention).
+public enum Completion {
+    public static func candidates(line: String, start: Int, text: String, commands: [String], peers: [String]) -> [String] {
+        withCStrings(commands) { natchat_rl_set_commands($0, Int32(commands.count)) }
+        withCStrings(peers) { natchat_rl_set_peers($0, Int32(peers.count)) }
+        guard let array = natchat_rl_candidates(line, Int32(start), text) else { return [] }
+        defer { natchat_rl_free_candidates(array) }
+        var result: [String] = []
+        var index = 0
+        while let item = array[index] {
+            result.append(String(cString: item))
+            index += 1
+        }
+        return result
+    }
+}
+
+private func withCStrings(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>?) -> Void) {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    defer { pointers.forEach { free($0) } }
+    pointers.withUnsafeMutableBufferPointer { buffer in
+        buffer.baseAddress.map { base in
+            base.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) { body($0) }
+        } ?? body(nil)
+    }
+}
+
+extension String {
+    var trimmingSpaces: Substring {
+        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else { return "" }
+        return self[first...last]
+    }
+}

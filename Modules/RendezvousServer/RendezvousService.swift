@@ -1,0 +1,104 @@
+import Logging
+import MonotonicTime
+import NIOCore
+import Registry
+import Transport
+import Wire
+
+/// The rendezvous server's driver: decodes each datagram, hands it to the ``Registry``,
+/// sends what the registry asks for and prints the seed's event lines.
+///
+/// It is a ``DatagramDriver``: all of its methods run on one event loop and take the time
+/// as an argument, so tests drive it without sockets or clocks.
+public final class RendezvousService: DatagramDriver {
+    /// Server settings.
+    public struct Configuration: Sendable {
+        public var registry: Registry.Configuration
+        /// How often silent clients are swept out (10 s classic).
+        public var sweepInterval: Duration
+
+        public init(registry: Registry.Configuration = .init(), sweepInterval: Duration = .seconds(10)) {
+            self.registry = registry
+            self.sweepInterval = sweepInterval
+        }
+    }
+
+    /// What the server counted since it started.
+    public struct Counters: Sendable, Hashable {
+        /// Datagrams that decoded to no message.
+        public var malformed = 0
+        /// Messages that changed nothing (unknown ID, wrong endpoint, not for the server).
+        public var ignored = 0
+        public var refused = 0
+        public var registrations = 0
+        public var evictions = 0
+    }
+
+    public private(set) var registry: Registry
+    public private(set) var counters = Counters()
+    private let configuration: Configuration
+    private let printLine: @Sendable (String) -> Void
+    private let logger: Logger
+    private var nextSweep: Instant?
+
+    /// - Parameter printLine: receives the operator's event lines (stdout in the app).
+    public init(configuration: Configuration, logger: Logger, printLine: @escaping @Sendable (String) -> Void) {
+        self.configuration = configuration
+        self.registry = Registry(configuration: configuration.registry)
+        self.logger = logger
+        self.printLine = printLine
+    }
+
+    public func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
+        let message: ClassicMessage
+        do {
+            message = try ClassicMessage.decode(payload.readableBytesView)
+        } catch {
+            counters.malformed += 1
+            logger.debug("dropped malformed datagram", metadata: ["from": "\(source)", "error": "\(error)"])
+            return
+        }
+        perform(registry.receive(message, from: source, now: now), output: &output)
+        if nextSweep == nil, registry.count > 0 { nextSweep = now + configuration.sweepInterval }
+    }
+
+    public func timeout(now: Instant, output: inout DatagramOutput) {
+        guard let due = nextSweep, now >= due else { return }
+        perform(registry.sweep(now: now), output: &output)
+        nextSweep = registry.count > 0 ? now + configuration.sweepInterval : nil
+    }
+
+    public func nextDeadline() -> Instant? { nextSweep }
+
+    private func perform(_ actions: [Registry.Action], output: inout DatagramOutput) {
+        for action in actions {
+            switch action {
+            case .send(let message, let destination):
+                output.send(message.encode(), to: destination)
+            case .report(let event):
+                report(event)
+            }
+        }
+    }
+
+    private func report(_ event: Registry.Event) {
+        switch event {
+        case .registered(let entry):
+            counters.registrations += 1
+            printLine(ClassicMessage.peer(entry.id, entry.publicEndpoint).text)
+        case .refreshed(let entry):
+            logger.debug("registration refreshed", metadata: ["id": "\(entry.id)", "from": "\(entry.publicEndpoint)"])
+        case .unregistered(let entry):
+            printLine(ClassicMessage.unregistered(entry.id, entry.publicEndpoint).text)
+        case .evicted(let entry):
+            counters.evictions += 1
+            printLine(ClassicMessage.offline(entry.id, entry.publicEndpoint).text)
+        case .refused(let id, let source, let refusal):
+            counters.refused += 1
+            logger.info("registration refused", metadata: ["id": "\(id)", "from": "\(source)", "reason": "\(refusal)"])
+        case .ignored(let message, let source, let reason):
+            counters.ignored += 1
+            logger.debug("ignored message", metadata: ["message": "\(message.text.prefix(80))", "from": "\(source)", "reason": "\(reason)"])
+        }
+    }
+}

@@ -1,0 +1,104 @@
+import Logging
+import MonotonicTime
+import NIOCore
+import NIOPosix
+import Wire
+
+/// A bound UDP socket with a ``DatagramDriver`` behind it: the whole I/O layer of a
+/// natchat node. Create it with ``bind(host:port:group:logger:makeDriver:)``.
+public final class DatagramHost<Driver: DatagramDriver>: Sendable {
+    /// The channel's local address.
+    public let localAddress: SocketAddress?
+    private let channel: any Channel
+    private let handler: NIOLoopBound<DatagramDriverHandler<Driver>>
+
+    private init(channel: any Channel, handler: NIOLoopBound<DatagramDriverHandler<Driver>>) {
+        self.channel = channel
+        self.handler = handler
+        self.localAddress = channel.localAddress
+    }
+
+    /// Binds a UDP socket on `host:port` (port 0 picks one) and attaches the driver that
+    /// `makeDriver` builds; `makeDriver` runs on the channel's event loop.
+    public static func bind(host: String, port: Int, group: any EventLoopGroup, logger: Logger,
+                            receiveBufferBytes: Int = 1 << 20,
+                            makeDriver: @escaping @Sendable () -> Driver) async throws -> DatagramHost {
+        try await bindFuture(host: host, port: port, group: group, logger: logger,
+                             receiveBufferBytes: receiveBufferBytes, makeDriver: makeDriver).get()
+    }
+
+    static func bindFuture(host: String, port: Int, group: any EventLoopGroup, logger: Logger,
+                           receiveBufferBytes: Int,
+                           makeDriver: @escaping @Sendable () -> Driver) -> EventLoopFuture<DatagramHost> {
+        let bootstrap = DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferBytes))
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 2048))
+            .channelOption(.datagramVectorReadMessageCount, value: 32)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = DatagramDriverHandler(driver: makeDriver(), logger: logger)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        return bootstrap.bind(host: host, port: port).flatMap { channel in
+            channel.pipeline.handler(type: DatagramDriverHandler<Driver>.self).map { handler in
+                DatagramHost(channel: channel, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop))
+            }
+        }
+    }
+
+    /// Runs `body` on the event loop with the driver, an output to queue datagrams in, and
+    /// the time; the queued datagrams are sent when it returns.
+    public func perform(_ body: @escaping @Sendable (Driver, inout DatagramOutput, Instant) -> Void) {
+        let handler = self.handler
+        channel.eventLoop.execute {
+            handler.value.perform(body)
+        }
+    }
+
+    /// Like ``perform(_:)``, waiting for it to finish and returning its result.
+    public func performAndWait<Result: Sendable>(
+        _ body: @escaping @Sendable (Driver, inout DatagramOutput, Instant) -> Result
+    ) async throws -> Result {
+        let handler = self.handler
+        return try await channel.eventLoop.submit {
+            var result: Result?
+            handler.value.perform { driver, output, now in result = body(driver, &output, now) }
+            guard let result else { preconditionFailure("perform runs its body synchronously") }
+            return result
+        }.get()
+    }
+
+    /// The transport's counters.
+    public func statistics() async throws -> TransportStatistics {
+        let handler = self.handler
+        return try await channel.eventLoop.submit { handler.value.statistics }.get()
+    }
+
+    /// Closes the socket.
+    public func close() async {
+        try? await channel.close()
+    }
+
+    /// Completes when the socket is closed.
+    public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
+}
+
+extension DatagramHost {
+    /// ``bind(host:port:group:logger:receiveBufferBytes:makeDriver:)`` for synchronous
+    /// callers (a command-line main thread that will own the terminal).
+    public static func bindBlocking(host: String, port: Int, group: any EventLoopGroup, logger: Logger,
+                                    receiveBufferBytes: Int = 1 << 20,
+                                    makeDriver: @escaping @Sendable () -> Driver) throws -> DatagramHost {
+        try bindFuture(host: host, port: port, group: group, logger: logger,
+                       receiveBufferBytes: receiveBufferBytes, makeDriver: makeDriver).wait()
+    }
+
+    /// ``perform(_:)``, blocking the calling (non-event-loop) thread until it has run and
+    /// its datagrams have been written.
+    public func performBlocking(_ body: @escaping @Sendable (Driver, inout DatagramOutput, Instant) -> Void) {
+        let handler = self.handler
+        try? channel.eventLoop.submit { handler.value.perform(body) }.wait()
+    }
+}

@@ -1,0 +1,116 @@
+import Logging
+import MonotonicTime
+import NIOCore
+import Wire
+
+/// Counters the transport keeps for the operator.
+public struct TransportStatistics: Sendable, Hashable {
+    public var datagramsReceived = 0
+    public var datagramsSent = 0
+    /// Datagrams from a non-IPv4 source, dropped.
+    public var nonIPv4Dropped = 0
+    /// Send or socket errors; each belongs to one destination and never closes the socket.
+    public var errors = 0
+}
+
+/// The thin channel handler that feeds a ``DatagramDriver`` from a UDP channel: it
+/// converts addresses, hands each datagram to the driver, writes what the driver queued
+/// once per read batch, and keeps one timer armed for the driver's next deadline.
+public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInboundHandler {
+    public typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    public typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    public let driver: Driver
+    public private(set) var statistics = TransportStatistics()
+    private let clock: any InstantSource
+    private let logger: Logger
+    private var output: DatagramOutput
+    private var context: ChannelHandlerContext?
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: Instant?
+
+    public init(driver: Driver, clock: any InstantSource = SystemClock(), logger: Logger = Logger(label: "natchat.transport")) {
+        self.driver = driver
+        self.clock = clock
+        self.logger = logger
+        self.output = DatagramOutput()
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        output = DatagramOutput(allocator: context.channel.allocator)
+        if context.channel.isActive { armTimer() }
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        armTimer()
+        context.fireChannelActive()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        self.context = nil
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        statistics.datagramsReceived += 1
+        guard let source = Endpoint(envelope.remoteAddress) else {
+            statistics.nonIPv4Dropped += 1
+            return
+        }
+        driver.receive(envelope.data, from: source, now: clock.now(), output: &output)
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        flush()
+        context.fireChannelReadComplete()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A send error (ENETUNREACH towards a private address, ECONNREFUSED from an ICMP
+        // port-unreachable) concerns one destination: count it and keep the socket open.
+        statistics.errors += 1
+        logger.debug("datagram error", metadata: ["error": "\(error)"])
+    }
+
+    /// Runs `body` against the driver (on the event loop), then sends what it queued.
+    public func perform(_ body: (Driver, inout DatagramOutput, Instant) -> Void) {
+        body(driver, &output, clock.now())
+        flush()
+    }
+
+    private func flush() {
+        guard let context else { return }
+        let datagrams = output.drain()
+        if !datagrams.isEmpty {
+            for (destination, payload) in datagrams {
+                let envelope = AddressedEnvelope(remoteAddress: destination.socketAddress, data: payload)
+                context.write(wrapOutboundOut(envelope), promise: nil)
+            }
+            statistics.datagramsSent += datagrams.count
+            context.flush()
+        }
+        armTimer()
+    }
+
+    private func armTimer() {
+        guard let context else { return }
+        let wanted = driver.nextDeadline()
+        if wanted == timerDeadline, timer != nil { return }
+        timer?.cancel()
+        timer = nil
+        timerDeadline = wanted
+        guard let wanted else { return }
+        let delay = max(0, (wanted - clock.now()).nanosecondsClamped)
+        let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: .nanoseconds(delay)) {
+            let handler = loopBoundSelf.value
+            handler.timer = nil
+            handler.timerDeadline = nil
+            handler.driver.timeout(now: handler.clock.now(), output: &handler.output)
+            handler.flush()
+        }
+    }
+}

@@ -1,0 +1,74 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// One library target per module under Modules/, two thin executables under Apps/.
+// Every library is usable on its own; the dependency arrows only point "down"
+// (Wire and MonotonicTime at the bottom, Transport and the two node modules on top).
+let swiftSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+func module(_ name: String, _ deps: [Target.Dependency] = []) -> Target {
+    .target(name: name, dependencies: deps, path: "Modules/\(name)", swiftSettings: swiftSettings)
+}
+
+func tests(_ name: String, _ deps: [Target.Dependency]) -> Target {
+    .testTarget(name: "\(name)Tests", dependencies: deps, path: "Tests/\(name)Tests", swiftSettings: swiftSettings)
+}
+
+let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
+let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
+let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
+let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
+
+let package = Package(
+    name: "natchat",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "natchat-server", targets: ["natchat-server"]),
+        .executable(name: "natchat", targets: ["natchat"]),
+        .library(name: "Wire", targets: ["Wire"]),
+        .library(name: "MonotonicTime", targets: ["MonotonicTime"]),
+        .library(name: "AddressDiscovery", targets: ["AddressDiscovery"]),
+        .library(name: "NATGrouping", targets: ["NATGrouping"]),
+        .library(name: "KeepAlive", targets: ["KeepAlive"]),
+        .library(name: "Registry", targets: ["Registry"]),
+        .library(name: "ChatRouter", targets: ["ChatRouter"]),
+        .library(name: "Transport", targets: ["Transport"]),
+        .library(name: "LineEditor", targets: ["LineEditor"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        module("MonotonicTime"),
+        module("Wire"),
+        module("AddressDiscovery", ["Wire"]),
+        module("NATGrouping", ["Wire"]),
+        module("KeepAlive", ["MonotonicTime"]),
+        module("Registry", ["Wire", "NATGrouping", "KeepAlive", "MonotonicTime"]),
+        module("ChatRouter", ["Wire", "NATGrouping"]),
+        module("Transport", ["Wire", "MonotonicTime", nioCore, nioPosix, logging]),
+        // A small C shim over GNU readline (Debian: libreadline-dev). readline's state is C
+        // globals, so the shim keeps every access to them in C and the Swift side calls it
+        // from one thread only (see LineEditor.ReadlineTerminal).
+        .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
+        module("LineEditor", ["CReadline"]),
+        module("RendezvousServer", ["Wire", "Registry", "MonotonicTime", "Transport", nioCore, logging]),
+        module("ChatClient", ["Wire", "ChatRouter", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", nioCore, logging]),
+        .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", argumentParser, logging],
+                          path: "Apps/natchat-server", swiftSettings: swiftSettings),
+        .executableTarget(name: "natchat", dependencies: ["ChatClient", argumentParser, logging],
+                          path: "Apps/natchat", swiftSettings: swiftSettings),
+        tests("Wire", ["Wire"]),
+        tests("NATGrouping", ["NATGrouping", "Wire"]),
+        tests("KeepAlive", ["KeepAlive", "MonotonicTime"]),
+        tests("Registry", ["Registry", "Wire", "MonotonicTime"]),
+        tests("ChatRouter", ["ChatRouter", "Wire"]),
+        tests("AddressDiscovery", ["AddressDiscovery", "Wire"]),
+        tests("Transport", ["Transport", "Wire", "MonotonicTime", nioCore, nioEmbedded]),
+        tests("RendezvousServer", ["RendezvousServer", "Wire", "MonotonicTime"]),
+        tests("ChatClient", ["ChatClient", "Wire", "MonotonicTime"]),
+    ]
+)
