@@ -18,6 +18,7 @@ let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
 let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto")
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
 
 let package = Package(
@@ -29,8 +30,12 @@ let package = Package(
         .library(name: "Wire", targets: ["Wire"]),
         .library(name: "MonotonicTime", targets: ["MonotonicTime"]),
         .library(name: "AddressDiscovery", targets: ["AddressDiscovery"]),
+        .library(name: "STUN", targets: ["STUN"]),
         .library(name: "NATGrouping", targets: ["NATGrouping"]),
         .library(name: "KeepAlive", targets: ["KeepAlive"]),
+        .library(name: "HolePunch", targets: ["HolePunch"]),
+        .library(name: "Delivery", targets: ["Delivery"]),
+        .library(name: "Relay", targets: ["Relay"]),
         .library(name: "Registry", targets: ["Registry"]),
         .library(name: "ChatRouter", targets: ["ChatRouter"]),
         .library(name: "Transport", targets: ["Transport"]),
@@ -40,35 +45,42 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         module("MonotonicTime"),
         module("Wire"),
-        module("AddressDiscovery", ["Wire"]),
+        module("STUN", ["Wire"]),
+        module("AddressDiscovery", ["Wire", "STUN", "MonotonicTime"]),
         module("NATGrouping", ["Wire"]),
         module("KeepAlive", ["MonotonicTime"]),
-        module("Registry", ["Wire", "NATGrouping", "KeepAlive", "MonotonicTime"]),
-        module("ChatRouter", ["Wire", "NATGrouping"]),
+        module("HolePunch", ["Wire", "MonotonicTime"]),
+        module("Delivery", ["Wire", "MonotonicTime"]),
+        module("Relay", ["Wire", "MonotonicTime"]),
+        module("Registry", ["Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Relay"]),
+        module("ChatRouter", ["Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime"]),
         module("Transport", ["Wire", "MonotonicTime", nioCore, nioPosix, logging]),
         // A small C shim over GNU readline (Debian: libreadline-dev). readline's state is C
         // globals, so the shim keeps every access to them in C and the Swift side calls it
         // from one thread only (see LineEditor.ReadlineTerminal).
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
-        module("RendezvousServer", ["Wire", "Registry", "MonotonicTime", "Transport", nioCore, logging]),
-        module("ChatClient", ["Wire", "ChatRouter", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", nioCore, logging]),
-        .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", argumentParser, logging],
+        module("RendezvousServer", ["Wire", "STUN", "Registry", "MonotonicTime", "Transport", crypto, nioCore, logging]),
+        module("ChatClient", ["Wire", "STUN", "ChatRouter", "HolePunch", "Delivery", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", nioCore, logging]),
+        .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Relay", "Wire", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
-        .executableTarget(name: "natchat", dependencies: ["ChatClient", argumentParser, logging],
+        .executableTarget(name: "natchat", dependencies: ["ChatClient", "AddressDiscovery", "LineEditor", "Wire", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat", swiftSettings: swiftSettings),
         tests("Wire", ["Wire"]),
         tests("NATGrouping", ["NATGrouping", "Wire"]),
         tests("KeepAlive", ["KeepAlive", "MonotonicTime"]),
         tests("Registry", ["Registry", "Wire", "MonotonicTime"]),
-        tests("ChatRouter", ["ChatRouter", "Wire"]),
+        tests("ChatRouter", ["ChatRouter", "Wire", "HolePunch", "MonotonicTime"]),
         tests("AddressDiscovery", ["AddressDiscovery", "Wire"]),
         tests("Transport", ["Transport", "Wire", "MonotonicTime", nioCore, nioEmbedded]),
-        tests("RendezvousServer", ["RendezvousServer", "Wire", "MonotonicTime"]),
-        tests("ChatClient", ["ChatClient", "Wire", "MonotonicTime"]),
+        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Wire", "MonotonicTime", nioCore]),
+        tests("ChatClient", ["ChatClient", "Wire", "MonotonicTime", nioCore]),
+        tests("LineEditor", ["LineEditor"]),
+        tests("MonotonicTime", ["MonotonicTime"]),
     ]
 )

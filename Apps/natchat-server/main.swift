@@ -3,7 +3,9 @@ import Foundation
 import Logging
 import MonotonicTime
 import Registry
+import Relay
 import RendezvousServer
+import Wire
 
 /// `natchat-server`: the rendezvous server. All of the work is in the RendezvousServer module.
 @main
@@ -35,11 +37,35 @@ struct NatchatServer: AsyncParsableCommand {
     @Option(help: "Most clients registered at once.")
     var maxClients: Int = 100_000
 
+    @Option(help: "Second UDP port that answers STUN only, so clients can tell a cone NAT from a symmetric one (0: none).")
+    var altPort: Int = 10082
+
+    @Option(help: "Accept classic (seed-protocol) clients: on or off.")
+    var classic: ClassicMode = .on
+
+    @Option(help: "Relay limit per client, datagrams per second.")
+    var relayPacketsPerSecond: Double = 200
+
+    @Option(help: "Relay limit per client, bytes per second.")
+    var relayBytesPerSecond: Double = 131_072
+
+    @Option(help: "Relay limit for the whole server, bytes per second.")
+    var relayTotalBytesPerSecond: Double = 33_554_432
+
+    enum ClassicMode: String, ExpressibleByArgument, CaseIterable {
+        case on, off
+    }
+
     @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard (0...65535).contains(altPort) else { throw ValidationError("--alt-port must be 0...65535") }
+        guard altPort == 0 || altPort != port else { throw ValidationError("--alt-port must differ from --port") }
+        guard relayPacketsPerSecond > 0, relayBytesPerSecond > 0, relayTotalBytesPerSecond > 0 else {
+            throw ValidationError("relay limits must be positive")
+        }
         guard keepaliveTimeout > 0, keepaliveTimeout < 86_400 else { throw ValidationError("--keepalive-timeout must be in (0, 86400) seconds") }
         guard sweepInterval > 0, sweepInterval < 86_400 else { throw ValidationError("--sweep-interval must be in (0, 86400) seconds") }
         guard maxClients > 0 else { throw ValidationError("--max-clients must be positive") }
@@ -54,10 +80,17 @@ struct NatchatServer: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "natchat.server")
+        var relay = RelayLimiter<ClientID>.Configuration()
+        relay.packetsPerSecond = relayPacketsPerSecond
+        relay.bytesPerSecond = relayBytesPerSecond
+        relay.globalBytesPerSecond = relayTotalBytesPerSecond
         let configuration = RendezvousService.Configuration(
-            registry: Registry.Configuration(keepAliveTimeout: .fractionalSeconds(keepaliveTimeout), maxClients: maxClients),
+            registry: Registry.Configuration(keepAliveTimeout: .fractionalSeconds(keepaliveTimeout),
+                                             keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),
+                                             maxClients: maxClients, acceptClassic: classic == .on, relay: relay),
             sweepInterval: .fractionalSeconds(sweepInterval))
-        try await RendezvousServer.run(host: bind, port: port, configuration: configuration, logger: logger) { line in
+        try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
+                                       logger: logger) { line in
             StandardOutput.writeLine(line)
         }
     }

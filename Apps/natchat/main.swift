@@ -42,6 +42,9 @@ struct Natchat: ParsableCommand {
     @Option(help: "History file (default: $XDG_STATE_HOME/natchat/history or ~/.local/state/natchat/history).")
     var historyFile: String?
 
+    @Flag(help: "Speak only the seed's classic protocol (no hole punching, relay or acknowledgements).")
+    var classic = false
+
     @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "warning"
 
@@ -73,10 +76,11 @@ struct Natchat: ParsableCommand {
             LineWriter.write("natchat: cannot resolve server '\(serverText ?? "")' to an IPv4 address")
             throw ExitCode(1)
         }
-        let options = ChatClientRunner.Options(
+        var options = ChatClientRunner.Options(
             id: clientID, server: Endpoint(address: serverAddress, port: UInt16(serverPort)),
             bindAddress: bind, port: port, keepAliveInterval: .fractionalSeconds(keepaliveInterval),
             peerPrivatePort: UInt16(peerPort), historyPath: historyFile ?? ChatClientRunner.defaultHistoryPath())
+        options.offerExtended = !classic
         let status = ChatClientRunner.run(options, logger: logger)
         if status != 0 { throw ExitCode(status) }
     }

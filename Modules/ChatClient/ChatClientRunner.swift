@@ -26,6 +26,8 @@ public enum ChatClientRunner {
         public var historyPath: String?
         /// Use readline (`nil`: when stdin and stdout are terminals).
         public var interactive: Bool?
+        /// Propose the extended dialect; `false` speaks the seed's protocol only.
+        public var offerExtended: Bool = true
 
         public init(id: ClientID, server: Endpoint, bindAddress: String = "0.0.0.0", port: Int = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
@@ -79,7 +81,8 @@ public enum ChatClientRunner {
         let configuration = ChatClientService.Configuration(
             id: options.id, server: options.server,
             privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server),
-            keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort)
+            keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort,
+            offerExtended: options.offerExtended)
         let sinks = ChatClientService.Sinks(
             display: { console.show($0) },
             peersChanged: { console.setCompletionPeers($0) },
@@ -97,7 +100,12 @@ public enum ChatClientRunner {
             LineWriter.write("natchat: cannot bind UDP \(options.bindAddress):\(options.port): \(error)")
             return 1
         }
-        host.perform { service, output, now in service.start(now: now, output: &output) }
+        // With --port 0 the kernel chose the port: report the real one as our private endpoint.
+        let boundPort = UInt16(clamping: host.localAddress?.port ?? options.port)
+        host.perform { service, output, now in
+            service.localPortChosen(boundPort)
+            service.start(now: now, output: &output)
+        }
         TerminationSignal.onSignal { _ in console.stop() }
 
         console.run { line in

@@ -1,16 +1,23 @@
+import AddressDiscovery
 import ChatRouter
+import HolePunch
 import KeepAlive
 import Logging
 import MonotonicTime
 import NIOCore
+import STUN
 import Transport
 import Wire
 
-/// The chat client's driver: registration, keep-alives, the peer table and commands.
+/// The chat client's driver: registration and dialect negotiation, keep-alives, the NAT
+/// probe, the peer tables and typed commands.
 ///
-/// It is a ``DatagramDriver``, so the transport feeds it datagrams and timeouts on one event
-/// loop; typed commands reach it through ``handle(_:now:output:)``. What it has to say to
-/// the user goes to `display`, one line at a time.
+/// It proposes the extended dialect inside its classic registration. A natchat server
+/// answers with a challenge and the client goes on in the extended dialect (hole punching,
+/// relay, acknowledged chat: ``ExtendedRouter``); the seed's server answers with classic
+/// lists and the client stays classic (``ChatRouter``). It is a ``DatagramDriver``: the
+/// transport feeds it datagrams and timeouts on one event loop; commands reach it through
+/// ``handle(_:now:output:)``; what the user should read goes to `display`.
 public final class ChatClientService: DatagramDriver {
     /// Client settings.
     public struct Configuration: Sendable {
@@ -18,21 +25,30 @@ public final class ChatClientService: DatagramDriver {
         public var server: Endpoint
         /// The private address reported at registration.
         public var privateAddress: IPv4Address
+        /// The local UDP port (reported with the private address in the extended dialect).
+        public var localPort: UInt16
         public var keepAliveInterval: Duration
-        /// The port same-NAT peers listen on (the classic dialect gives only their IP).
+        /// The port same-NAT classic peers listen on (the classic dialect gives only their IP).
         public var peerPrivatePort: UInt16
         /// First wait before re-sending an unanswered registration (doubles up to the keep-alive interval).
         public var registrationRetry: Duration
+        /// Propose the extended dialect (natchat/2); `false` speaks the seed's protocol only.
+        public var offerExtended: Bool
+        public var pathConfiguration: PathAgent.Configuration
 
-        public init(id: ClientID, server: Endpoint, privateAddress: IPv4Address,
+        public init(id: ClientID, server: Endpoint, privateAddress: IPv4Address, localPort: UInt16 = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
-                    registrationRetry: Duration = .seconds(1)) {
+                    registrationRetry: Duration = .seconds(1), offerExtended: Bool = true,
+                    pathConfiguration: PathAgent.Configuration = .init()) {
             self.id = id
             self.server = server
             self.privateAddress = privateAddress
+            self.localPort = localPort
             self.keepAliveInterval = keepAliveInterval
             self.peerPrivatePort = peerPrivatePort
             self.registrationRetry = registrationRetry
+            self.offerExtended = offerExtended
+            self.pathConfiguration = pathConfiguration
         }
     }
 
@@ -54,14 +70,31 @@ public final class ChatClientService: DatagramDriver {
         }
     }
 
+    /// Which dialect the session speaks.
+    public enum Mode: Hashable, Sendable {
+        case negotiating
+        case classic
+        case extended
+    }
+
+    public private(set) var mode: Mode = .negotiating
+    /// The classic peer table (used in classic mode).
     public private(set) var router: ChatRouter
-    private let configuration: Configuration
+    /// The extended peer table (in extended mode).
+    public private(set) var extended: ExtendedRouter?
+    public private(set) var natKind: NATKind = .unknown
+    private var configuration: Configuration
     private let sinks: Sinks
     private let logger: Logger
     private var keepAlive: KeepAliveSchedule
     private var registrationRetryAt: Instant?
     private var registrationBackoff: Duration
     private var leaving = false
+    private var refused = false
+    private var publicEndpoint = PublicEndpointObserver()
+    private var probe: MappingProbe?
+    private var lastServerAnswer: Instant?
+    private var random = SystemRandomNumberGenerator()
     /// Datagrams that decoded to nothing, for diagnostics.
     public private(set) var malformedCount = 0
 
@@ -72,6 +105,20 @@ public final class ChatClientService: DatagramDriver {
         router = ChatRouter(selfID: configuration.id, server: configuration.server, privatePort: configuration.peerPrivatePort)
         keepAlive = KeepAliveSchedule(interval: configuration.keepAliveInterval)
         registrationBackoff = configuration.registrationRetry
+    }
+
+    /// Whether the server has confirmed the registration (in either dialect).
+    public var isRegistered: Bool {
+        switch mode {
+        case .negotiating: false
+        case .classic: router.isRegistered
+        case .extended: extended != nil
+        }
+    }
+
+    /// Records the port the socket was bound to (when the configuration asked for any port).
+    public func localPortChosen(_ port: UInt16) {
+        if port != 0 { configuration.localPort = port }
     }
 
     /// Sends the registration and starts the keep-alive schedule.
@@ -85,16 +132,9 @@ public final class ChatClientService: DatagramDriver {
     public func handle(_ command: Command, now: Instant, output: inout DatagramOutput) -> Bool {
         switch command {
         case .showList:
-            let roster = router.roster
-            if roster.isEmpty { sinks.display("(no registered clients yet)") }
-            for peer in roster { sinks.display(ClassicMessage.peer(peer.id, peer.publicEndpoint).text) }
+            showList()
         case .chat(let to, let text):
-            switch router.chat(to: to, text: text) {
-            case .success(let (message, destination)):
-                output.send(message.encode(), to: destination)
-            case .failure(.unknownPeer(let id)):
-                sinks.display("There is no \(id) in registration list.")
-            }
+            chat(to: to, text: text, now: now, output: &output)
         case .help:
             sinks.display(Command.helpText)
         case .exit:
@@ -110,45 +150,272 @@ public final class ChatClientService: DatagramDriver {
         leaving = true
         keepAlive.stop()
         registrationRetryAt = nil
-        output.send(ClassicMessage.unregister(configuration.id).encode(), to: configuration.server)
+        if mode == .extended, let session = extended {
+            output.send(ExtendedMessage.exit(id: configuration.id, token: session.token).encode(), to: configuration.server)
+        } else {
+            output.send(ClassicMessage.unregister(configuration.id).encode(), to: configuration.server)
+        }
     }
+
+    // MARK: - Datagrams in
 
     public func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         guard !leaving else { return }
-        let message: ClassicMessage
+        let bytes = payload.readableBytesView
+        let peersBefore = currentPeerIDs
+        defer {
+            let peersAfter = currentPeerIDs
+            if peersAfter != peersBefore { sinks.peersChanged(peersAfter.map(\.rawValue)) }
+            flushExtended(output: &output)
+        }
+        if STUN.looksLikeSTUN(bytes) {
+            if let message = try? STUN.decode(Array(bytes)), probe?.receive(message, from: source) == true {
+                finishProbeIfDone(now: now, output: &output)
+            }
+            return
+        }
         do {
-            message = try ClassicMessage.decode(payload.readableBytesView)
+            if ExtendedMessage.looksExtended(bytes) {
+                receiveExtended(try ExtendedMessage.decode(bytes), from: source, now: now, output: &output)
+            } else {
+                receiveClassic(try ClassicMessage.decode(bytes), from: source, now: now)
+            }
         } catch {
             malformedCount += 1
             logger.debug("dropped malformed datagram", metadata: ["from": "\(source)", "error": "\(error)"])
+        }
+    }
+
+    private func receiveClassic(_ message: ClassicMessage, from source: Endpoint, now: Instant) {
+        if mode == .extended {
+            // Only classic peers' chats are expected now; nothing proves who sent them.
+            if case .chat(let from, let text) = message {
+                sinks.display("From \(from) [\(text)] (unverified: classic client)")
+            } else if case .serverNotice(let text) = message, source == configuration.server {
+                sinks.display("From server [\(text)]")
+            }
             return
         }
-        let peersBefore = router.peerIDs
         for event in router.receive(message, from: source) { show(event) }
-        if router.isRegistered { registrationRetryAt = nil }
-        let peersAfter = router.peerIDs
-        if peersAfter != peersBefore { sinks.peersChanged(peersAfter.map(\.rawValue)) }
+        if router.isRegistered, mode == .negotiating {
+            mode = .classic
+            registrationRetryAt = nil
+        }
     }
+
+    private func receiveExtended(_ message: ExtendedMessage, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
+        let fromServer = source == configuration.server
+        switch message {
+        case .challenge(let cookie) where fromServer:
+            guard mode != .classic else { return }
+            let privateEndpoint = Endpoint(address: configuration.privateAddress, port: configuration.localPort)
+            output.send(ExtendedMessage.register(id: configuration.id, cookie: cookie, privateEndpoints: [privateEndpoint],
+                                                 natKind: natKind).encode(), to: configuration.server)
+        case .registered(let token, let endpoint, let keepAliveMillis, let alternatePort) where fromServer:
+            lastServerAnswer = now
+            registrationRetryAt = nil
+            let firstSession = extended == nil
+            if var session = extended {
+                session.token = token
+                extended = session
+            } else {
+                extended = ExtendedRouter(selfID: configuration.id, server: configuration.server, token: token,
+                                          firstMessageID: random.next() >> 1, transactionSeed: random.next(),
+                                          pathConfiguration: configuration.pathConfiguration)
+                extended?.natKind = natKind
+            }
+            mode = .extended
+            if keepAliveMillis > 0 {
+                let interval = min(configuration.keepAliveInterval, .milliseconds(Int64(keepAliveMillis)))
+                keepAlive = KeepAliveSchedule(interval: interval)
+            }
+            keepAlive.start(now: now)
+            _ = publicEndpoint.observe(endpoint)
+            if firstSession {
+                sinks.display("* registered as \(configuration.id) (public \(endpoint)); natchat/2")
+                startProbe(alternatePort: alternatePort, now: now, output: &output)
+            } else {
+                sinks.display("* registered again as \(configuration.id) (public \(endpoint))")
+            }
+        case .refused(let text) where fromServer:
+            sinks.display("From server [\(text)]")
+            if !isRegistered { refuse(text) }
+        case .keepAliveAck(let endpoint) where fromServer:
+            lastServerAnswer = now
+            if case .moved(_, let to) = publicEndpoint.observe(endpoint) {
+                sinks.display("* the server now sees you at \(to)")
+            }
+        case .unknownSession(let id) where fromServer && id == configuration.id:
+            // The server lost our session (it restarted): register again at once.
+            if mode == .extended, registrationRetryAt == nil {
+                sinks.display("* the server lost our session; registering again")
+                extended?.resetPeers()
+                registrationBackoff = configuration.registrationRetry
+                sendRegistration(now: now, output: &output)
+            }
+        case .peer, .peerLeft, .punch, .relayed:
+            guard fromServer else { return }
+            lastServerAnswer = now
+            extended?.handleServerMessage(message, now: now)
+        case .ping, .pong, .chat, .chatAck:
+            extended?.handlePeerMessage(message, from: source, now: now)
+        default:
+            logger.debug("ignored extended message", metadata: ["from": "\(source)"])
+        }
+    }
+
+    // MARK: - Timers
 
     public func timeout(now: Instant, output: inout DatagramOutput) {
         guard !leaving else { return }
-        if let retryAt = registrationRetryAt, now >= retryAt, !router.isRegistered {
+        if let retryAt = registrationRetryAt, now >= retryAt, !refused {
             sendRegistration(now: now, output: &output)
         }
         if keepAlive.poll(now: now) {
+            sendKeepAlive(now: now, output: &output)
+        }
+        if var activeProbe = probe {
+            for (bytes, destination) in activeProbe.poll(now: now) { output.send(bytes, to: destination) }
+            probe = activeProbe
+            finishProbeIfDone(now: now, output: &output)
+        }
+        if mode == .extended, let last = lastServerAnswer, now - last > keepAlive.interval * 3 + .seconds(1),
+           registrationRetryAt == nil {
+            // Three keep-alives unanswered: the server restarted or the path to it broke.
+            sinks.display("* the server stopped answering; registering again")
+            registrationBackoff = configuration.registrationRetry
+            sendRegistration(now: now, output: &output)
+            lastServerAnswer = now
+        }
+        extended?.handleTimeout(now: now)
+        flushExtended(output: &output)
+    }
+
+    public func nextDeadline() -> Instant? {
+        guard !leaving else { return nil }
+        var deadlines = [registrationRetryAt, keepAlive.nextDeadline, probe?.nextDeadline, extended?.nextDeadline]
+        if mode == .extended, let last = lastServerAnswer {
+            deadlines.append(last + keepAlive.interval * 3 + .seconds(1))
+        }
+        return deadlines.compactMap { $0 }.min()
+    }
+
+    // MARK: - Commands
+
+    private var currentPeerIDs: [ClientID] {
+        mode == .extended ? (extended?.peerIDs ?? []) : router.peerIDs
+    }
+
+    private func showList() {
+        if mode == .extended, let session = extended {
+            sinks.display("\(configuration.id) \(publicEndpoint.current.map { "\($0)" } ?? "?") (you; NAT: \(natKind))")
+            for (info, path) in session.roster {
+                let pathText = info.dialect == .classic ? "classic" : "\(path)"
+                sinks.display("\(info.id) \(info.publicEndpoint) \(pathText)")
+            }
+            return
+        }
+        let roster = router.roster
+        if roster.isEmpty { sinks.display("(no registered clients yet)") }
+        for peer in roster { sinks.display(ClassicMessage.peer(peer.id, peer.publicEndpoint).text) }
+    }
+
+    private func chat(to id: ClientID, text: String, now: Instant, output: inout DatagramOutput) {
+        if mode == .extended, var session = extended {
+            guard let info = session.peer(id) else {
+                sinks.display("There is no \(id) in registration list.")
+                return
+            }
+            if info.dialect == .classic {
+                let destination = info.privateEndpoints.first ?? info.publicEndpoint
+                output.send(ClassicMessage.chat(from: configuration.id, text: text).encode(), to: destination)
+                return
+            }
+            do {
+                try session.sendChat(to: id, text: text, now: now)
+            } catch {
+                sinks.display("* cannot send to \(id): too many messages waiting for acknowledgement")
+            }
+            extended = session
+            flushExtended(output: &output)
+            return
+        }
+        switch router.chat(to: id, text: text) {
+        case .success(let (message, destination)):
+            output.send(message.encode(), to: destination)
+        case .failure(.unknownPeer(let id)):
+            sinks.display("There is no \(id) in registration list.")
+        }
+    }
+
+    // MARK: - Internals
+
+    private func sendRegistration(now: Instant, output: inout DatagramOutput) {
+        let offers = configuration.offerExtended && mode != .classic ? [ExtendedMessage.offer] : []
+        output.send(ClassicMessage.register(configuration.id, privateAddress: configuration.privateAddress, offers: offers).encode(),
+                    to: configuration.server)
+        registrationRetryAt = now + registrationBackoff
+        registrationBackoff = min(registrationBackoff * 2, configuration.keepAliveInterval)
+    }
+
+    private func sendKeepAlive(now: Instant, output: inout DatagramOutput) {
+        if mode == .extended, let session = extended {
+            output.send(ExtendedMessage.keepAlive(id: configuration.id, token: session.token, natKind: natKind).encode(),
+                        to: configuration.server)
+        } else {
             output.send(ClassicMessage.keepAlive(configuration.id).encode(), to: configuration.server)
         }
     }
 
-    public func nextDeadline() -> Instant? {
-        [registrationRetryAt, keepAlive.nextDeadline].compactMap { $0 }.min()
+    private func startProbe(alternatePort: UInt16, now: Instant, output: inout DatagramOutput) {
+        let alternate = alternatePort == 0 ? nil : Endpoint(address: configuration.server.address, port: alternatePort)
+        let local = Endpoint(address: configuration.privateAddress, port: configuration.localPort)
+        var newProbe = MappingProbe(primary: configuration.server, alternate: alternate, localEndpoint: local, random: &random)
+        for (bytes, destination) in newProbe.poll(now: now) { output.send(bytes, to: destination) }
+        probe = newProbe
     }
 
-    private func sendRegistration(now: Instant, output: inout DatagramOutput) {
-        output.send(ClassicMessage.register(configuration.id, privateAddress: configuration.privateAddress).encode(),
-                    to: configuration.server)
-        registrationRetryAt = now + registrationBackoff
-        registrationBackoff = min(registrationBackoff * 2, configuration.keepAliveInterval)
+    private func finishProbeIfDone(now: Instant, output: inout DatagramOutput) {
+        guard let outcome = probe?.outcome else { return }
+        probe = nil
+        natKind = outcome.kind
+        extended?.natKind = outcome.kind
+        sinks.display("* NAT: \(outcome.kind)")
+        // Tell the server at once, so peers that punch towards us know what to expect.
+        sendKeepAlive(now: now, output: &output)
+    }
+
+    private func refuse(_ text: String) {
+        refused = true
+        registrationRetryAt = nil
+        keepAlive.stop()
+        sinks.registrationRefused(text)
+    }
+
+    private func flushExtended(output: inout DatagramOutput) {
+        guard var session = extended else { return }
+        while let transmit = session.pollTransmit() { output.send(transmit.bytes, to: transmit.destination) }
+        while let event = session.pollEvent() { show(event) }
+        extended = session
+    }
+
+    private func show(_ event: ExtendedRouter.Event) {
+        switch event {
+        case .joined(let info):
+            sinks.display("* \(info.id) joined (\(info.publicEndpoint))\(info.dialect == .classic ? " [classic]" : "")")
+        case .updated(let info):
+            logger.debug("peer updated", metadata: ["id": "\(info.id)", "public": "\(info.publicEndpoint)"])
+        case .left(let id, let reason, let endpoint):
+            sinks.display("* \(id) is \(reason == .offline ? "off-line" : "unregistered") \(endpoint)")
+        case .chat(let from, let text, _):
+            sinks.display("From \(from) [\(text)]")
+        case .delivered(let to, _, _):
+            sinks.display("* delivered to \(to)")
+        case .undelivered(let to, let text):
+            sinks.display("* NOT delivered to \(to): \"\(text)\"")
+        case .pathChanged(let id, let path):
+            sinks.display("* path to \(id): \(path)")
+        }
     }
 
     private func show(_ event: ChatRouter.Event) {
@@ -175,9 +442,7 @@ public final class ChatClientService: DatagramDriver {
             sinks.display("From server [\(text)]")
             if !router.isRegistered, registrationRetryAt != nil {
                 // Before registration, a notice from the server is its refusal.
-                registrationRetryAt = nil
-                keepAlive.stop()
-                sinks.registrationRefused(text)
+                refuse(text)
             }
         case .ignored(let message, let source):
             logger.debug("ignored datagram", metadata: ["from": "\(source)", "message": "\(message.text.prefix(80))"])

@@ -1,24 +1,39 @@
+import HolePunch
 import KeepAlive
 import MonotonicTime
 import NATGrouping
+import Relay
 import Wire
 
-/// The rendezvous server's registration state machine (classic dialect).
+/// Proves that a source address receives datagrams: the cookie of a challenge, checked
+/// when it comes back. The server implements it with a keyed MAC; tests with a fake.
+public protocol AddressValidator: Sendable {
+    func cookie(for source: Endpoint, now: Instant) -> Token128
+    func isValid(_ cookie: Token128, for source: Endpoint, now: Instant) -> Bool
+}
+
+/// The rendezvous server's registration state machine, for both dialects.
 ///
-/// Feed it decoded datagrams with ``receive(_:from:now:)`` and clock ticks with
-/// ``sweep(now:)``; it returns the ``Action``s to perform — datagrams to send and events
-/// to report — and performs none itself.
+/// Feed it decoded datagrams with ``receive(_:from:now:)`` (classic) and
+/// ``receive(_:from:now:random:)`` (extended) and clock ticks with ``sweep(now:)``; it
+/// returns the ``Action``s to perform — datagrams to send and events to report — and
+/// performs none itself. Every notice goes to each recipient in its own dialect.
 ///
 /// Rules:
 /// - A new ID registers; the newcomer gets the list of everyone already registered
-///   (each `ID PUBLIC:PORT`, followed by `ID@private:IP` when the two are judged to be
-///   behind the same NAT), then every client, the newcomer included, gets the newcomer's line.
+///   (classic: each `ID PUBLIC:PORT`, followed by `ID@private:IP` when the two are judged
+///   to be behind the same NAT), then every client, the newcomer included, gets the
+///   newcomer's line (extended clients: a ``ExtendedMessage/peer(_:)`` notice).
 /// - The same ID from the same endpoint is a refresh: it counts as a keep-alive and the
 ///   client gets the list again; nobody else is told.
-/// - The same ID from another endpoint while the holder is alive is refused and the
-///   newcomer is told why with a ``ClassicMessage/serverNotice(_:)``. If the holder has
-///   been silent past the timeout it is evicted first and the newcomer takes the ID.
-/// - Keep-alives and `@exit` count only from the endpoint that registered the ID.
+/// - The same ID from another endpoint while the holder is alive is refused, and the
+///   newcomer is told why. If the holder has been silent past the timeout it is evicted
+///   first and the newcomer takes the ID.
+/// - Classic keep-alives and `@exit` count only from the endpoint that registered the ID,
+///   and never touch an ID held by an extended client. Extended ones count only with the
+///   session token; from a new source address they move the registration (a NAT rebinding).
+/// - An extended registration must echo the cookie of a challenge sent to its source
+///   address, so the server never sends a list to an address that did not ask for it.
 /// - A client silent for strictly more than the keep-alive timeout is evicted at the next
 ///   sweep; everyone left is told it is off-line.
 public struct Registry: Sendable {
@@ -26,16 +41,31 @@ public struct Registry: Sendable {
     public struct Configuration: Sendable {
         /// How long a client may stay silent before eviction (30 s classic).
         public var keepAliveTimeout: Duration
+        /// The keep-alive interval the server asks extended clients for.
+        public var keepAliveInterval: Duration
         /// The same-NAT rule used to decide who gets whose private address.
         public var sameNATRule: SameNATRule
         /// The most clients registered at once; more are refused.
         public var maxClients: Int
+        /// Whether classic (seed-dialect) clients may register.
+        public var acceptClassic: Bool
+        /// The server's second port for NAT-behaviour probes (0: none), told to extended clients.
+        public var alternatePort: UInt16
+        public var relay: RelayLimiter<ClientID>.Configuration
+        public var punch: PunchCoordinator.Configuration
 
-        public init(keepAliveTimeout: Duration = .seconds(30), sameNATRule: SameNATRule = .classic,
-                    maxClients: Int = 100_000) {
+        public init(keepAliveTimeout: Duration = .seconds(30), keepAliveInterval: Duration = .seconds(10),
+                    sameNATRule: SameNATRule = .classic, maxClients: Int = 100_000, acceptClassic: Bool = true,
+                    alternatePort: UInt16 = 0, relay: RelayLimiter<ClientID>.Configuration = .init(),
+                    punch: PunchCoordinator.Configuration = .init()) {
             self.keepAliveTimeout = keepAliveTimeout
+            self.keepAliveInterval = keepAliveInterval
             self.sameNATRule = sameNATRule
             self.maxClients = maxClients
+            self.acceptClassic = acceptClassic
+            self.alternatePort = alternatePort
+            self.relay = relay
+            self.punch = punch
         }
     }
 
@@ -46,6 +76,12 @@ public struct Registry: Sendable {
         public var privateAddress: IPv4Address
         /// Registration order, for listing clients in the order they came.
         public var sequence: UInt64
+        public var dialect: Dialect = .classic
+        /// The extended session token (zero for classic clients).
+        public var token: Token128 = .zero
+        /// Private endpoints an extended client reported.
+        public var privateEndpoints: [Endpoint] = []
+        public var natKind: NATKind = .unknown
 
         var position: NATPosition {
             NATPosition(publicAddress: publicEndpoint.address, privateAddress: privateAddress)
@@ -57,6 +93,11 @@ public struct Registry: Sendable {
         case unknownID
         case wrongEndpoint
         case notForServer
+        case heldByExtendedClient
+        case badToken
+        case badCookie
+        case peerUnavailable
+        case relayRateLimited
     }
 
     /// Why a registration was refused.
@@ -64,12 +105,14 @@ public struct Registry: Sendable {
         case idInUse
         case reservedID
         case full
+        case classicDisabled
 
         public var description: String {
             switch self {
             case .idInUse: "the ID is in use from another address"
             case .reservedID: "the ID is reserved"
             case .full: "the server is full"
+            case .classicDisabled: "this server accepts natchat/2 clients only"
             }
         }
     }
@@ -78,15 +121,20 @@ public struct Registry: Sendable {
     public enum Event: Hashable, Sendable {
         case registered(Entry)
         case refreshed(Entry)
+        case moved(Entry, from: Endpoint)
         case unregistered(Entry)
         case evicted(Entry)
         case refused(ClientID, from: Endpoint, Refusal)
         case ignored(ClassicMessage, from: Endpoint, Ignored)
+        case ignoredExtended(from: Endpoint, Ignored)
+        case relayed(from: ClientID, to: ClientID, bytes: Int)
+        case punchRound(ClientID, ClientID, round: UInt32)
     }
 
     /// What the caller must do.
     public enum Action: Hashable, Sendable {
         case send(ClassicMessage, to: Endpoint)
+        case sendExtended(ExtendedMessage, to: Endpoint)
         case report(Event)
     }
 
@@ -94,10 +142,17 @@ public struct Registry: Sendable {
     private var entries: [ClientID: Entry] = [:]
     private var liveness: LivenessTable<ClientID>
     private var nextSequence: UInt64 = 0
+    private var punch: PunchCoordinator
+    private var relayLimiter: RelayLimiter<ClientID>
+    private let validator: any AddressValidator
 
-    public init(configuration: Configuration = Configuration()) {
+    public init(configuration: Configuration = Configuration(), validator: any AddressValidator = RejectingValidator(),
+                now: Instant = .zero) {
         self.configuration = configuration
+        self.validator = validator
         liveness = LivenessTable(timeout: configuration.keepAliveTimeout)
+        punch = PunchCoordinator(configuration: configuration.punch)
+        relayLimiter = RelayLimiter(configuration: configuration.relay, now: now)
     }
 
     /// Number of registered clients.
@@ -109,29 +164,122 @@ public struct Registry: Sendable {
     /// The entry for `id`, if registered.
     public func entry(for id: ClientID) -> Entry? { entries[id] }
 
-    /// Handles one decoded datagram that arrived from `source` at `now`.
+    // MARK: - Classic dialect
+
+    /// Handles one decoded classic datagram that arrived from `source` at `now`.
     public mutating func receive(_ message: ClassicMessage, from source: Endpoint, now: Instant) -> [Action] {
         switch message {
-        case .register(let id, let privateAddress, _):
-            return register(id, privateAddress: privateAddress, from: source, now: now)
+        case .register(let id, let privateAddress, let offers):
+            if offers.contains(ExtendedMessage.offer) {
+                // A natchat/2 client: prove its address first; the registration follows in
+                // the extended dialect. The challenge is smaller than the request.
+                return [.sendExtended(.challenge(cookie: validator.cookie(for: source, now: now)), to: source)]
+            }
+            if let holder = entries[id], holder.dialect == .extended {
+                return refuse(id, from: source, .idInUse, dialect: .classic)
+            }
+            guard configuration.acceptClassic else { return refuse(id, from: source, .classicDisabled, dialect: .classic) }
+            let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0)
+            return register(newcomer, now: now)
         case .keepAlive(let id):
             guard let entry = entries[id] else { return [.report(.ignored(message, from: source, .unknownID))] }
+            guard entry.dialect == .classic else { return [.report(.ignored(message, from: source, .heldByExtendedClient))] }
             guard entry.publicEndpoint == source else { return [.report(.ignored(message, from: source, .wrongEndpoint))] }
             liveness.touch(id, now: now)
             return []
         case .unregister(let id):
             guard let entry = entries[id] else { return [.report(.ignored(message, from: source, .unknownID))] }
+            guard entry.dialect == .classic else { return [.report(.ignored(message, from: source, .heldByExtendedClient))] }
             guard entry.publicEndpoint == source else { return [.report(.ignored(message, from: source, .wrongEndpoint))] }
-            remove(id)
-            var actions: [Action] = [.report(.unregistered(entry))]
-            for other in clients {
-                actions.append(.send(.unregistered(id, entry.publicEndpoint), to: other.publicEndpoint))
-            }
-            return actions
+            return leave(entry, reason: .unregistered)
         case .peer, .peerPrivate, .unregistered, .offline, .chat, .serverNotice:
             return [.report(.ignored(message, from: source, .notForServer))]
         }
     }
+
+    // MARK: - Extended dialect
+
+    /// Handles one decoded extended datagram that arrived from `source` at `now`.
+    public mutating func receive<G: RandomNumberGenerator>(_ message: ExtendedMessage, from source: Endpoint, now: Instant,
+                                                           random: inout G) -> [Action] {
+        switch message {
+        case .register(let id, let cookie, let privateEndpoints, let natKind):
+            guard validator.isValid(cookie, for: source, now: now) else {
+                return [.report(.ignoredExtended(from: source, .badCookie))]
+            }
+            let privateAddress = privateEndpoints.first?.address ?? source.address
+            var newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0)
+            newcomer.dialect = .extended
+            newcomer.privateEndpoints = privateEndpoints
+            newcomer.natKind = natKind
+            if let holder = entries[id], holder.publicEndpoint == source, holder.dialect == .extended {
+                newcomer.token = holder.token
+            } else {
+                newcomer.token = .random(using: &random)
+            }
+            return register(newcomer, now: now)
+        case .keepAlive(let id, let token, let natKind):
+            guard var entry = session(id, token) else { return [.sendExtended(.unknownSession(id), to: source)] }
+            liveness.touch(id, now: now)
+            var actions: [Action] = []
+            let previous = entry.publicEndpoint
+            let changed = previous != source || entry.natKind != natKind
+            entry.publicEndpoint = source
+            entry.natKind = natKind
+            entries[id] = entry
+            if previous != source {
+                actions.append(.report(.moved(entry, from: previous)))
+            }
+            actions.append(.sendExtended(.keepAliveAck(publicEndpoint: source), to: source))
+            if changed {
+                for recipient in clients where recipient.id != id {
+                    actions += announce(entry, to: recipient)
+                }
+            }
+            return actions
+        case .exit(let id, let token):
+            guard let entry = session(id, token) else { return [.report(.ignoredExtended(from: source, .badToken))] }
+            return leave(entry, reason: .unregistered)
+        case .connect(let id, let token, let peerID):
+            guard let entry = session(id, token) else { return [.sendExtended(.unknownSession(id), to: source)] }
+            liveness.touch(id, now: now)
+            guard let peer = entries[peerID], peer.dialect == .extended, peerID != id else {
+                return [.report(.ignoredExtended(from: source, .peerUnavailable))]
+            }
+            let instructions = punch.connect(id, to: peerID, now: now, random: &random)
+            var actions: [Action] = []
+            for instruction in instructions {
+                guard let recipient = entries[instruction.recipient], let other = entries[instruction.peer] else { continue }
+                let message = ExtendedMessage.punch(peer: peerInfo(other, for: recipient), pairToken: instruction.pairToken,
+                                                    round: instruction.round,
+                                                    delayMillis: UInt32(clamping: instruction.delay.nanosecondsClamped / 1_000_000))
+                actions.append(.sendExtended(message, to: recipient.publicEndpoint))
+            }
+            actions.append(.report(.punchRound(entry.id, peer.id, round: instructions.first?.round ?? 0)))
+            return actions
+        case .relay(let id, let token, let to, let payload):
+            guard session(id, token) != nil else { return [.sendExtended(.unknownSession(id), to: source)] }
+            guard let peer = entries[to], peer.dialect == .extended else {
+                return [.report(.ignoredExtended(from: source, .peerUnavailable))]
+            }
+            guard relayLimiter.allow(id, bytes: payload.count, now: now) else {
+                return [.report(.ignoredExtended(from: source, .relayRateLimited))]
+            }
+            return [.sendExtended(.relayed(from: id, payload: payload), to: peer.publicEndpoint),
+                    .report(.relayed(from: id, to: to, bytes: payload.count))]
+        case .challenge, .registered, .refused, .peer, .peerLeft, .punch, .relayed, .keepAliveAck, .unknownSession,
+             .ping, .pong, .chat, .chatAck:
+            return [.report(.ignoredExtended(from: source, .notForServer))]
+        }
+    }
+
+    /// The extended entry for `id` when `token` is its session token.
+    private func session(_ id: ClientID, _ token: Token128) -> Entry? {
+        guard let entry = entries[id], entry.dialect == .extended, entry.token.constantTimeEquals(token) else { return nil }
+        return entry
+    }
+
+    // MARK: - Sweep
 
     /// Evicts every client silent for more than the timeout at `now` and tells the rest.
     public mutating func sweep(now: Instant) -> [Action] {
@@ -141,76 +289,143 @@ public struct Registry: Sendable {
         var gone: [Entry] = []
         for id in expired {
             guard let entry = entries.removeValue(forKey: id) else { continue }
+            forgetHelpers(id)
             gone.append(entry)
             actions.append(.report(.evicted(entry)))
         }
         let remaining = clients
         for entry in gone {
-            for other in remaining {
-                actions.append(.send(.offline(entry.id, entry.publicEndpoint), to: other.publicEndpoint))
-            }
+            for other in remaining { actions.append(departure(entry, reason: .offline, to: other)) }
         }
         return actions
     }
 
-    private mutating func register(_ id: ClientID, privateAddress: IPv4Address, from source: Endpoint,
-                                   now: Instant) -> [Action] {
-        if id.isReserved { return refuse(id, from: source, .reservedID) }
+    // MARK: - Shared transitions
+
+    private mutating func register(_ candidate: Entry, now: Instant) -> [Action] {
+        let id = candidate.id
+        let source = candidate.publicEndpoint
+        if id.isReserved { return refuse(id, from: source, .reservedID, dialect: candidate.dialect) }
         var actions: [Action] = []
         if let holder = entries[id] {
-            if holder.publicEndpoint == source {
-                var refreshed = holder
-                refreshed.privateAddress = privateAddress
+            if holder.publicEndpoint == source, holder.dialect == candidate.dialect {
+                var refreshed = candidate
+                refreshed.sequence = holder.sequence
                 entries[id] = refreshed
                 liveness.touch(id, now: now)
                 actions.append(.report(.refreshed(refreshed)))
-                actions += listMessages(for: refreshed, including: true)
+                if refreshed.dialect == .extended { actions.append(registeredMessage(refreshed)) }
+                actions += listMessages(for: refreshed, includingSelf: refreshed.dialect == .classic)
+                if holder.privateEndpoints != refreshed.privateEndpoints || holder.natKind != refreshed.natKind {
+                    for recipient in clients where recipient.id != id && recipient.dialect == .extended {
+                        actions += announce(refreshed, to: recipient)
+                    }
+                }
                 return actions
             }
-            guard liveness.isExpired(id, now: now) else { return refuse(id, from: source, .idInUse) }
+            guard liveness.isExpired(id, now: now) else { return refuse(id, from: source, .idInUse, dialect: candidate.dialect) }
             // The holder is past its timeout but not yet swept: evict it now so the ID is free.
-            remove(id)
+            entries[id] = nil
+            liveness.remove(id)
+            forgetHelpers(id)
             actions.append(.report(.evicted(holder)))
-            for other in clients {
-                actions.append(.send(.offline(id, holder.publicEndpoint), to: other.publicEndpoint))
-            }
+            for other in clients { actions.append(departure(holder, reason: .offline, to: other)) }
         }
-        guard entries.count < configuration.maxClients else { return actions + refuse(id, from: source, .full) }
-        let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: nextSequence)
+        guard entries.count < configuration.maxClients else {
+            return actions + refuse(id, from: source, .full, dialect: candidate.dialect)
+        }
+        var newcomer = candidate
+        newcomer.sequence = nextSequence
         nextSequence += 1
-        actions += listMessages(for: newcomer, including: false)
+        if newcomer.dialect == .extended { actions.append(registeredMessage(newcomer)) }
+        actions += listMessages(for: newcomer, includingSelf: false)
         entries[id] = newcomer
         liveness.touch(id, now: now)
         actions.append(.report(.registered(newcomer)))
-        for recipient in clients {
-            actions.append(.send(.peer(id, source), to: recipient.publicEndpoint))
-            if configuration.sameNATRule.isSameNAT(recipient.position, newcomer.position) {
-                actions.append(.send(.peerPrivate(id, privateAddress), to: recipient.publicEndpoint))
-            }
+        for recipient in clients where !(recipient.id == id && newcomer.dialect == .extended) {
+            actions += announce(newcomer, to: recipient)
         }
         return actions
     }
 
-    /// The list lines `recipient` should get: everyone registered (itself too when
-    /// `including`), each followed by its private address when behind the same NAT.
-    private func listMessages(for recipient: Entry, including: Bool) -> [Action] {
+    private mutating func leave(_ entry: Entry, reason: LeaveReason) -> [Action] {
+        entries[entry.id] = nil
+        liveness.remove(entry.id)
+        forgetHelpers(entry.id)
+        var actions: [Action] = [.report(.unregistered(entry))]
+        for other in clients { actions.append(departure(entry, reason: reason, to: other)) }
+        return actions
+    }
+
+    private mutating func forgetHelpers(_ id: ClientID) {
+        punch.forget(id)
+        relayLimiter.forget(id)
+    }
+
+    private func registeredMessage(_ entry: Entry) -> Action {
+        let millis = UInt32(clamping: configuration.keepAliveInterval.nanosecondsClamped / 1_000_000)
+        return .sendExtended(.registered(token: entry.token, publicEndpoint: entry.publicEndpoint, keepAliveMillis: millis,
+                                         alternatePort: configuration.alternatePort), to: entry.publicEndpoint)
+    }
+
+    /// The list `recipient` should get: everyone registered (itself too when `includingSelf`).
+    private func listMessages(for recipient: Entry, includingSelf: Bool) -> [Action] {
         var actions: [Action] = []
-        for entry in clients where including || entry.id != recipient.id {
-            actions.append(.send(.peer(entry.id, entry.publicEndpoint), to: recipient.publicEndpoint))
-            if configuration.sameNATRule.isSameNAT(entry.position, recipient.position) {
+        for entry in clients where includingSelf || entry.id != recipient.id {
+            actions += announce(entry, to: recipient)
+        }
+        return actions
+    }
+
+    /// Tells `recipient` about `entry`, in the recipient's dialect.
+    private func announce(_ entry: Entry, to recipient: Entry) -> [Action] {
+        switch recipient.dialect {
+        case .classic:
+            var actions: [Action] = [.send(.peer(entry.id, entry.publicEndpoint), to: recipient.publicEndpoint)]
+            if configuration.sameNATRule.isSameNAT(recipient.position, entry.position) {
                 actions.append(.send(.peerPrivate(entry.id, entry.privateAddress), to: recipient.publicEndpoint))
             }
+            return actions
+        case .extended:
+            return [.sendExtended(.peer(peerInfo(entry, for: recipient)), to: recipient.publicEndpoint)]
         }
-        return actions
     }
 
-    private func refuse(_ id: ClientID, from source: Endpoint, _ refusal: Refusal) -> [Action] {
-        [.report(.refused(id, from: source, refusal)),
-         .send(.serverNotice("registration refused: ID \(id) - \(refusal)"), to: source)]
+    /// What `recipient` may know of `entry`: private endpoints only as a same-NAT hint
+    /// (the same public address), since they are probed, not trusted.
+    private func peerInfo(_ entry: Entry, for recipient: Entry) -> PeerInfo {
+        let hint = entry.publicEndpoint.address == recipient.publicEndpoint.address
+        var privates = entry.privateEndpoints
+        if privates.isEmpty, entry.dialect == .classic {
+            privates = [Endpoint(address: entry.privateAddress, port: CandidateOrder.classicClientPort)]
+        }
+        return PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: hint ? privates : [],
+                        natKind: entry.natKind, dialect: entry.dialect)
     }
 
-    private mutating func remove(_ id: ClientID) {
-        entries[id] = nil
-        liveness.remove(id)
+    private func departure(_ entry: Entry, reason: LeaveReason, to recipient: Entry) -> Action {
+        switch recipient.dialect {
+        case .classic:
+            let message: ClassicMessage = reason == .offline
+                ? .offline(entry.id, entry.publicEndpoint) : .unregistered(entry.id, entry.publicEndpoint)
+            return .send(message, to: recipient.publicEndpoint)
+        case .extended:
+            return .sendExtended(.peerLeft(entry.id, reason: reason, publicEndpoint: entry.publicEndpoint), to: recipient.publicEndpoint)
+        }
     }
+
+    private func refuse(_ id: ClientID, from source: Endpoint, _ refusal: Refusal, dialect: Dialect) -> [Action] {
+        let text = "registration refused: ID \(id) - \(refusal)"
+        let notice: Action = dialect == .classic
+            ? .send(.serverNotice(text), to: source) : .sendExtended(.refused(text: text), to: source)
+        return [.report(.refused(id, from: source, refusal)), notice]
+    }
+}
+
+/// A validator that accepts no cookie: the default for a registry that serves only the
+/// classic dialect.
+public struct RejectingValidator: AddressValidator {
+    public init() {}
+    public func cookie(for source: Endpoint, now: Instant) -> Token128 { .zero }
+    public func isValid(_ cookie: Token128, for source: Endpoint, now: Instant) -> Bool { false }
 }

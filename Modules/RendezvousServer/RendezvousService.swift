@@ -2,11 +2,13 @@ import Logging
 import MonotonicTime
 import NIOCore
 import Registry
+import STUN
 import Transport
 import Wire
 
-/// The rendezvous server's driver: decodes each datagram, hands it to the ``Registry``,
-/// sends what the registry asks for and prints the seed's event lines.
+/// The rendezvous server's driver: tells STUN, extended and classic datagrams apart,
+/// answers STUN Binding requests, hands the rest to the ``Registry``, sends what the
+/// registry asks for and prints the seed's event lines.
 ///
 /// It is a ``DatagramDriver``: all of its methods run on one event loop and take the time
 /// as an argument, so tests drive it without sockets or clocks.
@@ -29,6 +31,10 @@ public final class RendezvousService: DatagramDriver {
         public var malformed = 0
         /// Messages that changed nothing (unknown ID, wrong endpoint, not for the server).
         public var ignored = 0
+        public var stunRequests = 0
+        public var relayedDatagrams = 0
+        public var relayRefused = 0
+        public var punchRounds = 0
         public var refused = 0
         public var registrations = 0
         public var evictions = 0
@@ -40,25 +46,38 @@ public final class RendezvousService: DatagramDriver {
     private let printLine: @Sendable (String) -> Void
     private let logger: Logger
     private var nextSweep: Instant?
+    private var random = SystemRandomNumberGenerator()
 
-    /// - Parameter printLine: receives the operator's event lines (stdout in the app).
-    public init(configuration: Configuration, logger: Logger, printLine: @escaping @Sendable (String) -> Void) {
+    /// - Parameters:
+    ///   - validator: makes and checks the cookies of extended registrations.
+    ///   - printLine: receives the operator's event lines (stdout in the app).
+    public init(configuration: Configuration, validator: any AddressValidator = HMACAddressValidator(), logger: Logger,
+                now: Instant = SystemClock().now(), printLine: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
-        self.registry = Registry(configuration: configuration.registry)
+        self.registry = Registry(configuration: configuration.registry, validator: validator, now: now)
         self.logger = logger
         self.printLine = printLine
     }
 
     public func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
-        let message: ClassicMessage
+        let bytes = payload.readableBytesView
+        if STUN.looksLikeSTUN(bytes) {
+            answerSTUN(Array(bytes), from: source, output: &output)
+            return
+        }
         do {
-            message = try ClassicMessage.decode(payload.readableBytesView)
+            if ExtendedMessage.looksExtended(bytes) {
+                let message = try ExtendedMessage.decode(bytes)
+                perform(registry.receive(message, from: source, now: now, random: &random), output: &output)
+            } else {
+                let message = try ClassicMessage.decode(bytes)
+                perform(registry.receive(message, from: source, now: now), output: &output)
+            }
         } catch {
             counters.malformed += 1
             logger.debug("dropped malformed datagram", metadata: ["from": "\(source)", "error": "\(error)"])
             return
         }
-        perform(registry.receive(message, from: source, now: now), output: &output)
         if nextSweep == nil, registry.count > 0 { nextSweep = now + configuration.sweepInterval }
     }
 
@@ -70,10 +89,21 @@ public final class RendezvousService: DatagramDriver {
 
     public func nextDeadline() -> Instant? { nextSweep }
 
+    private func answerSTUN(_ bytes: [UInt8], from source: Endpoint, output: inout DatagramOutput) {
+        guard case .bindingRequest(let transaction) = try? STUN.decode(bytes) else {
+            counters.malformed += 1
+            return
+        }
+        counters.stunRequests += 1
+        output.send(STUN.bindingSuccess(transaction, mapped: source), to: source)
+    }
+
     private func perform(_ actions: [Registry.Action], output: inout DatagramOutput) {
         for action in actions {
             switch action {
             case .send(let message, let destination):
+                output.send(message.encode(), to: destination)
+            case .sendExtended(let message, let destination):
                 output.send(message.encode(), to: destination)
             case .report(let event):
                 report(event)
@@ -86,6 +116,17 @@ public final class RendezvousService: DatagramDriver {
         case .registered(let entry):
             counters.registrations += 1
             printLine(ClassicMessage.peer(entry.id, entry.publicEndpoint).text)
+        case .moved(let entry, let previous):
+            logger.info("client moved", metadata: ["id": "\(entry.id)", "from": "\(previous)", "to": "\(entry.publicEndpoint)"])
+        case .relayed:
+            counters.relayedDatagrams += 1
+        case .punchRound(let a, let b, let round):
+            counters.punchRounds += 1
+            logger.debug("punch round", metadata: ["pair": "\(a)-\(b)", "round": "\(round)"])
+        case .ignoredExtended(let source, let reason):
+            counters.ignored += 1
+            if reason == .relayRateLimited { counters.relayRefused += 1 }
+            logger.debug("ignored extended message", metadata: ["from": "\(source)", "reason": "\(reason)"])
         case .refreshed(let entry):
             logger.debug("registration refreshed", metadata: ["id": "\(entry.id)", "from": "\(entry.publicEndpoint)"])
         case .unregistered(let entry):

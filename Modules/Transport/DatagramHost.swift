@@ -7,6 +7,11 @@ import Wire
 /// A bound UDP socket with a ``DatagramDriver`` behind it: the whole I/O layer of a
 /// natchat node. Create it with ``bind(host:port:group:logger:makeDriver:)``.
 public final class DatagramHost<Driver: DatagramDriver>: Sendable {
+    /// The largest datagram a node accepts; longer ones are truncated by the read and then
+    /// refused by the decoders.
+    public static var maxDatagramSize: Int { 2048 }
+    static var vectorReadCount: Int { 32 }
+
     /// The channel's local address.
     public let localAddress: SocketAddress?
     private let channel: any Channel
@@ -33,8 +38,10 @@ public final class DatagramHost<Driver: DatagramDriver>: Sendable {
         let bootstrap = DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferBytes))
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 2048))
-            .channelOption(.datagramVectorReadMessageCount, value: 32)
+            // With vector reads NIO splits one receive buffer between the messages of a batch,
+            // so the buffer holds a full-sized datagram for each of them.
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: maxDatagramSize * vectorReadCount))
+            .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = DatagramDriverHandler(driver: makeDriver(), logger: logger)

@@ -1,1 +1,254 @@
 import Testing
+import KeepAlive
+import MonotonicTime
+
+private func at(_ seconds: Int64) -> Instant { Instant.zero + .seconds(seconds) }
+private let nanosecond = Duration.nanoseconds(1)
+
+@Suite("KeepAliveSchedule")
+struct KeepAliveScheduleTests {
+    @Test func defaultsAndNotStarted() {
+        var schedule = KeepAliveSchedule()
+        #expect(schedule.interval == .seconds(10))
+        #expect(schedule.nextDeadline == nil)
+        #expect(schedule.poll(now: at(0)) == false)
+        #expect(schedule.poll(now: at(1_000)) == false)
+        #expect(schedule.nextDeadline == nil)
+    }
+
+    @Test func firstDueAfterOneInterval() {
+        var schedule = KeepAliveSchedule(interval: .seconds(10))
+        schedule.start(now: at(5))
+        #expect(schedule.nextDeadline == at(15))
+        #expect(schedule.poll(now: at(5)) == false)
+        #expect(schedule.poll(now: at(15) - nanosecond) == false)
+        #expect(schedule.nextDeadline == at(15))
+        #expect(schedule.poll(now: at(15)) == true)
+        #expect(schedule.nextDeadline == at(25))
+    }
+
+    @Test func oncePerInterval() {
+        var schedule = KeepAliveSchedule(interval: .seconds(10))
+        schedule.start(now: at(0))
+        var sentAt: [Int64] = []
+        // Poll every 250 ms for 60 s.
+        for step in 0...240 {
+            let now = Instant.zero + .milliseconds(250 * step)
+            if schedule.poll(now: now) { sentAt.append(now.nanoseconds / 1_000_000) }
+        }
+        #expect(sentAt == [10_000, 20_000, 30_000, 40_000, 50_000, 60_000])
+        #expect(schedule.nextDeadline == at(70))
+    }
+
+    @Test func secondPollAtSameInstantIsNotDue() {
+        var schedule = KeepAliveSchedule(interval: .seconds(10))
+        schedule.start(now: at(0))
+        #expect(schedule.poll(now: at(10)) == true)
+        #expect(schedule.poll(now: at(10)) == false)
+        #expect(schedule.poll(now: at(20) - nanosecond) == false)
+        #expect(schedule.poll(now: at(20)) == true)
+    }
+
+    @Test func lateWakeKeepsTheCadence() {
+        var schedule = KeepAliveSchedule(interval: .seconds(10))
+        schedule.start(now: at(0))
+        #expect(schedule.poll(now: at(13)) == true)
+        // Still less than one interval late: the next stays on the original grid.
+        #expect(schedule.nextDeadline == at(20))
+    }
+
+    @Test func sleepingThroughSeveralIntervalsSendsOne() {
+        var schedule = KeepAliveSchedule(interval: .seconds(10))
+        schedule.start(now: at(0))
+        #expect(schedule.poll(now: at(75)) == true)
+        #expect(schedule.poll(now: at(75)) == false)
+        #expect(schedule.nextDeadline == at(85))
+        #expect(schedule.poll(now: at(84)) == false)
+        #expect(schedule.poll(now: at(85)) == true)
+        #expect(schedule.nextDeadline == at(95))
+    }
+
+    @Test func sleepingExactlyTwoIntervals() {
+        var schedule = KeepAliveSchedule(interval: .seconds(10))
+        schedule.start(now: at(0))
+        // deadline 10, now 20: next on the grid would be 20 (<= now), so it moves to 30.
+        #expect(schedule.poll(now: at(20)) == true)
+        #expect(schedule.nextDeadline == at(30))
+        #expect(schedule.poll(now: at(20)) == false)
+    }
+
+    @Test func stop() {
+        var schedule = KeepAliveSchedule(interval: .seconds(10))
+        schedule.start(now: at(0))
+        schedule.stop()
+        #expect(schedule.nextDeadline == nil)
+        #expect(schedule.poll(now: at(10)) == false)
+        #expect(schedule.poll(now: at(1_000)) == false)
+        // and it can be restarted
+        schedule.start(now: at(1_000))
+        #expect(schedule.nextDeadline == at(1_010))
+        #expect(schedule.poll(now: at(1_010)) == true)
+    }
+
+    @Test func restartMovesTheDeadline() {
+        var schedule = KeepAliveSchedule(interval: .seconds(10))
+        schedule.start(now: at(0))
+        schedule.start(now: at(7))
+        #expect(schedule.nextDeadline == at(17))
+        #expect(schedule.poll(now: at(10)) == false)
+    }
+
+    @Test func subSecondInterval() {
+        var schedule = KeepAliveSchedule(interval: .milliseconds(300))
+        schedule.start(now: .zero)
+        #expect(schedule.poll(now: Instant.zero + .milliseconds(299)) == false)
+        #expect(schedule.poll(now: Instant.zero + .milliseconds(300)) == true)
+        #expect(schedule.nextDeadline == Instant.zero + .milliseconds(600))
+    }
+}
+
+@Suite("LivenessTable")
+struct LivenessTableTests {
+    @Test func defaults() {
+        let table = LivenessTable<String>()
+        #expect(table.timeout == .seconds(30))
+        #expect(table.count == 0)
+        #expect(table.lastHeard("a") == nil)
+        #expect(table.isExpired("a", now: at(1_000)) == false)
+    }
+
+    @Test func exactlyAtTheTimeoutIsNotExpired() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("a", now: at(0))
+        #expect(table.isExpired("a", now: at(30)) == false)
+        #expect(table.expire(now: at(30)) == [])
+        #expect(table.count == 1)
+        #expect(table.lastHeard("a") == at(0))
+    }
+
+    @Test func oneNanosecondPastTheTimeoutIsExpired() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("a", now: at(0))
+        #expect(table.isExpired("a", now: at(30) + nanosecond) == true)
+        #expect(table.expire(now: at(30) + nanosecond) == ["a"])
+        #expect(table.count == 0)
+        #expect(table.lastHeard("a") == nil)
+        #expect(table.isExpired("a", now: at(100)) == false) // gone, so not "expired"
+        #expect(table.expire(now: at(100)) == [])
+    }
+
+    @Test func touchRefreshes() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("a", now: at(0))
+        table.touch("a", now: at(20))
+        #expect(table.lastHeard("a") == at(20))
+        #expect(table.isExpired("a", now: at(31)) == false)
+        #expect(table.expire(now: at(31)) == [])
+        #expect(table.expire(now: at(50)) == [])
+        #expect(table.count == 1)
+        #expect(table.expire(now: at(50) + nanosecond) == ["a"])
+    }
+
+    @Test func touchWithAnOlderInstantIsIgnored() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("a", now: at(20))
+        table.touch("a", now: at(10))
+        table.touch("a", now: at(20))
+        #expect(table.lastHeard("a") == at(20))
+        #expect(table.expire(now: at(50)) == [])
+        #expect(table.expire(now: at(50) + nanosecond) == ["a"])
+    }
+
+    @Test func remove() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("a", now: at(0))
+        table.touch("b", now: at(0))
+        table.remove("a")
+        #expect(table.count == 1)
+        #expect(table.lastHeard("a") == nil)
+        #expect(table.isExpired("a", now: at(100)) == false)
+        #expect(table.expire(now: at(100)) == ["b"])
+        table.remove("nobody") // harmless
+        #expect(table.count == 0)
+    }
+
+    @Test func expiryOrderIsOldestFirst() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("c", now: at(1))
+        table.touch("a", now: at(2))
+        table.touch("b", now: at(3))
+        table.touch("c", now: at(4)) // c is now the newest
+        #expect(table.expire(now: at(32)) == [])
+        #expect(table.expire(now: at(32) + nanosecond) == ["a"])
+        #expect(table.expire(now: at(40)) == ["b", "c"])
+        #expect(table.count == 0)
+    }
+
+    @Test func sameInstantKeepsTouchOrder() {
+        var table = LivenessTable<Int>(timeout: .seconds(30))
+        for key in [5, 3, 9, 1] { table.touch(key, now: at(0)) }
+        #expect(table.expire(now: at(31)) == [5, 3, 9, 1])
+    }
+
+    @Test func manyEntries() {
+        var table = LivenessTable<Int>(timeout: .seconds(30))
+        // 5000 keys heard once each, one per millisecond from t=0.
+        for key in 0..<5_000 { table.touch(key, now: Instant.zero + .milliseconds(key)) }
+        // keys 0..<2500 are refreshed at t=10 s
+        for key in 0..<2_500 { table.touch(key, now: at(10)) }
+        #expect(table.count == 5_000)
+        // at 32.5 s: key 2500 (heard at 2.5 s) is silent exactly 30 s; keys below were refreshed.
+        #expect(table.expire(now: at(32) + .milliseconds(500)) == [])
+        // at 35 s: keys 2500..<5000 (heard at 2.500..4.999 s, never refreshed) have been
+        // silent for more than 30 s; the refreshed ones have not.
+        #expect(table.expire(now: at(35)) == Array(2_500..<5_000))
+        #expect(table.count == 2_500)
+        #expect(table.expire(now: at(40)) == [])
+        #expect(table.expire(now: at(40) + nanosecond) == Array(0..<2_500))
+        #expect(table.count == 0)
+        // the table still works after its queue was compacted
+        table.touch(7, now: at(100))
+        #expect(table.expire(now: at(130)) == [])
+        #expect(table.expire(now: at(131)) == [7])
+    }
+
+    @Test func readdAfterRemove() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("a", now: at(0))
+        table.remove("a")
+        table.touch("a", now: at(20))
+        #expect(table.count == 1)
+        #expect(table.lastHeard("a") == at(20))
+        // The stale queue entry from t=0 must not evict the re-added key.
+        #expect(table.expire(now: at(31)) == [])
+        #expect(table.count == 1)
+        #expect(table.expire(now: at(50) + nanosecond) == ["a"])
+    }
+
+    @Test func readdAtTheSameInstantAfterRemove() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("a", now: at(0))
+        table.remove("a")
+        table.touch("a", now: at(0))
+        #expect(table.count == 1)
+        #expect(table.expire(now: at(31)) == ["a"]) // reported once, not twice
+        #expect(table.count == 0)
+    }
+
+    @Test func readdAfterExpiry() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("a", now: at(0))
+        #expect(table.expire(now: at(31)) == ["a"])
+        table.touch("a", now: at(40))
+        #expect(table.lastHeard("a") == at(40))
+        #expect(table.expire(now: at(70)) == [])
+        #expect(table.expire(now: at(71)) == ["a"])
+    }
+
+    @Test func customTimeout() {
+        var table = LivenessTable<String>(timeout: .milliseconds(1_500))
+        table.touch("a", now: .zero)
+        #expect(table.expire(now: Instant.zero + .milliseconds(1_500)) == [])
+        #expect(table.expire(now: Instant.zero + .milliseconds(1_500) + nanosecond) == ["a"])
+    }
+}

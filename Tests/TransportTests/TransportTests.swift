@@ -1,1 +1,277 @@
 import Testing
+import MonotonicTime
+import NIOCore
+import NIOEmbedded
+@testable import Transport
+import Wire
+
+private let A = Endpoint(address: IPv4Address(203, 0, 113, 7), port: 40001)
+private let B = Endpoint(address: IPv4Address(198, 51, 100, 9), port: 50000)
+private let S = Endpoint(address: IPv4Address(10, 0, 0, 1), port: 10080)
+
+/// A driver that records what it is given and answers as told.
+private final class FakeDriver: DatagramDriver {
+    struct Received: Equatable {
+        var payload: [UInt8]
+        var source: Endpoint
+        var now: Instant
+    }
+
+    var received: [Received] = []
+    var timeouts: [Instant] = []
+    var deadlines: [Instant] = []
+    /// What to send for each datagram received.
+    var replies: (Received) -> [(Endpoint, [UInt8])] = { _ in [] }
+    /// What to send on each timeout.
+    var timeoutReplies: (Instant) -> [(Endpoint, [UInt8])] = { _ in [] }
+
+    func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
+        let record = Received(payload: Array(payload.readableBytesView), source: source, now: now)
+        received.append(record)
+        for (destination, bytes) in replies(record) { output.send(bytes, to: destination) }
+    }
+
+    func timeout(now: Instant, output: inout DatagramOutput) {
+        timeouts.append(now)
+        if !deadlines.isEmpty, deadlines[0] <= now { deadlines.removeFirst() }
+        for (destination, bytes) in timeoutReplies(now) { output.send(bytes, to: destination) }
+    }
+
+    func nextDeadline() -> Instant? { deadlines.first }
+}
+
+/// Counts flushes and writes passing towards the socket.
+private final class FlushCounter: ChannelOutboundHandler {
+    typealias OutboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+    var flushes = 0
+    var writes = 0
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        writes += 1
+        context.write(data, promise: promise)
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        flushes += 1
+        context.flush()
+    }
+}
+
+private struct Harness {
+    let driver = FakeDriver()
+    let clock = ManualClock(start: Instant.zero + .seconds(100))
+    let counter = FlushCounter()
+    let handler: DatagramDriverHandler<FakeDriver>
+    let channel: EmbeddedChannel
+
+    init(active: Bool = true, deadlines: [Instant] = []) throws {
+        driver.deadlines = deadlines
+        handler = DatagramDriverHandler(driver: driver, clock: clock)
+        channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(counter)
+        try channel.pipeline.syncOperations.addHandler(handler)
+        if active {
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        }
+    }
+
+    func envelope(_ text: String, from address: SocketAddress) -> AddressedEnvelope<ByteBuffer> {
+        AddressedEnvelope(remoteAddress: address, data: channel.allocator.buffer(string: text))
+    }
+
+    /// Every envelope written and flushed so far, as (destination, text).
+    func sent() throws -> [(Endpoint?, String)] {
+        var result: [(Endpoint?, String)] = []
+        while let envelope = try channel.readOutbound(as: AddressedEnvelope<ByteBuffer>.self) {
+            result.append((Endpoint(envelope.remoteAddress), String(buffer: envelope.data)))
+        }
+        return result
+    }
+}
+
+private func v4(_ ip: String, _ port: Int) -> SocketAddress { try! SocketAddress(ipAddress: ip, port: port) }
+
+@Suite("Endpoint <-> SocketAddress")
+struct SocketAddressConversionTests {
+    @Test func ipv4ToEndpoint() throws {
+        #expect(Endpoint(try SocketAddress(ipAddress: "203.0.113.7", port: 40001)) == A)
+        #expect(Endpoint(try SocketAddress(ipAddress: "0.0.0.0", port: 0)) == Endpoint(address: IPv4Address(bits: 0), port: 0))
+        #expect(Endpoint(try SocketAddress(ipAddress: "255.255.255.255", port: 65535))
+                == Endpoint(address: IPv4Address(bits: .max), port: 65535))
+    }
+
+    @Test func endpointToIPv4() {
+        let address = A.socketAddress
+        #expect(address.ipAddress == "203.0.113.7")
+        #expect(address.port == 40001)
+        #expect(address.protocol == .inet)
+        #expect(Endpoint(address) == A)
+    }
+
+    @Test func roundTrip() {
+        for endpoint in [A, B, S, Endpoint(address: IPv4Address(1, 2, 3, 4), port: 1)] {
+            #expect(Endpoint(endpoint.socketAddress) == endpoint)
+        }
+    }
+
+    @Test func nonIPv4IsNil() throws {
+        #expect(Endpoint(try SocketAddress(ipAddress: "::1", port: 5)) == nil)
+        #expect(Endpoint(try SocketAddress(ipAddress: "::ffff:1.2.3.4", port: 5)) == nil)
+        #expect(Endpoint(try SocketAddress(unixDomainSocketPath: "/tmp/natchat-test.sock")) == nil)
+    }
+}
+
+@Suite("DatagramOutput")
+struct DatagramOutputTests {
+    @Test func sendAndDrain() {
+        var output = DatagramOutput()
+        output.send(Array("one".utf8), to: A)
+        output.send(buffer: ByteBuffer(string: "two"), to: B)
+        #expect(output.pending.map(\.destination) == [A, B])
+        #expect(output.pending.map { String(buffer: $0.payload) } == ["one", "two"])
+        let drained = output.drain()
+        #expect(drained.map(\.destination) == [A, B])
+        #expect(drained.map { String(buffer: $0.payload) } == ["one", "two"])
+        #expect(output.pending.isEmpty)
+        #expect(output.drain().isEmpty)
+    }
+}
+
+@Suite("DatagramDriverHandler")
+struct DatagramDriverHandlerTests {
+    @Test func inboundDatagramReachesTheDriver() throws {
+        let harness = try Harness()
+        try harness.channel.writeInbound(harness.envelope("alice@keepalive", from: v4("203.0.113.7", 40001)))
+        #expect(harness.driver.received == [.init(payload: Array("alice@keepalive".utf8), source: A, now: Instant.zero + .seconds(100))])
+        harness.clock.advance(by: .seconds(5))
+        try harness.channel.writeInbound(harness.envelope("x", from: v4("198.51.100.9", 50000)))
+        #expect(harness.driver.received.map(\.source) == [A, B])
+        #expect(harness.driver.received.map(\.now) == [Instant.zero + .seconds(100), Instant.zero + .seconds(105)])
+        #expect(harness.handler.statistics == TransportStatistics(datagramsReceived: 2, datagramsSent: 0, nonIPv4Dropped: 0, errors: 0))
+        #expect(try harness.sent().isEmpty)
+        #expect(harness.counter.flushes == 0)
+    }
+
+    @Test func driverOutputIsWrittenOnReadCompleteWithOneFlush() throws {
+        let harness = try Harness()
+        harness.driver.replies = { received in
+            [(received.source, Array("echo \(String(decoding: received.payload, as: UTF8.self))".utf8)), (S, Array("copy".utf8))]
+        }
+        let pipeline = harness.channel.pipeline.syncOperations
+        pipeline.fireChannelRead(NIOAny(harness.envelope("a", from: v4("203.0.113.7", 40001))))
+        pipeline.fireChannelRead(NIOAny(harness.envelope("b", from: v4("198.51.100.9", 50000))))
+        // nothing written before the read batch completes
+        #expect(harness.counter.writes == 0)
+        #expect(try harness.sent().isEmpty)
+        pipeline.fireChannelReadComplete()
+        #expect(harness.counter.writes == 4)
+        #expect(harness.counter.flushes == 1)
+        let sent = try harness.sent()
+        #expect(sent.map(\.0) == [A, S, B, S])
+        #expect(sent.map(\.1) == ["echo a", "copy", "echo b", "copy"])
+        #expect(harness.handler.statistics.datagramsSent == 4)
+        #expect(harness.handler.statistics.datagramsReceived == 2)
+        // another batch with nothing to send: no extra flush
+        harness.driver.replies = { _ in [] }
+        try harness.channel.writeInbound(harness.envelope("c", from: v4("203.0.113.7", 40001)))
+        #expect(harness.counter.flushes == 1)
+    }
+
+    @Test func nonIPv4SourceIsCountedAndDropped() throws {
+        let harness = try Harness()
+        try harness.channel.writeInbound(harness.envelope("alice@keepalive", from: try SocketAddress(ipAddress: "2001:db8::1", port: 40001)))
+        #expect(harness.driver.received.isEmpty)
+        #expect(harness.handler.statistics == TransportStatistics(datagramsReceived: 1, datagramsSent: 0, nonIPv4Dropped: 1, errors: 0))
+        try harness.channel.writeInbound(harness.envelope("ok", from: v4("203.0.113.7", 40001)))
+        #expect(harness.driver.received.map(\.source) == [A])
+        #expect(harness.handler.statistics.nonIPv4Dropped == 1)
+        #expect(harness.handler.statistics.datagramsReceived == 2)
+    }
+
+    @Test func performRunsTheBodyAndSendsAtOnce() throws {
+        let harness = try Harness()
+        harness.clock.advance(by: .seconds(1))
+        var seenNow: Instant?
+        harness.handler.perform { driver, output, now in
+            seenNow = now
+            output.send(Array("alice 10.0.0.5".utf8), to: S)
+        }
+        #expect(seenNow == Instant.zero + .seconds(101))
+        #expect(harness.counter.flushes == 1)
+        let sent = try harness.sent()
+        #expect(sent.map(\.0) == [S])
+        #expect(sent.map(\.1) == ["alice 10.0.0.5"])
+    }
+
+    @Test func errorsAreCountedAndTheChannelStaysOpen() throws {
+        let harness = try Harness()
+        harness.channel.pipeline.fireErrorCaught(IOError(errnoCode: 101, reason: "sendmsg"))
+        harness.channel.pipeline.fireErrorCaught(IOError(errnoCode: 111, reason: "recvmsg"))
+        #expect(harness.handler.statistics.errors == 2)
+        #expect(harness.channel.isActive)
+        try harness.channel.writeInbound(harness.envelope("still", from: v4("203.0.113.7", 40001)))
+        #expect(harness.driver.received.count == 1)
+    }
+
+    @Test func timerFiresAtTheDriversDeadline() throws {
+        let harness = try Harness(deadlines: [Instant.zero + .seconds(105), Instant.zero + .seconds(115)])
+        harness.driver.timeoutReplies = { now in [(S, Array("tick \(now.nanoseconds / 1_000_000_000)".utf8))] }
+        let loop = harness.channel.embeddedEventLoop
+        loop.advanceTime(by: .seconds(4))
+        #expect(harness.driver.timeouts == [])
+        harness.clock.advance(by: .seconds(5))
+        loop.advanceTime(by: .seconds(1))
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(105)])
+        var sent = try harness.sent()
+        #expect(sent.map(\.0) == [S])
+        #expect(sent.map(\.1) == ["tick 105"])
+        // re-armed for the next deadline (10 s later)
+        loop.advanceTime(by: .seconds(9))
+        #expect(harness.driver.timeouts.count == 1)
+        harness.clock.advance(by: .seconds(10))
+        loop.advanceTime(by: .seconds(1))
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(105), Instant.zero + .seconds(115)])
+        sent = try harness.sent()
+        #expect(sent.map(\.1) == ["tick 115"])
+        // no deadline left: no more timeouts
+        loop.advanceTime(by: .seconds(1_000))
+        #expect(harness.driver.timeouts.count == 2)
+    }
+
+    @Test func noTimerBeforeTheChannelIsActive() throws {
+        let harness = try Harness(active: false, deadlines: [Instant.zero + .seconds(101)])
+        harness.channel.embeddedEventLoop.advanceTime(by: .seconds(10))
+        #expect(harness.driver.timeouts == [])
+        try harness.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        harness.clock.advance(by: .seconds(1))
+        harness.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(101)])
+    }
+
+    @Test func timerIsReArmedWhenADatagramMovesTheDeadline() throws {
+        let harness = try Harness(deadlines: [Instant.zero + .seconds(200)])
+        harness.driver.replies = { _ in
+            harness.driver.deadlines = [Instant.zero + .seconds(102)]
+            return []
+        }
+        try harness.channel.writeInbound(harness.envelope("x", from: v4("203.0.113.7", 40001)))
+        harness.clock.advance(by: .seconds(2))
+        harness.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(102)])
+    }
+
+    @Test func pastDeadlineFiresOnTheNextLoopTurn() throws {
+        let harness = try Harness(deadlines: [Instant.zero + .seconds(50)])
+        harness.channel.embeddedEventLoop.run()
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(100)])
+    }
+
+    @Test func closingTheChannelCancelsTheTimer() throws {
+        let harness = try Harness(deadlines: [Instant.zero + .seconds(101)])
+        try harness.channel.close().wait()
+        harness.clock.advance(by: .seconds(1))
+        harness.channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+        #expect(harness.driver.timeouts == [])
+    }
+}

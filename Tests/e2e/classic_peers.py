@@ -49,6 +49,7 @@ Usage:
 """
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -187,7 +188,12 @@ class ClassicServer:
 
 
 def _exit_cleanly(signum, frame):
-    raise SystemExit(0)
+    # FIXUP: clean exit (status 0) on SIGINT/SIGTERM; os._exit so that no state of the
+    # interrupted main thread or of the Timer threads can turn it into a traceback.
+    try:
+        sys.stdout.flush()
+    finally:
+        os._exit(0)
 
 
 def server_main(args):
@@ -255,10 +261,10 @@ class ClassicClient:
             except OSError:
                 return
             text = decode(message)
-            if self.trace:
-                diag(f"recv {addr[0]}:{addr[1]} {text}")
             with self.lock:
                 self.handle(text)
+                if self.trace:  # after handling: a traced entry is already in the lists
+                    diag(f"recv {addr[0]}:{addr[1]} {text}")
 
     def handle(self, message):
         if "@chat" in message:  # FIXUP: tested first (see module docstring)

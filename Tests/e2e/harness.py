@@ -13,6 +13,7 @@
 Every wait is bounded in time and in iterations.
 """
 
+import atexit
 import os
 import re
 import signal
@@ -135,6 +136,22 @@ def free_udp_port(addrs=("127.0.0.1",)):
 # --------------------------------------------------------------------------- processes
 
 
+_live_procs = set()
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _kill_leftovers():
+    """Last resort (e.g. Ctrl-C in the middle of a test): stop every process still alive."""
+    with _live_lock:
+        procs = list(_live_procs)
+    for p in procs:
+        try:
+            p.stop()
+        except Exception:
+            pass
+
+
 class Hit:
     """A matched output line: index in its stream, text, and the re.Match."""
 
@@ -169,6 +186,8 @@ class Proc:
             env=env,
         )
         self.pid = self.popen.pid
+        with _live_lock:
+            _live_procs.add(self)
         self._readers = [
             threading.Thread(target=self._reader, args=("stdout", self.popen.stdout),
                              name=f"{name}-stdout", daemon=True),
@@ -305,6 +324,8 @@ class Proc:
         if self._stopped:
             return
         self._stopped = True
+        with _live_lock:
+            _live_procs.discard(self)
         try:
             if self.popen.poll() is None:
                 try:
@@ -363,7 +384,7 @@ class ClientProc(Proc):
         if self.kind == "natchat":
             return self.wait_for_line(
                 r"\* registered as " + re.escape(self.cid) + r" \(public "
-                + re.escape(self.endpoint) + r"\)(?: .*)?", timeout)
+                + re.escape(self.endpoint) + r"\).*", timeout)
         return self.wait_for_line(self._server_recv(f"{self.cid} {self.endpoint}"),
                                   timeout, stream="stderr")
 

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +58,11 @@ def strip_self_private(texts, cid):
 
 class E2ETest(unittest.TestCase):
     needs = ()
+
+    def assert_stdout_exact(self, proc, expected, msg=""):
+        """proc's stdout is exactly expected (after waiting for its last line to show)."""
+        proc.wait_for_line(re.escape(expected[-1]))
+        self.assertEqual(proc.lines(), expected, f"{proc.name}: stdout {msg}")
 
     def setUp(self):
         require_loopback_aliases(self, [SERVER_IP] + ALIASES + ["127.0.0.6", "127.0.0.7",
@@ -162,7 +168,7 @@ class ScenarioMixin:
         alice.sync()
 
         # ---- exactly-once and nothing else
-        self.assertEqual(srv.lines(), expected_srv,
+        self.assert_stdout_exact(srv, expected_srv,
                          "server stdout must be exactly the registration/leave events\n"
                          + g.describe())
         for src, dst, text in chats + [(alice, dave, "welcome"), (dave, alice, "thanks")]:
@@ -330,7 +336,49 @@ class RawProtocolMixin:
         self.assertEqual(r1.recv_line(own3), [own3], "keep-alive must not be answered")
         leftovers = [t for t in strip_self_private(r2.drain(), "r2") if t != bye2]
         self.assertEqual(leftovers, [], "the leaver gets nothing but its own notice")
-        self.assertEqual(srv.lines(), [START, own1, own2, bye2, own3])
+        self.assert_stdout_exact(srv, [START, own1, own2, bye2, own3])
+
+    def test_keepalive_and_eviction_timing(self):
+        """Keep-alives keep a client registered; silence for strictly more than the
+        timeout (and at most timeout + sweep + slack) evicts it, and the others hear."""
+        T, S = 1.0, 0.1
+        g = self.g
+        srv = g.start_server(self.server_kind, bind=SERVER_IP, timeout=T, sweep=S)
+        watch, k = g.raw("127.0.0.6"), g.raw(SERVER_IP)
+        own_w, own_k = f"watch {watch.endpoint}", f"k {k.endpoint}"
+        watch.send("watch 10.6.0.1", srv.addr)
+        watch.recv_line(own_w)
+        k.send("k 10.1.0.1", srv.addr)
+        k.recv_line(own_k)
+        start = time.monotonic()
+        for _ in range(100):  # 1.5 timeouts of keep-alives every 0.2 s
+            if time.monotonic() - start > 1.5 * T:
+                break
+            k.send("k@keepalive", srv.addr)
+            watch.send("watch@keepalive", srv.addr)
+            time.sleep(0.2)
+        self.assertEqual(srv.count(r".* is off-line .*"), 0,
+                         "evicted despite keep-alives\n" + g.describe())
+
+        offline_k = f"k is off-line {k.endpoint}"
+        k.send("k@keepalive", srv.addr)  # the last word from k
+        t0 = time.monotonic()
+        elapsed = None
+        for _ in range(1000):
+            now = time.monotonic()
+            if srv.count(re.escape(offline_k)):
+                elapsed = now - t0
+                break
+            if now - t0 > T + S + 3:
+                break
+            watch.send("watch@keepalive", srv.addr)
+            time.sleep(0.05)
+        self.assertIsNotNone(elapsed, f"no {offline_k!r}\n" + g.describe())
+        self.assertGreater(elapsed, T - 0.01, "evicted before the timeout")
+        self.assertLess(elapsed, T + S + 1.0, "evicted too late")
+        got = watch.recv_line(offline_k)
+        self.assertEqual(strip_self_private(got, "watch")[-2:], [own_k, offline_k])
+        self.assert_stdout_exact(srv, [START, own_w, own_k, offline_k])
 
     def test_same_nat_private_lines(self):
         g = self.g
@@ -364,7 +412,7 @@ class RawProtocolMixin:
                          [line["n3"], line["n4"], line["n5"]])
         self.assertEqual(strip_self_private(n3.recv_line(line["n5"]), "n3"),
                          [line["n4"], line["n5"]])
-        self.assertEqual(srv.lines(), [START] + [line[k] for k in ("n1", "n2", "n3", "n4", "n5")])
+        self.assert_stdout_exact(srv, [START] + [line[k] for k in ("n1", "n2", "n3", "n4", "n5")])
 
 
 class TestRawProtocolClassicServer(RawProtocolMixin, E2ETest):
@@ -382,7 +430,7 @@ class TestRawProtocolClassicServer(RawProtocolMixin, E2ETest):
         probe.send("probe 10.0.0.1", srv.addr)
         own = f"probe {probe.endpoint}"
         self.assertEqual(strip_self_private(probe.recv_line(own), "probe"), [own])
-        self.assertEqual(srv.lines(), [START, own])
+        self.assert_stdout_exact(srv, [START, own])
         self.assertTrue(srv.alive())
 
 
@@ -391,10 +439,16 @@ class TestRawProtocolNatchatServer(RawProtocolMixin, E2ETest):
     needs = (SERVER_BIN,)
 
     def _register_ok(self, sock, cid, private, srv):
-        """Register cid from sock; returns the datagrams received before its own line."""
+        """Register cid from sock; returns the datagrams received before its own line
+        (without @private lines about IDs this socket registered)."""
+        if not hasattr(sock, "ids"):
+            sock.ids = []
+        sock.ids.append(cid)
         sock.send(f"{cid} {private}", srv.addr)
-        got = sock.recv_line(f"{cid} {sock.endpoint}")
-        return strip_self_private(got[:-1], cid)
+        got = sock.recv_line(f"{cid} {sock.endpoint}")[:-1]
+        for own in sock.ids:
+            got = strip_self_private(got, own)
+        return got
 
     def test_bad_ids_never_register(self):
         g = self.g
@@ -433,7 +487,7 @@ class TestRawProtocolNatchatServer(RawProtocolMixin, E2ETest):
                     self.assertEqual(len(refusals), 1, f"refusals for {bad!r}: {refusals!r}")
                 else:
                     self.assertLessEqual(len(refusals), 1, f"refusals for {bad!r}")
-        self.assertEqual(srv.lines(), [START] + [l for _, l in registered],
+        self.assert_stdout_exact(srv, [START] + [l for _, l in registered],
                          "nothing is printed for refused registrations")
         self.assertTrue(srv.alive())
 
@@ -459,7 +513,7 @@ class TestRawProtocolNatchatServer(RawProtocolMixin, E2ETest):
         own = f"probe {probe.endpoint}"
         self.assertEqual(self._register_ok(probe, "probe", "10.0.0.1", srv), [],
                          "no garbage may have registered")
-        self.assertEqual(srv.lines(), [START, own])
+        self.assert_stdout_exact(srv, [START, own])
         for t in junk.drain():
             self.assertTrue(t.startswith("server@chat "),
                             f"an unregistered sender got a non-server@chat reply: {t!r}")
@@ -481,7 +535,7 @@ class TestRawProtocolNatchatServer(RawProtocolMixin, E2ETest):
         dupb = f"dupb {b.endpoint}"
         self.assertEqual(strip_self_private(a.recv_line(dupb), "dup"), [dupb],
                          "the holder hears nothing about the refused attempt")
-        self.assertEqual(srv.lines(), [START, dup_a, dupb])
+        self.assert_stdout_exact(srv, [START, dup_a, dupb])
 
         # both fall silent: once "dup" is evicted the ID is free again
         srv.wait_for_line(re.escape(f"dup is off-line {a.endpoint}"), timeout=6)
@@ -550,7 +604,7 @@ class TestNatchatClientCLI(E2ETest):
         imposter.wait_for_line(r"From server \[registration refused: .+\]")
         self.assertEqual(imposter.count(r"\* registered as .*"), 0)
         alice.sync()
-        self.assertEqual(srv.lines(), [START, f"alice {alice.endpoint}", f"bob {bob.endpoint}"])
+        self.assert_stdout_exact(srv, [START, f"alice {alice.endpoint}", f"bob {bob.endpoint}"])
         self.assertEqual(alice.show_list(), sorted([("alice", alice.endpoint),
                                                     ("bob", bob.endpoint)]))
 
@@ -566,9 +620,15 @@ class PromptMixin:
         c.send_line("alice")
         c.send_line(SERVER_IP)
         srv.wait_for_line(re.escape(f"alice {ALIASES[0]}:{port}"))
+        # the prompts have no newline: they prefix the first line printed after them
+        if c.kind == "natchat":
+            c.wait_for_line(r"\* registered as alice \(public " + re.escape(c.endpoint)
+                            + r"\).*$", search=True)
+        else:
+            c.wait_registered()
         c.send_line("@show_list")
-        hit = c.wait_for_line(re.escape(f"alice {ALIASES[0]}:{port}") + r"(?: .*)?",
-                              search=True)
+        hit = c.wait_for_line(r"(?:^|: )" + re.escape(f"alice {ALIASES[0]}:{port}")
+                              + r"(?: .*)?$", search=True)
         text = "\n".join(c.lines()[:hit.index + 1])
         i, j = text.find("Enter client ID: "), text.find("Enter server IP address: ")
         self.assertTrue(0 <= i < j, f"prompts in order on stdout: {text!r}")
@@ -589,7 +649,8 @@ class ServerSignalMixin:
     def _check(self, sig):
         srv = self.g.start_server(self.server_kind, bind=SERVER_IP)
         srv.signal(sig)
-        self.assertEqual(srv.wait_exit(timeout=5), 0, f"exit status after {sig.name}")
+        rc = srv.wait_exit(timeout=5)
+        self.assertEqual(rc, 0, f"exit status after {sig.name}\n{srv.describe()}")
 
     def test_sigterm_clean_exit(self):
         self._check(signal.SIGTERM)

@@ -1,0 +1,83 @@
+import MonotonicTime
+import STUN
+import Wire
+
+/// Finds this socket's public mapping with STUN and, given a second server port, whether
+/// the NAT maps endpoint-independently ("cone") or per destination ("symmetric"), the idea
+/// of RFC 5780. Sans-I/O: it hands out datagrams to send and takes the responses.
+public struct MappingProbe: Sendable {
+    /// What the probe found.
+    public struct Outcome: Hashable, Sendable {
+        public var kind: NATKind
+        /// The mapped address seen by the primary server, if it answered.
+        public var primaryMapping: Endpoint?
+        /// The mapped address seen at the alternate port, if it answered.
+        public var alternateMapping: Endpoint?
+    }
+
+    private struct Target: Sendable {
+        var server: Endpoint
+        var transaction: STUN.TransactionID
+        var mapped: Endpoint?
+    }
+
+    private var targets: [Target]
+    private let localEndpoint: Endpoint?
+    private var attempts = 0
+    private let maxAttempts: Int
+    private let retransmitInterval: Duration
+    private var nextSend: Instant?
+    public private(set) var outcome: Outcome?
+
+    /// - Parameters:
+    ///   - localEndpoint: this socket's own address and port, to recognise "no NAT".
+    public init<G: RandomNumberGenerator>(primary: Endpoint, alternate: Endpoint?, localEndpoint: Endpoint?,
+                                          random: inout G, retransmitInterval: Duration = .milliseconds(300),
+                                          maxAttempts: Int = 4) {
+        targets = [Target(server: primary, transaction: .random(using: &random))]
+        if let alternate { targets.append(Target(server: alternate, transaction: .random(using: &random))) }
+        self.localEndpoint = localEndpoint
+        self.retransmitInterval = retransmitInterval
+        self.maxAttempts = maxAttempts
+    }
+
+    /// When the probe next needs ``poll(now:)``.
+    public var nextDeadline: Instant? { outcome == nil ? nextSend : nil }
+
+    /// Requests to (re)send now; after the last attempt times out, settles the outcome.
+    public mutating func poll(now: Instant) -> [(bytes: [UInt8], destination: Endpoint)] {
+        guard outcome == nil else { return [] }
+        if let due = nextSend, now < due { return [] }
+        if attempts >= maxAttempts {
+            settle()
+            return []
+        }
+        attempts += 1
+        nextSend = now + retransmitInterval
+        return targets.filter { $0.mapped == nil }.map { (STUN.bindingRequest($0.transaction), $0.server) }
+    }
+
+    /// Takes a STUN response; `true` when it belonged to this probe.
+    public mutating func receive(_ message: STUN.Message, from source: Endpoint) -> Bool {
+        guard case .bindingSuccess(let transaction, let mapped) = message,
+              let index = targets.firstIndex(where: { $0.transaction == transaction && $0.server == source })
+        else { return false }
+        targets[index].mapped = mapped
+        if targets.allSatisfy({ $0.mapped != nil }) { settle() }
+        return true
+    }
+
+    private mutating func settle() {
+        let primary = targets.first?.mapped
+        let alternate = targets.count > 1 ? targets[1].mapped : nil
+        let kind: NATKind
+        if let primary, let localEndpoint, primary == localEndpoint {
+            kind = .none
+        } else if let primary, let alternate {
+            kind = primary == alternate ? .endpointIndependent : .endpointDependent
+        } else {
+            kind = .unknown
+        }
+        outcome = Outcome(kind: kind, primaryMapping: primary, alternateMapping: alternate)
+    }
+}

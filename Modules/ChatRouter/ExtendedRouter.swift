@@ -1,0 +1,286 @@
+import Delivery
+import HolePunch
+import MonotonicTime
+import NATGrouping
+import Wire
+
+/// The chat client's peer table and routing for the extended dialect (natchat/2).
+///
+/// Pure state: feed it what the server says (``handleServerMessage(_:now:)``), what peers
+/// send directly (``handlePeerMessage(_:from:now:)``), typed chats (``sendChat(to:text:now:)``)
+/// and timeouts; take datagrams with ``pollTransmit()`` and user-facing events with
+/// ``pollEvent()``. Per peer, a ``PathAgent`` finds and holds a direct path; until it has
+/// one, chats go through the server's relay. Chats are acknowledged and retransmitted
+/// (``ReliableSender``), and shown once (``DuplicateFilter``). Every datagram names its
+/// addressee and, on direct paths, carries the pair token the addressee checks, so a
+/// datagram that reaches the wrong host (colliding private addresses) is dropped there.
+public struct ExtendedRouter: Sendable {
+    /// How a message travelled.
+    public enum Route: Hashable, Sendable {
+        case direct(Endpoint)
+        case relayed
+    }
+
+    /// What the user should hear about.
+    public enum Event: Hashable, Sendable {
+        case joined(PeerInfo)
+        case updated(PeerInfo)
+        case left(ClientID, LeaveReason, Endpoint)
+        case chat(from: ClientID, text: String, route: Route)
+        case delivered(to: ClientID, messageID: UInt64, attempts: Int)
+        case undelivered(to: ClientID, text: String)
+        case pathChanged(ClientID, PathAgent.Path)
+    }
+
+    /// A datagram to send.
+    public struct Transmit: Hashable, Sendable {
+        public var bytes: [UInt8]
+        public var destination: Endpoint
+    }
+
+    /// Why a chat cannot be sent.
+    public enum SendError: Error, Hashable, Sendable {
+        case unknownPeer(ClientID)
+        case tooManyInFlight
+    }
+
+    struct PeerState: Sendable {
+        var info: PeerInfo
+        var agent: PathAgent
+        var order: UInt64
+    }
+
+    public let selfID: ClientID
+    public var server: Endpoint
+    public var token: Token128
+    /// This client's own NAT kind (from its probe), used to skip hopeless punching.
+    public var natKind: NATKind = .unknown
+    private var peers: [ClientID: PeerState] = [:]
+    private var nextOrder: UInt64 = 0
+    private var sender: ReliableSender
+    private var duplicates = DuplicateFilter()
+    private var transactionSeed: UInt64
+    private let pathConfiguration: PathAgent.Configuration
+    private var transmits: [Transmit] = []
+    private var events: [Event] = []
+
+    public init(selfID: ClientID, server: Endpoint, token: Token128, firstMessageID: UInt64, transactionSeed: UInt64,
+                pathConfiguration: PathAgent.Configuration = .init(), delivery: ReliableSender.Configuration = .init()) {
+        self.selfID = selfID
+        self.server = server
+        self.token = token
+        self.transactionSeed = transactionSeed
+        self.pathConfiguration = pathConfiguration
+        sender = ReliableSender(firstID: firstMessageID, configuration: delivery)
+    }
+
+    /// Registered peers in the order the server announced them, with their current path.
+    public var roster: [(info: PeerInfo, path: PathAgent.Path)] {
+        peers.values.sorted { $0.order < $1.order }.map { ($0.info, $0.agent.path) }
+    }
+
+    /// Peer IDs, sorted (for Tab completion).
+    public var peerIDs: [ClientID] { peers.keys.sorted() }
+
+    public func peer(_ id: ClientID) -> PeerInfo? { peers[id]?.info }
+
+    public func path(to id: ClientID) -> PathAgent.Path? { peers[id]?.agent.path }
+
+    /// Messages still waiting for an acknowledgement.
+    public var messagesInFlight: Int { sender.count }
+
+    // MARK: - Input
+
+    /// A message from the rendezvous server (the caller checked its source).
+    public mutating func handleServerMessage(_ message: ExtendedMessage, now: Instant) {
+        switch message {
+        case .peer(let info):
+            guard info.id != selfID else { return }
+            if var state = peers[info.id] {
+                let moved = state.info.publicEndpoint != info.publicEndpoint
+                state.info = info
+                peers[info.id] = state
+                events.append(.updated(info))
+                if moved, state.agent.directEndpoint != nil {
+                    // Its NAT mapping changed: the direct path will be re-verified by keep-alives.
+                    peers[info.id]?.agent.suspectPath(now: now)
+                }
+            } else {
+                let agent = PathAgent(selfID: selfID, peerID: info.id, transactionSeed: nextTransactionSeed(),
+                                      configuration: pathConfiguration)
+                peers[info.id] = PeerState(info: info, agent: agent, order: nextOrder)
+                nextOrder += 1
+                events.append(.joined(info))
+            }
+        case .peerLeft(let id, let reason, let endpoint):
+            guard peers.removeValue(forKey: id) != nil else { return }
+            duplicates.forget(id)
+            for message in sender.cancel(peer: id) { events.append(.undelivered(to: id, text: message.text)) }
+            events.append(.left(id, reason, endpoint))
+        case .punch(let info, let pairToken, let round, let delayMillis):
+            guard info.id != selfID, info.dialect == .extended else { return }
+            if peers[info.id] == nil { handleServerMessage(.peer(info), now: now) }
+            peers[info.id]?.info.publicEndpoint = info.publicEndpoint
+            peers[info.id]?.info.privateEndpoints = info.privateEndpoints
+            peers[info.id]?.info.natKind = info.natKind
+            peers[info.id]?.agent.handlePunch(peer: info, pairToken: pairToken, round: round,
+                                              delay: .milliseconds(Int64(delayMillis)), selfNATKind: natKind, now: now)
+            drainAgent(info.id, now: now)
+        case .relayed(let from, let payload):
+            guard let inner = try? ExtendedMessage.decode(payload) else { return }
+            handleRelayed(inner, from: from, now: now)
+        case .register, .keepAlive, .exit, .connect, .relay, .challenge, .registered, .refused, .keepAliveAck,
+             .unknownSession, .ping, .pong, .chat, .chatAck:
+            return
+        }
+    }
+
+    /// A peer-to-peer message that arrived directly from `source`. Dropped unless it names
+    /// us as addressee, comes from a known extended peer and carries that pair's token.
+    public mutating func handlePeerMessage(_ message: ExtendedMessage, from source: Endpoint, now: Instant) {
+        switch message {
+        case .ping(let from, let to, let pairToken, let transaction):
+            guard verify(from: from, to: to, pairToken: pairToken) else { return }
+            peers[from]?.agent.handlePing(transaction: transaction, from: source, now: now)
+            drainAgent(from, now: now)
+        case .pong(let from, let to, let pairToken, let transaction, _):
+            guard verify(from: from, to: to, pairToken: pairToken) else { return }
+            peers[from]?.agent.handlePong(transaction: transaction, from: source, now: now)
+            drainAgent(from, now: now)
+        case .chat(let from, let to, let pairToken, let messageID, let text):
+            guard verify(from: from, to: to, pairToken: pairToken) else { return }
+            peers[from]?.agent.noteHeard(from: source, now: now)
+            receiveChat(from: from, messageID: messageID, text: text, route: .direct(source), now: now)
+        case .chatAck(let from, let to, let pairToken, let messageID):
+            guard verify(from: from, to: to, pairToken: pairToken) else { return }
+            peers[from]?.agent.noteHeard(from: source, now: now)
+            acknowledge(messageID, from: from)
+        default:
+            return
+        }
+    }
+
+    /// Sends `text` to peer `id` reliably: on the direct path when there is one, else
+    /// through the relay while a direct path is set up.
+    public mutating func sendChat(to id: ClientID, text: String, now: Instant) throws(SendError) {
+        guard peers[id] != nil else { throw .unknownPeer(id) }
+        let message: ReliableSender.Message
+        do {
+            message = try sender.enqueue(text, to: id, now: now)
+        } catch {
+            throw .tooManyInFlight
+        }
+        peers[id]?.agent.noteInterest(now: now)
+        drainAgent(id, now: now)
+        transmit(message, now: now)
+    }
+
+    /// Call at ``nextDeadline``.
+    public mutating func handleTimeout(now: Instant) {
+        for id in peers.keys {
+            if let deadline = peers[id]?.agent.nextDeadline, deadline <= now {
+                peers[id]?.agent.handleTimeout(now: now)
+                drainAgent(id, now: now)
+            }
+        }
+        let (retransmit, expired) = sender.due(now: now)
+        for message in retransmit { transmit(message, now: now) }
+        for message in expired { events.append(.undelivered(to: message.peer, text: message.text)) }
+    }
+
+    public var nextDeadline: Instant? {
+        let agentDeadlines = peers.values.compactMap(\.agent.nextDeadline)
+        return (agentDeadlines + [sender.nextDeadline].compactMap { $0 }).min()
+    }
+
+    public mutating func pollTransmit() -> Transmit? {
+        transmits.isEmpty ? nil : transmits.removeFirst()
+    }
+
+    public mutating func pollEvent() -> Event? {
+        events.isEmpty ? nil : events.removeFirst()
+    }
+
+    /// Forgets every peer (the server session was lost; a new registration relists them).
+    public mutating func resetPeers() {
+        peers.removeAll()
+    }
+
+    // MARK: - Internals
+
+    private func verify(from: ClientID, to: ClientID, pairToken: Token128) -> Bool {
+        guard to == selfID, let state = peers[from], let expected = state.agent.token else { return false }
+        return expected.constantTimeEquals(pairToken)
+    }
+
+    private mutating func handleRelayed(_ inner: ExtendedMessage, from: ClientID, now: Instant) {
+        // The server vouches for `from`; the inner message must agree and name us.
+        switch inner {
+        case .chat(let innerFrom, let to, _, let messageID, let text) where innerFrom == from && to == selfID:
+            receiveChat(from: from, messageID: messageID, text: text, route: .relayed, now: now)
+        case .chatAck(let innerFrom, let to, _, let messageID) where innerFrom == from && to == selfID:
+            acknowledge(messageID, from: from)
+        default:
+            return
+        }
+    }
+
+    private mutating func receiveChat(from: ClientID, messageID: UInt64, text: String, route: Route, now: Instant) {
+        let ack = ExtendedMessage.chatAck(from: selfID, to: from, pairToken: peers[from]?.agent.token ?? .zero,
+                                          messageID: messageID)
+        switch route {
+        case .direct(let source): transmits.append(Transmit(bytes: ack.encode(), destination: source))
+        case .relayed: sendViaRelay(ack, to: from)
+        }
+        if duplicates.firstSighting(of: messageID, from: from) {
+            events.append(.chat(from: from, text: text, route: route))
+        }
+    }
+
+    private mutating func acknowledge(_ messageID: UInt64, from peer: ClientID) {
+        if let message = sender.acknowledge(messageID, from: peer) {
+            events.append(.delivered(to: peer, messageID: message.id, attempts: message.attempts))
+        }
+    }
+
+    /// Attempt 1 takes the direct path when there is one; retries alternate with the relay,
+    /// so a path that broke silently costs one retransmission timeout, not the message.
+    private mutating func transmit(_ message: ReliableSender.Message, now: Instant) {
+        guard let state = peers[message.peer] else { return }
+        let chat = ExtendedMessage.chat(from: selfID, to: message.peer, pairToken: state.agent.token ?? .zero,
+                                        messageID: message.id, text: message.text)
+        if let direct = state.agent.directEndpoint, message.attempts % 2 == 1 {
+            transmits.append(Transmit(bytes: chat.encode(), destination: direct))
+            if message.attempts > 1 { peers[message.peer]?.agent.suspectPath(now: now) }
+        } else {
+            sendViaRelay(chat, to: message.peer)
+            if message.attempts > 1 { peers[message.peer]?.agent.suspectPath(now: now) }
+        }
+        drainAgent(message.peer, now: now)
+    }
+
+    private mutating func sendViaRelay(_ message: ExtendedMessage, to peer: ClientID) {
+        let relay = ExtendedMessage.relay(id: selfID, token: token, to: peer, payload: message.encode())
+        transmits.append(Transmit(bytes: relay.encode(), destination: server))
+    }
+
+    private mutating func drainAgent(_ id: ClientID, now: Instant) {
+        guard var agent = peers[id]?.agent else { return }
+        if agent.pollConnectRequest() {
+            transmits.append(Transmit(bytes: ExtendedMessage.connect(id: selfID, token: token, peer: id).encode(),
+                                      destination: server))
+        }
+        while let (message, destination) = agent.pollTransmit() {
+            transmits.append(Transmit(bytes: message.encode(), destination: destination))
+        }
+        while let event = agent.pollEvent() {
+            if case .pathChanged(let path) = event { events.append(.pathChanged(id, path)) }
+        }
+        peers[id]?.agent = agent
+    }
+
+    private mutating func nextTransactionSeed() -> UInt64 {
+        transactionSeed = transactionSeed &* 6364136223846793005 &+ 1442695040888963407
+        return transactionSeed
+    }
+}

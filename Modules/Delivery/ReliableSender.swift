@@ -1,0 +1,122 @@
+import MonotonicTime
+import Wire
+
+/// Reliable delivery of chat messages over lossy paths: each message gets an ID, is sent
+/// again with exponential backoff until acknowledged, and is given up after a deadline.
+/// Pure state: the owner sends what ``due(now:)`` returns and reports acks.
+public struct ReliableSender: Sendable {
+    public struct Configuration: Hashable, Sendable {
+        public var initialTimeout: Duration = .milliseconds(400)
+        public var maxTimeout: Duration = .seconds(4)
+        /// After this long unacknowledged, a message is reported undelivered.
+        public var deadline: Duration = .seconds(30)
+        /// Most messages in flight at once; more are refused.
+        public var maxInFlight = 256
+        public init() {}
+    }
+
+    /// A message in flight.
+    public struct Message: Hashable, Sendable {
+        public var id: UInt64
+        public var peer: ClientID
+        public var text: String
+        public var firstSent: Instant
+        public var attempts: Int
+        var nextRetry: Instant
+        var timeout: Duration
+    }
+
+    /// Why a message cannot be queued.
+    public enum SendError: Error, Hashable, Sendable {
+        case tooManyInFlight
+    }
+
+    public let configuration: Configuration
+    private var inFlight: [UInt64: Message] = [:]
+    private var nextID: UInt64
+
+    /// - Parameter firstID: random per session, so a restarted client's IDs do not repeat
+    ///   the last session's ones at the receiver's duplicate filter.
+    public init(firstID: UInt64, configuration: Configuration = Configuration()) {
+        nextID = firstID
+        self.configuration = configuration
+    }
+
+    public var count: Int { inFlight.count }
+
+    /// Queues `text` for `peer`; the caller sends attempt 1 at once.
+    public mutating func enqueue(_ text: String, to peer: ClientID, now: Instant) throws(SendError) -> Message {
+        guard inFlight.count < configuration.maxInFlight else { throw .tooManyInFlight }
+        let message = Message(id: nextID, peer: peer, text: text, firstSent: now, attempts: 1,
+                              nextRetry: now + configuration.initialTimeout, timeout: configuration.initialTimeout)
+        nextID &+= 1
+        inFlight[message.id] = message
+        return message
+    }
+
+    /// The peer acknowledged `id`; returns the message when it was in flight.
+    public mutating func acknowledge(_ id: UInt64, from peer: ClientID) -> Message? {
+        guard let message = inFlight[id], message.peer == peer else { return nil }
+        inFlight[id] = nil
+        return message
+    }
+
+    /// Messages to send again now (their attempt counts already raised), and messages
+    /// given up (past the deadline).
+    public mutating func due(now: Instant) -> (retransmit: [Message], expired: [Message]) {
+        var retransmit: [Message] = []
+        var expired: [Message] = []
+        for (id, var message) in inFlight where now >= message.nextRetry {
+            if now - message.firstSent >= configuration.deadline {
+                inFlight[id] = nil
+                expired.append(message)
+                continue
+            }
+            message.attempts += 1
+            message.timeout = min(message.timeout * 2, configuration.maxTimeout)
+            message.nextRetry = now + message.timeout
+            inFlight[id] = message
+            retransmit.append(message)
+        }
+        return (retransmit.sorted { $0.id < $1.id }, expired.sorted { $0.id < $1.id })
+    }
+
+    /// Drops every message to `peer` (it left); returns them.
+    public mutating func cancel(peer: ClientID) -> [Message] {
+        let gone = inFlight.values.filter { $0.peer == peer }
+        for message in gone { inFlight[message.id] = nil }
+        return gone.sorted { $0.id < $1.id }
+    }
+
+    public var nextDeadline: Instant? { inFlight.values.map(\.nextRetry).min() }
+}
+
+/// Shows each message once however often it arrives: remembers the last IDs seen per peer
+/// (bounded per peer and in the number of peers).
+public struct DuplicateFilter: Sendable {
+    private var seen: [ClientID: (set: Set<UInt64>, order: [UInt64])] = [:]
+    private let perPeer: Int
+    private let maxPeers: Int
+
+    public init(perPeer: Int = 1024, maxPeers: Int = 4096) {
+        self.perPeer = perPeer
+        self.maxPeers = maxPeers
+    }
+
+    /// `true` the first time `id` from `peer` is seen.
+    public mutating func firstSighting(of id: UInt64, from peer: ClientID) -> Bool {
+        var entry = seen[peer] ?? (Set(), [])
+        guard entry.set.insert(id).inserted else { return false }
+        entry.order.append(id)
+        if entry.order.count > perPeer {
+            let dropped = entry.order.removeFirst()
+            entry.set.remove(dropped)
+        }
+        if seen[peer] == nil, seen.count >= maxPeers, let victim = seen.keys.first { seen[victim] = nil }
+        seen[peer] = entry
+        return true
+    }
+
+    /// Forgets `peer` (it left; a new session of it starts new IDs).
+    public mutating func forget(_ peer: ClientID) { seen[peer] = nil }
+}

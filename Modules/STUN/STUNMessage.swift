@@ -1,0 +1,129 @@
+import Wire
+
+/// RFC 8489 STUN, as much as natchat needs: Binding requests and success responses with
+/// XOR-MAPPED-ADDRESS (IPv4), so the rendezvous server answers standard STUN clients and
+/// natchat asks any STUN server for its mapped address.
+public enum STUN {
+    public static let magicCookie: UInt32 = 0x2112_A442
+    public static let headerLength = 20
+    static let bindingRequestType: UInt16 = 0x0001
+    static let bindingSuccessType: UInt16 = 0x0101
+    static let mappedAddress: UInt16 = 0x0001
+    static let xorMappedAddress: UInt16 = 0x0020
+    static let software: UInt16 = 0x8022
+
+    /// The 96-bit transaction ID.
+    public struct TransactionID: Hashable, Sendable {
+        public var high: UInt32
+        public var low: UInt64
+
+        public init(high: UInt32, low: UInt64) {
+            self.high = high
+            self.low = low
+        }
+
+        public static func random<G: RandomNumberGenerator>(using generator: inout G) -> TransactionID {
+            TransactionID(high: UInt32(truncatingIfNeeded: generator.next()), low: generator.next())
+        }
+    }
+
+    /// A decoded STUN message.
+    public enum Message: Hashable, Sendable {
+        case bindingRequest(TransactionID)
+        case bindingSuccess(TransactionID, mapped: Endpoint)
+        /// Any other well-formed STUN message (other methods or classes, IPv6 mappings).
+        case other(type: UInt16, TransactionID)
+    }
+
+    /// Why bytes are not a STUN message.
+    public enum DecodeError: Error, Hashable, Sendable {
+        case notSTUN
+        case truncated
+        case badAttribute
+    }
+
+    /// Cheap test used to tell STUN from natchat's dialects on a shared port: top two bits
+    /// zero, a length that fits and is a multiple of 4, and the magic cookie.
+    public static func looksLikeSTUN<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> Bool where Bytes.Index == Int {
+        guard bytes.count >= headerLength else { return false }
+        let start = bytes.startIndex
+        guard bytes[start] & 0xC0 == 0 else { return false }
+        let length = Int(bytes[start + 2]) << 8 | Int(bytes[start + 3])
+        guard length % 4 == 0, headerLength + length == bytes.count else { return false }
+        return bytes[start + 4] == 0x21 && bytes[start + 5] == 0x12 && bytes[start + 6] == 0xA4 && bytes[start + 7] == 0x42
+    }
+
+    public static func decode(_ input: [UInt8]) throws(DecodeError) -> Message {
+        guard looksLikeSTUN(input) else { throw .notSTUN }
+        let type = UInt16(input[0]) << 8 | UInt16(input[1])
+        let transaction = TransactionID(
+            high: UInt32(input[8]) << 24 | UInt32(input[9]) << 16 | UInt32(input[10]) << 8 | UInt32(input[11]),
+            low: input[12..<20].reduce(0) { $0 << 8 | UInt64($1) })
+        switch type {
+        case bindingRequestType:
+            return .bindingRequest(transaction)
+        case bindingSuccessType:
+            var offset = headerLength
+            var mapped: Endpoint?
+            var xorMapped: Endpoint?
+            while offset + 4 <= input.count {
+                let attribute = UInt16(input[offset]) << 8 | UInt16(input[offset + 1])
+                let length = Int(input[offset + 2]) << 8 | Int(input[offset + 3])
+                let valueStart = offset + 4
+                guard valueStart + length <= input.count else { throw .truncated }
+                let value = input[valueStart..<valueStart + length]
+                if attribute == xorMappedAddress || attribute == mappedAddress {
+                    if let endpoint = try parseAddress(value, xor: attribute == xorMappedAddress) {
+                        if attribute == xorMappedAddress { xorMapped = endpoint } else { mapped = endpoint }
+                    }
+                }
+                offset = valueStart + (length + 3) / 4 * 4
+            }
+            guard let result = xorMapped ?? mapped else { return .other(type: type, transaction) }
+            return .bindingSuccess(transaction, mapped: result)
+        default:
+            return .other(type: type, transaction)
+        }
+    }
+
+    private static func parseAddress(_ value: ArraySlice<UInt8>, xor: Bool) throws(DecodeError) -> Endpoint? {
+        guard value.count >= 4 else { throw .badAttribute }
+        let start = value.startIndex
+        guard value[start + 1] == 0x01 else { return nil } // IPv6 mappings are not used by natchat
+        guard value.count >= 8 else { throw .badAttribute }
+        var port = UInt16(value[start + 2]) << 8 | UInt16(value[start + 3])
+        var address = UInt32(value[start + 4]) << 24 | UInt32(value[start + 5]) << 16
+            | UInt32(value[start + 6]) << 8 | UInt32(value[start + 7])
+        if xor {
+            port ^= UInt16(magicCookie >> 16)
+            address ^= magicCookie
+        }
+        return Endpoint(address: IPv4Address(bits: address), port: port)
+    }
+
+    /// A Binding request with no attributes.
+    public static func bindingRequest(_ transaction: TransactionID) -> [UInt8] {
+        var bytes = header(type: bindingRequestType, length: 0, transaction)
+        bytes.reserveCapacity(headerLength)
+        return bytes
+    }
+
+    /// A Binding success response carrying `mapped` as XOR-MAPPED-ADDRESS.
+    public static func bindingSuccess(_ transaction: TransactionID, mapped: Endpoint) -> [UInt8] {
+        var bytes = header(type: bindingSuccessType, length: 12, transaction)
+        let port = mapped.port ^ UInt16(magicCookie >> 16)
+        let address = mapped.address.bits ^ magicCookie
+        bytes += [0x00, 0x20, 0x00, 0x08, 0x00, 0x01, UInt8(port >> 8), UInt8(truncatingIfNeeded: port),
+                  UInt8(address >> 24), UInt8(truncatingIfNeeded: address >> 16),
+                  UInt8(truncatingIfNeeded: address >> 8), UInt8(truncatingIfNeeded: address)]
+        return bytes
+    }
+
+    private static func header(type: UInt16, length: UInt16, _ transaction: TransactionID) -> [UInt8] {
+        var bytes: [UInt8] = [UInt8(type >> 8), UInt8(truncatingIfNeeded: type), UInt8(length >> 8),
+                              UInt8(truncatingIfNeeded: length), 0x21, 0x12, 0xA4, 0x42]
+        for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: transaction.high >> UInt32(shift))) }
+        for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: transaction.low >> UInt64(shift))) }
+        return bytes
+    }
+}

@@ -1,0 +1,231 @@
+/// Every message of the extended dialect (natchat/2): binary datagrams that start with
+/// the byte `0xFE`, which no UTF-8 text and no STUN message can start with, then a version
+/// byte and a type byte.
+///
+/// A natchat client proposes the dialect inside its classic registration (an offer token
+/// the seed's server ignores); only a server that answers with ``challenge(cookie:)`` gets
+/// extended messages, and the server sends them only to clients that registered with
+/// ``register(id:cookie:privateEndpoints:natKind:)``. A classic peer never receives one.
+public enum ExtendedMessage: Hashable, Sendable {
+    // Client → server
+    /// Registration, echoing the cookie from ``challenge(cookie:)`` to prove the source address.
+    case register(id: ClientID, cookie: Token128, privateEndpoints: [Endpoint], natKind: NATKind)
+    /// Keep-alive; from a new source address it moves the registration (the token proves it).
+    case keepAlive(id: ClientID, token: Token128, natKind: NATKind)
+    case exit(id: ClientID, token: Token128)
+    /// Asks the server to have `peer` and the sender punch towards each other now.
+    case connect(id: ClientID, token: Token128, peer: ClientID)
+    /// Asks the server to forward `payload` (an encoded peer message) to `to`.
+    case relay(id: ClientID, token: Token128, to: ClientID, payload: [UInt8])
+
+    // Server → client
+    /// Proves that the registering address receives: echo the cookie to register.
+    case challenge(cookie: Token128)
+    case registered(token: Token128, publicEndpoint: Endpoint, keepAliveMillis: UInt32, alternatePort: UInt16)
+    case refused(text: String)
+    /// A registered client, new or changed.
+    case peer(PeerInfo)
+    case peerLeft(ClientID, reason: LeaveReason, publicEndpoint: Endpoint)
+    /// Punch towards `peer` now (after `delayMillis`), using `pairToken` in every check.
+    case punch(peer: PeerInfo, pairToken: Token128, round: UInt32, delayMillis: UInt32)
+    /// A payload that `from` asked the server to forward (the server vouches for `from`).
+    case relayed(from: ClientID, payload: [UInt8])
+    /// Answer to a keep-alive: where the server sees the client now.
+    case keepAliveAck(publicEndpoint: Endpoint)
+    /// The server holds no session for that ID and token (it restarted): register again.
+    case unknownSession(ClientID)
+
+    // Peer ↔ peer
+    /// A connectivity check.
+    case ping(from: ClientID, to: ClientID, pairToken: Token128, transaction: UInt64)
+    /// The answer to a check, with the source address the check came from.
+    case pong(from: ClientID, to: ClientID, pairToken: Token128, transaction: UInt64, observed: Endpoint)
+    case chat(from: ClientID, to: ClientID, pairToken: Token128, messageID: UInt64, text: String)
+    case chatAck(from: ClientID, to: ClientID, pairToken: Token128, messageID: UInt64)
+
+    /// The first byte of every extended datagram.
+    public static let magic: UInt8 = 0xFE
+    public static let version: UInt8 = 1
+    /// The offer token a natchat client appends to its classic registration.
+    public static let offer = "natchat/2"
+    /// Limits on every input: the decoder refuses anything larger.
+    public static let maxDatagramLength = 1500
+    public static let maxPrivateEndpoints = 4
+    public static let maxTextBytes = 1200
+    public static let maxRelayPayload = 1400
+
+    /// Whether `bytes` starts like an extended datagram.
+    public static func looksExtended(_ bytes: some Collection<UInt8>) -> Bool {
+        bytes.first == magic
+    }
+
+    enum Kind: UInt8 {
+        case register = 0x01, keepAlive, exit, connect, relay
+        case challenge = 0x41, registered, refused, peer, peerLeft, punch, relayed, keepAliveAck, unknownSession
+        case ping = 0x81, pong, chat, chatAck
+    }
+}
+
+extension ExtendedMessage {
+    public func encode() -> [UInt8] {
+        var w = WireWriter(capacity: 96)
+        w.u8(Self.magic)
+        w.u8(Self.version)
+        switch self {
+        case .register(let id, let cookie, let endpoints, let natKind):
+            w.u8(Kind.register.rawValue); w.clientID(id); w.token(cookie); w.endpoints(endpoints); w.u8(natKind.rawValue)
+        case .keepAlive(let id, let token, let natKind):
+            w.u8(Kind.keepAlive.rawValue); w.clientID(id); w.token(token); w.u8(natKind.rawValue)
+        case .exit(let id, let token):
+            w.u8(Kind.exit.rawValue); w.clientID(id); w.token(token)
+        case .connect(let id, let token, let peer):
+            w.u8(Kind.connect.rawValue); w.clientID(id); w.token(token); w.clientID(peer)
+        case .relay(let id, let token, let to, let payload):
+            w.u8(Kind.relay.rawValue); w.clientID(id); w.token(token); w.clientID(to); w.longBytes(payload)
+        case .challenge(let cookie):
+            w.u8(Kind.challenge.rawValue); w.token(cookie)
+        case .registered(let token, let endpoint, let keepAlive, let alternatePort):
+            w.u8(Kind.registered.rawValue); w.token(token); w.endpoint(endpoint); w.u32(keepAlive); w.u16(alternatePort)
+        case .refused(let text):
+            w.u8(Kind.refused.rawValue); w.longBytes(Array(text.utf8.prefix(Self.maxTextBytes)))
+        case .peer(let info):
+            w.u8(Kind.peer.rawValue); w.peerInfo(info)
+        case .peerLeft(let id, let reason, let endpoint):
+            w.u8(Kind.peerLeft.rawValue); w.clientID(id); w.u8(reason.rawValue); w.endpoint(endpoint)
+        case .punch(let peer, let pairToken, let round, let delay):
+            w.u8(Kind.punch.rawValue); w.peerInfo(peer); w.token(pairToken); w.u32(round); w.u32(delay)
+        case .relayed(let from, let payload):
+            w.u8(Kind.relayed.rawValue); w.clientID(from); w.longBytes(payload)
+        case .keepAliveAck(let endpoint):
+            w.u8(Kind.keepAliveAck.rawValue); w.endpoint(endpoint)
+        case .unknownSession(let id):
+            w.u8(Kind.unknownSession.rawValue); w.clientID(id)
+        case .ping(let from, let to, let pairToken, let transaction):
+            w.u8(Kind.ping.rawValue); w.clientID(from); w.clientID(to); w.token(pairToken); w.u64(transaction)
+        case .pong(let from, let to, let pairToken, let transaction, let observed):
+            w.u8(Kind.pong.rawValue); w.clientID(from); w.clientID(to); w.token(pairToken); w.u64(transaction); w.endpoint(observed)
+        case .chat(let from, let to, let pairToken, let messageID, let text):
+            w.u8(Kind.chat.rawValue); w.clientID(from); w.clientID(to); w.token(pairToken); w.u64(messageID)
+            w.longBytes(Array(text.utf8))
+        case .chatAck(let from, let to, let pairToken, let messageID):
+            w.u8(Kind.chatAck.rawValue); w.clientID(from); w.clientID(to); w.token(pairToken); w.u64(messageID)
+        }
+        return w.bytes
+    }
+
+    public static func decode<Bytes: Collection<UInt8>>(_ input: Bytes) throws(WireError) -> ExtendedMessage {
+        if input.isEmpty { throw .empty }
+        if input.count > maxDatagramLength { throw .datagramTooLong(length: input.count, limit: maxDatagramLength) }
+        var r = WireReader(Array(input))
+        guard try r.u8("magic") == magic else { throw .malformed("not an extended datagram") }
+        guard try r.u8("version") == version else { throw .malformed("unsupported version") }
+        guard let kind = Kind(rawValue: try r.u8("type")) else { throw .malformed("unknown message type") }
+        let message: ExtendedMessage
+        switch kind {
+        case .register:
+            message = .register(id: try r.clientID(), cookie: try r.token(), privateEndpoints: try r.endpoints(),
+                                natKind: try r.natKind())
+        case .keepAlive:
+            message = .keepAlive(id: try r.clientID(), token: try r.token(), natKind: try r.natKind())
+        case .exit:
+            message = .exit(id: try r.clientID(), token: try r.token())
+        case .connect:
+            message = .connect(id: try r.clientID(), token: try r.token(), peer: try r.clientID())
+        case .relay:
+            let id = try r.clientID(), token = try r.token(), to = try r.clientID()
+            let payload = try r.longBytes("payload")
+            guard payload.count <= maxRelayPayload else { throw .malformed("relay payload too long") }
+            message = .relay(id: id, token: token, to: to, payload: payload)
+        case .challenge:
+            message = .challenge(cookie: try r.token())
+        case .registered:
+            message = .registered(token: try r.token(), publicEndpoint: try r.endpoint(), keepAliveMillis: try r.u32(),
+                                  alternatePort: try r.u16())
+        case .refused:
+            message = .refused(text: try r.text())
+        case .peer:
+            message = .peer(try r.peerInfo())
+        case .peerLeft:
+            let id = try r.clientID()
+            guard let reason = LeaveReason(rawValue: try r.u8("reason")) else { throw .malformed("unknown leave reason") }
+            message = .peerLeft(id, reason: reason, publicEndpoint: try r.endpoint())
+        case .punch:
+            message = .punch(peer: try r.peerInfo(), pairToken: try r.token(), round: try r.u32(), delayMillis: try r.u32())
+        case .relayed:
+            let from = try r.clientID()
+            let payload = try r.longBytes("payload")
+            guard payload.count <= maxRelayPayload else { throw .malformed("relay payload too long") }
+            message = .relayed(from: from, payload: payload)
+        case .keepAliveAck:
+            message = .keepAliveAck(publicEndpoint: try r.endpoint())
+        case .unknownSession:
+            message = .unknownSession(try r.clientID())
+        case .ping:
+            message = .ping(from: try r.clientID(), to: try r.clientID(), pairToken: try r.token(), transaction: try r.u64())
+        case .pong:
+            message = .pong(from: try r.clientID(), to: try r.clientID(), pairToken: try r.token(), transaction: try r.u64(),
+                            observed: try r.endpoint())
+        case .chat:
+            message = .chat(from: try r.clientID(), to: try r.clientID(), pairToken: try r.token(), messageID: try r.u64(),
+                            text: try r.text())
+        case .chatAck:
+            message = .chatAck(from: try r.clientID(), to: try r.clientID(), pairToken: try r.token(), messageID: try r.u64())
+        }
+        try r.expectEnd()
+        return message
+    }
+}
+
+extension WireWriter {
+    mutating func token(_ token: Token128) { u64(token.high); u64(token.low) }
+
+    mutating func endpoints(_ list: [Endpoint]) {
+        let kept = list.prefix(ExtendedMessage.maxPrivateEndpoints)
+        u8(UInt8(kept.count))
+        for endpoint in kept { self.endpoint(endpoint) }
+    }
+
+    mutating func peerInfo(_ info: PeerInfo) {
+        clientID(info.id)
+        endpoint(info.publicEndpoint)
+        endpoints(info.privateEndpoints)
+        u8(info.natKind.rawValue)
+        u8(info.dialect.rawValue)
+    }
+}
+
+extension WireReader {
+    mutating func token() throws(WireError) -> Token128 {
+        Token128(high: try u64("token"), low: try u64("token"))
+    }
+
+    mutating func endpoints() throws(WireError) -> [Endpoint] {
+        let count = Int(try u8("endpoint count"))
+        guard count <= ExtendedMessage.maxPrivateEndpoints else { throw .malformed("too many endpoints") }
+        var list: [Endpoint] = []
+        for _ in 0..<count { list.append(try endpoint()) }
+        return list
+    }
+
+    mutating func natKind() throws(WireError) -> NATKind {
+        guard let kind = NATKind(rawValue: try u8("NAT kind")) else { throw .malformed("unknown NAT kind") }
+        return kind
+    }
+
+    mutating func text() throws(WireError) -> String {
+        let raw = try longBytes("text")
+        guard raw.count <= ExtendedMessage.maxTextBytes else { throw .malformed("text too long") }
+        guard let text = String(validating: raw, as: UTF8.self) else { throw .invalidUTF8 }
+        guard !text.unicodeScalars.contains(where: ClassicMessage.isForbiddenInText) else { throw .controlCharacterInText }
+        return text
+    }
+
+    mutating func peerInfo() throws(WireError) -> PeerInfo {
+        let id = try clientID()
+        let publicEndpoint = try endpoint()
+        let privateEndpoints = try endpoints()
+        let natKind = try natKind()
+        guard let dialect = Dialect(rawValue: try u8("dialect")) else { throw .malformed("unknown dialect") }
+        return PeerInfo(id: id, publicEndpoint: publicEndpoint, privateEndpoints: privateEndpoints, natKind: natKind, dialect: dialect)
+    }
+}

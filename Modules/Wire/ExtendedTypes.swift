@@ -1,0 +1,80 @@
+/// 128 random bits: session tokens, pair tokens and cookies of the extended dialect.
+public struct Token128: Hashable, Sendable, CustomStringConvertible {
+    public var high: UInt64
+    public var low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// A fresh random token.
+    public static func random<G: RandomNumberGenerator>(using generator: inout G) -> Token128 {
+        Token128(high: generator.next(), low: generator.next())
+    }
+
+    public static let zero = Token128(high: 0, low: 0)
+
+    /// Comparison in constant time (no early exit on the first differing bit).
+    public func constantTimeEquals(_ other: Token128) -> Bool {
+        ((high ^ other.high) | (low ^ other.low)) == 0
+    }
+
+    public var description: String {
+        let hex = String(high, radix: 16)
+        return "token:" + String(repeating: "0", count: 16 - hex.count) + hex.prefix(4) + "…"
+    }
+}
+
+/// How a client's NAT maps its socket, as a RFC 5780-style probe found it.
+public enum NATKind: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+    /// Not probed, or the probe got no answer.
+    case unknown = 0
+    /// No NAT: the server sees the client's own address and port.
+    case none = 1
+    /// One public mapping whatever the destination ("cone"): hole punching can work.
+    case endpointIndependent = 2
+    /// A new public port for each destination ("symmetric"): punching towards it only
+    /// works from a peer that accepts unsolicited packets.
+    case endpointDependent = 3
+
+    public var description: String {
+        switch self {
+        case .unknown: "unknown"
+        case .none: "no NAT"
+        case .endpointIndependent: "endpoint-independent mapping (cone)"
+        case .endpointDependent: "endpoint-dependent mapping (symmetric)"
+        }
+    }
+}
+
+/// Which dialect a registered client speaks.
+public enum Dialect: UInt8, Hashable, Sendable {
+    case classic = 0
+    case extended = 1
+}
+
+/// What the server tells clients about one registered client.
+public struct PeerInfo: Hashable, Sendable {
+    public var id: ClientID
+    public var publicEndpoint: Endpoint
+    /// Private endpoints worth probing: sent only as a same-NAT *hint* (same public address).
+    public var privateEndpoints: [Endpoint]
+    public var natKind: NATKind
+    public var dialect: Dialect
+
+    public init(id: ClientID, publicEndpoint: Endpoint, privateEndpoints: [Endpoint] = [],
+                natKind: NATKind = .unknown, dialect: Dialect = .extended) {
+        self.id = id
+        self.publicEndpoint = publicEndpoint
+        self.privateEndpoints = privateEndpoints
+        self.natKind = natKind
+        self.dialect = dialect
+    }
+}
+
+/// Why a client left the roster.
+public enum LeaveReason: UInt8, Hashable, Sendable {
+    case unregistered = 1
+    case offline = 2
+}
