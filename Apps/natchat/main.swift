@@ -42,6 +42,12 @@ struct Natchat: ParsableCommand {
     @Option(help: "History file (default: $XDG_STATE_HOME/natchat/history or ~/.local/state/natchat/history).")
     var historyFile: String?
 
+    @Flag(help: "Probe the NAT instead of chatting: ask --server (any STUN server) for this socket's mapped address and, with --alt-port, whether the mapping is endpoint-independent.")
+    var probe = false
+
+    @Option(help: "With --probe: the server's second (STUN-only) port; 0 for a plain STUN server.")
+    var altPort: Int = 10082
+
     @Flag(help: "Speak only the seed's classic protocol (no hole punching, relay or acknowledgements).")
     var classic = false
 
@@ -65,6 +71,10 @@ struct Natchat: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "natchat.client")
+        if probe {
+            try runProbe(logger: logger)
+            return
+        }
         guard let clientID = try id.map({ try ClientID($0) }) ?? Self.ask("Enter client ID: ", parse: { text in
             if let violation = ClientID.violation(in: text) { return .failure("invalid ID: \(violation)") }
             return (try? ClientID(text)).map { .success($0) } ?? .failure("invalid ID")
@@ -83,6 +93,22 @@ struct Natchat: ParsableCommand {
         options.offerExtended = !classic
         let status = ChatClientRunner.run(options, logger: logger)
         if status != 0 { throw ExitCode(status) }
+    }
+
+    func runProbe(logger: Logger) throws {
+        guard let server, let address = HostResolver.resolveIPv4(server) else {
+            throw ValidationError("--probe needs --server HOST (a natchat-server or any STUN server)")
+        }
+        guard (0...65535).contains(altPort) else { throw ValidationError("--alt-port must be 0...65535") }
+        let outcome = try ProbeRunner.run(server: Endpoint(address: address, port: UInt16(serverPort)),
+                                          alternatePort: UInt16(altPort), bindAddress: bind, port: port == 10081 ? 0 : port,
+                                          logger: logger)
+        LineWriter.write("mapped address: \(outcome.primaryMapping.map { "\($0)" } ?? "no answer")")
+        if altPort != 0 {
+            LineWriter.write("mapped address at alternate port: \(outcome.alternateMapping.map { "\($0)" } ?? "no answer")")
+        }
+        LineWriter.write("NAT: \(outcome.kind)")
+        if outcome.primaryMapping == nil { throw ExitCode(3) }
     }
 
     enum Answer<Value> {

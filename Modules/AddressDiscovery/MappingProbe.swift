@@ -13,6 +13,12 @@ public struct MappingProbe: Sendable {
         public var primaryMapping: Endpoint?
         /// The mapped address seen at the alternate port, if it answered.
         public var alternateMapping: Endpoint?
+
+        public init(kind: NATKind, primaryMapping: Endpoint?, alternateMapping: Endpoint?) {
+            self.kind = kind
+            self.primaryMapping = primaryMapping
+            self.alternateMapping = alternateMapping
+        }
     }
 
     private struct Target: Sendable {

@@ -1,0 +1,81 @@
+import AddressDiscovery
+import Dispatch
+import Logging
+import MonotonicTime
+import NIOCore
+import NIOPosix
+import STUN
+import Synchronization
+import Transport
+import Wire
+
+/// `natchat --probe`: asks a STUN server (natchat-server, coturn, any RFC 8489 server) for
+/// this socket's mapped address and, with an alternate port, classifies the NAT mapping.
+public enum ProbeRunner {
+    final class ProbeDriver: DatagramDriver {
+        var probe: MappingProbe
+        let finished: @Sendable (MappingProbe.Outcome) -> Void
+
+        init(probe: MappingProbe, finished: @escaping @Sendable (MappingProbe.Outcome) -> Void) {
+            self.probe = probe
+            self.finished = finished
+        }
+
+        func start(now: Instant, output: inout DatagramOutput) {
+            for (bytes, destination) in probe.poll(now: now) { output.send(bytes, to: destination) }
+        }
+
+        func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
+            guard let message = try? STUN.decode(Array(payload.readableBytesView)), probe.receive(message, from: source),
+                  let outcome = probe.outcome else { return }
+            finished(outcome)
+        }
+
+        func timeout(now: Instant, output: inout DatagramOutput) {
+            for (bytes, destination) in probe.poll(now: now) { output.send(bytes, to: destination) }
+            if let outcome = probe.outcome { finished(outcome) }
+        }
+
+        func nextDeadline() -> Instant? { probe.nextDeadline }
+    }
+
+    /// Runs the probe; returns the outcome (kind `.unknown` and no mapping when nobody answered).
+    public static func run(server: Endpoint, alternatePort: UInt16, bindAddress: String, port: Int,
+                           logger: Logger) throws -> MappingProbe.Outcome {
+        let done = Mutex<MappingProbe.Outcome?>(nil)
+        let semaphore = DispatchSemaphoreBox()
+        let alternate = alternatePort == 0 ? nil : Endpoint(address: server.address, port: alternatePort)
+        let host = try DatagramHost<ProbeDriver>.bindBlocking(host: bindAddress, port: port,
+                                                               group: MultiThreadedEventLoopGroup.singleton, logger: logger) {
+            var random = SystemRandomNumberGenerator()
+            let probe = MappingProbe(primary: server, alternate: alternate, localEndpoint: nil, random: &random)
+            return ProbeDriver(probe: probe) { outcome in
+                let first = done.withLock { value -> Bool in
+                    guard value == nil else { return false }
+                    value = outcome
+                    return true
+                }
+                if first { semaphore.signal() }
+            }
+        }
+        host.perform { driver, output, now in driver.start(now: now, output: &output) }
+        semaphore.wait()
+        let outcome = done.withLock { $0 } ?? MappingProbe.Outcome(kind: .unknown, primaryMapping: nil, alternateMapping: nil)
+        host.performBlocking { _, _, _ in }
+        Task { await host.close() }
+        // "No NAT" needs our own address, which only the caller knows from the route.
+        if let mapped = outcome.primaryMapping, let local = host.localAddress?.port,
+           mapped.port == UInt16(clamping: local),
+           (try? PrivateAddress.routedSourceAddress(towards: server)) == mapped.address {
+            return MappingProbe.Outcome(kind: .none, primaryMapping: mapped, alternateMapping: outcome.alternateMapping)
+        }
+        return outcome
+    }
+}
+
+/// A tiny semaphore (Dispatch's, behind a name that reads well here).
+final class DispatchSemaphoreBox: Sendable {
+    private let semaphore = DispatchSemaphore(value: 0)
+    func signal() { semaphore.signal() }
+    func wait() { semaphore.wait() }
+}
