@@ -25,36 +25,45 @@ public enum Command: Hashable, Sendable {
 
     static let chatUsage = "@chat <id> <text>"
 
-    /// Parses one typed line; `nil` for a blank line.
+    /// The longest chat text in UTF-8 bytes: it must fit one extended datagram, relay
+    /// envelope and encryption included (and so a classic one too).
+    public static let maxTextBytes = 1024
+
+    /// Parses one typed line; `nil` for a blank line. Words are split at ASCII spaces and
+    /// tabs in the UTF-8 bytes, so a combining mark after a space stays in the text.
     public static func parse(_ line: String) throws(ParseError) -> Command? {
-        let trimmed = line.drop { $0 == " " || $0 == "\t" }
+        let isBlank: (UInt8) -> Bool = { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+        let bytes = Array(line.utf8)
+        let trimmed = bytes.drop(while: isBlank)
         guard !trimmed.isEmpty else { return nil }
-        let word = trimmed.prefix { $0 != " " && $0 != "\t" }
-        let rest = trimmed.dropFirst(word.count)
-        let argument = rest.drop { $0 == " " || $0 == "\t" }
-        switch word {
+        let word = trimmed.prefix { !isBlank($0) }
+        let argument = trimmed.dropFirst(word.count).drop(while: isBlank)
+        let wordText = String(decoding: word, as: UTF8.self)
+        switch wordText {
         case "@show_list":
-            guard argument.allSatisfy({ $0 == " " || $0 == "\t" }) else { throw .usage("@show_list") }
+            guard argument.allSatisfy(isBlank) else { throw .usage("@show_list") }
             return .showList
         case "@exit":
-            guard argument.allSatisfy({ $0 == " " || $0 == "\t" }) else { throw .usage("@exit") }
+            guard argument.allSatisfy(isBlank) else { throw .usage("@exit") }
             return .exit
         case "@help":
             return .help
         case "@chat":
-            let idText = argument.prefix { $0 != " " && $0 != "\t" }
-            guard !idText.isEmpty else { throw .usage(chatUsage) }
-            let text = argument.dropFirst(idText.count).dropFirst()
-            guard !text.isEmpty else { throw .usage(chatUsage + " (the text is missing)") }
-            guard let id = try? ClientID(String(idText)) else { throw .usage(chatUsage + " (\"\(idText.prefix(40))\" is not a valid ID)") }
+            let idBytes = argument.prefix { !isBlank($0) }
+            guard !idBytes.isEmpty else { throw .usage(chatUsage) }
+            let idText = String(decoding: idBytes, as: UTF8.self)
+            let textBytes = argument.dropFirst(idBytes.count).dropFirst()
+            guard !textBytes.isEmpty else { throw .usage(chatUsage + " (the text is missing)") }
+            let text = String(decoding: textBytes, as: UTF8.self)
+            guard let id = try? ClientID(idText) else { throw .usage(chatUsage + " (\"\(idText.prefix(40))\" is not a valid ID)") }
             guard !text.unicodeScalars.contains(where: { $0 != "\t" && $0.properties.generalCategory == .control }) else {
                 throw .usage(chatUsage + " (the text holds a control character)")
             }
-            let maxText = ClassicMessage.maxDatagramLength - ClientID.maxUTF8Length - "@chat ".utf8.count
+            let maxText = maxTextBytes
             guard text.utf8.count <= maxText else { throw .usage(chatUsage + " (the text is longer than \(maxText) bytes)") }
-            return .chat(to: id, text: String(text))
+            return .chat(to: id, text: text)
         default:
-            throw .unknown(String(word.prefix(40)))
+            throw .unknown(String(wordText.prefix(40)))
         }
     }
 

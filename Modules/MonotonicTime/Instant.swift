@@ -14,12 +14,17 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
 
+    /// Saturating: a huge duration gives the end of time, never a wrap into the past.
     public static func + (lhs: Instant, rhs: Duration) -> Instant {
-        Instant(nanoseconds: lhs.nanoseconds &+ rhs.nanosecondsClamped)
+        let (sum, overflow) = lhs.nanoseconds.addingReportingOverflow(rhs.nanosecondsClamped)
+        if overflow { return Instant(nanoseconds: rhs.nanosecondsClamped > 0 ? .max : .min) }
+        return Instant(nanoseconds: sum)
     }
 
     public static func - (lhs: Instant, rhs: Duration) -> Instant {
-        Instant(nanoseconds: lhs.nanoseconds &- rhs.nanosecondsClamped)
+        let (difference, overflow) = lhs.nanoseconds.subtractingReportingOverflow(rhs.nanosecondsClamped)
+        if overflow { return Instant(nanoseconds: rhs.nanosecondsClamped > 0 ? .min : .max) }
+        return Instant(nanoseconds: difference)
     }
 
     /// The time from `earlier` to `self` (negative when `earlier` is later).

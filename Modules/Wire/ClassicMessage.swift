@@ -77,30 +77,35 @@ extension ClassicMessage {
     }
 
     /// Decodes the text of one datagram.
+    ///
+    /// Separators (`@`, space) are found in the UTF-8 bytes, not in `Character`s: a
+    /// combining mark after a space would otherwise merge with it into one grapheme and
+    /// hide the separator.
     public static func decode(text: String) throws(WireError) -> ClassicMessage {
-        if text.isEmpty { throw .empty }
-        if let at = text.firstIndex(of: "@") {
-            return try decodeAtForm(head: text[..<at], tail: text[text.index(after: at)...])
+        let bytes = Array(text.utf8)
+        if bytes.isEmpty { throw .empty }
+        if let at = bytes.firstIndex(of: UInt8(ascii: "@")) {
+            return try decodeAtForm(head: bytes[..<at], tail: bytes[(at + 1)...])
         }
-        let fields = text.split(separator: " ", omittingEmptySubsequences: false)
+        let fields = bytes.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
         switch fields.count {
         case 2:
-            let id = try ClientID(String(fields[0]))
-            if fields[1].contains(":") {
-                return .peer(id, try Endpoint(parsing: fields[1]))
+            let id = try clientID(fields[0])
+            if fields[1].contains(UInt8(ascii: ":")) {
+                return .peer(id, try Endpoint(parsing: string(fields[1])[...]))
             }
-            return .register(id, privateAddress: try IPv4Address(parsing: fields[1]))
-        case 3...(2 + maxOffers) where fields[1] != "is":
-            let id = try ClientID(String(fields[0]))
-            let address = try IPv4Address(parsing: fields[1])
-            let offers = fields[2...].map(String.init)
+            return .register(id, privateAddress: try IPv4Address(parsing: string(fields[1])[...]))
+        case 3...(2 + maxOffers) where !fields[1].elementsEqual("is".utf8):
+            let id = try clientID(fields[0])
+            let address = try IPv4Address(parsing: string(fields[1])[...])
+            let offers = fields[2...].map(string)
             guard offers.allSatisfy({ !$0.isEmpty && $0.utf8.count <= maxOfferLength && ClientID.violation(in: $0) == nil })
             else { throw .unrecognized }
             return .register(id, privateAddress: address, offers: offers)
-        case 4 where fields[1] == "is":
-            let id = try ClientID(String(fields[0]))
-            let endpoint = try Endpoint(parsing: fields[3])
-            switch fields[2] {
+        case 4 where fields[1].elementsEqual("is".utf8):
+            let id = try clientID(fields[0])
+            let endpoint = try Endpoint(parsing: string(fields[3])[...])
+            switch string(fields[2]) {
             case "unregistered": return .unregistered(id, endpoint)
             case "off-line": return .offline(id, endpoint)
             default: throw .unrecognized
@@ -110,21 +115,30 @@ extension ClassicMessage {
         }
     }
 
-    private static func decodeAtForm(head: Substring, tail: Substring) throws(WireError) -> ClassicMessage {
-        if tail == "exit", head.hasSuffix(" ") {
-            return .unregister(try ClientID(String(head.dropLast())))
+    private static func string(_ bytes: ArraySlice<UInt8>) -> String {
+        // The slice came from valid UTF-8 split at ASCII bytes, so it is valid UTF-8 too.
+        String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func clientID(_ bytes: ArraySlice<UInt8>) throws(WireError) -> ClientID {
+        try ClientID(string(bytes))
+    }
+
+    private static func decodeAtForm(head: ArraySlice<UInt8>, tail: ArraySlice<UInt8>) throws(WireError) -> ClassicMessage {
+        if tail.elementsEqual("exit".utf8), head.last == UInt8(ascii: " ") {
+            return .unregister(try clientID(head.dropLast()))
         }
-        if tail == "keepalive" {
-            return .keepAlive(try ClientID(String(head)))
+        if tail.elementsEqual("keepalive".utf8) {
+            return .keepAlive(try clientID(head))
         }
-        if tail.hasPrefix("private:") {
-            return .peerPrivate(try ClientID(String(head)), try IPv4Address(parsing: tail.dropFirst("private:".count)))
+        if tail.starts(with: "private:".utf8) {
+            return .peerPrivate(try clientID(head), try IPv4Address(parsing: string(tail.dropFirst("private:".utf8.count))[...]))
         }
-        if tail.hasPrefix("chat ") || tail == "chat" {
-            let body = String(tail.dropFirst(min(tail.count, "chat ".count)))
+        if tail.starts(with: "chat ".utf8) || tail.elementsEqual("chat".utf8) {
+            let body = string(tail.dropFirst(min(tail.count, "chat ".utf8.count)))
             guard !body.unicodeScalars.contains(where: isForbiddenInText) else { throw .controlCharacterInText }
-            if head == serverSender { return .serverNotice(body) }
-            return .chat(from: try ClientID(String(head)), text: body)
+            if head.elementsEqual(serverSender.utf8) { return .serverNotice(body) }
+            return .chat(from: try clientID(head), text: body)
         }
         throw .unrecognized
     }

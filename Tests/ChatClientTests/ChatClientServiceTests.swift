@@ -1,0 +1,386 @@
+import Testing
+import ChatClient
+import Logging
+import MonotonicTime
+import NIOCore
+import Synchronization
+import Transport
+import Wire
+
+private func id(_ text: String) -> ClientID { try! ClientID(text) }
+private func ep(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }
+private func at(_ seconds: Int64) -> Instant { Instant.zero + .seconds(seconds) }
+
+private let S = ep("198.51.100.1:10080")
+private let A = ep("203.0.113.7:40001"), B = ep("203.0.113.7:40002"), C = ep("198.51.100.9:50000")
+private let stranger = ep("192.0.2.66:6666")
+
+/// Collects what the service tells the user, from any thread.
+private final class Recorder: Sendable {
+    private let state = Mutex<(lines: [String], peers: [[String]], refusals: [String])>(([], [], []))
+    var lines: [String] { state.withLock { $0.lines } }
+    var peers: [[String]] { state.withLock { $0.peers } }
+    var refusals: [String] { state.withLock { $0.refusals } }
+    func display(_ line: String) { state.withLock { $0.lines.append(line) } }
+    func peersChanged(_ ids: [String]) { state.withLock { $0.peers.append(ids) } }
+    func refused(_ text: String) { state.withLock { $0.refusals.append(text) } }
+    func takeLines() -> [String] { state.withLock { s in defer { s.lines.removeAll() }; return s.lines } }
+}
+
+private struct Client {
+    let recorder = Recorder()
+    let service: ChatClientService
+
+    /// A client speaking the seed's protocol only (`offerExtended: false`) unless told otherwise.
+    init(keepAlive: Duration = .seconds(10), retry: Duration = .seconds(1), peerPrivatePort: UInt16 = 10081,
+         offerExtended: Bool = false) {
+        let recorder = self.recorder
+        let configuration = ChatClientService.Configuration(
+            id: id("alice"), server: S, privateAddress: IPv4Address(10, 0, 0, 5),
+            keepAliveInterval: keepAlive, peerPrivatePort: peerPrivatePort, registrationRetry: retry,
+            offerExtended: offerExtended)
+        service = ChatClientService(
+            configuration: configuration,
+            sinks: .init(display: { recorder.display($0) },
+                         peersChanged: { recorder.peersChanged($0) },
+                         registrationRefused: { recorder.refused($0) }),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    }
+
+    func start(at now: Instant) -> [(Endpoint, String)] {
+        var output = DatagramOutput()
+        service.start(now: now, output: &output)
+        return sent(output)
+    }
+
+    @discardableResult
+    func receive(_ text: String, from source: Endpoint = S, at now: Instant) -> [(Endpoint, String)] {
+        receive(Array(text.utf8), from: source, at: now)
+    }
+
+    @discardableResult
+    func receive(_ bytes: [UInt8], from source: Endpoint = S, at now: Instant) -> [(Endpoint, String)] {
+        var output = DatagramOutput()
+        service.receive(ByteBuffer(bytes: bytes), from: source, now: now, output: &output)
+        return sent(output)
+    }
+
+    func timeout(at now: Instant) -> [(Endpoint, String)] {
+        var output = DatagramOutput()
+        service.timeout(now: now, output: &output)
+        return sent(output)
+    }
+
+    func handle(_ command: Command, at now: Instant) -> (keepGoing: Bool, sent: [(Endpoint, String)]) {
+        var output = DatagramOutput()
+        let keepGoing = service.handle(command, now: now, output: &output)
+        return (keepGoing, sent(output))
+    }
+
+    func leave(at now: Instant) -> [(Endpoint, String)] {
+        var output = DatagramOutput()
+        service.leave(now: now, output: &output)
+        return sent(output)
+    }
+
+    /// The datagrams in `output`, each checked to decode as a classic message.
+    private func sent(_ output: DatagramOutput) -> [(Endpoint, String)] {
+        output.pending.map { item in
+            let bytes = Array(item.payload.readableBytesView)
+            #expect((try? ClassicMessage.decode(bytes)) != nil, "sent an undecodable datagram")
+            return (item.destination, String(decoding: bytes, as: UTF8.self))
+        }
+    }
+
+    /// Starts at t=0 and lets the server list bob (same NAT), carol, then alice.
+    static func registered() -> Client {
+        let client = Client()
+        _ = client.start(at: at(0))
+        client.receive("bob 203.0.113.7:40002", at: at(0))
+        client.receive("bob@private:10.0.0.6", at: at(0))
+        client.receive("carol 198.51.100.9:50000", at: at(0))
+        client.receive("alice 203.0.113.7:40001", at: at(0))
+        client.receive("alice@private:10.0.0.5", at: at(0))
+        return client
+    }
+}
+
+private func same(_ actual: [(Endpoint, String)], _ expected: [(Endpoint, String)]) -> Bool {
+    actual.map(\.0) == expected.map(\.0) && actual.map(\.1) == expected.map(\.1)
+}
+
+private let registration = (S, "alice 10.0.0.5")
+private let keepAlive = (S, "alice@keepalive")
+
+@Suite("ChatClientService registration")
+struct ChatClientRegistrationTests {
+    @Test func startSendsTheRegistration() {
+        let client = Client()
+        #expect(client.service.nextDeadline() == nil)
+        let sent = client.start(at: at(0))
+        #expect(same(sent, [registration]), "\(sent)")
+        #expect(client.service.nextDeadline() == at(1))
+        #expect(client.recorder.lines == [])
+    }
+
+    @Test func registrationIsRetriedWithBackoff() {
+        let client = Client()
+        _ = client.start(at: at(0))
+        var log: [(Int64, [(Endpoint, String)])] = []
+        // wake exactly at every deadline the service asks for, up to t=40
+        while let deadline = client.service.nextDeadline(), deadline <= at(40) {
+            #expect(client.timeout(at: deadline - .nanoseconds(1)).isEmpty, "early wake at \(deadline) sent something")
+            log.append((deadline.nanoseconds / 1_000_000_000, client.timeout(at: deadline)))
+        }
+        // retries after 1, 2, 4, 8 s, then every 10 s (capped at the keep-alive interval);
+        // keep-alives run on their own 10 s schedule from start
+        #expect(log.map(\.0) == [1, 3, 7, 10, 15, 20, 25, 30, 35, 40])
+        let expected: [[(Endpoint, String)]] = [
+            [registration], [registration], [registration], [keepAlive], [registration],
+            [keepAlive], [registration], [keepAlive], [registration], [keepAlive],
+        ]
+        #expect(log.count == expected.count)
+        for (entry, want) in zip(log, expected) {
+            #expect(same(entry.1, want), "at t=\(entry.0): \(entry.1)")
+        }
+    }
+
+    @Test func ownLineStopsTheRetries() {
+        let client = Client()
+        _ = client.start(at: at(0))
+        _ = client.timeout(at: at(1))
+        #expect(client.receive("bob 203.0.113.7:40002", at: at(2)).isEmpty)
+        #expect(client.receive("bob@private:10.0.0.6", at: at(2)).isEmpty)
+        #expect(client.service.nextDeadline() == at(3)) // not registered yet: still retrying
+        #expect(client.recorder.lines == [])
+        #expect(client.receive("alice 203.0.113.7:40001", at: at(2)).isEmpty)
+        #expect(client.recorder.lines == ["* registered as alice (public 203.0.113.7:40001); online: bob"])
+        #expect(client.service.router.isRegistered)
+        #expect(client.service.isRegistered)
+        #expect(client.service.mode == .classic)
+        #expect(client.service.nextDeadline() == at(10)) // only the keep-alive is left
+        #expect(client.timeout(at: at(3)).isEmpty)
+        #expect(client.timeout(at: at(7)).isEmpty)
+        #expect(same(client.timeout(at: at(10)), [keepAlive]))
+    }
+
+    @Test func offeringClientFallsBackToClassicWhenAClassicServerAnswers() {
+        let client = Client(offerExtended: true)
+        #expect(same(client.start(at: at(0)), [(S, "alice 10.0.0.5 natchat/2")]))
+        #expect(same(client.timeout(at: at(1)), [(S, "alice 10.0.0.5 natchat/2")]))
+        #expect(client.service.mode == .negotiating)
+        client.receive("bob 203.0.113.7:40002", at: at(2))
+        client.receive("alice 203.0.113.7:40001", at: at(2))
+        #expect(client.service.mode == .classic)
+        #expect(client.service.isRegistered)
+        #expect(client.recorder.lines == ["* registered as alice (public 203.0.113.7:40001); online: bob"])
+        #expect(client.service.nextDeadline() == at(10))
+        #expect(client.timeout(at: at(3)).isEmpty)
+        #expect(same(client.timeout(at: at(10)), [keepAlive]))
+        #expect(same(client.handle(.chat(to: id("bob"), text: "hi"), at: at(11)).sent, [(B, "alice@chat hi")]))
+        #expect(same(client.handle(.exit, at: at(12)).sent, [(S, "alice @exit")]))
+    }
+
+    @Test func registeredAloneSaysSo() {
+        let client = Client()
+        _ = client.start(at: at(0))
+        client.receive("alice 203.0.113.7:40001", at: at(0))
+        #expect(client.recorder.lines == ["* registered as alice (public 203.0.113.7:40001); no other clients online"])
+    }
+
+    @Test func peersChangedIsReportedForCompletion() {
+        let client = Client.registered()
+        #expect(client.recorder.peers == [["bob"], ["bob", "carol"]])
+        client.receive("aaron 192.0.2.1:1", at: at(1))
+        client.receive("carol is off-line 198.51.100.9:50000", at: at(2))
+        client.receive("aaron@private:10.0.0.9", at: at(3)) // no change to the ID list
+        #expect(client.recorder.peers == [["bob"], ["bob", "carol"], ["aaron", "bob", "carol"], ["aaron", "bob"]])
+    }
+
+    @Test func refusalStopsTheRetries() {
+        let client = Client()
+        _ = client.start(at: at(0))
+        _ = client.timeout(at: at(1))
+        let notice = "registration refused: ID alice - the ID is in use from another address"
+        #expect(client.receive("server@chat " + notice, at: at(2)).isEmpty)
+        #expect(client.recorder.lines == ["From server [\(notice)]"])
+        #expect(client.recorder.refusals == [notice])
+        #expect(client.service.nextDeadline() == nil)
+        for second in [3, 7, 10, 15, 20, 100] as [Int64] {
+            #expect(client.timeout(at: at(second)).isEmpty, "sent something at t=\(second) after the refusal")
+        }
+    }
+
+    @Test func noticeFromAStrangerIsNotARefusal() {
+        let client = Client()
+        _ = client.start(at: at(0))
+        client.receive("server@chat registration refused: go away", from: stranger, at: at(0))
+        #expect(client.recorder.refusals == [])
+        #expect(client.recorder.lines == [])
+        #expect(client.service.nextDeadline() == at(1))
+        #expect(same(client.timeout(at: at(1)), [registration]))
+    }
+
+    @Test func noticeAfterRegistrationIsOnlyShown() {
+        let client = Client.registered()
+        _ = client.recorder.takeLines()
+        client.receive("server@chat maintenance at noon", at: at(5))
+        #expect(client.recorder.lines == ["From server [maintenance at noon]"])
+        #expect(client.recorder.refusals == [])
+        #expect(client.service.nextDeadline() == at(10))
+    }
+}
+
+@Suite("ChatClientService after registration")
+struct ChatClientSessionTests {
+    @Test func keepAliveEveryInterval() {
+        let client = Client.registered()
+        #expect(client.service.nextDeadline() == at(10))
+        #expect(client.timeout(at: at(9)).isEmpty)
+        #expect(same(client.timeout(at: at(10)), [keepAlive]))
+        #expect(client.timeout(at: at(10)).isEmpty)
+        #expect(client.service.nextDeadline() == at(20))
+        #expect(client.timeout(at: at(15)).isEmpty)
+        #expect(same(client.timeout(at: at(20)), [keepAlive]))
+        #expect(same(client.timeout(at: at(30)), [keepAlive]))
+        // slept through several intervals: one keep-alive, not a burst
+        #expect(same(client.timeout(at: at(75)), [keepAlive]))
+        #expect(client.service.nextDeadline() == at(85))
+    }
+
+    @Test func customKeepAliveInterval() {
+        let client = Client(keepAlive: .seconds(3))
+        _ = client.start(at: at(0))
+        client.receive("alice 203.0.113.7:40001", at: at(0))
+        #expect(client.service.nextDeadline() == at(3))
+        #expect(same(client.timeout(at: at(3)), [keepAlive]))
+        #expect(client.service.nextDeadline() == at(6))
+    }
+
+    @Test func chatToSameNATPeerGoesToItsPrivateAddress() {
+        let client = Client.registered()
+        let result = client.handle(.chat(to: id("bob"), text: "I love Network!!"), at: at(1))
+        #expect(result.keepGoing)
+        #expect(same(result.sent, [(ep("10.0.0.6:10081"), "alice@chat I love Network!!")]), "\(result.sent)")
+    }
+
+    @Test func chatToOtherPeerGoesToItsPublicEndpoint() {
+        let client = Client.registered()
+        let result = client.handle(.chat(to: id("carol"), text: "hi @ 10:30"), at: at(1))
+        #expect(same(result.sent, [(C, "alice@chat hi @ 10:30")]), "\(result.sent)")
+    }
+
+    @Test func chatUsesTheConfiguredPrivatePort() {
+        let client = Client(peerPrivatePort: 20000)
+        _ = client.start(at: at(0))
+        client.receive("bob 203.0.113.7:40002", at: at(0))
+        client.receive("bob@private:10.0.0.6", at: at(0))
+        client.receive("alice 203.0.113.7:40001", at: at(0))
+        #expect(same(client.handle(.chat(to: id("bob"), text: "x"), at: at(1)).sent, [(ep("10.0.0.6:20000"), "alice@chat x")]))
+    }
+
+    @Test func chatToUnknownPeer() {
+        let client = Client.registered()
+        _ = client.recorder.takeLines()
+        let result = client.handle(.chat(to: id("dave"), text: "hi"), at: at(1))
+        #expect(result.keepGoing)
+        #expect(result.sent.isEmpty)
+        #expect(client.recorder.lines == ["There is no dave in registration list."])
+    }
+
+    @Test func incomingChatIsShown() {
+        let client = Client.registered()
+        _ = client.recorder.takeLines()
+        #expect(client.receive("client2@chat I love Network!!", from: stranger, at: at(1)).isEmpty)
+        #expect(client.recorder.lines == ["From client2 [I love Network!!]"])
+    }
+
+    @Test func rosterEventsAreShown() {
+        let client = Client.registered()
+        _ = client.recorder.takeLines()
+        client.receive("dave 192.0.2.4:60000", at: at(1))
+        client.receive("dave@private:10.0.0.9", at: at(1))
+        client.receive("bob 203.0.113.7:41000", at: at(2))
+        client.receive("alice 203.0.113.7:41001", at: at(2))
+        client.receive("carol is off-line 198.51.100.9:50000", at: at(3))
+        client.receive("dave is unregistered 192.0.2.4:60000", at: at(4))
+        client.receive("eve 192.0.2.5:1", from: stranger, at: at(5)) // not from the server
+        #expect(client.recorder.lines == [
+            "* dave joined (192.0.2.4:60000)",
+            "* dave is behind the same NAT (private 10.0.0.9)",
+            "* bob moved to 203.0.113.7:41000",
+            "* the server now sees you at 203.0.113.7:41001",
+            "* carol is off-line 198.51.100.9:50000",
+            "* dave is unregistered 192.0.2.4:60000",
+        ])
+    }
+
+    @Test func showList() {
+        let client = Client.registered()
+        _ = client.recorder.takeLines()
+        let result = client.handle(.showList, at: at(1))
+        #expect(result.keepGoing)
+        #expect(result.sent.isEmpty)
+        #expect(client.recorder.lines == [
+            "bob 203.0.113.7:40002",
+            "carol 198.51.100.9:50000",
+            "alice 203.0.113.7:40001",
+        ])
+    }
+
+    @Test func showListBeforeRegistration() {
+        let client = Client()
+        _ = client.start(at: at(0))
+        #expect(client.handle(.showList, at: at(0)).sent.isEmpty)
+        #expect(client.recorder.lines == ["(no registered clients yet)"])
+    }
+
+    @Test func help() {
+        let client = Client()
+        #expect(client.handle(.help, at: at(0)).sent.isEmpty)
+        #expect(client.recorder.lines == [Command.helpText])
+    }
+
+    @Test func malformedDatagramsAreCountedAndDropped() {
+        let client = Client.registered()
+        _ = client.recorder.takeLines()
+        client.receive("garbage", at: at(1))
+        client.receive([0xFF, 0x00], from: stranger, at: at(1))
+        client.receive("bob@chat \u{1B}[2J", from: stranger, at: at(1))
+        #expect(client.service.malformedCount == 3)
+        #expect(client.recorder.lines == [])
+    }
+}
+
+@Suite("ChatClientService exit")
+struct ChatClientExitTests {
+    @Test func exitSendsUnregisterOnce() {
+        let client = Client.registered()
+        let result = client.handle(.exit, at: at(5))
+        #expect(result.keepGoing == false)
+        #expect(same(result.sent, [(S, "alice @exit")]), "\(result.sent)")
+        #expect(client.leave(at: at(6)).isEmpty)
+        #expect(client.handle(.exit, at: at(7)).sent.isEmpty)
+        #expect(client.service.nextDeadline() == nil)
+        #expect(client.timeout(at: at(10)).isEmpty)
+        #expect(client.timeout(at: at(100)).isEmpty)
+    }
+
+    @Test func datagramsAfterExitAreIgnored() {
+        let client = Client.registered()
+        _ = client.leave(at: at(5))
+        _ = client.recorder.takeLines()
+        client.receive("bob@chat still there?", from: B, at: at(6))
+        client.receive("dave 192.0.2.4:60000", at: at(6))
+        #expect(client.recorder.lines == [])
+        #expect(client.service.router.peer(id("dave")) == nil)
+    }
+
+    @Test func exitBeforeRegistrationStopsTheRetries() {
+        let client = Client()
+        _ = client.start(at: at(0))
+        #expect(same(client.leave(at: at(0)), [(S, "alice @exit")]))
+        #expect(client.service.nextDeadline() == nil)
+        #expect(client.timeout(at: at(1)).isEmpty)
+    }
+}
