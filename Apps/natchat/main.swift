@@ -42,6 +42,9 @@ struct Natchat: ParsableCommand {
     @Option(help: "History file (default: $XDG_STATE_HOME/natchat/history or ~/.local/state/natchat/history).")
     var historyFile: String?
 
+    @Option(help: "Identity key file, created on first run with owner-only permissions (default: $XDG_CONFIG_HOME/natchat/identity or ~/.config/natchat/identity). 'none': a key for this run only.")
+    var identity: String?
+
     @Flag(help: "Probe the NAT instead of chatting: ask --server (any STUN server) for this socket's mapped address and, with --alt-port, whether the mapping is endpoint-independent.")
     var probe = false
 
@@ -91,6 +94,7 @@ struct Natchat: ParsableCommand {
             bindAddress: bind, port: port, keepAliveInterval: .fractionalSeconds(keepaliveInterval),
             peerPrivatePort: UInt16(peerPort), historyPath: historyFile ?? ChatClientRunner.defaultHistoryPath())
         options.offerExtended = !classic
+        if let identity { options.identityPath = identity == "none" ? nil : identity }
         let status = ChatClientRunner.run(options, logger: logger)
         if status != 0 { throw ExitCode(status) }
     }

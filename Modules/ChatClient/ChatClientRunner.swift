@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import AddressDiscovery
+import Identity
 import LineEditor
 import Logging
 import NIOCore
@@ -28,6 +29,8 @@ public enum ChatClientRunner {
         public var interactive: Bool?
         /// Propose the extended dialect; `false` speaks the seed's protocol only.
         public var offerExtended: Bool = true
+        /// The identity file (created on first run); `nil`: a key for this run only.
+        public var identityPath: String? = IdentityKey.defaultPath()
 
         public init(id: ClientID, server: Endpoint, bindAddress: String = "0.0.0.0", port: Int = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
@@ -78,9 +81,20 @@ public enum ChatClientRunner {
             ? ReadlineConsole(prompt: "\(options.id)> ", commands: Command.names, historyPath: options.historyPath)
             : PlainConsole()
         let refused = Atomic<Bool>(false)
+        var identity = IdentityKey()
+        if let path = options.identityPath {
+            do {
+                let (key, created) = try IdentityKey.loadOrCreate(at: path)
+                identity = key
+                if created { LineWriter.write("* created identity \(path) (key \(key.fingerprint))") }
+            } catch {
+                LineWriter.write("natchat: \(error)")
+                return 1
+            }
+        }
         let configuration = ChatClientService.Configuration(
             id: options.id, server: options.server,
-            privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server),
+            privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server), identity: identity,
             keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort,
             offerExtended: options.offerExtended)
         let sinks = ChatClientService.Sinks(

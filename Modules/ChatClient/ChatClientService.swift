@@ -1,6 +1,7 @@
 import AddressDiscovery
 import ChatRouter
 import HolePunch
+import Identity
 import KeepAlive
 import Logging
 import MonotonicTime
@@ -35,8 +36,11 @@ public final class ChatClientService: DatagramDriver {
         /// Propose the extended dialect (natchat/2); `false` speaks the seed's protocol only.
         public var offerExtended: Bool
         public var pathConfiguration: PathAgent.Configuration
+        /// The long-term key pair that the ID is bound to in the extended dialect.
+        public var identity: IdentityKey
 
-        public init(id: ClientID, server: Endpoint, privateAddress: IPv4Address, localPort: UInt16 = 10081,
+        public init(id: ClientID, server: Endpoint, privateAddress: IPv4Address, identity: IdentityKey = IdentityKey(),
+                    localPort: UInt16 = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
                     registrationRetry: Duration = .seconds(1), offerExtended: Bool = true,
                     pathConfiguration: PathAgent.Configuration = .init()) {
@@ -49,6 +53,7 @@ public final class ChatClientService: DatagramDriver {
             self.registrationRetry = registrationRetry
             self.offerExtended = offerExtended
             self.pathConfiguration = pathConfiguration
+            self.identity = identity
         }
     }
 
@@ -94,6 +99,8 @@ public final class ChatClientService: DatagramDriver {
     private var publicEndpoint = PublicEndpointObserver()
     private var probe: MappingProbe?
     private var lastServerAnswer: Instant?
+    /// The cookie of the registration in flight (it salts the session key).
+    private var registrationCookie: Token128?
     private var random = SystemRandomNumberGenerator()
     /// Datagrams that decoded to nothing, for diagnostics.
     public private(set) var malformedCount = 0
@@ -150,8 +157,10 @@ public final class ChatClientService: DatagramDriver {
         leaving = true
         keepAlive.stop()
         registrationRetryAt = nil
-        if mode == .extended, let session = extended {
-            output.send(ExtendedMessage.exit(id: configuration.id, token: session.token).encode(), to: configuration.server)
+        if mode == .extended, var session = extended {
+            let id = configuration.id
+            output.send(session.sessionMessage { .exit(id: id, counter: $0, tag: .zero) }, to: configuration.server)
+            extended = session
         } else {
             output.send(ClassicMessage.unregister(configuration.id).encode(), to: configuration.server)
         }
@@ -176,7 +185,8 @@ public final class ChatClientService: DatagramDriver {
         }
         do {
             if ExtendedMessage.looksExtended(bytes) {
-                receiveExtended(try ExtendedMessage.decode(bytes), from: source, now: now, output: &output)
+                let raw = Array(bytes)
+                receiveExtended(try ExtendedMessage.decode(raw), bytes: raw, from: source, now: now, output: &output)
             } else {
                 receiveClassic(try ClassicMessage.decode(bytes), from: source, now: now)
             }
@@ -203,25 +213,32 @@ public final class ChatClientService: DatagramDriver {
         }
     }
 
-    private func receiveExtended(_ message: ExtendedMessage, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
+    private func receiveExtended(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint, now: Instant,
+                                 output: inout DatagramOutput) {
         let fromServer = source == configuration.server
         switch message {
         case .challenge(let cookie) where fromServer:
             guard mode != .classic else { return }
+            registrationCookie = cookie
             let privateEndpoint = Endpoint(address: configuration.privateAddress, port: configuration.localPort)
-            output.send(ExtendedMessage.register(id: configuration.id, cookie: cookie, privateEndpoints: [privateEndpoint],
-                                                 natKind: natKind).encode(), to: configuration.server)
-        case .registered(let token, let endpoint, let keepAliveMillis, let alternatePort) where fromServer:
+            output.send(SessionCrypto.signedRegistration(id: configuration.id, cookie: cookie, privateEndpoints: [privateEndpoint],
+                                                         natKind: natKind, identity: configuration.identity),
+                        to: configuration.server)
+        case .registered(let serverKey, let endpoint, let keepAliveMillis, let alternatePort) where fromServer:
+            guard let cookie = registrationCookie,
+                  let sessionKey = SessionCrypto.sessionKey(privateKey: configuration.identity.agreement, peerPublicKey: serverKey,
+                                                            cookie: cookie, id: configuration.id)
+            else { return }
             lastServerAnswer = now
             registrationRetryAt = nil
             let firstSession = extended == nil
             if var session = extended {
-                session.token = token
+                session.resetSession(sessionKey: sessionKey)
                 extended = session
             } else {
-                extended = ExtendedRouter(selfID: configuration.id, server: configuration.server, token: token,
-                                          firstMessageID: random.next() >> 1, transactionSeed: random.next(),
-                                          pathConfiguration: configuration.pathConfiguration)
+                extended = ExtendedRouter(selfID: configuration.id, server: configuration.server, identity: configuration.identity,
+                                          sessionKey: sessionKey, firstMessageID: random.next() >> 1,
+                                          transactionSeed: random.next(), pathConfiguration: configuration.pathConfiguration)
                 extended?.natKind = natKind
             }
             mode = .extended
@@ -232,7 +249,7 @@ public final class ChatClientService: DatagramDriver {
             keepAlive.start(now: now)
             _ = publicEndpoint.observe(endpoint)
             if firstSession {
-                sinks.display("* registered as \(configuration.id) (public \(endpoint)); natchat/2")
+                sinks.display("* registered as \(configuration.id) (public \(endpoint)); natchat/2, key \(configuration.identity.fingerprint)")
                 startProbe(alternatePort: alternatePort, now: now, output: &output)
             } else {
                 sinks.display("* registered again as \(configuration.id) (public \(endpoint))")
@@ -258,7 +275,7 @@ public final class ChatClientService: DatagramDriver {
             lastServerAnswer = now
             extended?.handleServerMessage(message, now: now)
         case .ping, .pong, .chat, .chatAck:
-            extended?.handlePeerMessage(message, from: source, now: now)
+            extended?.handlePeerMessage(message, bytes: bytes, from: source, now: now)
         default:
             logger.debug("ignored extended message", metadata: ["from": "\(source)"])
         }
@@ -359,9 +376,12 @@ public final class ChatClientService: DatagramDriver {
     }
 
     private func sendKeepAlive(now: Instant, output: inout DatagramOutput) {
-        if mode == .extended, let session = extended {
-            output.send(ExtendedMessage.keepAlive(id: configuration.id, token: session.token, natKind: natKind).encode(),
+        if mode == .extended, var session = extended {
+            let id = configuration.id
+            let kind = natKind
+            output.send(session.sessionMessage { .keepAlive(id: id, natKind: kind, counter: $0, tag: .zero) },
                         to: configuration.server)
+            extended = session
         } else {
             output.send(ClassicMessage.keepAlive(configuration.id).encode(), to: configuration.server)
         }
@@ -415,6 +435,10 @@ public final class ChatClientService: DatagramDriver {
             sinks.display("* NOT delivered to \(to): \"\(text)\"")
         case .pathChanged(let id, let path):
             sinks.display("* path to \(id): \(path)")
+        case .keyChanged(let id):
+            sinks.display("!!! WARNING: the server announced a different key for \(id); keeping the key pinned at first sight. Someone may be impersonating \(id).")
+        case .forged(let id):
+            logger.warning("dropped a datagram claiming to be from \(id) that failed authentication")
         }
     }
 

@@ -1,5 +1,6 @@
 import Delivery
 import HolePunch
+import Identity
 import MonotonicTime
 import NATGrouping
 import Wire
@@ -11,9 +12,11 @@ import Wire
 /// and timeouts; take datagrams with ``pollTransmit()`` and user-facing events with
 /// ``pollEvent()``. Per peer, a ``PathAgent`` finds and holds a direct path; until it has
 /// one, chats go through the server's relay. Chats are acknowledged and retransmitted
-/// (``ReliableSender``), and shown once (``DuplicateFilter``). Every datagram names its
-/// addressee and, on direct paths, carries the pair token the addressee checks, so a
-/// datagram that reaches the wrong host (colliding private addresses) is dropped there.
+/// (``ReliableSender``), and shown once (``DuplicateFilter``). Every peer datagram names
+/// its addressee and is authenticated under the pair key that only the two peers can derive
+/// (chat is sealed with it, so the relay can neither read nor alter it): a datagram that
+/// reaches the wrong host (colliding private addresses) or is forged is dropped. A peer's
+/// keys are pinned for the session; a change is reported and not taken.
 public struct ExtendedRouter: Sendable {
     /// How a message travelled.
     public enum Route: Hashable, Sendable {
@@ -30,6 +33,10 @@ public struct ExtendedRouter: Sendable {
         case delivered(to: ClientID, messageID: UInt64, attempts: Int)
         case undelivered(to: ClientID, text: String)
         case pathChanged(ClientID, PathAgent.Path)
+        /// The server announced other keys for a peer than the ones pinned: ignored, loudly.
+        case keyChanged(ClientID)
+        /// A datagram claiming to be from a peer failed authentication.
+        case forged(claimedFrom: ClientID)
     }
 
     /// A datagram to send.
@@ -48,11 +55,15 @@ public struct ExtendedRouter: Sendable {
         var info: PeerInfo
         var agent: PathAgent
         var order: UInt64
+        var pinnedKeys: PublicKeys?
+        var pairKey: KeyBytes?
     }
 
     public let selfID: ClientID
     public var server: Endpoint
-    public var token: Token128
+    private let identity: IdentityKey
+    private var sessionKey: KeyBytes
+    private var counter: UInt64 = 0
     /// This client's own NAT kind (from its probe), used to skip hopeless punching.
     public var natKind: NATKind = .unknown
     private var peers: [ClientID: PeerState] = [:]
@@ -64,11 +75,13 @@ public struct ExtendedRouter: Sendable {
     private var transmits: [Transmit] = []
     private var events: [Event] = []
 
-    public init(selfID: ClientID, server: Endpoint, token: Token128, firstMessageID: UInt64, transactionSeed: UInt64,
-                pathConfiguration: PathAgent.Configuration = .init(), delivery: ReliableSender.Configuration = .init()) {
+    public init(selfID: ClientID, server: Endpoint, identity: IdentityKey, sessionKey: KeyBytes, firstMessageID: UInt64,
+                transactionSeed: UInt64, pathConfiguration: PathAgent.Configuration = .init(),
+                delivery: ReliableSender.Configuration = .init()) {
         self.selfID = selfID
         self.server = server
-        self.token = token
+        self.identity = identity
+        self.sessionKey = sessionKey
         self.transactionSeed = transactionSeed
         self.pathConfiguration = pathConfiguration
         sender = ReliableSender(firstID: firstMessageID, configuration: delivery)
@@ -97,8 +110,14 @@ public struct ExtendedRouter: Sendable {
         case .peer(let info):
             guard info.id != selfID else { return }
             if var state = peers[info.id] {
+                if let pinned = state.pinnedKeys, let offered = info.keys, pinned != offered {
+                    events.append(.keyChanged(info.id))
+                    return
+                }
                 let moved = state.info.publicEndpoint != info.publicEndpoint
                 state.info = info
+                state.info.keys = state.pinnedKeys ?? info.keys
+                if state.pinnedKeys == nil, let keys = info.keys { pin(&state, keys) }
                 peers[info.id] = state
                 events.append(.updated(info))
                 if moved, state.agent.directEndpoint != nil {
@@ -108,7 +127,9 @@ public struct ExtendedRouter: Sendable {
             } else {
                 let agent = PathAgent(selfID: selfID, peerID: info.id, transactionSeed: nextTransactionSeed(),
                                       configuration: pathConfiguration)
-                peers[info.id] = PeerState(info: info, agent: agent, order: nextOrder)
+                var state = PeerState(info: info, agent: agent, order: nextOrder)
+                if let keys = info.keys { pin(&state, keys) }
+                peers[info.id] = state
                 nextOrder += 1
                 events.append(.joined(info))
             }
@@ -117,42 +138,44 @@ public struct ExtendedRouter: Sendable {
             duplicates.forget(id)
             for message in sender.cancel(peer: id) { events.append(.undelivered(to: id, text: message.text)) }
             events.append(.left(id, reason, endpoint))
-        case .punch(let info, let pairToken, let round, let delayMillis):
+        case .punch(let info, let round, let delayMillis):
             guard info.id != selfID, info.dialect == .extended else { return }
             if peers[info.id] == nil { handleServerMessage(.peer(info), now: now) }
+            guard peers[info.id]?.pairKey != nil, peers[info.id]?.pinnedKeys == info.keys else { return }
             peers[info.id]?.info.publicEndpoint = info.publicEndpoint
             peers[info.id]?.info.privateEndpoints = info.privateEndpoints
             peers[info.id]?.info.natKind = info.natKind
-            peers[info.id]?.agent.handlePunch(peer: info, pairToken: pairToken, round: round,
-                                              delay: .milliseconds(Int64(delayMillis)), selfNATKind: natKind, now: now)
+            peers[info.id]?.agent.handlePunch(peer: info, round: round, delay: .milliseconds(Int64(delayMillis)),
+                                              selfNATKind: natKind, now: now)
             drainAgent(info.id, now: now)
         case .relayed(let from, let payload):
             guard let inner = try? ExtendedMessage.decode(payload) else { return }
-            handleRelayed(inner, from: from, now: now)
+            handleRelayed(inner, bytes: payload, from: from, now: now)
         case .register, .keepAlive, .exit, .connect, .relay, .challenge, .registered, .refused, .keepAliveAck,
              .unknownSession, .ping, .pong, .chat, .chatAck:
             return
         }
     }
 
-    /// A peer-to-peer message that arrived directly from `source`. Dropped unless it names
-    /// us as addressee, comes from a known extended peer and carries that pair's token.
-    public mutating func handlePeerMessage(_ message: ExtendedMessage, from source: Endpoint, now: Instant) {
+    /// A peer-to-peer message that arrived directly from `source` (`bytes` as received).
+    /// Dropped unless it names us as addressee, comes from a known extended peer and
+    /// authenticates under that pair's key.
+    public mutating func handlePeerMessage(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint, now: Instant) {
         switch message {
-        case .ping(let from, let to, let pairToken, let transaction):
-            guard verify(from: from, to: to, pairToken: pairToken) else { return }
+        case .ping(let from, let to, let transaction, _):
+            guard verifyTag(bytes, from: from, to: to) else { return }
             peers[from]?.agent.handlePing(transaction: transaction, from: source, now: now)
             drainAgent(from, now: now)
-        case .pong(let from, let to, let pairToken, let transaction, _):
-            guard verify(from: from, to: to, pairToken: pairToken) else { return }
+        case .pong(let from, let to, let transaction, _, _):
+            guard verifyTag(bytes, from: from, to: to) else { return }
             peers[from]?.agent.handlePong(transaction: transaction, from: source, now: now)
             drainAgent(from, now: now)
-        case .chat(let from, let to, let pairToken, let messageID, let text):
-            guard verify(from: from, to: to, pairToken: pairToken) else { return }
+        case .chat(let from, let to, let messageID, let sealed):
+            guard let text = openChat(sealed, from: from, to: to, messageID: messageID) else { return }
             peers[from]?.agent.noteHeard(from: source, now: now)
             receiveChat(from: from, messageID: messageID, text: text, route: .direct(source), now: now)
-        case .chatAck(let from, let to, let pairToken, let messageID):
-            guard verify(from: from, to: to, pairToken: pairToken) else { return }
+        case .chatAck(let from, let to, let messageID, _):
+            guard verifyTag(bytes, from: from, to: to) else { return }
             peers[from]?.agent.noteHeard(from: source, now: now)
             acknowledge(messageID, from: from)
         default:
@@ -163,7 +186,7 @@ public struct ExtendedRouter: Sendable {
     /// Sends `text` to peer `id` reliably: on the direct path when there is one, else
     /// through the relay while a direct path is set up.
     public mutating func sendChat(to id: ClientID, text: String, now: Instant) throws(SendError) {
-        guard peers[id] != nil else { throw .unknownPeer(id) }
+        guard peers[id]?.pairKey != nil else { throw .unknownPeer(id) }
         let message: ReliableSender.Message
         do {
             message = try sender.enqueue(text, to: id, now: now)
@@ -202,23 +225,55 @@ public struct ExtendedRouter: Sendable {
     }
 
     /// Forgets every peer (the server session was lost; a new registration relists them).
+    /// Pinned keys are kept: a peer that comes back with other keys is still reported.
     public mutating func resetPeers() {
-        peers.removeAll()
+        for id in peers.keys {
+            peers[id]?.agent.reset()
+        }
+    }
+
+    /// A new session with the server (after registering again).
+    public mutating func resetSession(sessionKey: KeyBytes) {
+        self.sessionKey = sessionKey
+        counter = 0
     }
 
     // MARK: - Internals
 
-    private func verify(from: ClientID, to: ClientID, pairToken: Token128) -> Bool {
-        guard to == selfID, let state = peers[from], let expected = state.agent.token else { return false }
-        return expected.constantTimeEquals(pairToken)
+    private mutating func pin(_ state: inout PeerState, _ keys: PublicKeys) {
+        state.pinnedKeys = keys
+        state.pairKey = SessionCrypto.pairKey(privateKey: identity.agreement, peerPublicKey: keys.agreement,
+                                              selfID: selfID, peerID: state.info.id)
     }
 
-    private mutating func handleRelayed(_ inner: ExtendedMessage, from: ClientID, now: Instant) {
-        // The server vouches for `from`; the inner message must agree and name us.
+    private mutating func verifyTag(_ bytes: [UInt8], from: ClientID, to: ClientID) -> Bool {
+        guard to == selfID, let key = peers[from]?.pairKey else { return false }
+        guard SessionCrypto.verifyAuthenticated(bytes, key: key) else {
+            events.append(.forged(claimedFrom: from))
+            return false
+        }
+        return true
+    }
+
+    private mutating func openChat(_ sealed: [UInt8], from: ClientID, to: ClientID, messageID: UInt64) -> String? {
+        guard to == selfID, let key = peers[from]?.pairKey else { return nil }
+        guard let text = SessionCrypto.open(sealed, from: from, to: to, messageID: messageID, key: key) else {
+            events.append(.forged(claimedFrom: from))
+            return nil
+        }
+        guard !text.unicodeScalars.contains(where: { $0 != "\t" && $0.properties.generalCategory == .control }) else { return nil }
+        return text
+    }
+
+    private mutating func handleRelayed(_ inner: ExtendedMessage, bytes: [UInt8], from: ClientID, now: Instant) {
+        // The server vouches for `from`; the inner message must agree, name us, and
+        // authenticate under the pair key (end to end: the relay cannot forge it).
         switch inner {
-        case .chat(let innerFrom, let to, _, let messageID, let text) where innerFrom == from && to == selfID:
+        case .chat(let innerFrom, let to, let messageID, let sealed) where innerFrom == from:
+            guard let text = openChat(sealed, from: from, to: to, messageID: messageID) else { return }
             receiveChat(from: from, messageID: messageID, text: text, route: .relayed, now: now)
-        case .chatAck(let innerFrom, let to, _, let messageID) where innerFrom == from && to == selfID:
+        case .chatAck(let innerFrom, let to, let messageID, _) where innerFrom == from:
+            guard verifyTag(bytes, from: from, to: to) else { return }
             acknowledge(messageID, from: from)
         default:
             return
@@ -226,10 +281,10 @@ public struct ExtendedRouter: Sendable {
     }
 
     private mutating func receiveChat(from: ClientID, messageID: UInt64, text: String, route: Route, now: Instant) {
-        let ack = ExtendedMessage.chatAck(from: selfID, to: from, pairToken: peers[from]?.agent.token ?? .zero,
-                                          messageID: messageID)
+        guard let key = peers[from]?.pairKey else { return }
+        let ack = SessionCrypto.authenticated(.chatAck(from: selfID, to: from, messageID: messageID, tag: .zero), key: key)
         switch route {
-        case .direct(let source): transmits.append(Transmit(bytes: ack.encode(), destination: source))
+        case .direct(let source): transmits.append(Transmit(bytes: ack, destination: source))
         case .relayed: sendViaRelay(ack, to: from)
         }
         if duplicates.firstSighting(of: messageID, from: from) {
@@ -246,11 +301,12 @@ public struct ExtendedRouter: Sendable {
     /// Attempt 1 takes the direct path when there is one; retries alternate with the relay,
     /// so a path that broke silently costs one retransmission timeout, not the message.
     private mutating func transmit(_ message: ReliableSender.Message, now: Instant) {
-        guard let state = peers[message.peer] else { return }
-        let chat = ExtendedMessage.chat(from: selfID, to: message.peer, pairToken: state.agent.token ?? .zero,
-                                        messageID: message.id, text: message.text)
+        guard let state = peers[message.peer], let key = state.pairKey,
+              let sealed = SessionCrypto.seal(message.text, from: selfID, to: message.peer, messageID: message.id, key: key)
+        else { return }
+        let chat = ExtendedMessage.chat(from: selfID, to: message.peer, messageID: message.id, sealed: sealed).encode()
         if let direct = state.agent.directEndpoint, message.attempts % 2 == 1 {
-            transmits.append(Transmit(bytes: chat.encode(), destination: direct))
+            transmits.append(Transmit(bytes: chat, destination: direct))
             if message.attempts > 1 { peers[message.peer]?.agent.suspectPath(now: now) }
         } else {
             sendViaRelay(chat, to: message.peer)
@@ -259,19 +315,33 @@ public struct ExtendedRouter: Sendable {
         drainAgent(message.peer, now: now)
     }
 
-    private mutating func sendViaRelay(_ message: ExtendedMessage, to peer: ClientID) {
-        let relay = ExtendedMessage.relay(id: selfID, token: token, to: peer, payload: message.encode())
-        transmits.append(Transmit(bytes: relay.encode(), destination: server))
+    private mutating func sendViaRelay(_ payload: [UInt8], to peer: ClientID) {
+        let selfID = self.selfID
+        let bytes = sessionMessage { .relay(id: selfID, to: peer, payload: payload, counter: $0, tag: .zero) }
+        transmits.append(Transmit(bytes: bytes, destination: server))
+    }
+
+    /// Encodes a client→server message with the next counter and its tag under the session key.
+    public mutating func sessionMessage(_ make: (UInt64) -> ExtendedMessage) -> [UInt8] {
+        counter += 1
+        return SessionCrypto.authenticated(make(counter), key: sessionKey)
     }
 
     private mutating func drainAgent(_ id: ClientID, now: Instant) {
         guard var agent = peers[id]?.agent else { return }
         if agent.pollConnectRequest() {
-            transmits.append(Transmit(bytes: ExtendedMessage.connect(id: selfID, token: token, peer: id).encode(),
-                                      destination: server))
+            let selfID = self.selfID
+            let bytes = sessionMessage { .connect(id: selfID, peer: id, counter: $0, tag: .zero) }
+            transmits.append(Transmit(bytes: bytes, destination: server))
         }
-        while let (message, destination) = agent.pollTransmit() {
-            transmits.append(Transmit(bytes: message.encode(), destination: destination))
+        if let key = peers[id]?.pairKey {
+            while let (check, destination) = agent.pollTransmit() {
+                let message: ExtendedMessage = switch check {
+                case .ping(let transaction): .ping(from: selfID, to: id, transaction: transaction, tag: .zero)
+                case .pong(let transaction, let observed): .pong(from: selfID, to: id, transaction: transaction, observed: observed, tag: .zero)
+                }
+                transmits.append(Transmit(bytes: SessionCrypto.authenticated(message, key: key), destination: destination))
+            }
         }
         while let event = agent.pollEvent() {
             if case .pathChanged(let path) = event { events.append(.pathChanged(id, path)) }

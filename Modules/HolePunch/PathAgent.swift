@@ -2,9 +2,10 @@ import MonotonicTime
 import Wire
 
 /// The path to one peer and the hole punching that finds it, as a pure state machine in the
-/// style of an ICE agent: feed it the server's ``handlePunch(_:now:)``, verified pings and
-/// pongs, and timeouts; take datagrams with ``pollTransmit()``, path changes with
-/// ``pollEvent()``, and the next wake-up from ``nextDeadline``.
+/// style of an ICE agent: feed it the server's punch instruction, verified pings and pongs,
+/// and timeouts; take connectivity checks to send with ``pollTransmit()`` (the owner
+/// encodes and authenticates them), path changes with ``pollEvent()``, and the next wake-up
+/// from ``nextDeadline``.
 ///
 /// - Every candidate (private endpoints, the public endpoint the server saw, and any
 ///   address a valid ping came from) is checked with a ping carrying a transaction ID,
@@ -59,6 +60,12 @@ public struct PathAgent: Sendable {
         }
     }
 
+    /// A connectivity check to send.
+    public enum Check: Hashable, Sendable {
+        case ping(transaction: UInt64)
+        case pong(transaction: UInt64, observed: Endpoint)
+    }
+
     /// Something the owner should know.
     public enum Event: Hashable, Sendable {
         case pathChanged(Path)
@@ -103,7 +110,7 @@ public struct PathAgent: Sendable {
     public let configuration: Configuration
     public private(set) var path: Path = .none
     private(set) var phase: Phase = .idle
-    private var pairToken: Token128?
+    private var armed = false
     private var candidates: [Candidate] = []
     private var outstanding: [UInt64: (endpoint: Endpoint, sentAt: Instant)] = [:]
     private var nextTransaction: UInt64
@@ -111,7 +118,7 @@ public struct PathAgent: Sendable {
     private var lastInterest: Instant?
     private var wantsConnect = false
     private var hopeless = false
-    private var transmits: [(message: ExtendedMessage, destination: Endpoint)] = []
+    private var transmits: [(check: Check, destination: Endpoint)] = []
     private var events: [Event] = []
 
     public init(selfID: ClientID, peerID: ClientID, transactionSeed: UInt64, configuration: Configuration = Configuration()) {
@@ -121,8 +128,8 @@ public struct PathAgent: Sendable {
         nextTransaction = transactionSeed
     }
 
-    /// The pair token from the server's punch message, once known.
-    public var token: Token128? { pairToken }
+    /// Whether a punch instruction arrived (checks are answered only then).
+    public var isArmed: Bool { armed }
 
     /// The peer's verified direct endpoint, if any.
     public var directEndpoint: Endpoint? { path.directEndpoint }
@@ -153,10 +160,9 @@ public struct PathAgent: Sendable {
         return wantsConnect
     }
 
-    /// The server's punch message for this peer: candidates, the pair token and the round.
-    public mutating func handlePunch(peer: PeerInfo, pairToken: Token128, round: UInt32, delay: Duration,
-                                     selfNATKind: NATKind, now: Instant) {
-        self.pairToken = pairToken
+    /// The server's punch message for this peer: its candidates and the round.
+    public mutating func handlePunch(peer: PeerInfo, round: UInt32, delay: Duration, selfNATKind: NATKind, now: Instant) {
+        armed = true
         var fresh: [Candidate] = peer.privateEndpoints.map { Candidate(endpoint: $0, kind: .privateEndpoint) }
         hopeless = !PunchFeasibility.canPunch(selfNATKind, peer.natKind)
         if !hopeless { fresh.append(Candidate(endpoint: peer.publicEndpoint, kind: .publicEndpoint)) }
@@ -182,11 +188,11 @@ public struct PathAgent: Sendable {
         runTimers(now: now)
     }
 
-    /// A ping from the peer that the caller verified (addressed to us, from the peer, with
-    /// the pair token) arrived from `source`: answer it, and check `source` back.
+    /// A ping from the peer that the caller verified (addressed to us, from the peer, with a
+    /// valid tag) arrived from `source`: answer it, and check `source` back.
     public mutating func handlePing(transaction: UInt64, from source: Endpoint, now: Instant) {
-        guard let pairToken else { return }
-        transmits.append((.pong(from: selfID, to: peerID, pairToken: pairToken, transaction: transaction, observed: source), source))
+        armed = true
+        transmits.append((.pong(transaction: transaction, observed: source), source))
         if case .connected(_, let nextPing, let misses, let awaiting) = phase, directEndpoint == source {
             phase = .connected(lastHeard: now, nextPing: nextPing, misses: misses, awaitingSince: awaiting)
             return
@@ -240,7 +246,7 @@ public struct PathAgent: Sendable {
     /// The peer left or the server session was lost: forget everything.
     public mutating func reset() {
         phase = .idle
-        pairToken = nil
+        armed = false
         candidates = []
         outstanding = [:]
         failedRounds = 0
@@ -262,7 +268,7 @@ public struct PathAgent: Sendable {
         }
     }
 
-    public mutating func pollTransmit() -> (message: ExtendedMessage, destination: Endpoint)? {
+    public mutating func pollTransmit() -> (check: Check, destination: Endpoint)? {
         transmits.isEmpty ? nil : transmits.removeFirst()
     }
 
@@ -331,7 +337,6 @@ public struct PathAgent: Sendable {
     }
 
     private mutating func sendCheck(to endpoint: Endpoint, now: Instant) {
-        guard let pairToken else { return }
         let transaction = nextTransaction
         nextTransaction &+= 1
         outstanding[transaction] = (endpoint, now)
@@ -340,7 +345,7 @@ public struct PathAgent: Sendable {
             let oldest = outstanding.min { $0.value.sentAt < $1.value.sentAt }?.key
             if let oldest { outstanding[oldest] = nil }
         }
-        transmits.append((.ping(from: selfID, to: peerID, pairToken: pairToken, transaction: transaction), endpoint))
+        transmits.append((.ping(transaction: transaction), endpoint))
     }
 
     private mutating func failRound(round: UInt32, now: Instant) {

@@ -1,4 +1,6 @@
+import Crypto
 import HolePunch
+import Identity
 import KeepAlive
 import MonotonicTime
 import NATGrouping
@@ -30,10 +32,13 @@ public protocol AddressValidator: Sendable {
 ///   newcomer is told why. If the holder has been silent past the timeout it is evicted
 ///   first and the newcomer takes the ID.
 /// - Classic keep-alives and `@exit` count only from the endpoint that registered the ID,
-///   and never touch an ID held by an extended client. Extended ones count only with the
-///   session token; from a new source address they move the registration (a NAT rebinding).
+///   and never touch an ID held by an extended client. Extended ones count only with a
+///   valid tag under the session key and a counter higher than the last (no replay); from a
+///   new source address they move the registration (a NAT rebinding).
 /// - An extended registration must echo the cookie of a challenge sent to its source
-///   address, so the server never sends a list to an address that did not ask for it.
+///   address (so the server never sends a list to an address that did not ask for it) and
+///   be signed by the key it carries. The ID is bound to that key while registered: the
+///   same key may re-register from anywhere, another key is refused.
 /// - A client silent for strictly more than the keep-alive timeout is evicted at the next
 ///   sweep; everyone left is told it is off-line.
 public struct Registry: Sendable {
@@ -77,8 +82,12 @@ public struct Registry: Sendable {
         /// Registration order, for listing clients in the order they came.
         public var sequence: UInt64
         public var dialect: Dialect = .classic
-        /// The extended session token (zero for classic clients).
-        public var token: Token128 = .zero
+        /// The extended session key (`nil` for classic clients).
+        public var sessionKey: KeyBytes?
+        /// The keys the ID is bound to (extended clients).
+        public var keys: PublicKeys?
+        /// The highest counter accepted on this session.
+        public var lastCounter: UInt64 = 0
         /// Private endpoints an extended client reported.
         public var privateEndpoints: [Endpoint] = []
         public var natKind: NATKind = .unknown
@@ -94,8 +103,10 @@ public struct Registry: Sendable {
         case wrongEndpoint
         case notForServer
         case heldByExtendedClient
-        case badToken
+        case badTag
+        case replayed
         case badCookie
+        case badSignature
         case peerUnavailable
         case relayRateLimited
     }
@@ -145,11 +156,16 @@ public struct Registry: Sendable {
     private var punch: PunchCoordinator
     private var relayLimiter: RelayLimiter<ClientID>
     private let validator: any AddressValidator
+    private let serverKey: Curve25519.KeyAgreement.PrivateKey
 
+    /// - Parameters:
+    ///   - validator: makes and checks registration cookies.
+    ///   - serverKey: the server's X25519 key for session keys (random per process).
     public init(configuration: Configuration = Configuration(), validator: any AddressValidator = RejectingValidator(),
-                now: Instant = .zero) {
+                serverKey: Curve25519.KeyAgreement.PrivateKey = .init(), now: Instant = .zero) {
         self.configuration = configuration
         self.validator = validator
+        self.serverKey = serverKey
         liveness = LivenessTable(timeout: configuration.keepAliveTimeout)
         punch = PunchCoordinator(configuration: configuration.punch)
         relayLimiter = RelayLimiter(configuration: configuration.relay, now: now)
@@ -199,27 +215,43 @@ public struct Registry: Sendable {
 
     // MARK: - Extended dialect
 
-    /// Handles one decoded extended datagram that arrived from `source` at `now`.
-    public mutating func receive<G: RandomNumberGenerator>(_ message: ExtendedMessage, from source: Endpoint, now: Instant,
-                                                           random: inout G) -> [Action] {
+    /// Handles one decoded extended datagram that arrived from `source` at `now`; `bytes`
+    /// is the datagram as received (its tag or signature covers it).
+    public mutating func receive<G: RandomNumberGenerator>(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint,
+                                                           now: Instant, random: inout G) -> [Action] {
         switch message {
-        case .register(let id, let cookie, let privateEndpoints, let natKind):
+        case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let signature):
             guard validator.isValid(cookie, for: source, now: now) else {
                 return [.report(.ignoredExtended(from: source, .badCookie))]
             }
+            guard SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature),
+                  let sessionKey = SessionCrypto.sessionKey(privateKey: serverKey, peerPublicKey: keys.agreement,
+                                                            cookie: cookie, id: id)
+            else { return [.report(.ignoredExtended(from: source, .badSignature))] }
             let privateAddress = privateEndpoints.first?.address ?? source.address
             var newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0)
             newcomer.dialect = .extended
             newcomer.privateEndpoints = privateEndpoints
             newcomer.natKind = natKind
-            if let holder = entries[id], holder.publicEndpoint == source, holder.dialect == .extended {
-                newcomer.token = holder.token
-            } else {
-                newcomer.token = .random(using: &random)
+            newcomer.keys = keys
+            newcomer.sessionKey = sessionKey
+            if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
+                // The key holder itself, from a new address (restarted behind a new mapping): it
+                // proves the key, so the registration moves rather than being refused.
+                var moved = newcomer
+                moved.sequence = holder.sequence
+                entries[id] = moved
+                liveness.touch(id, now: now)
+                var actions: [Action] = [.report(.moved(moved, from: holder.publicEndpoint)), registeredMessage(moved)]
+                actions += listMessages(for: moved, includingSelf: false)
+                for recipient in clients where recipient.id != id { actions += announce(moved, to: recipient) }
+                return actions
             }
             return register(newcomer, now: now)
-        case .keepAlive(let id, let token, let natKind):
-            guard var entry = session(id, token) else { return [.sendExtended(.unknownSession(id), to: source)] }
+        case .keepAlive(let id, let natKind, let counter, _):
+            guard var entry = session(id, counter: counter, bytes: bytes) else {
+                return [.sendExtended(.unknownSession(id), to: source)]
+            }
             liveness.touch(id, now: now)
             var actions: [Action] = []
             let previous = entry.publicEndpoint
@@ -237,11 +269,15 @@ public struct Registry: Sendable {
                 }
             }
             return actions
-        case .exit(let id, let token):
-            guard let entry = session(id, token) else { return [.report(.ignoredExtended(from: source, .badToken))] }
+        case .exit(let id, let counter, _):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return [.report(.ignoredExtended(from: source, .badTag))]
+            }
             return leave(entry, reason: .unregistered)
-        case .connect(let id, let token, let peerID):
-            guard let entry = session(id, token) else { return [.sendExtended(.unknownSession(id), to: source)] }
+        case .connect(let id, let peerID, let counter, _):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return [.sendExtended(.unknownSession(id), to: source)]
+            }
             liveness.touch(id, now: now)
             guard let peer = entries[peerID], peer.dialect == .extended, peerID != id else {
                 return [.report(.ignoredExtended(from: source, .peerUnavailable))]
@@ -250,15 +286,16 @@ public struct Registry: Sendable {
             var actions: [Action] = []
             for instruction in instructions {
                 guard let recipient = entries[instruction.recipient], let other = entries[instruction.peer] else { continue }
-                let message = ExtendedMessage.punch(peer: peerInfo(other, for: recipient), pairToken: instruction.pairToken,
-                                                    round: instruction.round,
+                let message = ExtendedMessage.punch(peer: peerInfo(other, for: recipient), round: instruction.round,
                                                     delayMillis: UInt32(clamping: instruction.delay.nanosecondsClamped / 1_000_000))
                 actions.append(.sendExtended(message, to: recipient.publicEndpoint))
             }
             actions.append(.report(.punchRound(entry.id, peer.id, round: instructions.first?.round ?? 0)))
             return actions
-        case .relay(let id, let token, let to, let payload):
-            guard session(id, token) != nil else { return [.sendExtended(.unknownSession(id), to: source)] }
+        case .relay(let id, let to, let payload, let counter, _):
+            guard session(id, counter: counter, bytes: bytes) != nil else {
+                return [.sendExtended(.unknownSession(id), to: source)]
+            }
             guard let peer = entries[to], peer.dialect == .extended else {
                 return [.report(.ignoredExtended(from: source, .peerUnavailable))]
             }
@@ -273,9 +310,14 @@ public struct Registry: Sendable {
         }
     }
 
-    /// The extended entry for `id` when `token` is its session token.
-    private func session(_ id: ClientID, _ token: Token128) -> Entry? {
-        guard let entry = entries[id], entry.dialect == .extended, entry.token.constantTimeEquals(token) else { return nil }
+    /// The extended entry for `id` when `bytes` carry a valid tag under its session key and
+    /// a fresh counter (which is then recorded).
+    private mutating func session(_ id: ClientID, counter: UInt64, bytes: [UInt8]) -> Entry? {
+        guard var entry = entries[id], entry.dialect == .extended, let key = entry.sessionKey,
+              SessionCrypto.verifyAuthenticated(bytes, key: key), counter > entry.lastCounter
+        else { return nil }
+        entry.lastCounter = counter
+        entries[id] = entry
         return entry
     }
 
@@ -308,7 +350,7 @@ public struct Registry: Sendable {
         if id.isReserved { return refuse(id, from: source, .reservedID, dialect: candidate.dialect) }
         var actions: [Action] = []
         if let holder = entries[id] {
-            if holder.publicEndpoint == source, holder.dialect == candidate.dialect {
+            if holder.publicEndpoint == source, holder.dialect == candidate.dialect, holder.keys == candidate.keys {
                 var refreshed = candidate
                 refreshed.sequence = holder.sequence
                 entries[id] = refreshed
@@ -364,8 +406,9 @@ public struct Registry: Sendable {
 
     private func registeredMessage(_ entry: Entry) -> Action {
         let millis = UInt32(clamping: configuration.keepAliveInterval.nanosecondsClamped / 1_000_000)
-        return .sendExtended(.registered(token: entry.token, publicEndpoint: entry.publicEndpoint, keepAliveMillis: millis,
-                                         alternatePort: configuration.alternatePort), to: entry.publicEndpoint)
+        return .sendExtended(.registered(serverKey: Array(serverKey.publicKey.rawRepresentation), publicEndpoint: entry.publicEndpoint,
+                                         keepAliveMillis: millis, alternatePort: configuration.alternatePort),
+                             to: entry.publicEndpoint)
     }
 
     /// The list `recipient` should get: everyone registered (itself too when `includingSelf`).
@@ -400,7 +443,7 @@ public struct Registry: Sendable {
             privates = [Endpoint(address: entry.privateAddress, port: CandidateOrder.classicClientPort)]
         }
         return PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: hint ? privates : [],
-                        natKind: entry.natKind, dialect: entry.dialect)
+                        natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys)
     }
 
     private func departure(_ entry: Entry, reason: LeaveReason, to recipient: Entry) -> Action {

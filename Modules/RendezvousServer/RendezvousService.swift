@@ -67,8 +67,9 @@ public final class RendezvousService: DatagramDriver {
         }
         do {
             if ExtendedMessage.looksExtended(bytes) {
-                let message = try ExtendedMessage.decode(bytes)
-                perform(registry.receive(message, from: source, now: now, random: &random), output: &output)
+                let raw = Array(bytes)
+                let message = try ExtendedMessage.decode(raw)
+                perform(registry.receive(message, bytes: raw, from: source, now: now, random: &random), output: &output)
             } else {
                 let message = try ClassicMessage.decode(bytes)
                 perform(registry.receive(message, from: source, now: now), output: &output)

@@ -8,40 +8,43 @@
 /// ``register(id:cookie:privateEndpoints:natKind:)``. A classic peer never receives one.
 public enum ExtendedMessage: Hashable, Sendable {
     // Client → server
-    /// Registration, echoing the cookie from ``challenge(cookie:)`` to prove the source address.
-    case register(id: ClientID, cookie: Token128, privateEndpoints: [Endpoint], natKind: NATKind)
-    /// Keep-alive; from a new source address it moves the registration (the token proves it).
-    case keepAlive(id: ClientID, token: Token128, natKind: NATKind)
-    case exit(id: ClientID, token: Token128)
+    /// Registration, echoing the cookie from ``challenge(cookie:)`` to prove the source
+    /// address, signed (Ed25519, 64 bytes, last) with the key in `keys`.
+    case register(id: ClientID, cookie: Token128, privateEndpoints: [Endpoint], natKind: NATKind, keys: PublicKeys,
+                  signature: [UInt8])
+    /// Keep-alive; from a new source address it moves the registration (the tag proves it).
+    case keepAlive(id: ClientID, natKind: NATKind, counter: UInt64, tag: Token128)
+    case exit(id: ClientID, counter: UInt64, tag: Token128)
     /// Asks the server to have `peer` and the sender punch towards each other now.
-    case connect(id: ClientID, token: Token128, peer: ClientID)
+    case connect(id: ClientID, peer: ClientID, counter: UInt64, tag: Token128)
     /// Asks the server to forward `payload` (an encoded peer message) to `to`.
-    case relay(id: ClientID, token: Token128, to: ClientID, payload: [UInt8])
+    case relay(id: ClientID, to: ClientID, payload: [UInt8], counter: UInt64, tag: Token128)
 
     // Server → client
     /// Proves that the registering address receives: echo the cookie to register.
     case challenge(cookie: Token128)
-    case registered(token: Token128, publicEndpoint: Endpoint, keepAliveMillis: UInt32, alternatePort: UInt16)
+    /// Registration accepted; `serverKey` is the server's X25519 key for the session key.
+    case registered(serverKey: [UInt8], publicEndpoint: Endpoint, keepAliveMillis: UInt32, alternatePort: UInt16)
     case refused(text: String)
     /// A registered client, new or changed.
     case peer(PeerInfo)
     case peerLeft(ClientID, reason: LeaveReason, publicEndpoint: Endpoint)
-    /// Punch towards `peer` now (after `delayMillis`), using `pairToken` in every check.
-    case punch(peer: PeerInfo, pairToken: Token128, round: UInt32, delayMillis: UInt32)
+    /// Punch towards `peer` now (after `delayMillis`).
+    case punch(peer: PeerInfo, round: UInt32, delayMillis: UInt32)
     /// A payload that `from` asked the server to forward (the server vouches for `from`).
     case relayed(from: ClientID, payload: [UInt8])
     /// Answer to a keep-alive: where the server sees the client now.
     case keepAliveAck(publicEndpoint: Endpoint)
-    /// The server holds no session for that ID and token (it restarted): register again.
+    /// The server holds no session for that ID (it restarted): register again.
     case unknownSession(ClientID)
 
-    // Peer ↔ peer
+    // Peer ↔ peer (tags under the pair key; chat sealed with it)
     /// A connectivity check.
-    case ping(from: ClientID, to: ClientID, pairToken: Token128, transaction: UInt64)
+    case ping(from: ClientID, to: ClientID, transaction: UInt64, tag: Token128)
     /// The answer to a check, with the source address the check came from.
-    case pong(from: ClientID, to: ClientID, pairToken: Token128, transaction: UInt64, observed: Endpoint)
-    case chat(from: ClientID, to: ClientID, pairToken: Token128, messageID: UInt64, text: String)
-    case chatAck(from: ClientID, to: ClientID, pairToken: Token128, messageID: UInt64)
+    case pong(from: ClientID, to: ClientID, transaction: UInt64, observed: Endpoint, tag: Token128)
+    case chat(from: ClientID, to: ClientID, messageID: UInt64, sealed: [UInt8])
+    case chatAck(from: ClientID, to: ClientID, messageID: UInt64, tag: Token128)
 
     /// The first byte of every extended datagram.
     public static let magic: UInt8 = 0xFE
@@ -67,48 +70,59 @@ public enum ExtendedMessage: Hashable, Sendable {
 }
 
 extension ExtendedMessage {
+    /// How many trailing bytes of an encoded datagram authenticate the rest: 64 (a
+    /// signature) for registrations, 16 (a tag) for session and pair messages, `nil` otherwise.
+    public static func trailerLength(ofEncoded bytes: some Collection<UInt8>) -> Int? {
+        guard bytes.count >= 3, let kind = Kind(rawValue: bytes[bytes.index(bytes.startIndex, offsetBy: 2)]) else { return nil }
+        switch kind {
+        case .register: return 64
+        case .keepAlive, .exit, .connect, .relay, .ping, .pong, .chatAck: return 16
+        default: return nil
+        }
+    }
+
     public func encode() -> [UInt8] {
         var w = WireWriter(capacity: 96)
         w.u8(Self.magic)
         w.u8(Self.version)
         switch self {
-        case .register(let id, let cookie, let endpoints, let natKind):
+        case .register(let id, let cookie, let endpoints, let natKind, let keys, let signature):
             w.u8(Kind.register.rawValue); w.clientID(id); w.token(cookie); w.endpoints(endpoints); w.u8(natKind.rawValue)
-        case .keepAlive(let id, let token, let natKind):
-            w.u8(Kind.keepAlive.rawValue); w.clientID(id); w.token(token); w.u8(natKind.rawValue)
-        case .exit(let id, let token):
-            w.u8(Kind.exit.rawValue); w.clientID(id); w.token(token)
-        case .connect(let id, let token, let peer):
-            w.u8(Kind.connect.rawValue); w.clientID(id); w.token(token); w.clientID(peer)
-        case .relay(let id, let token, let to, let payload):
-            w.u8(Kind.relay.rawValue); w.clientID(id); w.token(token); w.clientID(to); w.longBytes(payload)
+            w.keys(keys); w.fixed(signature, 64)
+        case .keepAlive(let id, let natKind, let counter, let tag):
+            w.u8(Kind.keepAlive.rawValue); w.clientID(id); w.u8(natKind.rawValue); w.u64(counter); w.token(tag)
+        case .exit(let id, let counter, let tag):
+            w.u8(Kind.exit.rawValue); w.clientID(id); w.u64(counter); w.token(tag)
+        case .connect(let id, let peer, let counter, let tag):
+            w.u8(Kind.connect.rawValue); w.clientID(id); w.clientID(peer); w.u64(counter); w.token(tag)
+        case .relay(let id, let to, let payload, let counter, let tag):
+            w.u8(Kind.relay.rawValue); w.clientID(id); w.clientID(to); w.longBytes(payload); w.u64(counter); w.token(tag)
         case .challenge(let cookie):
             w.u8(Kind.challenge.rawValue); w.token(cookie)
-        case .registered(let token, let endpoint, let keepAlive, let alternatePort):
-            w.u8(Kind.registered.rawValue); w.token(token); w.endpoint(endpoint); w.u32(keepAlive); w.u16(alternatePort)
+        case .registered(let serverKey, let endpoint, let keepAlive, let alternatePort):
+            w.u8(Kind.registered.rawValue); w.fixed(serverKey, 32); w.endpoint(endpoint); w.u32(keepAlive); w.u16(alternatePort)
         case .refused(let text):
             w.u8(Kind.refused.rawValue); w.longBytes(Array(text.utf8.prefix(Self.maxTextBytes)))
         case .peer(let info):
             w.u8(Kind.peer.rawValue); w.peerInfo(info)
         case .peerLeft(let id, let reason, let endpoint):
             w.u8(Kind.peerLeft.rawValue); w.clientID(id); w.u8(reason.rawValue); w.endpoint(endpoint)
-        case .punch(let peer, let pairToken, let round, let delay):
-            w.u8(Kind.punch.rawValue); w.peerInfo(peer); w.token(pairToken); w.u32(round); w.u32(delay)
+        case .punch(let peer, let round, let delay):
+            w.u8(Kind.punch.rawValue); w.peerInfo(peer); w.u32(round); w.u32(delay)
         case .relayed(let from, let payload):
             w.u8(Kind.relayed.rawValue); w.clientID(from); w.longBytes(payload)
         case .keepAliveAck(let endpoint):
             w.u8(Kind.keepAliveAck.rawValue); w.endpoint(endpoint)
         case .unknownSession(let id):
             w.u8(Kind.unknownSession.rawValue); w.clientID(id)
-        case .ping(let from, let to, let pairToken, let transaction):
-            w.u8(Kind.ping.rawValue); w.clientID(from); w.clientID(to); w.token(pairToken); w.u64(transaction)
-        case .pong(let from, let to, let pairToken, let transaction, let observed):
-            w.u8(Kind.pong.rawValue); w.clientID(from); w.clientID(to); w.token(pairToken); w.u64(transaction); w.endpoint(observed)
-        case .chat(let from, let to, let pairToken, let messageID, let text):
-            w.u8(Kind.chat.rawValue); w.clientID(from); w.clientID(to); w.token(pairToken); w.u64(messageID)
-            w.longBytes(Array(text.utf8))
-        case .chatAck(let from, let to, let pairToken, let messageID):
-            w.u8(Kind.chatAck.rawValue); w.clientID(from); w.clientID(to); w.token(pairToken); w.u64(messageID)
+        case .ping(let from, let to, let transaction, let tag):
+            w.u8(Kind.ping.rawValue); w.clientID(from); w.clientID(to); w.u64(transaction); w.token(tag)
+        case .pong(let from, let to, let transaction, let observed, let tag):
+            w.u8(Kind.pong.rawValue); w.clientID(from); w.clientID(to); w.u64(transaction); w.endpoint(observed); w.token(tag)
+        case .chat(let from, let to, let messageID, let sealed):
+            w.u8(Kind.chat.rawValue); w.clientID(from); w.clientID(to); w.u64(messageID); w.longBytes(sealed)
+        case .chatAck(let from, let to, let messageID, let tag):
+            w.u8(Kind.chatAck.rawValue); w.clientID(from); w.clientID(to); w.u64(messageID); w.token(tag)
         }
         return w.bytes
     }
@@ -124,23 +138,23 @@ extension ExtendedMessage {
         switch kind {
         case .register:
             message = .register(id: try r.clientID(), cookie: try r.token(), privateEndpoints: try r.endpoints(),
-                                natKind: try r.natKind())
+                                natKind: try r.natKind(), keys: try r.keys(), signature: try r.raw(64, "signature"))
         case .keepAlive:
-            message = .keepAlive(id: try r.clientID(), token: try r.token(), natKind: try r.natKind())
+            message = .keepAlive(id: try r.clientID(), natKind: try r.natKind(), counter: try r.u64(), tag: try r.token())
         case .exit:
-            message = .exit(id: try r.clientID(), token: try r.token())
+            message = .exit(id: try r.clientID(), counter: try r.u64(), tag: try r.token())
         case .connect:
-            message = .connect(id: try r.clientID(), token: try r.token(), peer: try r.clientID())
+            message = .connect(id: try r.clientID(), peer: try r.clientID(), counter: try r.u64(), tag: try r.token())
         case .relay:
-            let id = try r.clientID(), token = try r.token(), to = try r.clientID()
+            let id = try r.clientID(), to = try r.clientID()
             let payload = try r.longBytes("payload")
             guard payload.count <= maxRelayPayload else { throw .malformed("relay payload too long") }
-            message = .relay(id: id, token: token, to: to, payload: payload)
+            message = .relay(id: id, to: to, payload: payload, counter: try r.u64(), tag: try r.token())
         case .challenge:
             message = .challenge(cookie: try r.token())
         case .registered:
-            message = .registered(token: try r.token(), publicEndpoint: try r.endpoint(), keepAliveMillis: try r.u32(),
-                                  alternatePort: try r.u16())
+            message = .registered(serverKey: try r.raw(32, "server key"), publicEndpoint: try r.endpoint(),
+                                  keepAliveMillis: try r.u32(), alternatePort: try r.u16())
         case .refused:
             message = .refused(text: try r.text())
         case .peer:
@@ -150,7 +164,7 @@ extension ExtendedMessage {
             guard let reason = LeaveReason(rawValue: try r.u8("reason")) else { throw .malformed("unknown leave reason") }
             message = .peerLeft(id, reason: reason, publicEndpoint: try r.endpoint())
         case .punch:
-            message = .punch(peer: try r.peerInfo(), pairToken: try r.token(), round: try r.u32(), delayMillis: try r.u32())
+            message = .punch(peer: try r.peerInfo(), round: try r.u32(), delayMillis: try r.u32())
         case .relayed:
             let from = try r.clientID()
             let payload = try r.longBytes("payload")
@@ -161,15 +175,17 @@ extension ExtendedMessage {
         case .unknownSession:
             message = .unknownSession(try r.clientID())
         case .ping:
-            message = .ping(from: try r.clientID(), to: try r.clientID(), pairToken: try r.token(), transaction: try r.u64())
+            message = .ping(from: try r.clientID(), to: try r.clientID(), transaction: try r.u64(), tag: try r.token())
         case .pong:
-            message = .pong(from: try r.clientID(), to: try r.clientID(), pairToken: try r.token(), transaction: try r.u64(),
-                            observed: try r.endpoint())
+            message = .pong(from: try r.clientID(), to: try r.clientID(), transaction: try r.u64(), observed: try r.endpoint(),
+                            tag: try r.token())
         case .chat:
-            message = .chat(from: try r.clientID(), to: try r.clientID(), pairToken: try r.token(), messageID: try r.u64(),
-                            text: try r.text())
+            let from = try r.clientID(), to = try r.clientID(), messageID = try r.u64()
+            let sealed = try r.longBytes("sealed text")
+            guard sealed.count <= maxTextBytes + 16 else { throw .malformed("chat too long") }
+            message = .chat(from: from, to: to, messageID: messageID, sealed: sealed)
         case .chatAck:
-            message = .chatAck(from: try r.clientID(), to: try r.clientID(), pairToken: try r.token(), messageID: try r.u64())
+            message = .chatAck(from: try r.clientID(), to: try r.clientID(), messageID: try r.u64(), tag: try r.token())
         }
         try r.expectEnd()
         return message
@@ -191,6 +207,23 @@ extension WireWriter {
         endpoints(info.privateEndpoints)
         u8(info.natKind.rawValue)
         u8(info.dialect.rawValue)
+        if let keys = info.keys {
+            u8(1)
+            self.keys(keys)
+        } else {
+            u8(0)
+        }
+    }
+
+    mutating func keys(_ keys: PublicKeys) {
+        fixed(keys.signing, PublicKeys.keyLength)
+        fixed(keys.agreement, PublicKeys.keyLength)
+    }
+
+    /// Exactly `count` bytes: cut or zero-padded.
+    mutating func fixed(_ data: [UInt8], _ count: Int) {
+        raw(data.prefix(count))
+        if data.count < count { raw(Array(repeating: 0, count: count - data.count)) }
     }
 }
 
@@ -226,6 +259,17 @@ extension WireReader {
         let privateEndpoints = try endpoints()
         let natKind = try natKind()
         guard let dialect = Dialect(rawValue: try u8("dialect")) else { throw .malformed("unknown dialect") }
-        return PeerInfo(id: id, publicEndpoint: publicEndpoint, privateEndpoints: privateEndpoints, natKind: natKind, dialect: dialect)
+        let keys: PublicKeys?
+        switch try u8("key flag") {
+        case 0: keys = nil
+        case 1: keys = try self.keys()
+        default: throw .malformed("bad key flag")
+        }
+        return PeerInfo(id: id, publicEndpoint: publicEndpoint, privateEndpoints: privateEndpoints, natKind: natKind,
+                        dialect: dialect, keys: keys)
+    }
+
+    mutating func keys() throws(WireError) -> PublicKeys {
+        PublicKeys(signing: try raw(PublicKeys.keyLength, "signing key"), agreement: try raw(PublicKeys.keyLength, "agreement key"))
     }
 }

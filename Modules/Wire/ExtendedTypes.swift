@@ -54,6 +54,19 @@ public enum Dialect: UInt8, Hashable, Sendable {
     case extended = 1
 }
 
+/// A client's public keys: Ed25519 for signing, X25519 for key agreement (32 bytes each).
+public struct PublicKeys: Hashable, Sendable {
+    public var signing: [UInt8]
+    public var agreement: [UInt8]
+
+    public init(signing: [UInt8], agreement: [UInt8]) {
+        self.signing = signing
+        self.agreement = agreement
+    }
+
+    public static let keyLength = 32
+}
+
 /// What the server tells clients about one registered client.
 public struct PeerInfo: Hashable, Sendable {
     public var id: ClientID
@@ -62,14 +75,17 @@ public struct PeerInfo: Hashable, Sendable {
     public var privateEndpoints: [Endpoint]
     public var natKind: NATKind
     public var dialect: Dialect
+    /// The keys it registered with (extended clients only).
+    public var keys: PublicKeys?
 
     public init(id: ClientID, publicEndpoint: Endpoint, privateEndpoints: [Endpoint] = [],
-                natKind: NATKind = .unknown, dialect: Dialect = .extended) {
+                natKind: NATKind = .unknown, dialect: Dialect = .extended, keys: PublicKeys? = nil) {
         self.id = id
         self.publicEndpoint = publicEndpoint
         self.privateEndpoints = privateEndpoints
         self.natKind = natKind
         self.dialect = dialect
+        self.keys = keys
     }
 }
 

@@ -1,0 +1,136 @@
+import Crypto
+import Foundation
+import Wire
+
+/// A 256-bit symmetric key held as plain bytes, so cores can store it without
+/// depending on a crypto type.
+public struct KeyBytes: Hashable, Sendable {
+    public var bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    var symmetric: SymmetricKey { SymmetricKey(data: bytes) }
+}
+
+/// The cryptography of the extended dialect, in one place.
+///
+/// - Registration: the client signs the encoded registration (cookie included) with its
+///   Ed25519 key; the server checks it against the key in the message and binds the ID to it.
+/// - Session: both sides derive a session key from X25519(client agreement key, server
+///   agreement key), salted with the cookie. Every later client→server message carries a
+///   counter and a 128-bit HMAC-SHA256 tag over its bytes; the server accepts a counter
+///   only if it is higher than the last one (no replay).
+/// - Pairs: two clients derive a pair key from X25519 of their agreement keys, bound to
+///   both IDs. Chat is sealed with ChaChaPoly (nonce from the message ID and direction);
+///   pings, pongs and acks carry HMAC tags under the pair key. The server never has it.
+public enum SessionCrypto {
+    /// HMAC-SHA256 over `bytes`, cut to 128 bits.
+    public static func tag(_ bytes: some DataProtocol, key: KeyBytes) -> Token128 {
+        let mac = Array(HMAC<SHA256>.authenticationCode(for: bytes, using: key.symmetric))
+        return Token128(high: mac[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, low: mac[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
+    }
+
+    /// Checks a tag made by ``tag(_:key:)`` (constant time).
+    public static func verify(_ tag: Token128, over bytes: some DataProtocol, key: KeyBytes) -> Bool {
+        self.tag(bytes, key: key).constantTimeEquals(tag)
+    }
+
+    /// Encodes `message` with its trailing tag computed under `key`.
+    public static func authenticated(_ message: ExtendedMessage, key: KeyBytes) -> [UInt8] {
+        var bytes = message.encode()
+        guard let tagLength = ExtendedMessage.trailerLength(ofEncoded: bytes), tagLength == 16 else { return bytes }
+        let tag = tag(bytes[..<(bytes.count - 16)], key: key)
+        bytes.replaceSubrange((bytes.count - 16)..., with: tag.bytes)
+        return bytes
+    }
+
+    /// Whether the trailing tag of the encoded datagram `bytes` verifies under `key`.
+    public static func verifyAuthenticated(_ bytes: [UInt8], key: KeyBytes) -> Bool {
+        guard bytes.count > 16, ExtendedMessage.trailerLength(ofEncoded: bytes) == 16 else { return false }
+        let tag = Token128(bytes: bytes[(bytes.count - 16)...])
+        return verify(tag, over: bytes[..<(bytes.count - 16)], key: key)
+    }
+
+    /// Encodes a registration signed by `identity`.
+    public static func signedRegistration(id: ClientID, cookie: Token128, privateEndpoints: [Endpoint], natKind: NATKind,
+                                          identity: IdentityKey) -> [UInt8] {
+        let unsigned = ExtendedMessage.register(id: id, cookie: cookie, privateEndpoints: privateEndpoints, natKind: natKind,
+                                                keys: identity.publicKeys, signature: Array(repeating: 0, count: 64))
+        var bytes = unsigned.encode()
+        let signed = bytes[..<(bytes.count - 64)]
+        guard let signature = try? identity.signing.signature(for: Array(signed)) else { return bytes }
+        bytes.replaceSubrange((bytes.count - 64)..., with: Array(signature))
+        return bytes
+    }
+
+    /// Whether the encoded registration `bytes` is signed by the signing key it carries.
+    public static func verifyRegistration(_ bytes: [UInt8], keys: PublicKeys, signature: [UInt8]) -> Bool {
+        guard bytes.count > 64, let key = try? Curve25519.Signing.PublicKey(rawRepresentation: keys.signing) else { return false }
+        return key.isValidSignature(signature, for: Array(bytes[..<(bytes.count - 64)]))
+    }
+
+    /// The session key both sides derive after a registration.
+    public static func sessionKey(privateKey: Curve25519.KeyAgreement.PrivateKey, peerPublicKey: [UInt8],
+                                  cookie: Token128, id: ClientID) -> KeyBytes? {
+        guard let peer = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: peerPublicKey),
+              let shared = try? privateKey.sharedSecretFromKeyAgreement(with: peer)
+        else { return nil }
+        let key = shared.hkdfDerivedSymmetricKey(using: SHA256.self, salt: cookie.bytes,
+                                                 sharedInfo: Array("natchat session v1 \(id)".utf8), outputByteCount: 32)
+        return KeyBytes(key.withUnsafeBytes { Array($0) })
+    }
+
+    /// The key two clients share, bound to both IDs (in sorted order).
+    public static func pairKey(privateKey: Curve25519.KeyAgreement.PrivateKey, peerPublicKey: [UInt8],
+                               selfID: ClientID, peerID: ClientID) -> KeyBytes? {
+        guard let peer = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: peerPublicKey),
+              let shared = try? privateKey.sharedSecretFromKeyAgreement(with: peer)
+        else { return nil }
+        let (first, second) = selfID < peerID ? (selfID, peerID) : (peerID, selfID)
+        let key = shared.hkdfDerivedSymmetricKey(using: SHA256.self, salt: Array("natchat pair v1".utf8),
+                                                 sharedInfo: Array("\(first) \(second)".utf8), outputByteCount: 32)
+        return KeyBytes(key.withUnsafeBytes { Array($0) })
+    }
+
+    /// Seals chat text from `from` to `to`: ChaChaPoly, nonce = direction byte + message ID,
+    /// the IDs and message ID authenticated as associated data.
+    public static func seal(_ text: String, from: ClientID, to: ClientID, messageID: UInt64, key: KeyBytes) -> [UInt8]? {
+        guard let nonce = try? ChaChaPoly.Nonce(data: nonceBytes(from: from, to: to, messageID: messageID)),
+              let box = try? ChaChaPoly.seal(Array(text.utf8), using: key.symmetric, nonce: nonce,
+                                             authenticating: associatedData(from: from, to: to, messageID: messageID))
+        else { return nil }
+        return Array(box.ciphertext) + Array(box.tag)
+    }
+
+    /// Opens what ``seal(_:from:to:messageID:key:)`` made; `nil` when forged, altered or not UTF-8.
+    public static func open(_ sealed: [UInt8], from: ClientID, to: ClientID, messageID: UInt64, key: KeyBytes) -> String? {
+        guard sealed.count >= 16, let nonce = try? ChaChaPoly.Nonce(data: nonceBytes(from: from, to: to, messageID: messageID)),
+              let box = try? ChaChaPoly.SealedBox(nonce: nonce, ciphertext: sealed.dropLast(16), tag: sealed.suffix(16)),
+              let plain = try? ChaChaPoly.open(box, using: key.symmetric,
+                                               authenticating: associatedData(from: from, to: to, messageID: messageID))
+        else { return nil }
+        return String(validating: Array(plain), as: UTF8.self)
+    }
+
+    private static func nonceBytes(from: ClientID, to: ClientID, messageID: UInt64) -> [UInt8] {
+        let direction: UInt8 = from < to ? 1 : 2
+        var bytes: [UInt8] = [direction, 0, 0, 0]
+        for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: messageID >> UInt64(shift))) }
+        return bytes
+    }
+
+    private static func associatedData(from: ClientID, to: ClientID, messageID: UInt64) -> [UInt8] {
+        Array("natchat chat v1 \(from) \(to) \(messageID)".utf8)
+    }
+}
+
+extension Token128 {
+    /// The 16 bytes, most significant first.
+    public var bytes: [UInt8] {
+        (0..<8).map { UInt8(truncatingIfNeeded: high >> UInt64(56 - 8 * $0)) }
+            + (0..<8).map { UInt8(truncatingIfNeeded: low >> UInt64(56 - 8 * $0)) }
+    }
+
+    public init(bytes: some Collection<UInt8>) {
+        let array = Array(bytes.prefix(16)) + Array(repeating: 0, count: max(0, 16 - bytes.count))
+        self.init(high: array[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, low: array[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
+    }
+}
