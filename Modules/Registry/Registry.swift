@@ -151,6 +151,8 @@ public struct Registry: Sendable {
 
     public private(set) var configuration: Configuration
     private var entries: [ClientID: Entry] = [:]
+    /// Extended clients by the endpoint they were last seen at (may hold stale keys; checked on use).
+    private var extendedByEndpoint: [Endpoint: ClientID] = [:]
     private var liveness: LivenessTable<ClientID>
     private var nextSequence: UInt64 = 0
     private var punch: PunchCoordinator
@@ -179,6 +181,12 @@ public struct Registry: Sendable {
 
     /// The entry for `id`, if registered.
     public func entry(for id: ClientID) -> Entry? { entries[id] }
+
+    /// Whether an extended client is registered at `endpoint` (it proved it receives there).
+    public func hasExtendedClient(at endpoint: Endpoint) -> Bool {
+        guard let id = extendedByEndpoint[endpoint], let entry = entries[id] else { return false }
+        return entry.publicEndpoint == endpoint && entry.dialect == .extended
+    }
 
     // MARK: - Classic dialect
 
@@ -240,7 +248,7 @@ public struct Registry: Sendable {
                 // proves the key, so the registration moves rather than being refused.
                 var moved = newcomer
                 moved.sequence = holder.sequence
-                entries[id] = moved
+                store(moved)
                 liveness.touch(id, now: now)
                 var actions: [Action] = [.report(.moved(moved, from: holder.publicEndpoint)), registeredMessage(moved)]
                 actions += listMessages(for: moved, includingSelf: false)
@@ -258,7 +266,7 @@ public struct Registry: Sendable {
             let changed = previous != source || entry.natKind != natKind
             entry.publicEndpoint = source
             entry.natKind = natKind
-            entries[id] = entry
+            store(entry)
             if previous != source {
                 actions.append(.report(.moved(entry, from: previous)))
             }
@@ -317,7 +325,7 @@ public struct Registry: Sendable {
               SessionCrypto.verifyAuthenticated(bytes, key: key), counter > entry.lastCounter
         else { return nil }
         entry.lastCounter = counter
-        entries[id] = entry
+        store(entry)
         return entry
     }
 
@@ -330,8 +338,9 @@ public struct Registry: Sendable {
         var actions: [Action] = []
         var gone: [Entry] = []
         for id in expired {
-            guard let entry = entries.removeValue(forKey: id) else { continue }
+            guard entries[id] != nil else { continue }
             forgetHelpers(id)
+            guard let entry = entries.removeValue(forKey: id) else { continue }
             gone.append(entry)
             actions.append(.report(.evicted(entry)))
         }
@@ -353,7 +362,7 @@ public struct Registry: Sendable {
             if holder.publicEndpoint == source, holder.dialect == candidate.dialect, holder.keys == candidate.keys {
                 var refreshed = candidate
                 refreshed.sequence = holder.sequence
-                entries[id] = refreshed
+                store(refreshed)
                 liveness.touch(id, now: now)
                 actions.append(.report(.refreshed(refreshed)))
                 if refreshed.dialect == .extended { actions.append(registeredMessage(refreshed)) }
@@ -367,9 +376,9 @@ public struct Registry: Sendable {
             }
             guard liveness.isExpired(id, now: now) else { return refuse(id, from: source, .idInUse, dialect: candidate.dialect) }
             // The holder is past its timeout but not yet swept: evict it now so the ID is free.
+            forgetHelpers(id)
             entries[id] = nil
             liveness.remove(id)
-            forgetHelpers(id)
             actions.append(.report(.evicted(holder)))
             for other in clients { actions.append(departure(holder, reason: .offline, to: other)) }
         }
@@ -381,7 +390,7 @@ public struct Registry: Sendable {
         nextSequence += 1
         if newcomer.dialect == .extended { actions.append(registeredMessage(newcomer)) }
         actions += listMessages(for: newcomer, includingSelf: false)
-        entries[id] = newcomer
+        store(newcomer)
         liveness.touch(id, now: now)
         actions.append(.report(.registered(newcomer)))
         for recipient in clients where !(recipient.id == id && newcomer.dialect == .extended) {
@@ -391,15 +400,24 @@ public struct Registry: Sendable {
     }
 
     private mutating func leave(_ entry: Entry, reason: LeaveReason) -> [Action] {
+        forgetHelpers(entry.id)
         entries[entry.id] = nil
         liveness.remove(entry.id)
-        forgetHelpers(entry.id)
         var actions: [Action] = [.report(.unregistered(entry))]
         for other in clients { actions.append(departure(entry, reason: reason, to: other)) }
         return actions
     }
 
+    private mutating func store(_ entry: Entry) {
+        if let old = entries[entry.id], old.publicEndpoint != entry.publicEndpoint, extendedByEndpoint[old.publicEndpoint] == entry.id {
+            extendedByEndpoint[old.publicEndpoint] = nil
+        }
+        entries[entry.id] = entry
+        if entry.dialect == .extended { extendedByEndpoint[entry.publicEndpoint] = entry.id }
+    }
+
     private mutating func forgetHelpers(_ id: ClientID) {
+        if let entry = entries[id], extendedByEndpoint[entry.publicEndpoint] == id { extendedByEndpoint[entry.publicEndpoint] = nil }
         punch.forget(id)
         relayLimiter.forget(id)
     }

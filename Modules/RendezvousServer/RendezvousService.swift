@@ -2,6 +2,7 @@ import Logging
 import MonotonicTime
 import NIOCore
 import Registry
+import Relay
 import STUN
 import Transport
 import Wire
@@ -18,10 +19,14 @@ public final class RendezvousService: DatagramDriver {
         public var registry: Registry.Configuration
         /// How often silent clients are swept out (10 s classic).
         public var sweepInterval: Duration
+        /// Anti-amplification and per-address registration limits.
+        public var sources: SourceGuard.Configuration
 
-        public init(registry: Registry.Configuration = .init(), sweepInterval: Duration = .seconds(10)) {
+        public init(registry: Registry.Configuration = .init(), sweepInterval: Duration = .seconds(10),
+                    sources: SourceGuard.Configuration = .init()) {
             self.registry = registry
             self.sweepInterval = sweepInterval
+            self.sources = sources
         }
     }
 
@@ -35,6 +40,10 @@ public final class RendezvousService: DatagramDriver {
         public var relayedDatagrams = 0
         public var relayRefused = 0
         public var punchRounds = 0
+        /// Datagrams withheld by the anti-amplification limit.
+        public var amplificationWithheld = 0
+        /// Registrations dropped by the per-address rate limit.
+        public var registrationsRateLimited = 0
         public var refused = 0
         public var registrations = 0
         public var evictions = 0
@@ -47,6 +56,7 @@ public final class RendezvousService: DatagramDriver {
     private let logger: Logger
     private var nextSweep: Instant?
     private var random = SystemRandomNumberGenerator()
+    private var sources: SourceGuard
 
     /// - Parameters:
     ///   - validator: makes and checks the cookies of extended registrations.
@@ -55,12 +65,15 @@ public final class RendezvousService: DatagramDriver {
                 now: Instant = SystemClock().now(), printLine: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
         self.registry = Registry(configuration: configuration.registry, validator: validator, now: now)
+        self.sources = SourceGuard(configuration: configuration.sources)
         self.logger = logger
         self.printLine = printLine
     }
 
     public func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         let bytes = payload.readableBytesView
+        let validatedSource = registry.hasExtendedClient(at: source)
+        if !validatedSource { sources.received(bytes.count, from: source, now: now) }
         if STUN.looksLikeSTUN(bytes) {
             answerSTUN(Array(bytes), from: source, output: &output)
             return
@@ -69,10 +82,12 @@ public final class RendezvousService: DatagramDriver {
             if ExtendedMessage.looksExtended(bytes) {
                 let raw = Array(bytes)
                 let message = try ExtendedMessage.decode(raw)
-                perform(registry.receive(message, bytes: raw, from: source, now: now, random: &random), output: &output)
+                if case .register = message, !admitRegistration(from: source, now: now) { return }
+                perform(registry.receive(message, bytes: raw, from: source, now: now, random: &random), now: now, output: &output)
             } else {
                 let message = try ClassicMessage.decode(bytes)
-                perform(registry.receive(message, from: source, now: now), output: &output)
+                if case .register = message, !admitRegistration(from: source, now: now) { return }
+                perform(registry.receive(message, from: source, now: now), now: now, output: &output)
             }
         } catch {
             counters.malformed += 1
@@ -84,11 +99,29 @@ public final class RendezvousService: DatagramDriver {
 
     public func timeout(now: Instant, output: inout DatagramOutput) {
         guard let due = nextSweep, now >= due else { return }
-        perform(registry.sweep(now: now), output: &output)
+        perform(registry.sweep(now: now), now: now, output: &output)
         nextSweep = registry.count > 0 ? now + configuration.sweepInterval : nil
     }
 
     public func nextDeadline() -> Instant? { nextSweep }
+
+    private func admitRegistration(from source: Endpoint, now: Instant) -> Bool {
+        guard sources.allowRegistration(from: source, now: now) else {
+            counters.registrationsRateLimited += 1
+            return false
+        }
+        return true
+    }
+
+    /// Sends `bytes` unless the destination is unvalidated and over its amplification budget.
+    private func send(_ bytes: [UInt8], to destination: Endpoint, classic: Bool, now: Instant, output: inout DatagramOutput) {
+        let validated = registry.hasExtendedClient(at: destination)
+        guard sources.allowSend(bytes.count, to: destination, validated: validated, classic: classic, now: now) else {
+            counters.amplificationWithheld += 1
+            return
+        }
+        output.send(bytes, to: destination)
+    }
 
     private func answerSTUN(_ bytes: [UInt8], from source: Endpoint, output: inout DatagramOutput) {
         guard case .bindingRequest(let transaction) = try? STUN.decode(bytes) else {
@@ -99,13 +132,13 @@ public final class RendezvousService: DatagramDriver {
         output.send(STUN.bindingSuccess(transaction, mapped: source), to: source)
     }
 
-    private func perform(_ actions: [Registry.Action], output: inout DatagramOutput) {
+    private func perform(_ actions: [Registry.Action], now: Instant, output: inout DatagramOutput) {
         for action in actions {
             switch action {
             case .send(let message, let destination):
-                output.send(message.encode(), to: destination)
+                send(message.encode(), to: destination, classic: true, now: now, output: &output)
             case .sendExtended(let message, let destination):
-                output.send(message.encode(), to: destination)
+                send(message.encode(), to: destination, classic: false, now: now, output: &output)
             case .report(let event):
                 report(event)
             }
