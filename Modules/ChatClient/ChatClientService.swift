@@ -5,6 +5,7 @@ import Identity
 import KeepAlive
 import Logging
 import MonotonicTime
+import NATGrouping
 import NIOCore
 import STUN
 import Transport
@@ -344,7 +345,10 @@ public final class ChatClientService: DatagramDriver {
                 return
             }
             if info.dialect == .classic {
-                let destination = info.privateEndpoints.first ?? info.publicEndpoint
+                // Classic peers cannot answer checks: the seed's same-NAT rule decides, as it did.
+                let privateAddress = classicSameNATAddress(of: info)
+                let destination = privateAddress.map { Endpoint(address: $0, port: configuration.peerPrivatePort) }
+                    ?? info.publicEndpoint
                 output.send(ClassicMessage.chat(from: configuration.id, text: text).encode(), to: destination)
                 return
             }
@@ -366,6 +370,14 @@ public final class ChatClientService: DatagramDriver {
     }
 
     // MARK: - Internals
+
+    /// The private address of a classic peer that the classic rule puts behind our NAT.
+    private func classicSameNATAddress(of info: PeerInfo) -> IPv4Address? {
+        guard let ours = publicEndpoint.current, let theirs = info.privateEndpoints.first else { return nil }
+        let me = NATPosition(publicAddress: ours.address, privateAddress: configuration.privateAddress)
+        let peer = NATPosition(publicAddress: info.publicEndpoint.address, privateAddress: theirs.address)
+        return SameNATRule.classic.isSameNAT(me, peer) ? theirs.address : nil
+    }
 
     private func sendRegistration(now: Instant, output: inout DatagramOutput) {
         let offers = configuration.offerExtended && mode != .classic ? [ExtendedMessage.offer] : []
@@ -423,6 +435,9 @@ public final class ChatClientService: DatagramDriver {
         switch event {
         case .joined(let info):
             sinks.display("* \(info.id) joined (\(info.publicEndpoint))\(info.dialect == .classic ? " [classic]" : "")")
+            if info.dialect == .classic, let address = classicSameNATAddress(of: info) {
+                sinks.display("* \(info.id) is behind the same NAT (private \(address))")
+            }
         case .updated(let info):
             logger.debug("peer updated", metadata: ["id": "\(info.id)", "public": "\(info.publicEndpoint)"])
         case .left(let id, let reason, let endpoint):

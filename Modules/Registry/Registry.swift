@@ -272,7 +272,8 @@ public struct Registry: Sendable {
             }
             actions.append(.sendExtended(.keepAliveAck(publicEndpoint: source), to: source))
             if changed {
-                for recipient in clients where recipient.id != id {
+                // Classic clients see only the public endpoint: tell them only when it moved.
+                for recipient in clients where recipient.id != id && (previous != source || recipient.dialect == .extended) {
                     actions += announce(entry, to: recipient)
                 }
             }

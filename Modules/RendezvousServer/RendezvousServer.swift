@@ -11,6 +11,7 @@ public enum RendezvousServer {
     ///   NAT-behaviour probes (0: none).
     public static func run(host: String, port: Int, alternatePort: Int = 0, configuration: RendezvousService.Configuration,
                            logger: Logger, printLine: @escaping @Sendable (String) -> Void) async throws {
+        let signals = TerminationSignal.install()
         let group = MultiThreadedEventLoopGroup.singleton
         var configuration = configuration
         configuration.registry.alternatePort = UInt16(clamping: alternatePort)
@@ -27,7 +28,7 @@ public enum RendezvousServer {
         }
         printLine("server program starts....")
         logger.info("listening", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? "?")"])
-        let signal = await TerminationSignal.wait()
+        let signal = await signals.wait()
         logger.info("stopping", metadata: ["signal": "\(signal)"])
         let counters = try? await server.performAndWait { service, _, _ in service.counters }
         if let counters {

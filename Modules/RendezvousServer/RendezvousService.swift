@@ -92,6 +92,12 @@ public final class RendezvousService: DatagramDriver {
         } catch {
             counters.malformed += 1
             logger.debug("dropped malformed datagram", metadata: ["from": "\(source)", "error": "\(error)"])
+            if let violation = ClassicMessage.invalidRegistrationID(bytes), admitRegistration(from: source, now: now) {
+                counters.refused += 1
+                // The ID is not echoed: it may hold characters that would drive a terminal.
+                send(ClassicMessage.serverNotice("registration refused: invalid ID (\(violation))").encode(), to: source,
+                     classic: true, now: now, output: &output)
+            }
             return
         }
         if nextSweep == nil, registry.count > 0 { nextSweep = now + configuration.sweepInterval }

@@ -18,11 +18,38 @@ public enum TerminationSignal {
     }
     private static let retainer = Retainer()
 
-    /// Suspends until SIGINT or SIGTERM arrives; returns the signal number.
-    public static func wait(for signals: [Int32] = [SIGINT, SIGTERM]) async -> Int32 {
-        await withCheckedContinuation { continuation in
-            onSignal(signals) { continuation.resume(returning: $0) }
+    /// A signal catcher installed at once, awaited later: install it before announcing
+    /// readiness so that a signal sent right after the announcement is never lost.
+    public final class Catcher: Sendable {
+        private let state = Mutex<(signal: Int32?, continuation: CheckedContinuation<Int32, Never>?)>((nil, nil))
+
+        fileprivate init(signals: [Int32]) {
+            TerminationSignal.onSignal(signals) { [self] number in
+                let continuation = self.state.withLock { value -> CheckedContinuation<Int32, Never>? in
+                    value.signal = number
+                    defer { value.continuation = nil }
+                    return value.continuation
+                }
+                continuation?.resume(returning: number)
+            }
         }
+
+        /// Suspends until the first signal (returns at once if it already came).
+        public func wait() async -> Int32 {
+            await withCheckedContinuation { continuation in
+                let arrived = state.withLock { value -> Int32? in
+                    if let signal = value.signal { return signal }
+                    value.continuation = continuation
+                    return nil
+                }
+                if let arrived { continuation.resume(returning: arrived) }
+            }
+        }
+    }
+
+    /// Starts catching SIGINT and SIGTERM now.
+    public static func install(_ signals: [Int32] = [SIGINT, SIGTERM]) -> Catcher {
+        Catcher(signals: signals)
     }
 
     /// Calls `handler` once, on a dispatch queue, when the first of `signals` arrives.

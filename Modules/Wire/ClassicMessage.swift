@@ -143,6 +143,18 @@ extension ClassicMessage {
         throw .unrecognized
     }
 
+    /// When `bytes` look like a classic registration (`ID PRIVATE_IP [offers]`) whose ID
+    /// breaks the rules, the rule it breaks; `nil` otherwise. The server answers such a
+    /// datagram with a refusal instead of dropping it in silence.
+    public static func invalidRegistrationID<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> ClientID.Violation? {
+        guard bytes.count <= maxDatagramLength, let text = String(validating: bytes, as: UTF8.self) else { return nil }
+        let fields = Array(text.utf8).split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
+        guard (2...(2 + maxOffers)).contains(fields.count), !fields[0].contains(UInt8(ascii: "@")) || fields.count >= 2,
+              (try? IPv4Address(parsing: string(fields[1])[...])) != nil
+        else { return nil }
+        return ClientID.violation(in: string(fields[0]))
+    }
+
     /// Control characters other than tab are refused in chat text: they would drive the
     /// reader's terminal (escape sequences, carriage returns over earlier lines).
     static func isForbiddenInText(_ scalar: Unicode.Scalar) -> Bool {

@@ -16,10 +16,12 @@ Every wait is bounded in time and in iterations.
 import atexit
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -388,13 +390,17 @@ class ClientProc(Proc):
         return self.wait_for_line(self._server_recv(f"{self.cid} {self.endpoint}"),
                                   timeout, stream="stderr")
 
-    def wait_joined(self, peer, since=0, timeout=DEFAULT_TIMEOUT):
+    def joined_regex(self, peer):
+        """A peer's registration as this client shows it (natchat: '* bob joined (...)',
+        classic: the --trace line of the server's 'bob IP:PORT' datagram)."""
         if self.kind == "natchat":
-            return self.wait_for_line(
-                r"\* " + re.escape(peer.cid) + r" joined \(" + re.escape(peer.endpoint)
-                + r"\)", timeout, since=since)
-        return self.wait_for_line(self._server_recv(f"{peer.cid} {peer.endpoint}"),
-                                  timeout, since=since, stream="stderr")
+            return (r"\* " + re.escape(peer.cid) + r" joined \(" + re.escape(peer.endpoint)
+                    + r"\)(?: .*)?")
+        return self._server_recv(f"{peer.cid} {peer.endpoint}")
+
+    def wait_joined(self, peer, since=0, timeout=DEFAULT_TIMEOUT):
+        return self.wait_for_line(self.joined_regex(peer), timeout, since=since,
+                                  stream=self.left_stream())
 
     def left_regex(self, peer, how):
         assert how in ("unregistered", "off-line")
@@ -414,7 +420,8 @@ class ClientProc(Proc):
 
     @staticmethod
     def chat_regex(from_id, text):
-        return re.escape(f"From {from_id} [{text}]")
+        # An extended natchat marks chats from classic clients, which nothing authenticates.
+        return re.escape(f"From {from_id} [{text}]") + r"(?: \(unverified: classic client\))?"
 
     def wait_chat(self, from_id, text, since=0, timeout=DEFAULT_TIMEOUT):
         return self.wait_for_line(self.chat_regex(from_id, text), timeout, since=since)
@@ -445,6 +452,25 @@ class ClientProc(Proc):
                 entries.append((m.group(1), m.group(2)))
         return sorted(entries)
 
+    def wait_list(self, expected, timeout=5.0):
+        """@show_list until it equals expected (sorted (id, 'ip:port') pairs).
+
+        Bounded retry: list updates travel as separate datagrams, so right after an
+        event the list may lag by a moment. Fails with the last list seen.
+        """
+        expected = sorted(expected)
+        deadline = time.monotonic() + timeout
+        got = None
+        for _ in range(50):
+            got = self.show_list()
+            if got == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if got != expected:
+            raise AssertionError(f"{self.name}: @show_list is {got!r}, expected {expected!r} "
+                                 f"(within {timeout}s)\n{self._context()}")
+        return got
+
     def exit(self, timeout=DEFAULT_TIMEOUT):
         """@exit; natchat must print '* bye'; both kinds must exit 0."""
         since = self.mark()
@@ -460,6 +486,18 @@ class ProcessGroup:
     def __init__(self):
         self.procs = []
         self.raws = []
+        self._tmp = None
+
+    def home(self, name="default"):
+        """A private HOME (with XDG dirs) for natchat clients: keeps the user's real
+        state (history, identity keys) out of the tests. Clients sharing a name share
+        it, like programs of one user on one machine."""
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="natchat-e2e-")
+        d = os.path.join(self._tmp, name)
+        for sub in ("", ".config", ".local/state", ".cache"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        return d
 
     def __enter__(self):
         return self
@@ -487,6 +525,8 @@ class ProcessGroup:
                 errors.append(f"{p.name}: {e!r}")
         for r in self.raws:
             r.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
         if errors:
             raise RuntimeError("errors while stopping: " + "; ".join(errors))
 
@@ -529,8 +569,11 @@ class ProcessGroup:
         return proc
 
     def start_client(self, kind, cid, bind, port, server, keepalive=None, extra=(),
-                     prompt_id=False, prompt_server=False, private_ip=None):
-        """kind: 'natchat' or 'classic'. Classic clients always run with --trace."""
+                     prompt_id=False, prompt_server=False, private_ip=None, home="default"):
+        """kind: 'natchat' or 'classic'. Classic clients always run with --trace.
+
+        home: natchat clients run with HOME/XDG_* in a per-test directory of that name.
+        """
         if kind == "natchat":
             argv = [binary_path(CLIENT_BIN)]
             if not prompt_id:
@@ -540,7 +583,10 @@ class ProcessGroup:
             argv += ["--server-port", server.port, "--port", port, "--bind", bind]
             if keepalive is not None:
                 argv += ["--keepalive-interval", _num(keepalive)]
-            env = None
+            h = self.home(home)
+            env = dict(os.environ, HOME=h, XDG_CONFIG_HOME=os.path.join(h, ".config"),
+                       XDG_STATE_HOME=os.path.join(h, ".local/state"),
+                       XDG_CACHE_HOME=os.path.join(h, ".cache"))
         elif kind == "classic":
             argv = [sys.executable, "-u", CLASSIC, "client", "--bind", bind, "--port", port]
             if not prompt_id:

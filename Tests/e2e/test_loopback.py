@@ -19,14 +19,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (  # noqa: E402
     CLIENT_BIN,
-    DEFAULT_TIMEOUT,
-    IPPORT,
     SERVER_BIN,
     ProcessGroup,
     require_binaries,
     require_loopback_aliases,
-    udp_port_free,
     free_udp_port,
+    udp_port_free,
 )
 
 ALIASES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
@@ -110,7 +108,7 @@ class ScenarioMixin:
 
         everyone = sorted((c.cid, c.endpoint) for c in clients.values())
         for c in clients.values():
-            self.assertEqual(c.show_list(), everyone, f"{c.name}: @show_list")
+            c.wait_list(everyone)
 
         # ---- chat, every direction used at least once
         chats = [
@@ -134,8 +132,8 @@ class ScenarioMixin:
         alice.wait_left(carol, "unregistered")
         bob.wait_left(carol, "unregistered")
         ab = sorted((c.cid, c.endpoint) for c in (alice, bob))
-        self.assertEqual(alice.show_list(), ab, "alice: @show_list after carol's @exit")
-        self.assertEqual(bob.show_list(), ab, "bob: @show_list after carol's @exit")
+        alice.wait_list(ab)
+        bob.wait_list(ab)
         alice.chat("carol", "still there?")
         alice.wait_for_line(re.escape("There is no carol in registration list."))
 
@@ -146,8 +144,7 @@ class ScenarioMixin:
                           timeout=self.keepalive_timeout + 2 * self.sweep_interval + 5)
         expected_srv.append(f"bob is off-line {bob.endpoint}")
         alice.wait_left(bob, "off-line")
-        self.assertEqual(alice.show_list(), [("alice", alice.endpoint)],
-                         "alice: @show_list after bob's eviction")
+        alice.wait_list([("alice", alice.endpoint)])
         alice.chat("bob", "are you there?")
         alice.wait_for_line(re.escape("There is no bob in registration list."))
 
@@ -159,8 +156,8 @@ class ScenarioMixin:
         dave.wait_registered()
         alice.wait_joined(dave)
         ad = sorted((c.cid, c.endpoint) for c in (alice, dave))
-        self.assertEqual(dave.show_list(), ad, "dave: @show_list")
-        self.assertEqual(alice.show_list(), ad, "alice: @show_list with dave")
+        dave.wait_list(ad)
+        alice.wait_list(ad)
         alice.chat("dave", "welcome")
         dave.wait_chat("alice", "welcome")
         dave.chat("alice", "thanks")
@@ -189,10 +186,11 @@ class ScenarioMixin:
             if c.kind == "natchat":
                 self.assertEqual(c.count(r"\* registered as .*"), 1,
                                  f"{c.name}: registered line exactly once")
+        for c, peer in ((alice, bob), (alice, carol), (alice, dave), (bob, carol)):
+            self.assertEqual(c.count(c.joined_regex(peer), stream=c.left_stream()), 1,
+                             f"{c.name}: {peer.cid}'s registration shown exactly once\n"
+                             + g.describe())
         if alice.kind == "natchat":
-            for peer in (bob, carol, dave):
-                self.assertEqual(alice.count(r"\* " + re.escape(peer.cid) + r" joined .*"), 1,
-                                 f"alice: '{peer.cid} joined' exactly once")
             self.assertEqual(alice.count(r"\* (bob|carol|dave) is behind the same NAT .*"), 0,
                              "alice: nobody is behind alice's NAT (distinct public IPs)")
         self.assertTrue(alice.alive() and dave.alive() and srv.alive())
@@ -258,8 +256,9 @@ class SameNatRoutingMixin:
         near.send("near 127.0.0.9", srv.addr)
         near.recv_line(f"near {near.endpoint}")
         if alice.kind == "natchat":
-            alice.wait_for_line(r"\* near joined \(" + re.escape(near.endpoint) + r"\)")
-            alice.wait_for_line(r"\* near is behind the same NAT \(private 127\.0\.0\.9\)")
+            alice.wait_joined(Peer("near", near.endpoint))
+            alice.wait_for_line(r"\* near is behind the same NAT \(private 127\.0\.0\.9\)"
+                                r"(?: .*)?")
         else:
             alice.wait_for_line(alice._server_recv("near@private:127.0.0.9"),
                                 stream="stderr")
@@ -548,6 +547,35 @@ class TestRawProtocolNatchatServer(RawProtocolMixin, E2ETest):
         self.assertEqual(srv.count(re.escape(f"dup {b.endpoint}")), 1)
 
 
+class TestClassicViewOfNatchatNewcomer(E2ETest):
+    """What a classic peer hears when a natchat client registers with natchat-server:
+    the seed protocol's single 'ID PUBLIC_IP:PORT' datagram, once."""
+
+    needs = (SERVER_BIN, CLIENT_BIN)
+
+    def test_classic_peer_hears_newcomer_exactly_once(self):
+        g = self.g
+        srv = g.start_server("natchat", bind=SERVER_IP)
+        watch = g.raw("127.0.0.6")
+        watch.send("watch 10.6.0.1", srv.addr)
+        watch.recv_line(f"watch {watch.endpoint}")
+        port = free_udp_port((ALIASES[0],))
+        alice = g.start_client("natchat", "alice", ALIASES[0], port, srv)
+        alice.wait_registered()
+        alice.wait_joined(Peer("watch", watch.endpoint))
+        late = g.raw("127.0.0.7")  # sentinel registration
+        late.send("late 10.7.0.1", srv.addr)
+        late.recv_line(f"late {late.endpoint}")
+        got = watch.recv_line(f"late {late.endpoint}")
+        r = watch.recv(0.5)  # short quiet window for anything sent late
+        if r is not None:
+            got.append(r[0])
+        got += watch.drain()
+        got = strip_self_private(got, "watch")
+        self.assertEqual(got, [f"alice {alice.endpoint}", f"late {late.endpoint}"],
+                         "datagrams a classic peer received\n" + g.describe())
+
+
 # =========================================================================== natchat CLI
 
 
@@ -588,7 +616,7 @@ class TestNatchatClientCLI(E2ETest):
         self.assertEqual(alice.wait_exit(), 0)
         srv.wait_for_line(re.escape(f"alice is unregistered {alice.endpoint}"))
         bob.wait_left(alice, "unregistered")
-        self.assertEqual(bob.show_list(), [("bob", bob.endpoint)])
+        bob.wait_list([("bob", bob.endpoint)])
 
     def test_exit_command(self):
         srv, alice, bob = self._pair()
@@ -600,13 +628,14 @@ class TestNatchatClientCLI(E2ETest):
     def test_duplicate_id_refused(self):
         srv, alice, bob = self._pair()
         port = free_udp_port((ALIASES[2],))
-        imposter = self.g.start_client("natchat", "alice", ALIASES[2], port, srv)
+        # another user's program (its own HOME: no shared state with alice)
+        imposter = self.g.start_client("natchat", "alice", ALIASES[2], port, srv,
+                                       home="imposter")
         imposter.wait_for_line(r"From server \[registration refused: .+\]")
         self.assertEqual(imposter.count(r"\* registered as .*"), 0)
         alice.sync()
         self.assert_stdout_exact(srv, [START, f"alice {alice.endpoint}", f"bob {bob.endpoint}"])
-        self.assertEqual(alice.show_list(), sorted([("alice", alice.endpoint),
-                                                    ("bob", bob.endpoint)]))
+        alice.wait_list([("alice", alice.endpoint), ("bob", bob.endpoint)])
 
 
 class PromptMixin:
