@@ -72,12 +72,13 @@ public final class RendezvousService: DatagramDriver {
 
     public func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         let bytes = payload.readableBytesView
-        let validatedSource = registry.hasExtendedClient(at: source)
-        if !validatedSource { sources.received(bytes.count, from: source, now: now) }
         if STUN.looksLikeSTUN(bytes) {
-            answerSTUN(Array(bytes), from: source, output: &output)
+            // The hot path: no copies, one buffer for the answer. A response is 32 bytes for a
+            // request of at least 20, within the amplification limit by construction.
+            answerSTUN(bytes, from: source, output: &output)
             return
         }
+        if !registry.hasExtendedClient(at: source) { sources.received(bytes.count, from: source, now: now) }
         do {
             if ExtendedMessage.looksExtended(bytes) {
                 let raw = Array(bytes)
@@ -129,13 +130,21 @@ public final class RendezvousService: DatagramDriver {
         output.send(bytes, to: destination)
     }
 
-    private func answerSTUN(_ bytes: [UInt8], from source: Endpoint, output: inout DatagramOutput) {
-        guard case .bindingRequest(let transaction) = try? STUN.decode(bytes) else {
+    private func answerSTUN(_ bytes: ByteBufferView, from source: Endpoint, output: inout DatagramOutput) {
+        guard let transaction = STUN.bindingRequestTransaction(bytes) else {
             counters.malformed += 1
             return
         }
         counters.stunRequests += 1
-        output.send(STUN.bindingSuccess(transaction, mapped: source), to: source)
+        var response = output.allocator.buffer(capacity: STUN.bindingSuccessLength)
+        STUN.writeBindingSuccess(transaction, mapped: source) { value, count in
+            switch count {
+            case 2: response.writeInteger(UInt16(truncatingIfNeeded: value))
+            case 4: response.writeInteger(UInt32(truncatingIfNeeded: value))
+            default: response.writeInteger(value)
+            }
+        }
+        output.reply(buffer: response, to: source)
     }
 
     private func perform(_ actions: [Registry.Action], now: Instant, output: inout DatagramOutput) {

@@ -101,6 +101,39 @@ public enum STUN {
         return Endpoint(address: IPv4Address(bits: address), port: port)
     }
 
+    /// If `bytes` are a Binding request, its transaction ID — read in place, without
+    /// copying or allocating (the server's hot path).
+    public static func bindingRequestTransaction<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes) -> TransactionID?
+    where Bytes.Index == Int {
+        guard looksLikeSTUN(bytes) else { return nil }
+        let s = bytes.startIndex
+        guard bytes[s] == 0x00, bytes[s + 1] == 0x01 else { return nil }
+        var high: UInt32 = 0
+        for i in 8..<12 { high = high << 8 | UInt32(bytes[s + i]) }
+        var low: UInt64 = 0
+        for i in 12..<20 { low = low << 8 | UInt64(bytes[s + i]) }
+        return TransactionID(high: high, low: low)
+    }
+
+    /// The length of ``bindingSuccess(_:mapped:)``'s bytes.
+    public static let bindingSuccessLength = 32
+
+    /// Writes a Binding success response into `write` one big-endian integer at a time,
+    /// so a caller can fill a buffer it already has (no intermediate array).
+    public static func writeBindingSuccess(_ transaction: TransactionID, mapped: Endpoint,
+                                           _ write: (_ value: UInt64, _ bytes: Int) -> Void) {
+        write(UInt64(bindingSuccessType), 2)
+        write(12, 2)
+        write(UInt64(magicCookie), 4)
+        write(UInt64(transaction.high), 4)
+        write(transaction.low, 8)
+        write(UInt64(xorMappedAddress), 2)
+        write(8, 2)
+        write(0x0001, 2)
+        write(UInt64(mapped.port ^ UInt16(magicCookie >> 16)), 2)
+        write(UInt64(mapped.address.bits ^ magicCookie), 4)
+    }
+
     /// A Binding request with no attributes.
     public static func bindingRequest(_ transaction: TransactionID) -> [UInt8] {
         var bytes = header(type: bindingRequestType, length: 0, transaction)

@@ -25,9 +25,22 @@ public protocol DatagramDriver: AnyObject, SendableMetatype {
 public struct DatagramOutput {
     public let allocator: ByteBufferAllocator
     public internal(set) var pending: [(destination: Endpoint, payload: ByteBuffer)] = []
+    /// The datagram being handled came from here: a reply reuses its socket address
+    /// rather than building one (the server's hot path answers the sender).
+    var currentSource: (endpoint: Endpoint, address: SocketAddress)?
+    var replies: [(address: SocketAddress, payload: ByteBuffer)] = []
 
     public init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
         self.allocator = allocator
+    }
+
+    /// Queues a prepared buffer for the sender of the datagram being handled.
+    public mutating func reply(buffer: ByteBuffer, to destination: Endpoint) {
+        if let source = currentSource, source.endpoint == destination {
+            replies.append((source.address, buffer))
+        } else {
+            pending.append((destination, buffer))
+        }
     }
 
     /// Queues `bytes` for `destination`.
@@ -47,6 +60,9 @@ public struct DatagramOutput {
         defer { pending.removeAll(keepingCapacity: true) }
         return pending
     }
+
+    /// Whether anything is queued.
+    public var isEmpty: Bool { pending.isEmpty && replies.isEmpty }
 }
 
 extension Endpoint {

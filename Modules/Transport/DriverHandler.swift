@@ -60,7 +60,9 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
             statistics.nonIPv4Dropped += 1
             return
         }
+        output.currentSource = (source, envelope.remoteAddress)
         driver.receive(envelope.data, from: source, now: clock.now(), output: &output)
+        output.currentSource = nil
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
@@ -83,13 +85,17 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
 
     private func flush() {
         guard let context else { return }
-        let datagrams = output.drain()
-        if !datagrams.isEmpty {
-            for (destination, payload) in datagrams {
+        if !output.isEmpty {
+            for (address, payload) in output.replies {
+                context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: address, data: payload)), promise: nil)
+            }
+            for (destination, payload) in output.pending {
                 let envelope = AddressedEnvelope(remoteAddress: destination.socketAddress, data: payload)
                 context.write(wrapOutboundOut(envelope), promise: nil)
             }
-            statistics.datagramsSent += datagrams.count
+            statistics.datagramsSent += output.replies.count + output.pending.count
+            output.replies.removeAll(keepingCapacity: true)
+            output.pending.removeAll(keepingCapacity: true)
             context.flush()
         }
         armTimer()
