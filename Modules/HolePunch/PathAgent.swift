@@ -113,6 +113,7 @@ public struct PathAgent: Sendable {
     private var armed = false
     private var candidates: [Candidate] = []
     private var outstanding: [UInt64: (endpoint: Endpoint, sentAt: Instant)] = [:]
+    private var lastTriggered: [Endpoint: Instant] = [:]
     private var nextTransaction: UInt64
     private var failedRounds = 0
     private var lastInterest: Instant?
@@ -193,15 +194,27 @@ public struct PathAgent: Sendable {
     public mutating func handlePing(transaction: UInt64, from source: Endpoint, now: Instant) {
         armed = true
         transmits.append((.pong(transaction: transaction, observed: source), source))
-        if case .connected(_, let nextPing, let misses, let awaiting) = phase, directEndpoint == source {
-            phase = .connected(lastHeard: now, nextPing: nextPing, misses: misses, awaitingSince: awaiting)
+        // At most one triggered check per source per check interval: without this, two
+        // sources that both work would trigger checks at each other for ever.
+        let checkPending = lastTriggered[source].map { now - $0 < configuration.firstCheckInterval } ?? false
+        if case .connected(_, let nextPing, let misses, let awaiting) = phase {
+            if directEndpoint == source {
+                phase = .connected(lastHeard: now, nextPing: nextPing, misses: misses, awaitingSince: awaiting)
+                return
+            }
+            // Already direct elsewhere: check this source back only if it would be a better
+            // path and no check to it is in flight (else two working paths ping-pong forever).
+            let kind = candidates.first(where: { $0.endpoint == source })?.kind ?? .peerReflexive
+            if case .direct(_, let currentKind) = path, kind > currentKind, !checkPending {
+                triggerCheck(to: source, now: now)
+            }
             return
         }
         if !candidates.contains(where: { $0.endpoint == source }) {
             candidates.append(Candidate(endpoint: source, kind: .peerReflexive))
         }
         // A triggered check: the peer's packets reach us from `source`, so ours may reach it.
-        sendCheck(to: source, now: now)
+        if !checkPending { triggerCheck(to: source, now: now) }
         if case .idle = phase { startImplicitRound(now: now) }
         if case .coolingDown = phase { startImplicitRound(now: now) }
     }
@@ -293,8 +306,14 @@ public struct PathAgent: Sendable {
         case .idle, .relayOnly:
             return
         case .awaitingPunch(let since):
-            // The connect request or the punch answer was lost: ask again.
-            if now >= since + .seconds(3) { requestRound(now: now) }
+            // The connect request or the punch answer was lost: ask again, while someone
+            // still wants to talk to the peer.
+            guard now >= since + .seconds(3) else { return }
+            if let interest = lastInterest, now - interest <= configuration.interestWindow {
+                requestRound(now: now)
+            } else {
+                phase = .idle
+            }
         case .punching(let round, let startAt, let deadline, let nextCheck, let interval):
             if now >= deadline {
                 failRound(round: round, now: now)
@@ -334,6 +353,12 @@ public struct PathAgent: Sendable {
                 phase = .idle
             }
         }
+    }
+
+    private mutating func triggerCheck(to endpoint: Endpoint, now: Instant) {
+        if lastTriggered.count > 32 { lastTriggered.removeAll() }
+        lastTriggered[endpoint] = now
+        sendCheck(to: endpoint, now: now)
     }
 
     private mutating func sendCheck(to endpoint: Endpoint, now: Instant) {

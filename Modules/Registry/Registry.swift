@@ -363,6 +363,11 @@ public struct Registry: Sendable {
             if holder.publicEndpoint == source, holder.dialect == candidate.dialect, holder.keys == candidate.keys {
                 var refreshed = candidate
                 refreshed.sequence = holder.sequence
+                if refreshed.sessionKey == holder.sessionKey {
+                    // The same session (same cookie): a replayed registration must not reopen
+                    // counters already used.
+                    refreshed.lastCounter = holder.lastCounter
+                }
                 store(refreshed)
                 liveness.touch(id, now: now)
                 actions.append(.report(.refreshed(refreshed)))

@@ -16,10 +16,15 @@ public struct TokenBucket: Hashable, Sendable {
 
     /// Takes `cost` tokens when there are enough; `false` (and nothing taken) otherwise.
     public mutating func take(_ cost: Double = 1, now: Instant) -> Bool {
-        refill(now: now)
-        guard tokens >= cost else { return false }
+        guard canTake(cost, now: now) else { return false }
         tokens -= cost
         return true
+    }
+
+    /// Whether `cost` tokens are there now (refills; takes nothing).
+    public mutating func canTake(_ cost: Double = 1, now: Instant) -> Bool {
+        refill(now: now)
+        return tokens >= cost
     }
 
     private mutating func refill(now: Instant) {
@@ -55,12 +60,16 @@ public struct RelayLimiter<Key: Hashable & Sendable>: Sendable {
         var buckets = perClient[key] ?? (TokenBucket(rate: configuration.packetsPerSecond, burst: configuration.packetsPerSecond, now: now),
                                          TokenBucket(rate: configuration.bytesPerSecond, burst: configuration.bytesPerSecond, now: now))
         defer { perClient[key] = buckets }
-        guard buckets.packets.take(1, now: now), buckets.bytes.take(Double(bytes), now: now),
-              global.take(Double(bytes), now: now)
+        // Check every bucket before taking from any: a refusal charges nobody.
+        guard buckets.packets.canTake(1, now: now), buckets.bytes.canTake(Double(bytes), now: now),
+              global.canTake(Double(bytes), now: now)
         else {
             refused += 1
             return false
         }
+        _ = buckets.packets.take(1, now: now)
+        _ = buckets.bytes.take(Double(bytes), now: now)
+        _ = global.take(Double(bytes), now: now)
         return true
     }
 

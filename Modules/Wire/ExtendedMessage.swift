@@ -102,7 +102,7 @@ extension ExtendedMessage {
         case .registered(let serverKey, let endpoint, let keepAlive, let alternatePort):
             w.u8(Kind.registered.rawValue); w.fixed(serverKey, 32); w.endpoint(endpoint); w.u32(keepAlive); w.u16(alternatePort)
         case .refused(let text):
-            w.u8(Kind.refused.rawValue); w.longBytes(Array(text.utf8.prefix(Self.maxTextBytes)))
+            w.u8(Kind.refused.rawValue); w.longBytes(Self.utf8Prefix(text, maxBytes: Self.maxTextBytes))
         case .peer(let info):
             w.u8(Kind.peer.rawValue); w.peerInfo(info)
         case .peerLeft(let id, let reason, let endpoint):
@@ -125,6 +125,17 @@ extension ExtendedMessage {
             w.u8(Kind.chatAck.rawValue); w.clientID(from); w.clientID(to); w.u64(messageID); w.token(tag)
         }
         return w.bytes
+    }
+
+    /// The longest prefix of `text` that fits `maxBytes` of UTF-8 without splitting a scalar.
+    static func utf8Prefix(_ text: String, maxBytes: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for scalar in text.unicodeScalars {
+            let encoded = Array(String(scalar).utf8)
+            guard bytes.count + encoded.count <= maxBytes else { break }
+            bytes += encoded
+        }
+        return bytes
     }
 
     public static func decode<Bytes: Collection<UInt8>>(_ input: Bytes) throws(WireError) -> ExtendedMessage {

@@ -22,7 +22,8 @@ public struct Token128: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         let hex = String(high, radix: 16)
-        return "token:" + String(repeating: "0", count: 16 - hex.count) + hex.prefix(4) + "…"
+        let padded = String(repeating: "0", count: 16 - hex.count) + hex
+        return "token:" + padded.prefix(4) + "…"
     }
 }
 

@@ -1,0 +1,179 @@
+import Testing
+import AddressDiscovery
+import MonotonicTime
+import STUN
+import Wire
+
+private func endpoint(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }
+private func ms(_ milliseconds: Int64) -> Instant { Instant.zero + .milliseconds(milliseconds) }
+
+private struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+private let primary = endpoint("198.51.100.1:10080")
+private let alternate = endpoint("198.51.100.1:10082")
+private let local = endpoint("10.0.0.5:10081")
+private let mappedA = endpoint("203.0.113.7:40001")
+private let mappedB = endpoint("203.0.113.7:40777")
+
+/// A probe plus the transaction IDs of its requests (read back from the datagrams it sends).
+private struct Harness {
+    var probe: MappingProbe
+    var transactions: [Endpoint: STUN.TransactionID] = [:]
+
+    init(alternate: Endpoint? = alternate, local: Endpoint? = local, maxAttempts: Int = 4) {
+        var random = SeededGenerator(state: 99)
+        probe = MappingProbe(primary: primary, alternate: alternate, localEndpoint: local, random: &random,
+                             retransmitInterval: .milliseconds(300), maxAttempts: maxAttempts)
+    }
+
+    /// Polls and returns the destinations, recording each request's transaction.
+    mutating func poll(_ now: Instant) -> [Endpoint] {
+        probe.poll(now: now).map { request in
+            guard case .bindingRequest(let transaction)? = try? STUN.decode(request.bytes) else {
+                Issue.record("not a binding request: \(request.bytes)")
+                return request.destination
+            }
+            if let known = transactions[request.destination] {
+                #expect(known == transaction, "a retransmission reuses the transaction")
+            }
+            transactions[request.destination] = transaction
+            return request.destination
+        }
+    }
+
+    mutating func answer(_ server: Endpoint, mapped: Endpoint, from source: Endpoint? = nil) -> Bool {
+        probe.receive(.bindingSuccess(transactions[server]!, mapped: mapped), from: source ?? server)
+    }
+}
+
+@Suite("MappingProbe")
+struct MappingProbeTests {
+    @Test func endpointIndependentMapping() {
+        var harness = Harness()
+        #expect(harness.poll(ms(0)) == [primary, alternate])
+        #expect(harness.transactions[primary] != harness.transactions[alternate])
+        #expect(harness.probe.outcome == nil)
+        #expect(harness.answer(primary, mapped: mappedA) == true)
+        #expect(harness.probe.outcome == nil)
+        #expect(harness.answer(alternate, mapped: mappedA) == true)
+        #expect(harness.probe.outcome == .init(kind: .endpointIndependent, primaryMapping: mappedA, alternateMapping: mappedA))
+        #expect(harness.probe.nextDeadline == nil)
+        #expect(harness.poll(ms(10_000)).isEmpty)
+    }
+
+    @Test func endpointDependentMapping() {
+        var harness = Harness()
+        _ = harness.poll(ms(0))
+        #expect(harness.answer(alternate, mapped: mappedB) == true)
+        #expect(harness.answer(primary, mapped: mappedA) == true)
+        #expect(harness.probe.outcome == .init(kind: .endpointDependent, primaryMapping: mappedA, alternateMapping: mappedB))
+    }
+
+    @Test func sameAddressOtherPortIsDependent() {
+        var harness = Harness()
+        _ = harness.poll(ms(0))
+        _ = harness.answer(primary, mapped: endpoint("203.0.113.7:40001"))
+        _ = harness.answer(alternate, mapped: endpoint("203.0.113.7:40002"))
+        #expect(harness.probe.outcome?.kind == .endpointDependent)
+    }
+
+    @Test func mappingEqualToLocalIsNoNAT() {
+        var harness = Harness()
+        _ = harness.poll(ms(0))
+        _ = harness.answer(primary, mapped: local)
+        _ = harness.answer(alternate, mapped: local)
+        #expect(harness.probe.outcome == .init(kind: .none, primaryMapping: local, alternateMapping: local))
+    }
+
+    @Test func noAnswersGiveUnknownAfterMaxAttempts() {
+        var harness = Harness(maxAttempts: 4)
+        var sends: [Int64: [Endpoint]] = [:]
+        for step in 0...100 { // every 25 ms for 2.5 s
+            let now = ms(Int64(step) * 25)
+            let sent = harness.poll(now)
+            if !sent.isEmpty { sends[Int64(step) * 25] = sent }
+        }
+        #expect(sends == [0: [primary, alternate], 300: [primary, alternate], 600: [primary, alternate], 900: [primary, alternate]])
+        #expect(harness.probe.outcome == .init(kind: .unknown, primaryMapping: nil, alternateMapping: nil))
+        #expect(harness.probe.nextDeadline == nil)
+    }
+
+    @Test func deadlinesFollowTheInterval() {
+        var harness = Harness(maxAttempts: 2)
+        #expect(harness.probe.nextDeadline == nil)
+        _ = harness.poll(ms(0))
+        #expect(harness.probe.nextDeadline == ms(300))
+        #expect(harness.poll(ms(299)).isEmpty)
+        #expect(harness.poll(ms(350)) == [primary, alternate]) // late wake: next counts from now
+        #expect(harness.probe.nextDeadline == ms(650))
+        #expect(harness.poll(ms(649)).isEmpty)
+        #expect(harness.probe.outcome == nil)
+        #expect(harness.poll(ms(650)).isEmpty)
+        #expect(harness.probe.outcome?.kind == .unknown)
+    }
+
+    @Test func onlyUnansweredServersAreRetried() {
+        var harness = Harness()
+        _ = harness.poll(ms(0))
+        #expect(harness.answer(primary, mapped: mappedA) == true)
+        #expect(harness.poll(ms(300)) == [alternate])
+        #expect(harness.poll(ms(600)) == [alternate])
+        #expect(harness.poll(ms(900)) == [alternate])
+        #expect(harness.poll(ms(1200)).isEmpty)
+        #expect(harness.probe.outcome == .init(kind: .unknown, primaryMapping: mappedA, alternateMapping: nil))
+    }
+
+    @Test func primaryOnlyEqualToLocalIsNoNAT() {
+        var harness = Harness()
+        _ = harness.poll(ms(0))
+        _ = harness.answer(primary, mapped: local)
+        for t in stride(from: Int64(300), through: 1200, by: 300) { _ = harness.poll(ms(t)) }
+        #expect(harness.probe.outcome == .init(kind: .none, primaryMapping: local, alternateMapping: nil))
+    }
+
+    @Test func withoutAlternateTheKindIsUnknown() {
+        var harness = Harness(alternate: nil)
+        #expect(harness.poll(ms(0)) == [primary])
+        #expect(harness.answer(primary, mapped: mappedA) == true)
+        #expect(harness.probe.outcome == .init(kind: .unknown, primaryMapping: mappedA, alternateMapping: nil))
+    }
+
+    @Test func withoutLocalEndpointEqualMappingsAreCone() {
+        var harness = Harness(local: nil)
+        _ = harness.poll(ms(0))
+        _ = harness.answer(primary, mapped: mappedA)
+        _ = harness.answer(alternate, mapped: mappedA)
+        #expect(harness.probe.outcome?.kind == .endpointIndependent)
+    }
+
+    @Test func responsesFromWrongSourceOrTransactionAreIgnored() {
+        var harness = Harness()
+        _ = harness.poll(ms(0))
+        let primaryTransaction = harness.transactions[primary]!
+        let alternateTransaction = harness.transactions[alternate]!
+        // Right transaction, wrong source (a third party, or the other server port).
+        #expect(harness.probe.receive(.bindingSuccess(primaryTransaction, mapped: mappedA), from: endpoint("192.0.2.66:10080")) == false)
+        #expect(harness.probe.receive(.bindingSuccess(primaryTransaction, mapped: mappedA), from: alternate) == false)
+        // Right source, wrong transaction.
+        #expect(harness.probe.receive(.bindingSuccess(STUN.TransactionID(high: 1, low: 2), mapped: mappedA), from: primary) == false)
+        #expect(harness.probe.receive(.bindingSuccess(alternateTransaction, mapped: mappedA), from: primary) == false)
+        // Not a success response.
+        #expect(harness.probe.receive(.bindingRequest(primaryTransaction), from: primary) == false)
+        #expect(harness.probe.receive(.other(type: 0x0111, primaryTransaction), from: primary) == false)
+        #expect(harness.probe.outcome == nil)
+        // Nothing was taken: both servers are still retried.
+        #expect(harness.poll(ms(300)) == [primary, alternate])
+        #expect(harness.answer(primary, mapped: mappedA) == true)
+        #expect(harness.answer(alternate, mapped: mappedB) == true)
+        #expect(harness.probe.outcome?.kind == .endpointDependent)
+    }
+}

@@ -1,0 +1,429 @@
+import Crypto
+import Testing
+@testable import ChatRouter
+import HolePunch
+import Identity
+import MonotonicTime
+import Registry
+import Wire
+
+// Two (or three) ExtendedRouters wired through a real Registry acting as the server, with
+// instantaneous in-memory delivery. The hosts have public addresses (no NAT), so punching
+// works whenever direct datagrams are delivered.
+
+private func id(_ text: String) -> ClientID { try! ClientID(text) }
+private func ep(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }
+private func ms(_ milliseconds: Int64) -> Instant { Instant.zero + .milliseconds(milliseconds) }
+
+private let alice = id("alice"), bob = id("bob"), carol = id("carol")
+private let S = ep("198.51.100.1:10080")
+private let A = ep("203.0.113.7:40001"), B = ep("198.51.100.9:50000"), C = ep("192.0.2.4:60000")
+private let elsewhere = ep("192.0.2.66:6666")
+
+private struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+private struct FakeValidator: AddressValidator {
+    func cookie(for source: Endpoint, now: Instant) -> Token128 {
+        Token128(high: 0xC00C_1E00_0000_0000 | UInt64(source.port), low: UInt64(source.address.bits))
+    }
+
+    func isValid(_ cookie: Token128, for source: Endpoint, now: Instant) -> Bool {
+        cookie == self.cookie(for: source, now: now)
+    }
+}
+
+private func identity(_ seed: UInt8) -> IdentityKey {
+    IdentityKey(signing: try! Curve25519.Signing.PrivateKey(rawRepresentation: Array(repeating: seed, count: 32)),
+                agreement: try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: Array(repeating: seed &+ 0x40, count: 32)))
+}
+
+private let keys: [ClientID: IdentityKey] = [alice: identity(1), bob: identity(2), carol: identity(3)]
+private let mallory = identity(9)
+
+/// One datagram on the wire.
+private struct Datagram {
+    var from: ClientID
+    var at: Instant
+    var destination: Endpoint
+    var bytes: [UInt8]
+    var message: ExtendedMessage? { try? ExtendedMessage.decode(bytes) }
+
+    /// The chat inside, sent directly or through the relay.
+    var chat: (messageID: UInt64, relayed: Bool)? {
+        switch message {
+        case .chat(_, _, let messageID, _)?: return (messageID, false)
+        case .relay(_, _, let payload, _, _)?:
+            if case .chat(_, _, let messageID, _)? = try? ExtendedMessage.decode(payload) { return (messageID, true) }
+            return nil
+        default: return nil
+        }
+    }
+}
+
+private struct World {
+    var registry = Registry(validator: FakeValidator(), serverKey: try! .init(rawRepresentation: Array(repeating: 0x77, count: 32)))
+    var random = SplitMix64(state: 5)
+    var routers: [ClientID: ExtendedRouter] = [:]
+    var endpoints: [ClientID: Endpoint] = [:]
+    var now = Instant.zero
+    /// Whether peer-to-peer datagrams are delivered (server traffic always is).
+    var directUp = true
+    /// Drops a datagram (sender, destination, decoded message) when it returns `true`.
+    var drop: (ClientID, Endpoint, ExtendedMessage) -> Bool = { _, _, _ in false }
+    var wire: [Datagram] = []
+    var events: [ClientID: [ExtendedRouter.Event]] = [:]
+
+    init(_ members: [(ClientID, Endpoint)]) {
+        for (member, endpoint) in members { join(member, at: endpoint) }
+    }
+
+    func owner(of endpoint: Endpoint) -> ClientID? { endpoints.first { $0.value == endpoint }?.key }
+
+    mutating func join(_ member: ClientID, at endpoint: Endpoint, natKind: NATKind = .none) {
+        let key = keys[member]!
+        let cookie = FakeValidator().cookie(for: endpoint, now: now)
+        let challenge = registry.receive(.register(member, privateAddress: endpoint.address, offers: [ExtendedMessage.offer]),
+                                         from: endpoint, now: now)
+        #expect(challenge == [.sendExtended(.challenge(cookie: cookie), to: endpoint)])
+        let bytes = SessionCrypto.signedRegistration(id: member, cookie: cookie, privateEndpoints: [], natKind: natKind, identity: key)
+        let actions = registry.receive(try! ExtendedMessage.decode(bytes), bytes: bytes, from: endpoint, now: now, random: &random)
+        guard case .sendExtended(.registered(let serverKey, let observed, _, _), _)? = actions.first else {
+            Issue.record("\(member) not registered: \(actions)")
+            return
+        }
+        #expect(observed == endpoint)
+        let sessionKey = SessionCrypto.sessionKey(privateKey: key.agreement, peerPublicKey: serverKey, cookie: cookie, id: member)!
+        var router = ExtendedRouter(selfID: member, server: S, identity: key, sessionKey: sessionKey,
+                                    firstMessageID: UInt64(endpoints.count + 1) * 1_000, transactionSeed: UInt64(endpoints.count + 1))
+        router.natKind = natKind
+        routers[member] = router
+        endpoints[member] = endpoint
+        perform(actions)
+        pump()
+    }
+
+    mutating func perform(_ actions: [Registry.Action]) {
+        for case .sendExtended(let message, let destination) in actions {
+            guard let recipient = owner(of: destination) else { continue }
+            routers[recipient]!.handleServerMessage(message, now: now)
+        }
+    }
+
+    /// Delivers every pending datagram until nothing moves.
+    mutating func pump() {
+        var moved = true
+        var rounds = 0
+        while moved {
+            moved = false
+            rounds += 1
+            guard rounds < 1_000 else { Issue.record("datagrams never settle"); return }
+            for sender in routers.keys.sorted() {
+                while let transmit = routers[sender]!.pollTransmit() {
+                    moved = true
+                    deliver(transmit, from: sender)
+                }
+            }
+        }
+        for member in routers.keys {
+            while let event = routers[member]!.pollEvent() { events[member, default: []].append(event) }
+        }
+    }
+
+    private mutating func deliver(_ transmit: ExtendedRouter.Transmit, from sender: ClientID) {
+        wire.append(Datagram(from: sender, at: now, destination: transmit.destination, bytes: transmit.bytes))
+        guard let message = try? ExtendedMessage.decode(transmit.bytes) else {
+            Issue.record("\(sender) sent an undecodable datagram")
+            return
+        }
+        if drop(sender, transmit.destination, message) { return }
+        let source = endpoints[sender]!
+        if transmit.destination == S {
+            perform(registry.receive(message, bytes: transmit.bytes, from: source, now: now, random: &random))
+        } else if directUp, let recipient = owner(of: transmit.destination) {
+            routers[recipient]!.handlePeerMessage(message, bytes: transmit.bytes, from: source, now: now)
+        }
+    }
+
+    mutating func run(until end: Instant) {
+        pump()
+        var steps = 0
+        while let next = routers.values.compactMap(\.nextDeadline).min(), next <= end {
+            steps += 1
+            guard steps < 100_000 else { Issue.record("timers never settle"); return }
+            now = max(now, next)
+            for member in routers.keys.sorted() {
+                if let deadline = routers[member]!.nextDeadline, deadline <= now { routers[member]!.handleTimeout(now: now) }
+            }
+            pump()
+        }
+        now = max(now, end)
+    }
+
+    mutating func send(_ text: String, from sender: ClientID, to recipient: ClientID) throws {
+        try routers[sender]!.sendChat(to: recipient, text: text, now: now)
+        pump()
+    }
+
+    /// The member's events so far (after delivering whatever is pending), then forgets them.
+    mutating func takeEvents(_ member: ClientID) -> [ExtendedRouter.Event] {
+        pump()
+        defer { events[member] = [] }
+        return events[member] ?? []
+    }
+
+    func chats(_ member: ClientID) -> [(from: ClientID, text: String, route: ExtendedRouter.Route)] {
+        (events[member] ?? []).compactMap { if case .chat(let from, let text, let route) = $0 { (from, text, route) } else { nil } }
+    }
+}
+
+private func peerInfo(_ member: ClientID, _ endpoint: Endpoint, keys identityKey: IdentityKey? = nil) -> PeerInfo {
+    PeerInfo(id: member, publicEndpoint: endpoint, privateEndpoints: [], natKind: .none, dialect: .extended,
+             keys: (identityKey ?? keys[member]!).publicKeys)
+}
+
+private func pairKey(_ me: IdentityKey, _ self_: ClientID, _ peer: ClientID, _ peerKey: IdentityKey) -> KeyBytes {
+    SessionCrypto.pairKey(privateKey: me.agreement, peerPublicKey: peerKey.publicKeys.agreement, selfID: self_, peerID: peer)!
+}
+
+@Suite("ExtendedRouter end to end")
+struct ExtendedRouterEndToEndTests {
+    @Test func joiningListsPeersWithTheirKeys() {
+        var world = World([(alice, A), (bob, B)])
+        #expect(world.takeEvents(alice) == [.joined(peerInfo(bob, B))])
+        #expect(world.takeEvents(bob) == [.joined(peerInfo(alice, A))])
+        #expect(world.routers[alice]!.peerIDs == [bob])
+        #expect(world.routers[alice]!.path(to: bob) == PathAgent.Path.none)
+        #expect(world.routers[alice]!.peer(bob)?.keys == keys[bob]!.publicKeys)
+    }
+
+    @Test func relayFirstThenDirectAfterPings() throws {
+        var world = World([(alice, A), (bob, B)])
+        _ = world.takeEvents(alice); _ = world.takeEvents(bob)
+        try world.send("hello bob, this is secret", from: alice, to: bob)
+        // The first message went through the server while the punch was set up.
+        #expect(world.chats(bob).map(\.text) == ["hello bob, this is secret"])
+        #expect(world.chats(bob).first?.route == .relayed)
+        let firstChats = world.wire.filter { $0.from == alice && $0.chat != nil }
+        #expect(firstChats.count == 1)
+        #expect(firstChats.first?.chat?.relayed == true)
+        #expect(firstChats.first?.destination == S)
+        // The connect request made the server punch both: each verified the other.
+        #expect(world.routers[alice]!.path(to: bob) == .direct(B, .publicEndpoint))
+        #expect(world.routers[bob]!.path(to: alice) == .direct(A, .publicEndpoint))
+        let aliceEvents = world.takeEvents(alice)
+        #expect(aliceEvents.filter { if case .pathChanged = $0 { true } else { false } }
+                == [.pathChanged(bob, .relayed), .pathChanged(bob, .direct(B, .publicEndpoint))])
+        #expect(aliceEvents.contains(.delivered(to: bob, messageID: 1_000, attempts: 1)))
+        #expect(world.routers[alice]!.messagesInFlight == 0)
+        #expect(world.wire.contains { $0.from == alice && $0.destination == B && $0.message.map { if case .ping = $0 { true } else { false } } == true })
+
+        // From now on chats go straight to the peer, both ways.
+        try world.send("second", from: alice, to: bob)
+        try world.send("reply", from: bob, to: alice)
+        #expect(world.chats(bob).last?.text == "second")
+        #expect(world.chats(bob).last?.route == .direct(A))
+        #expect(world.chats(alice).last?.text == "reply")
+        #expect(world.chats(alice).last?.route == .direct(B))
+        let secondChat = world.wire.last { $0.from == alice && $0.chat != nil }
+        #expect(secondChat?.destination == B)
+        #expect(secondChat?.chat?.relayed == false)
+
+        // Sealed: the text never appears on the wire, relayed or direct.
+        let secret = Array("this is secret".utf8), second = Array("second".utf8)
+        for datagram in world.wire {
+            #expect(!datagram.bytes.contains(subsequence: secret))
+            #expect(!datagram.bytes.contains(subsequence: second))
+        }
+    }
+
+    @Test func shownOnceWhenDeliveredBothDirectAndRelayed() throws {
+        var world = World([(alice, A), (bob, B)])
+        try world.send("warm-up", from: alice, to: bob)
+        #expect(world.routers[alice]!.path(to: bob)?.directEndpoint == B)
+        _ = world.takeEvents(alice); _ = world.takeEvents(bob)
+        // bob's direct acks get lost: alice's retry goes through the relay.
+        world.drop = { sender, destination, message in
+            if sender == bob, destination == A, case .chatAck = message { return true }
+            return false
+        }
+        try world.send("only once", from: alice, to: bob)
+        world.run(until: world.now + .seconds(2))
+        let copies = world.wire.filter { $0.from == alice && $0.chat?.messageID == 1_001 }
+        #expect(copies.map { $0.chat?.relayed } == [false, true])
+        #expect(world.chats(bob).map(\.text) == ["only once"])
+        #expect(world.chats(bob).first?.route == .direct(A))
+        #expect(world.takeEvents(alice).contains(.delivered(to: bob, messageID: 1_001, attempts: 2)))
+        #expect(world.routers[alice]!.messagesInFlight == 0)
+    }
+
+    @Test func acksStopRetransmission() throws {
+        var world = World([(alice, A), (bob, B)])
+        try world.send("acked", from: alice, to: bob)
+        world.run(until: ms(60_000))
+        #expect(world.wire.filter { $0.from == alice && $0.chat?.messageID == 1_000 }.count == 1)
+        #expect(world.routers[alice]!.messagesInFlight == 0)
+        #expect(!(world.events[alice] ?? []).contains { if case .undelivered = $0 { true } else { false } })
+        // The path is held by keep-alives the whole time.
+        #expect(world.routers[alice]!.path(to: bob) == .direct(B, .publicEndpoint))
+
+        // Without acks (bob receives nothing) alice retries with backoff, then gives up.
+        var lossy = World([(alice, A), (bob, B)])
+        lossy.drop = { _, destination, message in
+            if destination == B { return true }
+            if case .relay = message { return true }
+            return false
+        }
+        try lossy.send("lost", from: alice, to: bob)
+        lossy.run(until: ms(31_000))
+        let attempts = lossy.wire.filter { $0.from == alice && $0.chat?.messageID == 1_000 }
+        #expect(attempts.map(\.at) == [0, 400, 1_200, 2_800, 6_000, 10_000, 14_000, 18_000, 22_000, 26_000].map(ms))
+        #expect((lossy.events[alice] ?? []).contains(.undelivered(to: bob, text: "lost")))
+        #expect(lossy.routers[alice]!.messagesInFlight == 0)
+        #expect(lossy.chats(bob).isEmpty)
+    }
+
+    @Test func forgedChatIsDroppedAndReported() throws {
+        var world = World([(alice, A), (bob, B)])
+        _ = world.takeEvents(alice)
+        // mallory claims to be bob, sealing with a key from her own agreement key.
+        let forgedKey = pairKey(mallory, bob, alice, keys[alice]!)
+        let sealed = try #require(SessionCrypto.seal("send me your password", from: bob, to: alice, messageID: 7, key: forgedKey))
+        let forged = ExtendedMessage.chat(from: bob, to: alice, messageID: 7, sealed: sealed)
+        world.routers[alice]!.handlePeerMessage(forged, bytes: forged.encode(), from: elsewhere, now: world.now)
+        // Through the relay too (the server vouches only for the sender's ID, not the content).
+        world.routers[alice]!.handleServerMessage(.relayed(from: bob, payload: forged.encode()), now: world.now)
+        // A genuine ciphertext altered in flight.
+        var altered = try #require(SessionCrypto.seal("hi", from: bob, to: alice, messageID: 8,
+                                                        key: pairKey(keys[bob]!, bob, alice, keys[alice]!)))
+        altered[0] ^= 0x01
+        let alteredChat = ExtendedMessage.chat(from: bob, to: alice, messageID: 8, sealed: altered)
+        world.routers[alice]!.handlePeerMessage(alteredChat, bytes: alteredChat.encode(), from: B, now: world.now)
+        // A ping tagged under the wrong key.
+        let ping = SessionCrypto.authenticated(.ping(from: bob, to: alice, transaction: 1, tag: .zero), key: forgedKey)
+        world.routers[alice]!.handlePeerMessage(try ExtendedMessage.decode(ping), bytes: ping, from: elsewhere, now: world.now)
+        world.pump()
+        #expect(world.takeEvents(alice) == [.forged(claimedFrom: bob), .forged(claimedFrom: bob), .forged(claimedFrom: bob),
+                                            .forged(claimedFrom: bob)])
+        #expect(!world.wire.contains { $0.from == alice }) // no ack, no pong
+        #expect(world.routers[alice]!.path(to: bob) == PathAgent.Path.none)
+    }
+
+    @Test func datagramsForSomeoneElseAreDroppedSilently() throws {
+        var world = World([(alice, A), (bob, B), (carol, C)])
+        _ = world.takeEvents(alice)
+        // bob → carol, sealed correctly for carol, arriving at alice (a colliding private address).
+        let forCarol = try #require(SessionCrypto.seal("hi carol", from: bob, to: carol, messageID: 1,
+                                                         key: pairKey(keys[bob]!, bob, carol, keys[carol]!)))
+        let chat = ExtendedMessage.chat(from: bob, to: carol, messageID: 1, sealed: forCarol)
+        world.routers[alice]!.handlePeerMessage(chat, bytes: chat.encode(), from: B, now: world.now)
+        // Addressed to carol but sealed with the alice–bob key.
+        let misaddressed = try #require(SessionCrypto.seal("hi", from: bob, to: carol, messageID: 2,
+                                                             key: pairKey(keys[bob]!, bob, alice, keys[alice]!)))
+        let other = ExtendedMessage.chat(from: bob, to: carol, messageID: 2, sealed: misaddressed)
+        world.routers[alice]!.handlePeerMessage(other, bytes: other.encode(), from: B, now: world.now)
+        // A check and an ack for carol.
+        let bobCarol = pairKey(keys[bob]!, bob, carol, keys[carol]!)
+        for message: ExtendedMessage in [.ping(from: bob, to: carol, transaction: 1, tag: .zero),
+                                         .pong(from: bob, to: carol, transaction: 1, observed: C, tag: .zero),
+                                         .chatAck(from: bob, to: carol, messageID: 1, tag: .zero)] {
+            let bytes = SessionCrypto.authenticated(message, key: bobCarol)
+            world.routers[alice]!.handlePeerMessage(message, bytes: bytes, from: B, now: world.now)
+        }
+        // The relay says the sender is carol, the inner chat says bob: dropped.
+        let bobAlice = try #require(SessionCrypto.seal("x", from: bob, to: alice, messageID: 3,
+                                                        key: pairKey(keys[bob]!, bob, alice, keys[alice]!)))
+        world.routers[alice]!.handleServerMessage(
+            .relayed(from: carol, payload: ExtendedMessage.chat(from: bob, to: alice, messageID: 3, sealed: bobAlice).encode()),
+            now: world.now)
+        // From an ID alice does not know.
+        let stranger = ExtendedMessage.ping(from: id("zed"), to: alice, transaction: 1, tag: .zero)
+        world.routers[alice]!.handlePeerMessage(stranger, bytes: stranger.encode(), from: elsewhere, now: world.now)
+        world.pump()
+        #expect(world.takeEvents(alice) == [])
+        #expect(!world.wire.contains { $0.from == alice })
+    }
+
+    @Test func keyChangeIsReportedAndTheOldKeyKept() throws {
+        var world = World([(alice, A), (bob, B)])
+        _ = world.takeEvents(alice)
+        world.routers[alice]!.handleServerMessage(.peer(peerInfo(bob, ep("192.0.2.200:1"), keys: mallory)), now: world.now)
+        #expect(world.takeEvents(alice) == [.keyChanged(bob)])
+        #expect(world.routers[alice]!.peer(bob)?.keys == keys[bob]!.publicKeys)
+        #expect(world.routers[alice]!.peer(bob)?.publicEndpoint == B) // the announcement was not taken at all
+        // A punch naming the new keys is not acted on either.
+        world.routers[alice]!.handleServerMessage(.punch(peer: peerInfo(bob, ep("192.0.2.200:1"), keys: mallory), round: 1,
+                                                         delayMillis: 0), now: world.now)
+        world.pump()
+        #expect(!world.wire.contains { $0.from == alice && $0.destination == ep("192.0.2.200:1") })
+        // The real bob still talks to alice under the pinned key.
+        try world.send("still me", from: bob, to: alice)
+        #expect(world.chats(alice).map(\.text) == ["still me"])
+        try world.send("and you", from: alice, to: bob)
+        #expect(world.chats(bob).map(\.text) == ["and you"])
+        // The same keys again are fine: an update, not a change.
+        world.routers[alice]!.handleServerMessage(.peer(peerInfo(bob, B)), now: world.now)
+        #expect(world.takeEvents(alice).last == .updated(peerInfo(bob, B)))
+    }
+
+    @Test func lostDirectPathFallsBackToTheRelay() throws {
+        var world = World([(alice, A), (bob, B)])
+        try world.send("warm-up", from: alice, to: bob)
+        #expect(world.routers[alice]!.path(to: bob) == .direct(B, .publicEndpoint))
+        _ = world.takeEvents(alice); _ = world.takeEvents(bob)
+        world.directUp = false
+        // Attempt 1 takes the dead direct path; attempt 2 (400 ms) the relay, and the
+        // unacknowledged chat makes alice check the path at once.
+        try world.send("via relay", from: alice, to: bob)
+        world.run(until: ms(1_000))
+        #expect(world.chats(bob).map(\.text) == ["via relay"])
+        #expect(world.chats(bob).first?.route == .relayed)
+        #expect(world.takeEvents(alice).contains(.delivered(to: bob, messageID: 1_001, attempts: 2)))
+        // Suspicion at 0.4 s plus two quick misses (1.9 s, 3.4 s): lost by 3.4 s.
+        world.run(until: ms(4_000))
+        let pathEvents = world.takeEvents(alice).filter { if case .pathChanged = $0 { true } else { false } }
+        #expect(pathEvents == [.pathChanged(bob, .relayed)])
+        #expect(world.routers[alice]!.path(to: bob) == .relayed)
+        // A new round was requested from the server.
+        let connects = world.wire.filter {
+            guard $0.from == alice, $0.at > .zero, case .connect? = $0.message else { return false }
+            return true
+        }
+        #expect(!connects.isEmpty)
+        // The next chat goes through the relay at once.
+        try world.send("next", from: alice, to: bob)
+        #expect(world.wire.last { $0.from == alice && $0.chat != nil }?.chat?.relayed == true)
+        #expect(world.chats(bob).last?.text == "next")
+        #expect(world.takeEvents(alice).contains(.delivered(to: bob, messageID: 1_002, attempts: 1)))
+    }
+
+    @Test func peerLeavingCancelsItsMessages() throws {
+        var world = World([(alice, A), (bob, B)])
+        world.directUp = false
+        world.drop = { sender, _, _ in sender == bob }
+        try world.send("are you there?", from: alice, to: bob)
+        _ = world.takeEvents(alice)
+        world.routers[alice]!.handleServerMessage(.peerLeft(bob, reason: .offline, publicEndpoint: B), now: world.now)
+        #expect(world.takeEvents(alice) == [.undelivered(to: bob, text: "are you there?"), .left(bob, .offline, B)])
+        #expect(world.routers[alice]!.messagesInFlight == 0)
+        #expect(world.routers[alice]!.peerIDs == [])
+        #expect(throws: ExtendedRouter.SendError.unknownPeer(bob)) {
+            try world.routers[alice]!.sendChat(to: bob, text: "x", now: world.now)
+        }
+    }
+}
+
+private extension Array where Element == UInt8 {
+    func contains(subsequence: [UInt8]) -> Bool {
+        guard !subsequence.isEmpty, subsequence.count <= count else { return false }
+        return (0...(count - subsequence.count)).contains { Array(self[$0..<($0 + subsequence.count)]) == subsequence }
+    }
+}

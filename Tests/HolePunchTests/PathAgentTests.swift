@@ -1,0 +1,647 @@
+import Testing
+import HolePunch
+import MonotonicTime
+import Wire
+
+private func id(_ text: String) -> ClientID { try! ClientID(text) }
+private func ep(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }
+private func ip(_ text: String) -> IPv4Address { try! IPv4Address(parsing: text) }
+/// Milliseconds since zero (fractions allowed: the check backoff grows by 3/2).
+private func t(_ milliseconds: Double) -> Instant { Instant(nanoseconds: Int64((milliseconds * 1_000_000).rounded())) }
+
+private let alice = id("alice"), bob = id("bob")
+private let serverEndpoint = ep("198.51.100.1:10080")
+
+// MARK: - A simulated network
+
+/// A NAT with endpoint-independent ("cone") or endpoint-dependent ("symmetric") mapping;
+/// both filter by remote address and port (port-restricted): a datagram gets in only from
+/// an endpoint the inside host has sent to from that mapping.
+struct SimulatedNAT {
+    enum Mapping { case endpointIndependent, endpointDependent }
+
+    struct MappingKey: Hashable {
+        var inside: Endpoint
+        var destination: Endpoint?
+    }
+
+    struct Permission: Hashable {
+        var port: UInt16
+        var remote: Endpoint
+    }
+
+    let publicAddress: IPv4Address
+    let mapping: Mapping
+    var hairpin = false
+    private var nextPort: UInt16 = 40_001
+    private var mappings: [MappingKey: UInt16] = [:]
+    private var insideOf: [UInt16: Endpoint] = [:]
+    private var permissions: Set<Permission> = []
+
+    init(publicAddress: IPv4Address, mapping: Mapping, hairpin: Bool = false, firstPort: UInt16 = 40_001) {
+        self.publicAddress = publicAddress
+        self.mapping = mapping
+        self.hairpin = hairpin
+        nextPort = firstPort
+    }
+
+    /// The public source of a datagram from `inside` to `destination` (creating the mapping).
+    mutating func outbound(from inside: Endpoint, to destination: Endpoint) -> Endpoint {
+        let key = MappingKey(inside: inside, destination: mapping == .endpointDependent ? destination : nil)
+        let port: UInt16
+        if let existing = mappings[key] {
+            port = existing
+        } else {
+            port = nextPort
+            nextPort += 1
+            mappings[key] = port
+            insideOf[port] = inside
+        }
+        permissions.insert(Permission(port: port, remote: destination))
+        return Endpoint(address: publicAddress, port: port)
+    }
+
+    /// Where a datagram from `remote` to public `port` goes, or `nil` when filtered.
+    func inbound(to port: UInt16, from remote: Endpoint) -> Endpoint? {
+        guard let inside = insideOf[port], permissions.contains(Permission(port: port, remote: remote)) else { return nil }
+        return inside
+    }
+}
+
+/// Two hosts running a PathAgent each, optionally behind NATs, with the rendezvous server
+/// outside. Delivery is instantaneous; `linkUp` cuts everything between the two hosts.
+struct SimulatedNetwork {
+    struct Host {
+        var agent: PathAgent
+        let inside: Endpoint
+        let nat: Int?
+        let natKind: NATKind
+        var observedByServer: Endpoint?
+    }
+
+    struct Sent: Hashable {
+        var from: Int
+        var at: Instant
+        var check: PathAgent.Check
+        var destination: Endpoint
+    }
+
+    var nats: [SimulatedNAT]
+    var hosts: [Host]
+    var now = Instant.zero
+    var linkUp = true
+    var sent: [Sent] = []
+    var delivered: [Sent] = []
+
+    init(nats: [SimulatedNAT], hosts: [(id: ClientID, inside: Endpoint, nat: Int?, kind: NATKind)],
+         configuration: PathAgent.Configuration = .init()) {
+        self.nats = nats
+        self.hosts = []
+        for (index, host) in hosts.enumerated() {
+            let peer = hosts[1 - index].id
+            self.hosts.append(Host(agent: PathAgent(selfID: host.id, peerID: peer, transactionSeed: UInt64(index + 1) * 1_000,
+                                                    configuration: configuration),
+                                   inside: host.inside, nat: host.nat, natKind: host.kind))
+        }
+        for index in self.hosts.indices { register(index) }
+    }
+
+    /// The host registers with the server: the server sees its mapping towards the server.
+    mutating func register(_ index: Int) {
+        let host = hosts[index]
+        hosts[index].observedByServer = host.nat.map { nats[$0].outbound(from: host.inside, to: serverEndpoint) } ?? host.inside
+    }
+
+    /// What the server would tell `recipient` about `subject` (private endpoints only as a
+    /// same-public-address hint).
+    func info(of subject: Int, for recipient: Int, privateEndpoints: [Endpoint]? = nil) -> PeerInfo {
+        let s = hosts[subject], r = hosts[recipient]
+        let sameAddress = s.observedByServer!.address == r.observedByServer!.address
+        return PeerInfo(id: s.agent.selfID, publicEndpoint: s.observedByServer!,
+                        privateEndpoints: privateEndpoints ?? (sameAddress ? [s.inside] : []), natKind: s.natKind,
+                        dialect: .extended, keys: nil)
+    }
+
+    /// The server's punch message to both hosts.
+    mutating func punch(round: UInt32 = 1, delays: (Duration, Duration) = (.zero, .zero)) {
+        let infos = [info(of: 1, for: 0), info(of: 0, for: 1)]
+        hosts[0].agent.handlePunch(peer: infos[0], round: round, delay: delays.0, selfNATKind: hosts[0].natKind, now: now)
+        hosts[1].agent.handlePunch(peer: infos[1], round: round, delay: delays.1, selfNATKind: hosts[1].natKind, now: now)
+        pump()
+    }
+
+    private func sameLAN(_ a: Int, _ b: Int) -> Bool {
+        hosts[a].nat != nil && hosts[a].nat == hosts[b].nat
+    }
+
+    mutating func deliver(from index: Int, check: PathAgent.Check, to destination: Endpoint) {
+        let record = Sent(from: index, at: now, check: check, destination: destination)
+        sent.append(record)
+        guard linkUp else { return }
+        let target = 1 - index
+        var source: Endpoint?
+        if sameLAN(index, target), destination == hosts[target].inside {
+            source = hosts[index].inside
+        } else {
+            let publicSource = hosts[index].nat.map { nats[$0].outbound(from: hosts[index].inside, to: destination) }
+                ?? hosts[index].inside
+            if let natIndex = hosts[target].nat {
+                let nat = nats[natIndex]
+                guard destination.address == nat.publicAddress else { return }
+                if hosts[index].nat == natIndex, !nat.hairpin { return }
+                guard nat.inbound(to: destination.port, from: publicSource) == hosts[target].inside else { return }
+                source = publicSource
+            } else if destination == hosts[target].inside {
+                source = publicSource
+            }
+        }
+        guard let source else { return }
+        delivered.append(record)
+        switch check {
+        case .ping(let transaction): hosts[target].agent.handlePing(transaction: transaction, from: source, now: now)
+        case .pong(let transaction, let observed):
+            #expect(observed == destination, "a pong reports where the ping came from")
+            hosts[target].agent.handlePong(transaction: transaction, from: source, now: now)
+        }
+    }
+
+    /// Delivers every pending check until nothing moves; records an issue (and gives up)
+    /// when the hosts keep each other busy for `limit` rounds.
+    @discardableResult
+    mutating func pump(limit: Int = 1_000) -> Bool {
+        var moved = true
+        var rounds = 0
+        while moved {
+            moved = false
+            rounds += 1
+            guard rounds <= limit else {
+                Issue.record("checks never settle: \(sent.count) sent; last: \(sent.suffix(4).map { "\($0.from) \($0.check) → \($0.destination)" })")
+                return false
+            }
+            for index in hosts.indices {
+                while let (check, destination) = hosts[index].agent.pollTransmit() {
+                    deliver(from: index, check: check, to: destination)
+                    moved = true
+                }
+            }
+        }
+        return true
+    }
+
+    /// Runs timers up to and including `end`.
+    mutating func run(until end: Instant) {
+        pump()
+        var steps = 0
+        while let next = hosts.compactMap(\.agent.nextDeadline).min(), next <= end {
+            steps += 1
+            guard steps < 100_000 else { Issue.record("timers do not settle"); return }
+            now = max(now, next)
+            for index in hosts.indices {
+                if let deadline = hosts[index].agent.nextDeadline, deadline <= now {
+                    hosts[index].agent.handleTimeout(now: now)
+                }
+            }
+            pump()
+        }
+        now = max(now, end)
+    }
+
+    mutating func events(_ index: Int) -> [PathAgent.Event] {
+        var list: [PathAgent.Event] = []
+        while let event = hosts[index].agent.pollEvent() { list.append(event) }
+        return list
+    }
+
+    func pings(from index: Int, after start: Instant = .zero) -> [Sent] {
+        sent.filter {
+            guard $0.from == index, $0.at >= start, case .ping = $0.check else { return false }
+            return true
+        }
+    }
+}
+
+// Addresses: NAT A 203.0.113.7, NAT B 198.51.100.9; a NAT-less host at 198.51.100.20.
+private let natAddressA = ip("203.0.113.7"), natAddressB = ip("198.51.100.9")
+private let aliceInside = ep("10.0.0.5:10081"), bobInside = ep("192.168.1.6:10081"), bobSameLAN = ep("10.0.0.6:10081")
+private let publicHost = ep("198.51.100.20:10081")
+
+@Suite("PathAgent over a simulated NAT")
+struct PathAgentNATTests {
+    @Test func coneToConeReachesThePublicEndpoints() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointIndependent),
+                   SimulatedNAT(publicAddress: natAddressB, mapping: .endpointIndependent, firstPort: 50_001)],
+            hosts: [(alice, aliceInside, 0, .endpointIndependent), (bob, bobInside, 1, .endpointIndependent)])
+        let publicA = net.hosts[0].observedByServer!, publicB = net.hosts[1].observedByServer!
+        #expect(publicA == ep("203.0.113.7:40001"))
+        #expect(publicB == ep("198.51.100.9:50001"))
+        net.punch()
+        #expect(net.hosts[0].agent.path == .direct(publicB, .publicEndpoint))
+        #expect(net.hosts[1].agent.path == .direct(publicA, .publicEndpoint))
+        #expect(net.events(0) == [.pathChanged(.relayed), .pathChanged(.direct(publicB, .publicEndpoint))])
+        #expect(net.events(1) == [.pathChanged(.relayed), .pathChanged(.direct(publicA, .publicEndpoint))])
+        // The first ping of the side that went first was filtered by the other NAT.
+        #expect(net.delivered.count < net.sent.count)
+        #expect(!net.hosts[0].agent.isPunching)
+        #expect(net.hosts[0].agent.directEndpoint == publicB)
+        // Connected: the next wake-up is the keep-alive.
+        #expect(net.hosts[0].agent.nextDeadline == t(5_000))
+        #expect(net.hosts[0].agent.pollConnectRequest() == false)
+    }
+
+    @Test func privateCandidatePreferredWhenItAnswers() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointIndependent)],
+            hosts: [(alice, aliceInside, 0, .endpointIndependent), (bob, bobSameLAN, 0, .endpointIndependent)])
+        let publicB = net.hosts[1].observedByServer!
+        #expect(publicB.address == natAddressA)
+        #expect(net.info(of: 1, for: 0).privateEndpoints == [bobSameLAN])
+        net.punch()
+        net.run(until: t(1_000))
+        #expect(net.hosts[0].agent.path == .direct(bobSameLAN, .privateEndpoint))
+        #expect(net.hosts[1].agent.path == .direct(aliceInside, .privateEndpoint))
+        // The public candidate was checked too (the NAT does not hairpin).
+        #expect(net.pings(from: 0).contains { $0.destination == publicB })
+        #expect(net.hosts[0].agent.path.description == "private 10.0.0.6:10081")
+    }
+
+    /// Same LAN behind a NAT that hairpins: both the private and the public path work.
+    /// The private one must win, and the checks must stop once both sides are connected.
+    /// Every ping that arrives from a source other than the chosen path makes the agent
+    /// send a "triggered" ping back to that source, whose arrival on the other side
+    /// (again not its chosen path) triggers another: an endless ping storm.
+    @Test func twoWorkingPathsSettleOnPrivateWithoutACheckStorm() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointIndependent, hairpin: true)],
+            hosts: [(alice, aliceInside, 0, .endpointIndependent), (bob, bobSameLAN, 0, .endpointIndependent)])
+        let infos = [net.info(of: 1, for: 0), net.info(of: 0, for: 1)]
+        net.hosts[0].agent.handlePunch(peer: infos[0], round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: net.now)
+        net.hosts[1].agent.handlePunch(peer: infos[1], round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: net.now)
+        let settled = net.pump(limit: 200)
+        #expect(settled)
+        #expect(net.sent.count <= 16, "\(net.sent.count) checks sent at t=0")
+        #expect(net.hosts[0].agent.path == .direct(bobSameLAN, .privateEndpoint))
+        #expect(net.hosts[1].agent.path == .direct(aliceInside, .privateEndpoint))
+    }
+
+    @Test func symmetricToPublicHostViaPeerReflexive() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointDependent)],
+            hosts: [(alice, aliceInside, 0, .endpointDependent), (bob, publicHost, nil, .none)])
+        let serverMapping = net.hosts[0].observedByServer!
+        net.punch()
+        net.run(until: t(1_000))
+        // alice reaches bob's public endpoint; bob learns alice's per-destination mapping
+        // from her ping (not the one the server saw) and verifies it.
+        #expect(net.hosts[0].agent.path == .direct(publicHost, .publicEndpoint))
+        guard case .direct(let reflexive, let kind) = net.hosts[1].agent.path else {
+            Issue.record("bob has no direct path: \(net.hosts[1].agent.path)"); return
+        }
+        #expect(kind == .peerReflexive)
+        #expect(reflexive.address == natAddressA)
+        #expect(reflexive != serverMapping)
+        // bob's checks towards the server-seen mapping never got through.
+        let towardsServerMapping = net.sent.filter { $0.from == 1 && $0.destination == serverMapping }
+        #expect(!towardsServerMapping.isEmpty)
+        #expect(net.delivered.allSatisfy { !($0.from == 1 && $0.destination == serverMapping) })
+    }
+
+    @Test func symmetricToConeIsHopeless() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointDependent),
+                   SimulatedNAT(publicAddress: natAddressB, mapping: .endpointIndependent)],
+            hosts: [(alice, aliceInside, 0, .endpointDependent), (bob, bobInside, 1, .endpointIndependent)])
+        net.punch()
+        net.run(until: t(120_000))
+        for index in 0..<2 {
+            #expect(net.hosts[index].agent.path == .relayed)
+            #expect(net.events(index) == [.pathChanged(.relayed)])
+            #expect(net.hosts[index].agent.nextDeadline == nil)
+            #expect(net.hosts[index].agent.isPunching == false)
+            #expect(net.hosts[index].agent.pollConnectRequest() == false)
+            net.hosts[index].agent.noteInterest(now: net.now)
+            #expect(net.hosts[index].agent.pollConnectRequest() == false)
+        }
+        #expect(net.sent.isEmpty)
+    }
+
+    @Test func hopelessPairChecksOnlyPrivateCandidates() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        let peerPublic = ep("203.0.113.7:40002")
+        let info = PeerInfo(id: bob, publicEndpoint: peerPublic, privateEndpoints: [bobSameLAN],
+                            natKind: .endpointIndependent, dialect: .extended)
+        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .endpointDependent, now: t(0))
+        var destinations: [Endpoint] = []
+        var time = 0.0
+        while let deadline = agent.nextDeadline {
+            time = Double(deadline.nanoseconds) / 1e6
+            while let transmit = agent.pollTransmit() { destinations.append(transmit.destination) }
+            agent.handleTimeout(now: deadline)
+            guard time < 100_000 else { break }
+        }
+        while let transmit = agent.pollTransmit() { destinations.append(transmit.destination) }
+        #expect(!destinations.isEmpty)
+        #expect(destinations.allSatisfy { $0 == bobSameLAN })
+        #expect(time == 6_000)
+        var events: [PathAgent.Event] = []
+        while let event = agent.pollEvent() { events.append(event) }
+        #expect(events == [.pathChanged(.relayed), .roundFailed(round: 1)])
+        // Relay only: no cool-down, no new round.
+        #expect(agent.nextDeadline == nil)
+        #expect(agent.pollConnectRequest() == false)
+    }
+
+    @Test func keepAlivePingsEveryIntervalOnADirectPath() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointIndependent),
+                   SimulatedNAT(publicAddress: natAddressB, mapping: .endpointIndependent)],
+            hosts: [(alice, aliceInside, 0, .endpointIndependent), (bob, bobInside, 1, .endpointIndependent)])
+        let publicB = net.hosts[1].observedByServer!
+        net.punch()
+        _ = net.events(0)
+        let connectedAt = net.sent.count
+        net.run(until: t(21_000))
+        let keepAlives = net.sent[connectedAt...].filter { $0.from == 0 }
+        #expect(keepAlives.filter { if case .ping = $0.check { true } else { false } }.map(\.at)
+                == [t(5_000), t(10_000), t(15_000), t(20_000)])
+        #expect(keepAlives.allSatisfy { $0.destination == publicB })
+        #expect(net.hosts[0].agent.path == .direct(publicB, .publicEndpoint))
+        #expect(net.events(0) == [])
+        #expect(net.hosts[0].agent.nextDeadline == t(25_000))
+    }
+
+    @Test func threeMissedKeepAlivesLoseThePath() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointIndependent),
+                   SimulatedNAT(publicAddress: natAddressB, mapping: .endpointIndependent)],
+            hosts: [(alice, aliceInside, 0, .endpointIndependent), (bob, bobInside, 1, .endpointIndependent)])
+        net.punch()
+        _ = net.events(0)
+        #expect(net.hosts[0].agent.pollConnectRequest() == false)
+        net.run(until: t(1_000))
+        net.linkUp = false
+        net.run(until: t(9_499))
+        #expect(net.pings(from: 0, after: t(1_000)).map(\.at) == [t(5_000), t(6_500), t(8_000)])
+        #expect(net.hosts[0].agent.path.directEndpoint != nil)
+        #expect(net.hosts[0].agent.pollConnectRequest() == false)
+        net.run(until: t(9_500))
+        #expect(net.hosts[0].agent.path == .relayed)
+        #expect(net.events(0) == [.pathChanged(.relayed)])
+        #expect(net.hosts[0].agent.pollConnectRequest() == true)
+        #expect(net.hosts[0].agent.pollConnectRequest() == false)
+    }
+
+    @Test func suspectPathAcceleratesDetection() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointIndependent),
+                   SimulatedNAT(publicAddress: natAddressB, mapping: .endpointIndependent)],
+            hosts: [(alice, aliceInside, 0, .endpointIndependent), (bob, bobInside, 1, .endpointIndependent)])
+        net.punch()
+        _ = net.events(0)
+        net.run(until: t(1_000))
+        net.linkUp = false
+        net.run(until: t(2_000))
+        net.hosts[0].agent.suspectPath(now: net.now)
+        net.run(until: t(4_999))
+        #expect(net.pings(from: 0, after: t(1_000)).map(\.at) == [t(2_000), t(3_500)])
+        #expect(net.hosts[0].agent.path.directEndpoint != nil)
+        net.run(until: t(5_000))
+        #expect(net.hosts[0].agent.path == .relayed)
+        #expect(net.events(0) == [.pathChanged(.relayed)])
+        #expect(net.hosts[0].agent.pollConnectRequest() == true)
+    }
+
+    @Test func answeredSuspicionKeepsThePath() {
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointIndependent),
+                   SimulatedNAT(publicAddress: natAddressB, mapping: .endpointIndependent)],
+            hosts: [(alice, aliceInside, 0, .endpointIndependent), (bob, bobInside, 1, .endpointIndependent)])
+        let publicB = net.hosts[1].observedByServer!
+        net.punch()
+        _ = net.events(0)
+        net.run(until: t(2_000))
+        net.hosts[0].agent.suspectPath(now: net.now)
+        net.pump()
+        #expect(net.pings(from: 0, after: t(2_000)).map(\.at) == [t(2_000)])
+        // The pong came back: the next keep-alive is one interval after the suspicion check.
+        #expect(net.hosts[0].agent.nextDeadline == t(7_000))
+        net.run(until: t(30_000))
+        #expect(net.hosts[0].agent.path == .direct(publicB, .publicEndpoint))
+        #expect(net.events(0) == [])
+    }
+}
+
+@Suite("PathAgent rounds")
+struct PathAgentRoundTests {
+    private let peerPublic = ep("198.51.100.9:50001")
+    private var info: PeerInfo {
+        PeerInfo(id: bob, publicEndpoint: peerPublic, natKind: .endpointIndependent, dialect: .extended)
+    }
+
+    private func drain(_ agent: inout PathAgent) -> [(check: PathAgent.Check, destination: Endpoint)] {
+        var list: [(check: PathAgent.Check, destination: Endpoint)] = []
+        while let transmit = agent.pollTransmit() { list.append(transmit) }
+        return list
+    }
+
+    private func events(_ agent: inout PathAgent) -> [PathAgent.Event] {
+        var list: [PathAgent.Event] = []
+        while let event = agent.pollEvent() { list.append(event) }
+        return list
+    }
+
+    @Test func interestAsksForOneRound() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        #expect(agent.path == .none)
+        #expect(agent.pollConnectRequest() == false)
+        agent.noteInterest(now: t(0))
+        #expect(agent.pollConnectRequest() == true)
+        #expect(agent.pollConnectRequest() == false)
+        #expect(agent.path == .relayed)
+        #expect(events(&agent) == [.pathChanged(.relayed)])
+        agent.noteInterest(now: t(500))
+        #expect(agent.pollConnectRequest() == false)
+        // No answer from the server: ask again after 3 s.
+        #expect(agent.nextDeadline == t(3_000))
+        agent.handleTimeout(now: t(3_000))
+        #expect(agent.pollConnectRequest() == true)
+        #expect(agent.isArmed == false)
+    }
+
+    @Test func checkBackoffAndRoundFailure() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100)
+        agent.noteInterest(now: t(0))
+        _ = agent.pollConnectRequest()
+        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
+        #expect(agent.isArmed)
+        #expect(agent.isPunching)
+        var pingTimes: [Instant] = []
+        var transactions: [UInt64] = []
+        var now = t(0)
+        while true {
+            for transmit in drain(&agent) {
+                guard case .ping(let transaction) = transmit.check else { Issue.record("\(transmit)"); continue }
+                #expect(transmit.destination == peerPublic)
+                pingTimes.append(now)
+                transactions.append(transaction)
+            }
+            guard let deadline = agent.nextDeadline, deadline <= t(6_000) else { break }
+            now = deadline
+            agent.handleTimeout(now: now)
+        }
+        // 100 ms, then ×1.5 up to 800 ms, until the 6 s round deadline.
+        #expect(pingTimes == [0, 100, 250, 475, 812.5, 1_318.75, 2_078.125, 2_878.125, 3_678.125, 4_478.125, 5_278.125].map(t))
+        #expect(transactions == Array(100..<111))
+        #expect(events(&agent) == [.pathChanged(.relayed), .roundFailed(round: 1)])
+        #expect(agent.path == .relayed)
+        #expect(agent.isPunching == false)
+        // Cooling down for 5 s, then a new request (interest is recent).
+        #expect(agent.nextDeadline == t(11_000))
+        #expect(agent.pollConnectRequest() == false)
+        agent.handleTimeout(now: t(10_999))
+        #expect(agent.pollConnectRequest() == false)
+        agent.handleTimeout(now: t(11_000))
+        #expect(agent.pollConnectRequest() == true)
+        // A late pong of the failed round is ignored.
+        agent.handlePong(transaction: 100, from: peerPublic, now: t(11_001))
+        #expect(agent.path == .relayed)
+    }
+
+    /// Answers every connect request at once and never any check: rounds fail, cool-downs
+    /// grow (5, 15, 35 s), and requests stop once interest is older than 120 s.
+    @Test func coolDownsGrowAndStopWithoutInterest() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        agent.noteInterest(now: t(0))
+        var requests: [Instant] = []
+        var now = t(0)
+        var round: UInt32 = 0
+        while now <= t(400_000) {
+            if agent.pollConnectRequest() {
+                requests.append(now)
+                round += 1
+                agent.handlePunch(peer: info, round: round, delay: .zero, selfNATKind: .none, now: now)
+            }
+            _ = drain(&agent)
+            guard let deadline = agent.nextDeadline else { break }
+            now = deadline
+            agent.handleTimeout(now: now)
+        }
+        #expect(requests == [t(0), t(11_000), t(32_000), t(73_000)])
+        #expect(events(&agent).filter { if case .roundFailed = $0 { true } else { false } }.count == 4)
+        #expect(agent.nextDeadline == nil) // idle
+        #expect(agent.path == .relayed)
+        // New interest starts again.
+        agent.noteInterest(now: t(500_000))
+        #expect(agent.pollConnectRequest() == true)
+    }
+
+    @Test func renewedInterestKeepsRoundsGoing() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        agent.noteInterest(now: t(0))
+        _ = agent.pollConnectRequest()
+        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(115_000))
+        _ = drain(&agent)
+        agent.handleTimeout(now: t(121_000)) // round fails at 121 s, cool-down until 126 s
+        #expect(agent.nextDeadline == t(126_000))
+        var stale = agent
+        stale.handleTimeout(now: t(126_000))
+        #expect(stale.pollConnectRequest() == false) // interest from t=0 is 126 s old
+        #expect(stale.nextDeadline == nil)
+        agent.noteInterest(now: t(122_000)) // someone typed at 122 s
+        #expect(agent.pollConnectRequest() == false) // still cooling down
+        agent.handleTimeout(now: t(126_000))
+        #expect(agent.pollConnectRequest() == true)
+    }
+
+    /// The connect request (or the server's answer) is lost for good, e.g. the server
+    /// drops connects for that peer. The agent asks again every 3 s; it should stop once
+    /// nobody has been talking to the peer for the interest window (120 s), like the
+    /// cool-down retries do.
+    @Test func unansweredConnectRequestsStopWhenInterestIsStale() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        agent.noteInterest(now: t(0))
+        var requests: [Instant] = []
+        var now = t(0)
+        while now <= t(300_000) {
+            if agent.pollConnectRequest() { requests.append(now) }
+            guard let deadline = agent.nextDeadline else { break }
+            now = deadline
+            agent.handleTimeout(now: now)
+        }
+        #expect(requests.first == t(0))
+        #expect(requests.contains(t(120_000)))
+        #expect(requests.allSatisfy { $0 <= t(123_000) }, "last request at \(requests.last!), \(requests.count) requests")
+    }
+
+    @Test func delayedStartAndTriggeredChecks() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        agent.handlePunch(peer: info, round: 2, delay: .milliseconds(800), selfNATKind: .none, now: t(0))
+        #expect(drain(&agent).isEmpty)
+        #expect(agent.nextDeadline == t(800))
+        // The peer's ping arrives before we start: answered at once, source checked back.
+        let source = ep("198.51.100.9:50002")
+        agent.handlePing(transaction: 77, from: source, now: t(100))
+        let sent = drain(&agent)
+        #expect(sent.count == 2)
+        #expect(sent.first?.check == .pong(transaction: 77, observed: source))
+        #expect(sent.first?.destination == source)
+        guard case .ping(let triggered)? = sent.last?.check else { Issue.record("no triggered check"); return }
+        #expect(sent.last?.destination == source)
+        agent.handleTimeout(now: t(800))
+        // From 800 ms both candidates are checked: the public one and the learned one.
+        #expect(Set(drain(&agent).map(\.destination)) == [peerPublic, source])
+        agent.handlePong(transaction: triggered, from: source, now: t(850))
+        #expect(agent.path == .direct(source, .peerReflexive))
+    }
+
+    @Test func pongsAreMatchedByTransactionAndSource() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 500)
+        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(0))
+        #expect(drain(&agent).map(\.check) == [.ping(transaction: 500)])
+        agent.handlePong(transaction: 501, from: peerPublic, now: t(10))   // never sent
+        agent.handlePong(transaction: 500, from: ep("192.0.2.66:1"), now: t(10)) // wrong source
+        #expect(agent.path == .relayed)
+        // The wrong-source pong consumed the transaction: the next check uses a new one.
+        agent.handleTimeout(now: t(100))
+        #expect(drain(&agent).map(\.check) == [.ping(transaction: 501)])
+        agent.handlePong(transaction: 501, from: peerPublic, now: t(110))
+        #expect(agent.path == .direct(peerPublic, .publicEndpoint))
+    }
+
+    @Test func privateReplacesPublicButNotTheOtherWayRound() {
+        let privateEndpoint = ep("10.0.0.6:10081")
+        let withPrivate = PeerInfo(id: bob, publicEndpoint: peerPublic, privateEndpoints: [privateEndpoint],
+                                   natKind: .endpointIndependent, dialect: .extended)
+        // Public answers first, private later: the private one takes over.
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 10)
+        agent.handlePunch(peer: withPrivate, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
+        let checks = drain(&agent)
+        #expect(checks.map(\.destination) == [privateEndpoint, peerPublic])
+        agent.handlePong(transaction: 11, from: peerPublic, now: t(20))
+        #expect(agent.path == .direct(peerPublic, .publicEndpoint))
+        agent.handlePong(transaction: 10, from: privateEndpoint, now: t(30))
+        #expect(agent.path == .direct(privateEndpoint, .privateEndpoint))
+        #expect(events(&agent) == [.pathChanged(.relayed), .pathChanged(.direct(peerPublic, .publicEndpoint)),
+                                   .pathChanged(.direct(privateEndpoint, .privateEndpoint))])
+        // Private first, public later: stays private.
+        var other = PathAgent(selfID: alice, peerID: bob, transactionSeed: 10)
+        other.handlePunch(peer: withPrivate, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
+        _ = drain(&other)
+        other.handlePong(transaction: 10, from: privateEndpoint, now: t(20))
+        other.handlePong(transaction: 11, from: peerPublic, now: t(30))
+        #expect(other.path == .direct(privateEndpoint, .privateEndpoint))
+    }
+
+    @Test func resetForgetsEverything() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(0))
+        agent.handlePong(transaction: 1, from: peerPublic, now: t(5))
+        #expect(agent.directEndpoint == peerPublic)
+        _ = events(&agent)
+        agent.reset()
+        #expect(agent.path == .none)
+        #expect(agent.isArmed == false)
+        #expect(agent.nextDeadline == nil)
+        #expect(events(&agent) == [.pathChanged(.none)])
+    }
+}

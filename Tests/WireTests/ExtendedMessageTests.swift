@@ -1,0 +1,360 @@
+import Testing
+@testable import Wire
+
+// Uses the module-wide helpers id(_:), ip(_:), ep(_:) and wireError(_:) from WireTests.swift.
+
+private func extendedError(_ bytes: [UInt8]) -> WireError? {
+    wireError { () throws(WireError) in try ExtendedMessage.decode(bytes) }
+}
+
+private let keysA = PublicKeys(signing: (0..<32).map { UInt8($0) }, agreement: (0..<32).map { UInt8(100 + $0) })
+private let keysB = PublicKeys(signing: Array(repeating: 0xAB, count: 32), agreement: Array(repeating: 0xCD, count: 32))
+private let signature = (0..<64).map { UInt8(truncatingIfNeeded: 200 + $0) }
+private let tagX = Token128(high: 0x0102_0304_0506_0708, low: 0x090A_0B0C_0D0E_0F10)
+private let cookieX = Token128(high: 0xDEAD_BEEF_0000_0001, low: 0xFFFF_FFFF_FFFF_FFFF)
+
+private let fullPeer = PeerInfo(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"),
+                                privateEndpoints: [ep("10.0.0.6:10081"), ep("192.168.1.6:5000")],
+                                natKind: .endpointDependent, dialect: .extended, keys: keysB)
+private let classicPeer = PeerInfo(id: id("carol"), publicEndpoint: ep("198.51.100.9:50000"), privateEndpoints: [],
+                                   natKind: .unknown, dialect: .classic, keys: nil)
+
+@Suite("ExtendedMessage round trip")
+struct ExtendedRoundTripTests {
+    static let messages: [ExtendedMessage] = [
+        .register(id: id("alice"), cookie: cookieX, privateEndpoints: [ep("10.0.0.5:10081")], natKind: .endpointIndependent,
+                  keys: keysA, signature: signature),
+        .register(id: id("한국어"), cookie: .zero, privateEndpoints: [], natKind: .unknown, keys: keysB, signature: signature),
+        .register(id: id("a"), cookie: cookieX,
+                  privateEndpoints: [ep("10.0.0.1:1"), ep("10.0.0.2:2"), ep("10.0.0.3:3"), ep("255.255.255.255:65535")],
+                  natKind: .none, keys: keysA, signature: signature),
+        .keepAlive(id: id("alice"), natKind: .endpointDependent, counter: 1, tag: tagX),
+        .keepAlive(id: id("alice"), natKind: .none, counter: .max, tag: .zero),
+        .exit(id: id("alice"), counter: 42, tag: tagX),
+        .connect(id: id("alice"), peer: id("bob"), counter: 7, tag: tagX),
+        .relay(id: id("alice"), to: id("bob"), payload: [0xFE, 1, 0x83, 0, 0], counter: 9, tag: tagX),
+        .relay(id: id("alice"), to: id("bob"), payload: [], counter: 0, tag: .zero),
+        .relay(id: id("alice"), to: id("bob"), payload: Array(repeating: 0x55, count: ExtendedMessage.maxRelayPayload),
+               counter: 3, tag: tagX),
+        .challenge(cookie: cookieX),
+        .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
+                    keepAliveMillis: 10_000, alternatePort: 10_082),
+        .registered(serverKey: (0..<32).map { UInt8($0) }, publicEndpoint: ep("1.2.3.4:5"), keepAliveMillis: .max, alternatePort: 0),
+        .refused(text: "registration refused: ID bob - the ID is in use from another address"),
+        .refused(text: ""),
+        .refused(text: "tab\tand 안녕 👋"),
+        .refused(text: String(repeating: "x", count: ExtendedMessage.maxTextBytes)),
+        .peer(fullPeer),
+        .peer(classicPeer),
+        .peerLeft(id("bob"), reason: .unregistered, publicEndpoint: ep("203.0.113.7:40002")),
+        .peerLeft(id("bob"), reason: .offline, publicEndpoint: ep("203.0.113.7:40002")),
+        .punch(peer: fullPeer, round: 1, delayMillis: 0),
+        .punch(peer: classicPeer, round: .max, delayMillis: 800),
+        .relayed(from: id("alice"), payload: [1, 2, 3]),
+        .relayed(from: id("alice"), payload: []),
+        .keepAliveAck(publicEndpoint: ep("192.0.2.99:33333")),
+        .unknownSession(id("alice")),
+        .ping(from: id("alice"), to: id("bob"), transaction: 0x1234_5678_9ABC_DEF0, tag: tagX),
+        .pong(from: id("bob"), to: id("alice"), transaction: 1, observed: ep("203.0.113.7:40001"), tag: tagX),
+        .chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 40)),
+        .chat(from: id("alice"), to: id("bob"), messageID: 0, sealed: Array(repeating: 7, count: ExtendedMessage.maxTextBytes + 16)),
+        .chatAck(from: id("bob"), to: id("alice"), messageID: 99, tag: tagX),
+    ]
+
+    @Test("encode then decode gives the same message", arguments: messages)
+    func roundTrip(_ message: ExtendedMessage) throws {
+        let bytes = message.encode()
+        #expect(bytes.count <= ExtendedMessage.maxDatagramLength)
+        #expect(Array(bytes.prefix(2)) == [0xFE, 0x01])
+        #expect(ExtendedMessage.looksExtended(bytes))
+        #expect(try ExtendedMessage.decode(bytes) == message)
+        // Decoding a slice with a non-zero start index works the same.
+        let padded = [0x00, 0x00] + bytes
+        #expect(try ExtendedMessage.decode(padded[2...]) == message)
+    }
+
+    @Test("every case is covered by the round-trip list")
+    func everyCaseCovered() {
+        let kinds = Set(Self.messages.map { $0.encode()[2] })
+        let all: Set<UInt8> = Set((0x01...0x05) as ClosedRange<UInt8>).union(0x41...0x49).union(0x81...0x84)
+        #expect(kinds == all)
+    }
+
+    @Test func typeBytes() {
+        let expected: [(ExtendedMessage, UInt8)] = [
+            (.exit(id: id("a"), counter: 0, tag: .zero), 0x03),
+            (.challenge(cookie: .zero), 0x41),
+            (.unknownSession(id("a")), 0x49),
+            (.ping(from: id("a"), to: id("b"), transaction: 0, tag: .zero), 0x81),
+            (.chatAck(from: id("a"), to: id("b"), messageID: 0, tag: .zero), 0x84),
+        ]
+        for (message, type) in expected { #expect(message.encode()[2] == type, "\(message)") }
+    }
+
+    @Test func exactLayoutOfAKeepAlive() {
+        let bytes = ExtendedMessage.keepAlive(id: id("ab"), natKind: .endpointIndependent, counter: 0x0102, tag: tagX).encode()
+        #expect(bytes == [0xFE, 0x01, 0x02, 2, 0x61, 0x62, 0x02,
+                          0, 0, 0, 0, 0, 0, 0x01, 0x02,
+                          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+    }
+
+    @Test func exactLayoutOfAPeer() {
+        let info = PeerInfo(id: id("b"), publicEndpoint: ep("1.2.3.4:258"), privateEndpoints: [ep("10.0.0.6:10081")],
+                            natKind: .none, dialect: .classic, keys: nil)
+        #expect(ExtendedMessage.peer(info).encode() == [0xFE, 0x01, 0x44, 1, 0x62, 1, 2, 3, 4, 1, 2,
+                                                         1, 10, 0, 0, 6, 0x27, 0x61, 1, 0, 0])
+    }
+
+    @Test func encoderKeepsAtMostFourPrivateEndpoints() throws {
+        let five = (1...5).map { Endpoint(address: IPv4Address(10, 0, 0, UInt8($0)), port: 10081) }
+        let message = ExtendedMessage.register(id: id("a"), cookie: .zero, privateEndpoints: five, natKind: .unknown,
+                                               keys: keysA, signature: signature)
+        guard case .register(_, _, let decoded, _, _, _) = try ExtendedMessage.decode(message.encode()) else {
+            Issue.record("not a register"); return
+        }
+        #expect(decoded == Array(five.prefix(4)))
+    }
+
+    /// The encoder cuts refused text to maxTextBytes; a cut in the middle of a multi-byte
+    /// character must not make its own output undecodable.
+    @Test func longRefusedTextIsCutToDecodableText() throws {
+        let text = String(repeating: "a", count: ExtendedMessage.maxTextBytes - 1) + "é"
+        #expect(text.utf8.count == ExtendedMessage.maxTextBytes + 1)
+        let bytes = ExtendedMessage.refused(text: text).encode()
+        #expect(extendedError(bytes) == nil, "encoder output fails to decode: \(String(describing: extendedError(bytes)))")
+        if case .refused(let decoded)? = try? ExtendedMessage.decode(bytes) {
+            #expect(text.hasPrefix(decoded))
+            #expect(decoded.utf8.count <= ExtendedMessage.maxTextBytes)
+        }
+    }
+}
+
+@Suite("ExtendedMessage rejections")
+struct ExtendedRejectionTests {
+    static let samples: [ExtendedMessage] = [
+        .register(id: id("alice"), cookie: cookieX, privateEndpoints: [ep("10.0.0.5:10081"), ep("10.0.0.9:1")],
+                  natKind: .endpointIndependent, keys: keysA, signature: signature),
+        .keepAlive(id: id("alice"), natKind: .none, counter: 5, tag: tagX),
+        .relay(id: id("alice"), to: id("bob"), payload: [1, 2, 3, 4], counter: 9, tag: tagX),
+        .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
+                    keepAliveMillis: 10_000, alternatePort: 10_082),
+        .refused(text: "no"),
+        .peer(fullPeer),
+        .peerLeft(id("bob"), reason: .offline, publicEndpoint: ep("203.0.113.7:40002")),
+        .punch(peer: fullPeer, round: 2, delayMillis: 800),
+        .relayed(from: id("alice"), payload: [9, 9]),
+        .pong(from: id("bob"), to: id("alice"), transaction: 1, observed: ep("203.0.113.7:40001"), tag: tagX),
+        .chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 20)),
+        .chatAck(from: id("bob"), to: id("alice"), messageID: 99, tag: tagX),
+    ]
+
+    @Test("every strict prefix is refused with a WireError", arguments: samples)
+    func everyPrefixIsRefused(_ message: ExtendedMessage) {
+        let bytes = message.encode()
+        #expect(extendedError([]) == .empty)
+        for length in 1..<bytes.count {
+            let error = extendedError(Array(bytes.prefix(length)))
+            guard case .malformed? = error else {
+                Issue.record("prefix of \(length)/\(bytes.count) bytes: \(String(describing: error))")
+                continue
+            }
+        }
+    }
+
+    @Test("a trailing byte is refused", arguments: samples)
+    func trailingByte(_ message: ExtendedMessage) {
+        #expect(extendedError(message.encode() + [0]) == .malformed("1 trailing bytes"))
+        #expect(extendedError(message.encode() + [0xFE, 0x01]) == .malformed("2 trailing bytes"))
+    }
+
+    @Test func wrongMagicVersionOrType() {
+        var bytes = ExtendedMessage.challenge(cookie: cookieX).encode()
+        bytes[0] = 0xFF
+        #expect(extendedError(bytes) == .malformed("not an extended datagram"))
+        bytes[0] = 0xFE
+        for version: UInt8 in [0, 2, 0xFF] {
+            bytes[1] = version
+            #expect(extendedError(bytes) == .malformed("unsupported version"))
+        }
+        bytes[1] = 0x01
+        for type: UInt8 in [0x00, 0x06, 0x40, 0x4A, 0x80, 0x85, 0xFF] {
+            bytes[2] = type
+            #expect(extendedError(bytes) == .malformed("unknown message type"), "type \(type)")
+        }
+        // Classic text never decodes as extended.
+        #expect(extendedError(Array("alice 10.0.0.5".utf8)) == .malformed("not an extended datagram"))
+    }
+
+    @Test func tooLongAndEmpty() {
+        #expect(extendedError([]) == .empty)
+        let long: [UInt8] = [0xFE, 0x01, 0x47] + Array(repeating: 0, count: ExtendedMessage.maxDatagramLength - 2)
+        #expect(extendedError(long) == .datagramTooLong(length: 1501, limit: 1500))
+    }
+
+    @Test func tooManyEndpoints() {
+        // register: magic, version, type, ID "a" (2 bytes), cookie (16), endpoint count.
+        var bytes = ExtendedMessage.register(id: id("a"), cookie: cookieX, privateEndpoints: [], natKind: .unknown,
+                                             keys: keysA, signature: signature).encode()
+        let countOffset = 3 + 2 + 16
+        #expect(bytes[countOffset] == 0)
+        bytes[countOffset] = 5
+        bytes.insert(contentsOf: Array(repeating: 1, count: 5 * 6), at: countOffset + 1)
+        #expect(extendedError(bytes) == .malformed("too many endpoints"))
+        bytes[countOffset] = 255
+        #expect(extendedError(bytes) == .malformed("too many endpoints"))
+
+        // The same limit inside a peer notice.
+        var peer = ExtendedMessage.peer(classicPeer).encode()
+        let peerCount = 3 + 1 + 5 + 6
+        #expect(peer[peerCount] == 0)
+        peer[peerCount] = 5
+        peer.insert(contentsOf: Array(repeating: 1, count: 5 * 6), at: peerCount + 1)
+        #expect(extendedError(peer) == .malformed("too many endpoints"))
+    }
+
+    @Test func badNATKindDialectAndKeyFlag() {
+        var keepAlive = ExtendedMessage.keepAlive(id: id("a"), natKind: .none, counter: 1, tag: tagX).encode()
+        keepAlive[5] = 4
+        #expect(extendedError(keepAlive) == .malformed("unknown NAT kind"))
+        keepAlive[5] = 0xFF
+        #expect(extendedError(keepAlive) == .malformed("unknown NAT kind"))
+
+        // peer(classicPeer): 3 header, ID "carol" (6), endpoint (6), count 0 (1), NAT kind, dialect, key flag.
+        let peer = ExtendedMessage.peer(classicPeer).encode()
+        let natOffset = 3 + 6 + 6 + 1
+        #expect(Array(peer[natOffset...]) == [0, 0, 0])
+        var bad = peer
+        bad[natOffset] = 9
+        #expect(extendedError(bad) == .malformed("unknown NAT kind"))
+        bad = peer
+        bad[natOffset + 1] = 2
+        #expect(extendedError(bad) == .malformed("unknown dialect"))
+        bad = peer
+        bad[natOffset + 2] = 2
+        #expect(extendedError(bad) == .malformed("bad key flag"))
+        // Flag 1 without the 64 key bytes is truncated.
+        bad = peer
+        bad[natOffset + 2] = 1
+        #expect(extendedError(bad) == .malformed("truncated signing key"))
+
+        var left = ExtendedMessage.peerLeft(id("b"), reason: .offline, publicEndpoint: ep("1.2.3.4:5")).encode()
+        left[5] = 3
+        #expect(extendedError(left) == .malformed("unknown leave reason"))
+    }
+
+    @Test func oversizedPayloadAndText() {
+        let relay = ExtendedMessage.relay(id: id("a"), to: id("b"), payload: Array(repeating: 1, count: ExtendedMessage.maxRelayPayload + 1),
+                                          counter: 1, tag: tagX).encode()
+        #expect(relay.count <= ExtendedMessage.maxDatagramLength)
+        #expect(extendedError(relay) == .malformed("relay payload too long"))
+
+        let relayed = ExtendedMessage.relayed(from: id("a"), payload: Array(repeating: 1, count: ExtendedMessage.maxRelayPayload + 1)).encode()
+        #expect(extendedError(relayed) == .malformed("relay payload too long"))
+
+        let chat = ExtendedMessage.chat(from: id("a"), to: id("b"), messageID: 1,
+                                        sealed: Array(repeating: 1, count: ExtendedMessage.maxTextBytes + 17)).encode()
+        #expect(extendedError(chat) == .malformed("chat too long"))
+
+        // The refused encoder cuts its text, so build an oversized one by hand.
+        var writer = WireWriter()
+        writer.u8(0xFE); writer.u8(1); writer.u8(0x43)
+        writer.longBytes(Array(repeating: UInt8(ascii: "x"), count: ExtendedMessage.maxTextBytes + 1))
+        #expect(extendedError(writer.bytes) == .malformed("text too long"))
+    }
+
+    @Test func invalidUTF8AndControlCharacters() {
+        func refused(_ raw: [UInt8]) -> [UInt8] {
+            var writer = WireWriter()
+            writer.u8(0xFE); writer.u8(1); writer.u8(0x43)
+            writer.longBytes(raw)
+            return writer.bytes
+        }
+        #expect(extendedError(refused([0x61, 0xFF, 0x62])) == .invalidUTF8)
+        #expect(extendedError(refused([0xC3])) == .invalidUTF8)            // cut multi-byte character
+        #expect(extendedError(refused([0xED, 0xA0, 0x80])) == .invalidUTF8) // a surrogate
+        #expect(extendedError(refused(Array("clear\u{1B}[2J".utf8))) == .controlCharacterInText)
+        #expect(extendedError(refused(Array("over\rwrite".utf8))) == .controlCharacterInText)
+        #expect(extendedError(refused(Array("line\nbreak".utf8))) == .controlCharacterInText)
+        #expect(extendedError(refused(Array("c1 \u{9B} csi".utf8))) == .controlCharacterInText)
+        #expect(extendedError(refused(Array("tab\tok".utf8))) == nil)
+
+        // Client IDs are checked too.
+        var unknown = ExtendedMessage.unknownSession(id("ab")).encode()
+        unknown[4] = 0xFF
+        #expect(extendedError(unknown) == .invalidUTF8)
+        unknown[4] = UInt8(ascii: " ")
+        #expect(extendedError(unknown) == .invalidClientID(.forbiddenCharacter(" ")))
+        #expect(extendedError([0xFE, 0x01, 0x49, 0x00]) == .invalidClientID(.empty))
+        #expect(extendedError([0xFE, 0x01, 0x49, 33] + Array(repeating: UInt8(ascii: "a"), count: 33)) == .invalidClientID(.tooLong(33)))
+    }
+}
+
+@Suite("ExtendedMessage trailers and dialect detection")
+struct ExtendedTrailerTests {
+    @Test func trailerLengths() {
+        let tagged: [ExtendedMessage] = [
+            .keepAlive(id: id("a"), natKind: .none, counter: 1, tag: tagX),
+            .exit(id: id("a"), counter: 1, tag: tagX),
+            .connect(id: id("a"), peer: id("b"), counter: 1, tag: tagX),
+            .relay(id: id("a"), to: id("b"), payload: [1], counter: 1, tag: tagX),
+            .ping(from: id("a"), to: id("b"), transaction: 1, tag: tagX),
+            .pong(from: id("a"), to: id("b"), transaction: 1, observed: ep("1.2.3.4:5"), tag: tagX),
+            .chatAck(from: id("a"), to: id("b"), messageID: 1, tag: tagX),
+        ]
+        for message in tagged {
+            let bytes = message.encode()
+            #expect(ExtendedMessage.trailerLength(ofEncoded: bytes) == 16, "\(message)")
+            // The tag really is the last 16 bytes.
+            #expect(Array(bytes.suffix(16)) == Array(1...16), "\(message)")
+        }
+        let register = ExtendedMessage.register(id: id("a"), cookie: cookieX, privateEndpoints: [], natKind: .none,
+                                                keys: keysA, signature: signature).encode()
+        #expect(ExtendedMessage.trailerLength(ofEncoded: register) == 64)
+        #expect(Array(register.suffix(64)) == signature)
+
+        let untagged: [ExtendedMessage] = [
+            .challenge(cookie: cookieX),
+            .registered(serverKey: Array(repeating: 1, count: 32), publicEndpoint: ep("1.2.3.4:5"), keepAliveMillis: 1, alternatePort: 0),
+            .refused(text: "x"), .peer(fullPeer), .peerLeft(id("b"), reason: .offline, publicEndpoint: ep("1.2.3.4:5")),
+            .punch(peer: fullPeer, round: 1, delayMillis: 0), .relayed(from: id("a"), payload: [1]),
+            .keepAliveAck(publicEndpoint: ep("1.2.3.4:5")), .unknownSession(id("a")),
+            .chat(from: id("a"), to: id("b"), messageID: 1, sealed: Array(repeating: 0, count: 16)),
+        ]
+        for message in untagged {
+            #expect(ExtendedMessage.trailerLength(ofEncoded: message.encode()) == nil, "\(message)")
+        }
+        #expect(ExtendedMessage.trailerLength(ofEncoded: [UInt8]()) == nil)
+        #expect(ExtendedMessage.trailerLength(ofEncoded: [0xFE, 0x01]) == nil)
+        #expect(ExtendedMessage.trailerLength(ofEncoded: [0xFE, 0x01, 0x00]) == nil)
+        #expect(ExtendedMessage.trailerLength(ofEncoded: [0xFE, 0x01, 0x7F]) == nil)
+        // Works on slices whose indices do not start at zero.
+        let slice = ([0x00, 0x00, 0x00] + register)[3...]
+        #expect(ExtendedMessage.trailerLength(ofEncoded: slice) == 64)
+    }
+
+    @Test func looksExtendedVersusClassicAndSTUN() {
+        #expect(ExtendedMessage.looksExtended(ExtendedMessage.challenge(cookie: .zero).encode()))
+        #expect(ExtendedMessage.looksExtended([0xFE]))
+        #expect(!ExtendedMessage.looksExtended([UInt8]()))
+        for classic: ClassicMessage in [.register(id("alice"), privateAddress: ip("10.0.0.5"), offers: [ExtendedMessage.offer]),
+                                        .keepAlive(id("alice")), .chat(from: id("é"), text: "hi"), .serverNotice("x")] {
+            #expect(!ExtendedMessage.looksExtended(classic.encode()), "\(classic)")
+        }
+        // A STUN Binding request starts with 0x00 0x01 and carries the magic cookie.
+        let stun: [UInt8] = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42] + Array(repeating: 7, count: 12)
+        #expect(!ExtendedMessage.looksExtended(stun))
+        #expect(extendedError(stun) == .malformed("not an extended datagram"))
+        // 0xFE is never valid UTF-8, so classic decoding refuses every extended datagram.
+        #expect(wireError { () throws(WireError) in try ClassicMessage.decode(ExtendedMessage.unknownSession(id("a")).encode()) } == .invalidUTF8)
+        #expect(ExtendedMessage.offer == "natchat/2")
+        #expect(ClientID.violation(in: ExtendedMessage.offer) == nil)
+    }
+
+    @Test func tokenBasics() {
+        #expect(Token128.zero.constantTimeEquals(Token128(high: 0, low: 0)))
+        #expect(!tagX.constantTimeEquals(Token128(high: tagX.high, low: tagX.low ^ 1)))
+        #expect(!tagX.constantTimeEquals(Token128(high: tagX.high ^ (1 << 63), low: tagX.low)))
+        #expect(tagX.description == "token:0102…")
+        #expect(Token128(high: 0xABC, low: 0).description == "token:0000…")
+    }
+}
