@@ -33,7 +33,7 @@ private func permissions(_ path: String) -> mode_t {
 }
 
 private func writeFile(_ text: String, to path: String, mode: mode_t) {
-    FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+    _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
     chmod(path, mode)
 }
 
