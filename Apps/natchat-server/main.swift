@@ -52,6 +52,9 @@ struct NatchatServer: AsyncParsableCommand {
     @Option(help: "Relay limit for the whole server, bytes per second.")
     var relayTotalBytesPerSecond: Double = 33_554_432
 
+    @Option(help: "Registrations accepted per second from one source IP (burst: four times as many).")
+    var registrationsPerSecond: Double = 5
+
     enum ClassicMode: String, ExpressibleByArgument, CaseIterable {
         case on, off
     }
@@ -63,6 +66,7 @@ struct NatchatServer: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (0...65535).contains(altPort) else { throw ValidationError("--alt-port must be 0...65535") }
         guard altPort == 0 || altPort != port else { throw ValidationError("--alt-port must differ from --port") }
+        guard registrationsPerSecond > 0 else { throw ValidationError("--registrations-per-second must be positive") }
         guard relayPacketsPerSecond > 0, relayBytesPerSecond > 0, relayTotalBytesPerSecond > 0 else {
             throw ValidationError("relay limits must be positive")
         }
@@ -84,11 +88,15 @@ struct NatchatServer: AsyncParsableCommand {
         relay.packetsPerSecond = relayPacketsPerSecond
         relay.bytesPerSecond = relayBytesPerSecond
         relay.globalBytesPerSecond = relayTotalBytesPerSecond
+        var sources = SourceGuard.Configuration()
+        sources.registrationsPerSecond = registrationsPerSecond
+        sources.registrationBurst = registrationsPerSecond * 4
         let configuration = RendezvousService.Configuration(
             registry: Registry.Configuration(keepAliveTimeout: .fractionalSeconds(keepaliveTimeout),
                                              keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),
                                              maxClients: maxClients, acceptClassic: classic == .on, relay: relay),
-            sweepInterval: .fractionalSeconds(sweepInterval))
+            sweepInterval: .fractionalSeconds(sweepInterval),
+            sources: sources)
         try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
                                        logger: logger) { line in
             StandardOutput.writeLine(line)

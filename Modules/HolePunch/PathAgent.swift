@@ -81,8 +81,11 @@ public struct PathAgent: Sendable {
         public var keepAliveInterval: Duration = .seconds(5)
         public var keepAliveAnswerTimeout: Duration = .milliseconds(1500)
         public var missesToLosePath = 3
-        /// Cool-downs between failed rounds (the last repeats).
-        public var retryCooldowns: [Duration] = [.seconds(5), .seconds(15), .seconds(35), .seconds(60)]
+        /// Cool-downs between failed rounds (the last repeats). Longer than a NAT's UDP
+        /// conntrack timeout (30 s on Linux): a stray entry that a check left on a NAT
+        /// without a WAN firewall must expire before the next round, whose first mover is
+        /// the other side (see ``PunchCoordinator``).
+        public var retryCooldowns: [Duration] = [.seconds(35), .seconds(35), .seconds(60), .seconds(120)]
         /// Punching is retried only while the peer was talked to this recently.
         public var interestWindow: Duration = .seconds(120)
 
@@ -167,11 +170,10 @@ public struct PathAgent: Sendable {
         var fresh: [Candidate] = peer.privateEndpoints.map { Candidate(endpoint: $0, kind: .privateEndpoint) }
         hopeless = !PunchFeasibility.canPunch(selfNATKind, peer.natKind)
         if !hopeless { fresh.append(Candidate(endpoint: peer.publicEndpoint, kind: .publicEndpoint)) }
-        // Keep learned peer-reflexive candidates; replace the rest.
-        candidates = candidates.filter { $0.kind == .peerReflexive && !hopeless } + fresh
-        candidates = candidates.reduce(into: []) { list, candidate in
-            if !list.contains(where: { $0.endpoint == candidate.endpoint }) { list.append(candidate) }
-        }
+        // Keep learned peer-reflexive candidates; replace the rest. An endpoint learned both
+        // ways keeps the server's label (a ping from a private address is still private).
+        let learned = candidates.filter { $0.kind == .peerReflexive && !hopeless }
+        candidates = fresh + learned.filter { candidate in !fresh.contains { $0.endpoint == candidate.endpoint } }
         if lastInterest == nil { lastInterest = now }
         if case .connected = phase {
             // Already direct: the peer asked for a round (it lost its side). Answer its checks
@@ -224,10 +226,11 @@ public struct PathAgent: Sendable {
         guard let sent = outstanding.removeValue(forKey: transaction), sent.endpoint == source else { return }
         let kind = candidates.first(where: { $0.endpoint == source })?.kind ?? .peerReflexive
         switch phase {
-        case .connected(_, let nextPing, _, _):
+        case .connected(let heard, let nextPing, let misses, let awaiting):
             if let current = directEndpoint, current != source {
                 guard case .direct(_, let currentKind) = path, kind > currentKind else {
-                    phase = .connected(lastHeard: now, nextPing: nextPing, misses: 0, awaitingSince: nil)
+                    // A pong on another path says nothing about the current one: keep counting its misses.
+                    phase = .connected(lastHeard: heard, nextPing: nextPing, misses: misses, awaitingSince: awaiting)
                     return
                 }
                 setPath(.direct(source, kind))

@@ -51,9 +51,10 @@ public enum SessionCrypto {
 
     /// Encodes a registration signed by `identity`.
     public static func signedRegistration(id: ClientID, cookie: Token128, privateEndpoints: [Endpoint], natKind: NATKind,
-                                          identity: IdentityKey) -> [UInt8] {
+                                          identity: IdentityKey, subscribe: Bool = true) -> [UInt8] {
         let unsigned = ExtendedMessage.register(id: id, cookie: cookie, privateEndpoints: privateEndpoints, natKind: natKind,
-                                                keys: identity.publicKeys, signature: Array(repeating: 0, count: 64))
+                                                keys: identity.publicKeys, signature: Array(repeating: 0, count: 64),
+                                                subscribe: subscribe)
         var bytes = unsigned.encode()
         let signed = bytes[..<(bytes.count - 64)]
         guard let signature = try? identity.signing.signature(for: Array(signed)) else { return bytes }

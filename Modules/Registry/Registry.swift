@@ -91,6 +91,9 @@ public struct Registry: Sendable {
         /// Private endpoints an extended client reported.
         public var privateEndpoints: [Endpoint] = []
         public var natKind: NATKind = .unknown
+        /// Whether the roster and its changes are pushed to this client (always for classic
+        /// clients; extended clients choose at registration).
+        public var subscribed = true
 
         var position: NATPosition {
             NATPosition(publicAddress: publicEndpoint.address, privateAddress: privateAddress)
@@ -228,7 +231,7 @@ public struct Registry: Sendable {
     public mutating func receive<G: RandomNumberGenerator>(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint,
                                                            now: Instant, random: inout G) -> [Action] {
         switch message {
-        case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let signature):
+        case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let signature, let subscribe):
             guard validator.isValid(cookie, for: source, now: now) else {
                 return [.report(.ignoredExtended(from: source, .badCookie))]
             }
@@ -243,6 +246,7 @@ public struct Registry: Sendable {
             newcomer.natKind = natKind
             newcomer.keys = keys
             newcomer.sessionKey = sessionKey
+            newcomer.subscribed = subscribe
             if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
                 // The key holder itself, from a new address (restarted behind a new mapping): it
                 // proves the key, so the registration moves rather than being refused.
@@ -347,7 +351,7 @@ public struct Registry: Sendable {
         }
         let remaining = clients
         for entry in gone {
-            for other in remaining { actions.append(departure(entry, reason: .offline, to: other)) }
+            for other in remaining { if let notice = departure(entry, reason: .offline, to: other) { actions.append(notice) } }
         }
         return actions
     }
@@ -386,7 +390,7 @@ public struct Registry: Sendable {
             entries[id] = nil
             liveness.remove(id)
             actions.append(.report(.evicted(holder)))
-            for other in clients { actions.append(departure(holder, reason: .offline, to: other)) }
+            for other in clients { if let notice = departure(holder, reason: .offline, to: other) { actions.append(notice) } }
         }
         guard entries.count < configuration.maxClients else {
             return actions + refuse(id, from: source, .full, dialect: candidate.dialect)
@@ -410,7 +414,7 @@ public struct Registry: Sendable {
         entries[entry.id] = nil
         liveness.remove(entry.id)
         var actions: [Action] = [.report(.unregistered(entry))]
-        for other in clients { actions.append(departure(entry, reason: reason, to: other)) }
+        for other in clients { if let notice = departure(entry, reason: reason, to: other) { actions.append(notice) } }
         return actions
     }
 
@@ -444,8 +448,10 @@ public struct Registry: Sendable {
         return actions
     }
 
-    /// Tells `recipient` about `entry`, in the recipient's dialect.
+    /// Tells `recipient` about `entry`, in the recipient's dialect (nothing to a client that
+    /// did not subscribe to the roster).
     private func announce(_ entry: Entry, to recipient: Entry) -> [Action] {
+        guard recipient.subscribed else { return [] }
         switch recipient.dialect {
         case .classic:
             var actions: [Action] = [.send(.peer(entry.id, entry.publicEndpoint), to: recipient.publicEndpoint)]
@@ -470,7 +476,8 @@ public struct Registry: Sendable {
                         natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys)
     }
 
-    private func departure(_ entry: Entry, reason: LeaveReason, to recipient: Entry) -> Action {
+    private func departure(_ entry: Entry, reason: LeaveReason, to recipient: Entry) -> Action? {
+        guard recipient.subscribed else { return nil }
         switch recipient.dialect {
         case .classic:
             let message: ClassicMessage = reason == .offline

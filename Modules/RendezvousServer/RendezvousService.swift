@@ -78,6 +78,11 @@ public final class RendezvousService: DatagramDriver {
             answerSTUN(bytes, from: source, output: &output)
             return
         }
+        if let legacyID = STUN.legacyBindingRequestID(bytes) {
+            counters.stunRequests += 1
+            output.send(STUN.legacyBindingSuccess(id: legacyID, mapped: source), to: source)
+            return
+        }
         if !registry.hasExtendedClient(at: source) { sources.received(bytes.count, from: source, now: now) }
         do {
             if ExtendedMessage.looksExtended(bytes) {
@@ -97,7 +102,7 @@ public final class RendezvousService: DatagramDriver {
                 counters.refused += 1
                 // The ID is not echoed: it may hold characters that would drive a terminal.
                 send(ClassicMessage.serverNotice("registration refused: invalid ID (\(violation))").encode(), to: source,
-                     classic: true, now: now, output: &output)
+                     classic: configuration.registry.acceptClassic, now: now, output: &output)
             }
             return
         }
@@ -151,7 +156,7 @@ public final class RendezvousService: DatagramDriver {
         for action in actions {
             switch action {
             case .send(let message, let destination):
-                send(message.encode(), to: destination, classic: true, now: now, output: &output)
+                send(message.encode(), to: destination, classic: configuration.registry.acceptClassic, now: now, output: &output)
             case .sendExtended(let message, let destination):
                 send(message.encode(), to: destination, classic: false, now: now, output: &output)
             case .report(let event):

@@ -13,6 +13,11 @@ public final class STUNOnlyService: DatagramDriver {
 
     public func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         let bytes = Array(payload.readableBytesView)
+        if let legacyID = STUN.legacyBindingRequestID(bytes) {
+            answered += 1
+            output.send(STUN.legacyBindingSuccess(id: legacyID, mapped: source), to: source)
+            return
+        }
         guard case .bindingRequest(let transaction) = try? STUN.decode(bytes) else { return }
         answered += 1
         output.send(STUN.bindingSuccess(transaction, mapped: source), to: source)

@@ -115,6 +115,29 @@ public enum STUN {
         return TransactionID(high: high, low: low)
     }
 
+    /// An RFC 3489 ("classic STUN") Binding request has no magic cookie: its transaction ID
+    /// is the 16 bytes after the length. Old clients (Debian's `stun`) still send these;
+    /// RFC 8489 §12 says a server should answer them, with MAPPED-ADDRESS.
+    public static func legacyBindingRequestID<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes) -> [UInt8]?
+    where Bytes.Index == Int {
+        guard bytes.count >= headerLength, !looksLikeSTUN(bytes) else { return nil }
+        let s = bytes.startIndex
+        guard bytes[s] == 0x00, bytes[s + 1] == 0x01 else { return nil }
+        let length = Int(bytes[s + 2]) << 8 | Int(bytes[s + 3])
+        guard length % 4 == 0, headerLength + length == bytes.count else { return nil }
+        return Array(bytes[(s + 4)..<(s + 20)])
+    }
+
+    /// The RFC 3489 answer: Binding success with the 16-byte ID and MAPPED-ADDRESS.
+    public static func legacyBindingSuccess(id: [UInt8], mapped: Endpoint) -> [UInt8] {
+        var bytes: [UInt8] = [0x01, 0x01, 0x00, 0x0C]
+        bytes += id.prefix(16)
+        bytes += [0x00, 0x01, 0x00, 0x08, 0x00, 0x01, UInt8(mapped.port >> 8), UInt8(truncatingIfNeeded: mapped.port)]
+        let (a, b, c, d) = mapped.address.octets
+        bytes += [a, b, c, d]
+        return bytes
+    }
+
     /// The length of ``bindingSuccess(_:mapped:)``'s bytes.
     public static let bindingSuccessLength = 32
 

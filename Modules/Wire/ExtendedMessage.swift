@@ -9,9 +9,11 @@
 public enum ExtendedMessage: Hashable, Sendable {
     // Client → server
     /// Registration, echoing the cookie from ``challenge(cookie:)`` to prove the source
-    /// address, signed (Ed25519, 64 bytes, last) with the key in `keys`.
+    /// address, signed (Ed25519, 64 bytes, last) with the key in `keys`. `subscribe`: the
+    /// client wants the roster and its changes pushed (a chat shell does; a headless client
+    /// learns peers on demand, so its joins cost the server nothing per registered client).
     case register(id: ClientID, cookie: Token128, privateEndpoints: [Endpoint], natKind: NATKind, keys: PublicKeys,
-                  signature: [UInt8])
+                  signature: [UInt8], subscribe: Bool = true)
     /// Keep-alive; from a new source address it moves the registration (the tag proves it).
     case keepAlive(id: ClientID, natKind: NATKind, counter: UInt64, tag: Token128)
     case exit(id: ClientID, counter: UInt64, tag: Token128)
@@ -86,9 +88,9 @@ extension ExtendedMessage {
         w.u8(Self.magic)
         w.u8(Self.version)
         switch self {
-        case .register(let id, let cookie, let endpoints, let natKind, let keys, let signature):
+        case .register(let id, let cookie, let endpoints, let natKind, let keys, let signature, let subscribe):
             w.u8(Kind.register.rawValue); w.clientID(id); w.token(cookie); w.endpoints(endpoints); w.u8(natKind.rawValue)
-            w.keys(keys); w.fixed(signature, 64)
+            w.u8(subscribe ? 1 : 0); w.keys(keys); w.fixed(signature, 64)
         case .keepAlive(let id, let natKind, let counter, let tag):
             w.u8(Kind.keepAlive.rawValue); w.clientID(id); w.u8(natKind.rawValue); w.u64(counter); w.token(tag)
         case .exit(let id, let counter, let tag):
@@ -148,8 +150,11 @@ extension ExtendedMessage {
         let message: ExtendedMessage
         switch kind {
         case .register:
-            message = .register(id: try r.clientID(), cookie: try r.token(), privateEndpoints: try r.endpoints(),
-                                natKind: try r.natKind(), keys: try r.keys(), signature: try r.raw(64, "signature"))
+            let id = try r.clientID(), cookie = try r.token(), endpoints = try r.endpoints(), natKind = try r.natKind()
+            let flags = try r.u8("flags")
+            guard flags <= 1 else { throw .malformed("unknown registration flags") }
+            message = .register(id: id, cookie: cookie, privateEndpoints: endpoints, natKind: natKind, keys: try r.keys(),
+                                signature: try r.raw(64, "signature"), subscribe: flags == 1)
         case .keepAlive:
             message = .keepAlive(id: try r.clientID(), natKind: try r.natKind(), counter: try r.u64(), tag: try r.token())
         case .exit:

@@ -469,7 +469,7 @@ struct PathAgentRoundTests {
     }
 
     @Test func checkBackoffAndRoundFailure() {
-        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100)
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100, configuration: .shortCooldowns)
         agent.noteInterest(now: t(0))
         _ = agent.pollConnectRequest()
         agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
@@ -510,7 +510,7 @@ struct PathAgentRoundTests {
     /// Answers every connect request at once and never any check: rounds fail, cool-downs
     /// grow (5, 15, 35 s), and requests stop once interest is older than 120 s.
     @Test func coolDownsGrowAndStopWithoutInterest() {
-        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1, configuration: .shortCooldowns)
         agent.noteInterest(now: t(0))
         var requests: [Instant] = []
         var now = t(0)
@@ -536,7 +536,7 @@ struct PathAgentRoundTests {
     }
 
     @Test func renewedInterestKeepsRoundsGoing() {
-        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1, configuration: .shortCooldowns)
         agent.noteInterest(now: t(0))
         _ = agent.pollConnectRequest()
         agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(115_000))
@@ -643,5 +643,27 @@ struct PathAgentRoundTests {
         #expect(agent.isArmed == false)
         #expect(agent.nextDeadline == nil)
         #expect(events(&agent) == [.pathChanged(.none)])
+    }
+}
+
+
+extension PathAgent.Configuration {
+    /// The mechanism tests use short cool-downs; the defaults are checked on their own.
+    static var shortCooldowns: PathAgent.Configuration {
+        var configuration = PathAgent.Configuration()
+        configuration.retryCooldowns = [.seconds(5), .seconds(15), .seconds(35), .seconds(60)]
+        return configuration
+    }
+}
+
+@Suite("PathAgent defaults")
+struct PathAgentDefaultTests {
+    @Test func firstRetryWaitsOutALinuxConntrackEntry() {
+        // A stray entry on a NAT without a WAN firewall lives 30 s (nf_conntrack_udp_timeout):
+        // the first retry must come later, and so must the one after it (other first mover).
+        let cooldowns = PathAgent.Configuration().retryCooldowns
+        #expect(cooldowns.count >= 2)
+        #expect(cooldowns[0] > .seconds(30))
+        #expect(cooldowns[1] > .seconds(30))
     }
 }

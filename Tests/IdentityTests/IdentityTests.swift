@@ -207,7 +207,7 @@ struct SessionCryptoTests {
         let cookie = Token128(high: 0xC00C, low: 0x1E)
         let bytes = SessionCrypto.signedRegistration(id: alice, cookie: cookie, privateEndpoints: [ep("10.0.0.5:10081")],
                                                      natKind: .endpointIndependent, identity: me)
-        guard case .register(let decodedID, let decodedCookie, let endpoints, let kind, let keys, let signature)
+        guard case .register(let decodedID, let decodedCookie, let endpoints, let kind, let keys, let signature, let subscribe)
                 = try ExtendedMessage.decode(bytes) else {
             Issue.record("not a registration"); return
         }
@@ -217,6 +217,7 @@ struct SessionCryptoTests {
         #expect(kind == .endpointIndependent)
         #expect(keys == me.publicKeys)
         #expect(signature.count == 64)
+        #expect(subscribe)
         #expect(SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature))
         // Another key does not verify it.
         #expect(!SessionCrypto.verifyRegistration(bytes, keys: identity(8).publicKeys, signature: signature))

@@ -208,7 +208,7 @@ struct ExtendedRegistrationTests {
         badSignature[badSignature.count - 1] ^= 0x01
         #expect(server.receiveBytes(badSignature, from: A, at: at(0)) == [.report(.ignoredExtended(from: A, .badSignature))])
         // Someone else's keys with alice's signature.
-        guard case .register(_, _, let endpoints, let kind, _, let signature) = try ExtendedMessage.decode(good) else {
+        guard case .register(_, _, let endpoints, let kind, _, let signature, _) = try ExtendedMessage.decode(good) else {
             Issue.record("not a registration"); return
         }
         let swapped = ExtendedMessage.register(id: alice, cookie: cookie, privateEndpoints: endpoints, natKind: kind,

@@ -109,7 +109,7 @@ struct ExtendedRoundTripTests {
         let five = (1...5).map { Endpoint(address: IPv4Address(10, 0, 0, UInt8($0)), port: 10081) }
         let message = ExtendedMessage.register(id: id("a"), cookie: .zero, privateEndpoints: five, natKind: .unknown,
                                                keys: keysA, signature: signature)
-        guard case .register(_, _, let decoded, _, _, _) = try ExtendedMessage.decode(message.encode()) else {
+        guard case .register(_, _, let decoded, _, _, _, _) = try ExtendedMessage.decode(message.encode()) else {
             Issue.record("not a register"); return
         }
         #expect(decoded == Array(five.prefix(4)))
