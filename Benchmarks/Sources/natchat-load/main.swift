@@ -212,6 +212,21 @@ struct LoadRun {
         var byName: [ClientID: Int] = [:]
         var cookieFor: [Int: Token128] = [:]
         while completed < count, monotonicMicros() - start < timeLimit * 1e6 {
+            // Offers and registrations unanswered for a second were lost (or rate-limited): send again.
+            let now = monotonicMicros()
+            for (id, entry) in pendingOffer where now - entry.sent > 1e6 {
+                send(ClassicMessage.register(id, privateAddress: IPv4Address(10, 0, 0, 1), offers: [ExtendedMessage.offer]).encode(),
+                     on: fds[clients[entry.client].socket])
+                pendingOffer[id] = (now, entry.client)
+                sent += 1
+            }
+            for (index, entry) in pendingRegistration where now - entry.0 > 1e6 {
+                pendingRegistration[index] = nil
+                send(ClassicMessage.register(clients[index].id, privateAddress: IPv4Address(10, 0, 0, 1),
+                                             offers: [ExtendedMessage.offer]).encode(), on: fds[clients[index].socket])
+                pendingOffer[clients[index].id] = (now, index)
+                sent += 1
+            }
             while nextClient < target, pendingOffer.count + pendingRegistration.count < window {
                 guard let id = try? ClientID("load\(nextClient)") else { break }
                 let client = SimClient(id: id, socket: nextClient % fds.count)
@@ -234,9 +249,9 @@ struct LoadRun {
                     cookieFor[entry.client] = cookie
                     let registration = SessionCrypto.signedRegistration(
                         id: id, cookie: cookie, privateEndpoints: [Endpoint(address: IPv4Address(10, 0, 0, 1), port: 10081)],
-                        natKind: .none, identity: identity)
+                        natKind: .none, identity: identity, subscribe: false)
                     send(registration, on: fds[socketIndex])
-                    pendingRegistration[entry.client] = (entry.sent, cookie)
+                    pendingRegistration[entry.client] = (monotonicMicros(), cookie)
                 case .registered(let serverKey, _, _, _):
                     // The registered message names no ID either: take the oldest registration on this socket.
                     guard let (index, entry) = pendingRegistration.filter({ clients[$0.key].socket == socketIndex })
