@@ -91,6 +91,8 @@ struct NatchatServer: AsyncParsableCommand {
         var sources = SourceGuard.Configuration()
         sources.registrationsPerSecond = registrationsPerSecond
         sources.registrationBurst = registrationsPerSecond * 4
+        sources.totalRegistrationsPerSecond = max(sources.totalRegistrationsPerSecond, registrationsPerSecond)
+        sources.totalRegistrationBurst = max(sources.totalRegistrationBurst, registrationsPerSecond * 4)
         let configuration = RendezvousService.Configuration(
             registry: Registry.Configuration(keepAliveTimeout: .fractionalSeconds(keepaliveTimeout),
                                              keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),

@@ -219,22 +219,26 @@ public final class ChatClientService: DatagramDriver {
         let fromServer = source == configuration.server
         switch message {
         case .challenge(let cookie) where fromServer:
-            guard mode != .classic else { return }
+            // Only while registering: a challenge we did not ask for (someone sent an offer in
+            // our name) must not make us register again.
+            guard mode != .classic, registrationRetryAt != nil else { return }
             registrationCookie = cookie
             let privateEndpoint = Endpoint(address: configuration.privateAddress, port: configuration.localPort)
             output.send(SessionCrypto.signedRegistration(id: configuration.id, cookie: cookie, privateEndpoints: [privateEndpoint],
                                                          natKind: natKind, identity: configuration.identity),
                         to: configuration.server)
-        case .registered(let serverKey, let endpoint, let keepAliveMillis, let alternatePort) where fromServer:
+        case .registered(let serverKey, let endpoint, let keepAliveMillis, let alternatePort, let nonce) where fromServer:
             guard let cookie = registrationCookie,
                   let sessionKey = SessionCrypto.sessionKey(privateKey: configuration.identity.agreement, peerPublicKey: serverKey,
-                                                            cookie: cookie, id: configuration.id)
+                                                            cookie: cookie, nonce: nonce, id: configuration.id)
             else { return }
+            let wasRegistering = registrationRetryAt != nil
             lastServerAnswer = now
             registrationRetryAt = nil
             let firstSession = extended == nil
             if var session = extended {
-                session.resetSession(sessionKey: sessionKey)
+                // The same session acknowledged again (a repeated registration): keep counting.
+                if !session.usesSessionKey(sessionKey) { session.resetSession(sessionKey: sessionKey) }
                 extended = session
             } else {
                 extended = ExtendedRouter(selfID: configuration.id, server: configuration.server, identity: configuration.identity,
@@ -252,7 +256,7 @@ public final class ChatClientService: DatagramDriver {
             if firstSession {
                 sinks.display("* registered as \(configuration.id) (public \(endpoint)); natchat/2, key \(configuration.identity.fingerprint)")
                 startProbe(alternatePort: alternatePort, now: now, output: &output)
-            } else {
+            } else if wasRegistering {
                 sinks.display("* registered again as \(configuration.id) (public \(endpoint))")
             }
         case .refused(let text) where fromServer:
@@ -263,8 +267,10 @@ public final class ChatClientService: DatagramDriver {
             if case .moved(_, let to) = publicEndpoint.observe(endpoint) {
                 sinks.display("* the server now sees you at \(to)")
             }
-        case .unknownSession(let id) where fromServer && id == configuration.id:
-            // The server lost our session (it restarted): register again at once.
+        case .unknownSession(let id, let echo) where fromServer && id == configuration.id:
+            // The server lost our session (it restarted): register again at once. Only an
+            // answer to one of our own recent messages counts (it echoes that message's tag).
+            guard let session = extended, session.sentRecently(tag: echo) else { return }
             if mode == .extended, registrationRetryAt == nil {
                 sinks.display("* the server lost our session; registering again")
                 extended?.resetPeers()

@@ -64,6 +64,7 @@ public struct ExtendedRouter: Sendable {
     private let identity: IdentityKey
     private var sessionKey: KeyBytes
     private var counter: UInt64 = 0
+    private var recentTags: [Token128] = []
     /// This client's own NAT kind (from its probe), used to skip hopeless punching.
     public var natKind: NATKind = .unknown
     private var peers: [ClientID: PeerState] = [:]
@@ -232,6 +233,9 @@ public struct ExtendedRouter: Sendable {
         }
     }
 
+    /// Whether `key` is this session's key (a repeated `registered` for the same session).
+    public func usesSessionKey(_ key: KeyBytes) -> Bool { sessionKey == key }
+
     /// A new session with the server (after registering again).
     public mutating func resetSession(sessionKey: KeyBytes) {
         self.sessionKey = sessionKey
@@ -321,10 +325,19 @@ public struct ExtendedRouter: Sendable {
         transmits.append(Transmit(bytes: bytes, destination: server))
     }
 
+    /// Whether `tag` is the tag of one of the last messages this client sent the server
+    /// (so an answer that echoes it is an answer to us, not to a forgery).
+    public func sentRecently(tag: Token128) -> Bool {
+        recentTags.contains { $0.constantTimeEquals(tag) }
+    }
+
     /// Encodes a client→server message with the next counter and its tag under the session key.
     public mutating func sessionMessage(_ make: (UInt64) -> ExtendedMessage) -> [UInt8] {
         counter += 1
-        return SessionCrypto.authenticated(make(counter), key: sessionKey)
+        let bytes = SessionCrypto.authenticated(make(counter), key: sessionKey)
+        recentTags.append(Token128(bytes: bytes.suffix(16)))
+        if recentTags.count > 32 { recentTags.removeFirst(recentTags.count - 32) }
+        return bytes
     }
 
     private mutating func drainAgent(_ id: ClientID, now: Instant) {

@@ -2,12 +2,19 @@ import Crypto
 import Foundation
 import Wire
 
-/// A 256-bit symmetric key held as plain bytes, so cores can store it without
-/// depending on a crypto type.
+/// A 256-bit symmetric key: its bytes (compared and hashed) and the ready-made crypto key,
+/// so verifying a datagram does not rebuild the key each time.
 public struct KeyBytes: Hashable, Sendable {
-    public var bytes: [UInt8]
-    public init(_ bytes: [UInt8]) { self.bytes = bytes }
-    var symmetric: SymmetricKey { SymmetricKey(data: bytes) }
+    public let bytes: [UInt8]
+    let symmetric: SymmetricKey
+
+    public init(_ bytes: [UInt8]) {
+        self.bytes = bytes
+        symmetric = SymmetricKey(data: bytes)
+    }
+
+    public static func == (a: KeyBytes, b: KeyBytes) -> Bool { a.bytes == b.bytes }
+    public func hash(into hasher: inout Hasher) { hasher.combine(bytes) }
 }
 
 /// The cryptography of the extended dialect, in one place.
@@ -68,13 +75,15 @@ public enum SessionCrypto {
         return key.isValidSignature(signature, for: Array(bytes[..<(bytes.count - 64)]))
     }
 
-    /// The session key both sides derive after a registration.
+    /// The session key both sides derive after a registration: X25519 of the two keys,
+    /// salted with the cookie and the server's fresh nonce (so every session has its own key
+    /// and counters of an old one are worthless).
     public static func sessionKey(privateKey: Curve25519.KeyAgreement.PrivateKey, peerPublicKey: [UInt8],
-                                  cookie: Token128, id: ClientID) -> KeyBytes? {
+                                  cookie: Token128, nonce: Token128 = .zero, id: ClientID) -> KeyBytes? {
         guard let peer = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: peerPublicKey),
               let shared = try? privateKey.sharedSecretFromKeyAgreement(with: peer)
         else { return nil }
-        let key = shared.hkdfDerivedSymmetricKey(using: SHA256.self, salt: cookie.bytes,
+        let key = shared.hkdfDerivedSymmetricKey(using: SHA256.self, salt: cookie.bytes + nonce.bytes,
                                                  sharedInfo: Array("natchat session v1 \(id)".utf8), outputByteCount: 32)
         return KeyBytes(key.withUnsafeBytes { Array($0) })
     }

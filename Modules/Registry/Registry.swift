@@ -88,6 +88,9 @@ public struct Registry: Sendable {
         public var keys: PublicKeys?
         /// The highest counter accepted on this session.
         public var lastCounter: UInt64 = 0
+        /// The cookie and server nonce the session key was derived with.
+        public var cookie: Token128 = .zero
+        public var nonce: Token128 = .zero
         /// Private endpoints an extended client reported.
         public var privateEndpoints: [Endpoint] = []
         public var natKind: NATKind = .unknown
@@ -203,6 +206,8 @@ public struct Registry: Sendable {
                 return [.sendExtended(.challenge(cookie: validator.cookie(for: source, now: now)), to: source)]
             }
             if let holder = entries[id], holder.dialect == .extended {
+                // From the holder's own address this can only be a forgery: tell nobody.
+                if holder.publicEndpoint == source { return [.report(.ignored(message, from: source, .heldByExtendedClient))] }
                 return refuse(id, from: source, .idInUse, dialect: .classic)
             }
             guard configuration.acceptClassic else { return refuse(id, from: source, .classicDisabled, dialect: .classic) }
@@ -235,9 +240,18 @@ public struct Registry: Sendable {
             guard validator.isValid(cookie, for: source, now: now) else {
                 return [.report(.ignoredExtended(from: source, .badCookie))]
             }
-            guard SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature),
-                  let sessionKey = SessionCrypto.sessionKey(privateKey: serverKey, peerPublicKey: keys.agreement,
-                                                            cookie: cookie, id: id)
+            guard SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature) else {
+                return [.report(.ignoredExtended(from: source, .badSignature))]
+            }
+            // A repeat of the same registration (same cookie, key and address) keeps its
+            // session; anything else gets fresh server randomness, so a new session key.
+            var nonce = Token128.random(using: &random)
+            if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint == source,
+               holder.cookie == cookie {
+                nonce = holder.nonce
+            }
+            guard let sessionKey = SessionCrypto.sessionKey(privateKey: serverKey, peerPublicKey: keys.agreement,
+                                                            cookie: cookie, nonce: nonce, id: id)
             else { return [.report(.ignoredExtended(from: source, .badSignature))] }
             let privateAddress = privateEndpoints.first?.address ?? source.address
             var newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0)
@@ -247,6 +261,8 @@ public struct Registry: Sendable {
             newcomer.keys = keys
             newcomer.sessionKey = sessionKey
             newcomer.subscribed = subscribe
+            newcomer.cookie = cookie
+            newcomer.nonce = nonce
             if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
                 // The key holder itself, from a new address (restarted behind a new mapping): it
                 // proves the key, so the registration moves rather than being refused.
@@ -260,9 +276,9 @@ public struct Registry: Sendable {
                 return actions
             }
             return register(newcomer, now: now)
-        case .keepAlive(let id, let natKind, let counter, _):
+        case .keepAlive(let id, let natKind, let counter, let tag):
             guard var entry = session(id, counter: counter, bytes: bytes) else {
-                return [.sendExtended(.unknownSession(id), to: source)]
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
             liveness.touch(id, now: now)
             var actions: [Action] = []
@@ -287,9 +303,9 @@ public struct Registry: Sendable {
                 return [.report(.ignoredExtended(from: source, .badTag))]
             }
             return leave(entry, reason: .unregistered)
-        case .connect(let id, let peerID, let counter, _):
+        case .connect(let id, let peerID, let counter, let tag):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
-                return [.sendExtended(.unknownSession(id), to: source)]
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
             liveness.touch(id, now: now)
             guard let peer = entries[peerID], peer.dialect == .extended, peerID != id else {
@@ -305,9 +321,9 @@ public struct Registry: Sendable {
             }
             actions.append(.report(.punchRound(entry.id, peer.id, round: instructions.first?.round ?? 0)))
             return actions
-        case .relay(let id, let to, let payload, let counter, _):
+        case .relay(let id, let to, let payload, let counter, let tag):
             guard session(id, counter: counter, bytes: bytes) != nil else {
-                return [.sendExtended(.unknownSession(id), to: source)]
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
             guard let peer = entries[to], peer.dialect == .extended else {
                 return [.report(.ignoredExtended(from: source, .peerUnavailable))]
@@ -321,6 +337,17 @@ public struct Registry: Sendable {
              .ping, .pong, .chat, .chatAck:
             return [.report(.ignoredExtended(from: source, .notForServer))]
         }
+    }
+
+    /// The answer to a session message that did not pass: a valid tag with a stale counter
+    /// is a replay and gets nothing; anything else (no such session, a tag that does not
+    /// verify: the server restarted) gets ``ExtendedMessage/unknownSession(_:echo:)``
+    /// echoing the tag, which only the real sender recognises.
+    private func sessionRefusal(_ id: ClientID, tag: Token128, bytes: [UInt8], source: Endpoint) -> [Action] {
+        if let entry = entries[id], let key = entry.sessionKey, SessionCrypto.verifyAuthenticated(bytes, key: key) {
+            return [.report(.ignoredExtended(from: source, .replayed))]
+        }
+        return [.sendExtended(.unknownSession(id, echo: tag), to: source)]
     }
 
     /// The extended entry for `id` when `bytes` carry a valid tag under its session key and
@@ -435,7 +462,7 @@ public struct Registry: Sendable {
     private func registeredMessage(_ entry: Entry) -> Action {
         let millis = UInt32(clamping: configuration.keepAliveInterval.nanosecondsClamped / 1_000_000)
         return .sendExtended(.registered(serverKey: Array(serverKey.publicKey.rawRepresentation), publicEndpoint: entry.publicEndpoint,
-                                         keepAliveMillis: millis, alternatePort: configuration.alternatePort),
+                                         keepAliveMillis: millis, alternatePort: configuration.alternatePort, nonce: entry.nonce),
                              to: entry.publicEndpoint)
     }
 
@@ -489,7 +516,9 @@ public struct Registry: Sendable {
     }
 
     private func refuse(_ id: ClientID, from source: Endpoint, _ refusal: Refusal, dialect: Dialect) -> [Action] {
-        let text = "registration refused: ID \(id) - \(refusal)"
+        // Kept short when classic is off: the notice goes to an unvalidated address, within 3x.
+        let text = refusal == .classicDisabled ? "registration refused: natchat/2 only"
+            : "registration refused: ID \(id) - \(refusal)"
         let notice: Action = dialect == .classic
             ? .send(.serverNotice(text), to: source) : .sendExtended(.refused(text: text), to: source)
         return [.report(.refused(id, from: source, refusal)), notice]

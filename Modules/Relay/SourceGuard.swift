@@ -19,6 +19,16 @@ public struct SourceGuard: Sendable {
         public var amplificationFactor = 3
         public var registrationsPerSecond: Double = 5
         public var registrationBurst: Double = 20
+        /// Classic registrations per second from all addresses together (classic clients
+        /// cannot prove their address and every classic join is pushed to every classic
+        /// client): a flood from many addresses cannot make the server announce joins without
+        /// limit. Extended registrations, which prove their address, are not counted here.
+        public var totalRegistrationsPerSecond: Double = 20
+        public var totalRegistrationBurst: Double = 50
+        /// Bytes per second, all together, that unvalidated (classic) destinations may get
+        /// beyond their 3x allowance.
+        public var totalClassicBytesPerSecond: Double = 1_048_576
+        public var totalClassicBurstBytes: Double = 2_097_152
         public var classicBytesPerSecond: Double = 4096
         public var classicBurstBytes: Double = 16384
         public var maxSources = 65536
@@ -35,6 +45,8 @@ public struct SourceGuard: Sendable {
     public let configuration: Configuration
     private var traffic: [Endpoint: Traffic] = [:]
     private var registrations: [IPv4Address: TokenBucket] = [:]
+    private var totalRegistrations: TokenBucket?
+    private var totalClassic: TokenBucket?
     /// Datagrams withheld by the amplification limit.
     public private(set) var withheld = 0
     /// Registrations dropped by the rate limit.
@@ -53,12 +65,20 @@ public struct SourceGuard: Sendable {
         trim()
     }
 
-    /// Whether a registration from `source` is within its IP's rate.
-    public mutating func allowRegistration(from source: Endpoint, now: Instant) -> Bool {
+    /// Whether a registration from `source` is within its IP's rate and, for an unvalidated
+    /// (`counted`) one, within the server-wide rate.
+    public mutating func allowRegistration(from source: Endpoint, countsTowardsTotal: Bool = true, now: Instant) -> Bool {
         var bucket = registrations[source.address]
             ?? TokenBucket(rate: configuration.registrationsPerSecond, burst: configuration.registrationBurst, now: now)
-        let allowed = bucket.take(1, now: now)
+        var total = totalRegistrations
+            ?? TokenBucket(rate: configuration.totalRegistrationsPerSecond, burst: configuration.totalRegistrationBurst, now: now)
+        let allowed = bucket.canTake(1, now: now) && (!countsTowardsTotal || total.canTake(1, now: now))
+        if allowed {
+            _ = bucket.take(1, now: now)
+            if countsTowardsTotal { _ = total.take(1, now: now) }
+        }
         registrations[source.address] = bucket
+        totalRegistrations = total
         if registrations.count > configuration.maxSources, let victim = registrations.keys.first(where: { $0 != source.address }) {
             registrations[victim] = nil
         }
@@ -76,7 +96,12 @@ public struct SourceGuard: Sendable {
             entry.sent += bytes
             return true
         }
-        if classic, entry.classic.take(Double(bytes), now: now) {
+        var total = totalClassic
+            ?? TokenBucket(rate: configuration.totalClassicBytesPerSecond, burst: configuration.totalClassicBurstBytes, now: now)
+        defer { totalClassic = total }
+        if classic, entry.classic.canTake(Double(bytes), now: now), total.canTake(Double(bytes), now: now) {
+            _ = entry.classic.take(Double(bytes), now: now)
+            _ = total.take(Double(bytes), now: now)
             return true
         }
         withheld += 1

@@ -88,11 +88,15 @@ public final class RendezvousService: DatagramDriver {
             if ExtendedMessage.looksExtended(bytes) {
                 let raw = Array(bytes)
                 let message = try ExtendedMessage.decode(raw)
-                if case .register = message, !admitRegistration(from: source, now: now) { return }
+                if case .register = message, !admitRegistration(from: source, countsTowardsTotal: false, now: now) { return }
                 perform(registry.receive(message, bytes: raw, from: source, now: now, random: &random), now: now, output: &output)
             } else {
                 let message = try ClassicMessage.decode(bytes)
-                if case .register = message, !admitRegistration(from: source, now: now) { return }
+                if case .register(_, _, let offers) = message {
+                    // An offer only earns a small challenge; a classic registration is pushed to everyone.
+                    let isOffer = offers.contains(ExtendedMessage.offer)
+                    guard admitRegistration(from: source, countsTowardsTotal: !isOffer, now: now) else { return }
+                }
                 perform(registry.receive(message, from: source, now: now), now: now, output: &output)
             }
         } catch {
@@ -117,8 +121,8 @@ public final class RendezvousService: DatagramDriver {
 
     public func nextDeadline() -> Instant? { nextSweep }
 
-    private func admitRegistration(from source: Endpoint, now: Instant) -> Bool {
-        guard sources.allowRegistration(from: source, now: now) else {
+    private func admitRegistration(from source: Endpoint, countsTowardsTotal: Bool = true, now: Instant) -> Bool {
+        guard sources.allowRegistration(from: source, countsTowardsTotal: countsTowardsTotal, now: now) else {
             counters.registrationsRateLimited += 1
             return false
         }

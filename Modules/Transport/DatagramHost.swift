@@ -38,6 +38,8 @@ public final class DatagramHost<Driver: DatagramDriver>: Sendable {
         let bootstrap = DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferBytes))
+            .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(receiveBufferBytes))
+            .channelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
             // With vector reads NIO splits one receive buffer between the messages of a batch,
             // so the buffer holds a full-sized datagram for each of them.
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: maxDatagramSize * vectorReadCount))

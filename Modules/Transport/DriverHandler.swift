@@ -11,6 +11,8 @@ public struct TransportStatistics: Sendable, Hashable {
     public var nonIPv4Dropped = 0
     /// Send or socket errors; each belongs to one destination and never closes the socket.
     public var errors = 0
+    /// Datagrams dropped because the socket's send buffer was full (never queued without bound).
+    public var droppedUnwritable = 0
 }
 
 /// The thin channel handler that feeds a ``DatagramDriver`` from a UDP channel: it
@@ -86,6 +88,15 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
     private func flush() {
         guard let context else { return }
         if !output.isEmpty {
+            guard context.channel.isWritable else {
+                // The kernel is not taking datagrams (a send buffer full of packets waiting for
+                // unreachable neighbours): drop rather than queue in memory without bound.
+                statistics.droppedUnwritable += output.replies.count + output.pending.count
+                output.replies.removeAll(keepingCapacity: true)
+                output.pending.removeAll(keepingCapacity: true)
+                armTimer()
+                return
+            }
             for (address, payload) in output.replies {
                 context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: address, data: payload)), promise: nil)
             }

@@ -25,8 +25,10 @@ public enum ExtendedMessage: Hashable, Sendable {
     // Server → client
     /// Proves that the registering address receives: echo the cookie to register.
     case challenge(cookie: Token128)
-    /// Registration accepted; `serverKey` is the server's X25519 key for the session key.
-    case registered(serverKey: [UInt8], publicEndpoint: Endpoint, keepAliveMillis: UInt32, alternatePort: UInt16)
+    /// Registration accepted; `serverKey` is the server's X25519 key and `nonce` its fresh
+    /// randomness for this session: both go into the session key.
+    case registered(serverKey: [UInt8], publicEndpoint: Endpoint, keepAliveMillis: UInt32, alternatePort: UInt16,
+                    nonce: Token128 = .zero)
     case refused(text: String)
     /// A registered client, new or changed.
     case peer(PeerInfo)
@@ -37,8 +39,10 @@ public enum ExtendedMessage: Hashable, Sendable {
     case relayed(from: ClientID, payload: [UInt8])
     /// Answer to a keep-alive: where the server sees the client now.
     case keepAliveAck(publicEndpoint: Endpoint)
-    /// The server holds no session for that ID (it restarted): register again.
-    case unknownSession(ClientID)
+    /// The server holds no session for that ID (it restarted): register again. `echo` is
+    /// the tag of the refused message, so a client acts only on an answer to a message it
+    /// really sent (a forged keep-alive, whose tag it never made, cannot make it re-register).
+    case unknownSession(ClientID, echo: Token128 = .zero)
 
     // Peer ↔ peer (tags under the pair key; chat sealed with it)
     /// A connectivity check.
@@ -101,8 +105,9 @@ extension ExtendedMessage {
             w.u8(Kind.relay.rawValue); w.clientID(id); w.clientID(to); w.longBytes(payload); w.u64(counter); w.token(tag)
         case .challenge(let cookie):
             w.u8(Kind.challenge.rawValue); w.token(cookie)
-        case .registered(let serverKey, let endpoint, let keepAlive, let alternatePort):
+        case .registered(let serverKey, let endpoint, let keepAlive, let alternatePort, let nonce):
             w.u8(Kind.registered.rawValue); w.fixed(serverKey, 32); w.endpoint(endpoint); w.u32(keepAlive); w.u16(alternatePort)
+            w.token(nonce)
         case .refused(let text):
             w.u8(Kind.refused.rawValue); w.longBytes(Self.utf8Prefix(text, maxBytes: Self.maxTextBytes))
         case .peer(let info):
@@ -115,8 +120,8 @@ extension ExtendedMessage {
             w.u8(Kind.relayed.rawValue); w.clientID(from); w.longBytes(payload)
         case .keepAliveAck(let endpoint):
             w.u8(Kind.keepAliveAck.rawValue); w.endpoint(endpoint)
-        case .unknownSession(let id):
-            w.u8(Kind.unknownSession.rawValue); w.clientID(id)
+        case .unknownSession(let id, let echo):
+            w.u8(Kind.unknownSession.rawValue); w.clientID(id); w.token(echo)
         case .ping(let from, let to, let transaction, let tag):
             w.u8(Kind.ping.rawValue); w.clientID(from); w.clientID(to); w.u64(transaction); w.token(tag)
         case .pong(let from, let to, let transaction, let observed, let tag):
@@ -143,7 +148,7 @@ extension ExtendedMessage {
     public static func decode<Bytes: Collection<UInt8>>(_ input: Bytes) throws(WireError) -> ExtendedMessage {
         if input.isEmpty { throw .empty }
         if input.count > maxDatagramLength { throw .datagramTooLong(length: input.count, limit: maxDatagramLength) }
-        var r = WireReader(Array(input))
+        var r = WireReader(input as? [UInt8] ?? Array(input))
         guard try r.u8("magic") == magic else { throw .malformed("not an extended datagram") }
         guard try r.u8("version") == version else { throw .malformed("unsupported version") }
         guard let kind = Kind(rawValue: try r.u8("type")) else { throw .malformed("unknown message type") }
@@ -170,7 +175,7 @@ extension ExtendedMessage {
             message = .challenge(cookie: try r.token())
         case .registered:
             message = .registered(serverKey: try r.raw(32, "server key"), publicEndpoint: try r.endpoint(),
-                                  keepAliveMillis: try r.u32(), alternatePort: try r.u16())
+                                  keepAliveMillis: try r.u32(), alternatePort: try r.u16(), nonce: try r.token())
         case .refused:
             message = .refused(text: try r.text())
         case .peer:
@@ -189,7 +194,7 @@ extension ExtendedMessage {
         case .keepAliveAck:
             message = .keepAliveAck(publicEndpoint: try r.endpoint())
         case .unknownSession:
-            message = .unknownSession(try r.clientID())
+            message = .unknownSession(try r.clientID(), echo: try r.token())
         case .ping:
             message = .ping(from: try r.clientID(), to: try r.clientID(), transaction: try r.u64(), tag: try r.token())
         case .pong:

@@ -252,13 +252,13 @@ struct LoadRun {
                         natKind: .none, identity: identity, subscribe: false)
                     send(registration, on: fds[socketIndex])
                     pendingRegistration[entry.client] = (monotonicMicros(), cookie)
-                case .registered(let serverKey, _, _, _):
+                case .registered(let serverKey, _, _, _, let nonce):
                     // The registered message names no ID either: take the oldest registration on this socket.
                     guard let (index, entry) = pendingRegistration.filter({ clients[$0.key].socket == socketIndex })
                         .min(by: { $0.value.0 < $1.value.0 }) else { continue }
                     pendingRegistration[index] = nil
                     clients[index].sessionKey = SessionCrypto.sessionKey(privateKey: identity.agreement, peerPublicKey: serverKey,
-                                                                         cookie: entry.1, id: clients[index].id)
+                                                                         cookie: entry.1, nonce: nonce, id: clients[index].id)
                     completed += 1
                     latencies.append(monotonicMicros() - entry.0)
                 default:
