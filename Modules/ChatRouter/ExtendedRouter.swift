@@ -240,6 +240,8 @@ public struct ExtendedRouter: Sendable {
     public mutating func resetSession(sessionKey: KeyBytes) {
         self.sessionKey = sessionKey
         counter = 0
+        // Answers to the old session's messages must not end the new one.
+        recentTags.removeAll()
     }
 
     // MARK: - Internals

@@ -157,6 +157,7 @@ public struct Registry: Sendable {
 
     public private(set) var configuration: Configuration
     private var entries: [ClientID: Entry] = [:]
+    private var subscriberIDs: Set<ClientID> = []
     /// Extended clients by the endpoint they were last seen at (may hold stale keys; checked on use).
     private var extendedByEndpoint: [Endpoint: ClientID] = [:]
     private var liveness: LivenessTable<ClientID>
@@ -184,6 +185,13 @@ public struct Registry: Sendable {
 
     /// The registered clients in registration order.
     public var clients: [Entry] { entries.values.sorted { $0.sequence < $1.sequence } }
+
+    /// The clients that get roster notices, in registration order. Only these cost anything
+    /// when someone joins or leaves: headless extended clients do not subscribe, so their
+    /// joins cost the server the same at 100 clients as at 100 000.
+    var subscribers: [Entry] {
+        subscriberIDs.compactMap { entries[$0] }.sorted { $0.sequence < $1.sequence }
+    }
 
     /// The entry for `id`, if registered.
     public func entry(for id: ClientID) -> Entry? { entries[id] }
@@ -272,7 +280,7 @@ public struct Registry: Sendable {
                 liveness.touch(id, now: now)
                 var actions: [Action] = [.report(.moved(moved, from: holder.publicEndpoint)), registeredMessage(moved)]
                 actions += listMessages(for: moved, includingSelf: false)
-                for recipient in clients where recipient.id != id { actions += announce(moved, to: recipient) }
+                for recipient in subscribers where recipient.id != id { actions += announce(moved, to: recipient) }
                 return actions
             }
             return register(newcomer, now: now)
@@ -293,7 +301,7 @@ public struct Registry: Sendable {
             actions.append(.sendExtended(.keepAliveAck(publicEndpoint: source), to: source))
             if changed {
                 // Classic clients see only the public endpoint: tell them only when it moved.
-                for recipient in clients where recipient.id != id && (previous != source || recipient.dialect == .extended) {
+                for recipient in subscribers where recipient.id != id && (previous != source || recipient.dialect == .extended) {
                     actions += announce(entry, to: recipient)
                 }
             }
@@ -376,7 +384,7 @@ public struct Registry: Sendable {
             gone.append(entry)
             actions.append(.report(.evicted(entry)))
         }
-        let remaining = clients
+        let remaining = subscribers
         for entry in gone {
             for other in remaining { if let notice = departure(entry, reason: .offline, to: other) { actions.append(notice) } }
         }
@@ -405,7 +413,7 @@ public struct Registry: Sendable {
                 if refreshed.dialect == .extended { actions.append(registeredMessage(refreshed)) }
                 actions += listMessages(for: refreshed, includingSelf: refreshed.dialect == .classic)
                 if holder.privateEndpoints != refreshed.privateEndpoints || holder.natKind != refreshed.natKind {
-                    for recipient in clients where recipient.id != id && recipient.dialect == .extended {
+                    for recipient in subscribers where recipient.id != id && recipient.dialect == .extended {
                         actions += announce(refreshed, to: recipient)
                     }
                 }
@@ -417,7 +425,7 @@ public struct Registry: Sendable {
             entries[id] = nil
             liveness.remove(id)
             actions.append(.report(.evicted(holder)))
-            for other in clients { if let notice = departure(holder, reason: .offline, to: other) { actions.append(notice) } }
+            for other in subscribers { if let notice = departure(holder, reason: .offline, to: other) { actions.append(notice) } }
         }
         guard entries.count < configuration.maxClients else {
             return actions + refuse(id, from: source, .full, dialect: candidate.dialect)
@@ -430,7 +438,7 @@ public struct Registry: Sendable {
         store(newcomer)
         liveness.touch(id, now: now)
         actions.append(.report(.registered(newcomer)))
-        for recipient in clients where !(recipient.id == id && newcomer.dialect == .extended) {
+        for recipient in subscribers where !(recipient.id == id && newcomer.dialect == .extended) {
             actions += announce(newcomer, to: recipient)
         }
         return actions
@@ -441,11 +449,12 @@ public struct Registry: Sendable {
         entries[entry.id] = nil
         liveness.remove(entry.id)
         var actions: [Action] = [.report(.unregistered(entry))]
-        for other in clients { if let notice = departure(entry, reason: reason, to: other) { actions.append(notice) } }
+        for other in subscribers { if let notice = departure(entry, reason: reason, to: other) { actions.append(notice) } }
         return actions
     }
 
     private mutating func store(_ entry: Entry) {
+        if entry.subscribed { subscriberIDs.insert(entry.id) } else { subscriberIDs.remove(entry.id) }
         if let old = entries[entry.id], old.publicEndpoint != entry.publicEndpoint, extendedByEndpoint[old.publicEndpoint] == entry.id {
             extendedByEndpoint[old.publicEndpoint] = nil
         }
@@ -454,6 +463,7 @@ public struct Registry: Sendable {
     }
 
     private mutating func forgetHelpers(_ id: ClientID) {
+        subscriberIDs.remove(id)
         if let entry = entries[id], extendedByEndpoint[entry.publicEndpoint] == id { extendedByEndpoint[entry.publicEndpoint] = nil }
         punch.forget(id)
         relayLimiter.forget(id)
@@ -468,6 +478,7 @@ public struct Registry: Sendable {
 
     /// The list `recipient` should get: everyone registered (itself too when `includingSelf`).
     private func listMessages(for recipient: Entry, includingSelf: Bool) -> [Action] {
+        guard recipient.subscribed else { return [] }
         var actions: [Action] = []
         for entry in clients where includingSelf || entry.id != recipient.id {
             actions += announce(entry, to: recipient)

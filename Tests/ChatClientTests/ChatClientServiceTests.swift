@@ -1,5 +1,6 @@
 import Testing
 import ChatClient
+import Identity
 import Logging
 import MonotonicTime
 import NIOCore
@@ -382,5 +383,218 @@ struct ChatClientExitTests {
         #expect(same(client.leave(at: at(0)), [(S, "alice @exit")]))
         #expect(client.service.nextDeadline() == nil)
         #expect(client.timeout(at: at(1)).isEmpty)
+    }
+}
+
+// MARK: - Extended dialect (natchat/2)
+
+/// A client that offers the extended dialect, with a known identity, talking to a test
+/// stand-in for the server (`serverKey` plays the server's X25519 key).
+private struct ExtendedClient {
+    let recorder = Recorder()
+    let service: ChatClientService
+    let identity = IdentityKey()
+    let serverKey = IdentityKey()
+    static let alice = id("alice")
+
+    init() {
+        let recorder = self.recorder
+        let configuration = ChatClientService.Configuration(id: Self.alice, server: S, privateAddress: IPv4Address(10, 0, 0, 5),
+                                                            identity: identity, offerExtended: true)
+        service = ChatClientService(
+            configuration: configuration,
+            sinks: .init(display: { recorder.display($0) }, peersChanged: { _ in }, registrationRefused: { recorder.refused($0) }),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    }
+
+    /// The session key the server derives for `cookie` and `nonce`.
+    func sessionKey(cookie: Token128, nonce: Token128) -> KeyBytes {
+        SessionCrypto.sessionKey(privateKey: serverKey.agreement, peerPublicKey: identity.publicKeys.agreement, cookie: cookie,
+                                 nonce: nonce, id: Self.alice)!
+    }
+
+    func registered(nonce: Token128) -> ExtendedMessage {
+        .registered(serverKey: serverKey.publicKeys.agreement, publicEndpoint: A, keepAliveMillis: 10_000, alternatePort: 0,
+                    nonce: nonce)
+    }
+
+    func start(at now: Instant) -> [(Endpoint, [UInt8])] {
+        var output = DatagramOutput()
+        service.start(now: now, output: &output)
+        return Self.raw(output)
+    }
+
+    @discardableResult
+    func receive(_ message: ExtendedMessage, from source: Endpoint = S, at now: Instant) -> [(Endpoint, [UInt8])] {
+        var output = DatagramOutput()
+        service.receive(ByteBuffer(bytes: message.encode()), from: source, now: now, output: &output)
+        return Self.raw(output)
+    }
+
+    func timeout(at now: Instant) -> [(Endpoint, [UInt8])] {
+        var output = DatagramOutput()
+        service.timeout(now: now, output: &output)
+        return Self.raw(output)
+    }
+
+    static func raw(_ output: DatagramOutput) -> [(Endpoint, [UInt8])] {
+        output.pending.map { ($0.destination, Array($0.payload.readableBytesView)) }
+    }
+
+    /// The extended datagrams among `sent` (STUN probes left out), decoded, with their bytes.
+    static func extended(_ sent: [(Endpoint, [UInt8])]) -> [(Endpoint, ExtendedMessage, [UInt8])] {
+        sent.compactMap { destination, bytes in
+            guard ExtendedMessage.looksExtended(bytes), let message = try? ExtendedMessage.decode(bytes) else { return nil }
+            return (destination, message, bytes)
+        }
+    }
+
+    /// The keep-alives among `sent`: their counter and bytes.
+    static func keepAlives(_ sent: [(Endpoint, [UInt8])]) -> [(counter: UInt64, bytes: [UInt8])] {
+        extended(sent).compactMap { destination, message, bytes in
+            guard destination == S, case .keepAlive(let id, _, let counter, _) = message, id == alice else { return nil }
+            return (counter, bytes)
+        }
+    }
+
+    /// Offer, challenge, signed registration, registered: a client in extended mode at t=0.
+    static func registered(cookie: Token128, nonce: Token128) -> ExtendedClient {
+        let client = ExtendedClient()
+        let offer = client.start(at: at(0))
+        #expect(offer.map(\.0) == [S])
+        #expect(offer.map { String(decoding: $0.1, as: UTF8.self) } == ["alice 10.0.0.5 natchat/2"])
+        let registration = extended(client.receive(.challenge(cookie: cookie), at: at(0)))
+        #expect(registration.count == 1)
+        if case .register(let id, let echoed, _, _, let keys, _, _)? = registration.first?.1 {
+            #expect(id == alice)
+            #expect(echoed == cookie)
+            #expect(keys == client.identity.publicKeys)
+        } else {
+            Issue.record("no registration: \(registration.map(\.1))")
+        }
+        client.receive(client.registered(nonce: nonce), at: at(0))
+        #expect(client.service.mode == .extended)
+        #expect(client.service.isRegistered)
+        #expect(client.recorder.lines.first == "* registered as alice (public 203.0.113.7:40001); natchat/2, key \(client.identity.fingerprint)")
+        return client
+    }
+}
+
+private let cookie1 = Token128(high: 0xC001, low: 1), cookie2 = Token128(high: 0xC002, low: 2)
+private let nonce1 = Token128(high: 0x7777, low: 1), nonce2 = Token128(high: 0x7777, low: 2)
+
+@Suite("ChatClientService extended session")
+struct ChatClientExtendedSessionTests {
+    @Test func keepAlivesAreTaggedUnderTheKeyOfCookieAndNonce() throws {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        let keepAlives = ExtendedClient.keepAlives(client.timeout(at: at(10)))
+        let keepAlive = try #require(keepAlives.last)
+        #expect(SessionCrypto.verifyAuthenticated(keepAlive.bytes, key: client.sessionKey(cookie: cookie1, nonce: nonce1)))
+        // Not under the key without the nonce, nor under another nonce.
+        #expect(!SessionCrypto.verifyAuthenticated(keepAlive.bytes, key: client.sessionKey(cookie: cookie1, nonce: .zero)))
+        #expect(!SessionCrypto.verifyAuthenticated(keepAlive.bytes, key: client.sessionKey(cookie: cookie1, nonce: nonce2)))
+    }
+
+    /// Someone sends an offer in alice's name: the server challenges alice. Registered, she
+    /// must not answer it (nor take its cookie for her session key).
+    @Test func unsolicitedChallengeIsIgnoredOnceRegistered() throws {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        let first = ExtendedClient.keepAlives(client.timeout(at: at(10)))
+        let lastCounter = try #require(first.last?.counter)
+        _ = client.recorder.takeLines()
+        let deadline = client.service.nextDeadline()
+        #expect(client.receive(.challenge(cookie: cookie2), at: at(11)).isEmpty)
+        #expect(client.recorder.lines == [])
+        #expect(client.service.nextDeadline() == deadline)
+        #expect(client.service.isRegistered)
+        // The server repeats its answer to the same registration (same nonce): the session
+        // goes on with the same key and counter, silently.
+        #expect(ExtendedClient.extended(client.receive(client.registered(nonce: nonce1), at: at(12))).isEmpty)
+        #expect(client.recorder.lines == [])
+        let next = try #require(ExtendedClient.keepAlives(client.timeout(at: at(22))).last)
+        #expect(next.counter == lastCounter + 1)
+        #expect(SessionCrypto.verifyAuthenticated(next.bytes, key: client.sessionKey(cookie: cookie1, nonce: nonce1)))
+    }
+
+    /// The server lost the session: it answers with unknownSession echoing the tag of the
+    /// refused message. Only an echo of one of alice's recent messages makes her register
+    /// again; then the challenge is welcome, and the new session has its own key.
+    @Test func unknownSessionEchoingARecentTagTriggersRegistration() throws {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        let keepAlive = try #require(ExtendedClient.keepAlives(client.timeout(at: at(10))).last)
+        let tag = Token128(bytes: keepAlive.bytes.suffix(16))
+        _ = client.recorder.takeLines()
+        // Forgeries: an unknown tag, no tag, another ID, another source.
+        for (message, source) in [(ExtendedMessage.unknownSession(ExtendedClient.alice, echo: Token128(high: tag.high, low: tag.low ^ 1)), S),
+                                  (.unknownSession(ExtendedClient.alice), S),
+                                  (.unknownSession(id("bob"), echo: tag), S),
+                                  (.unknownSession(ExtendedClient.alice, echo: tag), stranger)] {
+            #expect(client.receive(message, from: source, at: at(11)).isEmpty, "\(message) from \(source)")
+        }
+        #expect(client.recorder.lines == [])
+        // The real answer.
+        let sent = client.receive(.unknownSession(ExtendedClient.alice, echo: tag), at: at(11))
+        #expect(sent.map(\.0) == [S])
+        #expect(sent.map { String(decoding: $0.1, as: UTF8.self) } == ["alice 10.0.0.5 natchat/2"])
+        #expect(client.recorder.takeLines() == ["* the server lost our session; registering again"])
+        // A second copy while registering does nothing more.
+        #expect(client.receive(.unknownSession(ExtendedClient.alice, echo: tag), at: at(11)).isEmpty)
+        #expect(client.recorder.lines == [])
+        // Unanswered, the offer is sent again after the first backoff (1 s).
+        func offers(_ sent: [(Endpoint, [UInt8])]) -> [Endpoint] {
+            sent.filter { String(decoding: $0.1, as: UTF8.self) == "alice 10.0.0.5 natchat/2" }.map(\.0)
+        }
+        #expect(offers(client.timeout(at: at(12) - .milliseconds(1))).isEmpty)
+        #expect(offers(client.timeout(at: at(12))) == [S])
+        // Registering, the challenge is answered with its cookie.
+        let registration = ExtendedClient.extended(client.receive(.challenge(cookie: cookie2), at: at(12)))
+        guard case .register(_, let echoed, _, _, _, _, _)? = registration.first?.1 else {
+            Issue.record("no registration"); return
+        }
+        #expect(echoed == cookie2)
+        client.receive(client.registered(nonce: nonce2), at: at(12))
+        #expect(client.recorder.takeLines() == ["* registered again as alice (public 203.0.113.7:40001)"])
+        let at20 = client.timeout(at: at(20))
+        #expect(offers(at20).isEmpty) // no more retries
+        #expect(ExtendedClient.keepAlives(at20).isEmpty)
+        // The new session counts from 1 under the new key (at 22: the keep-alive due 10 s
+        // after registering, and the one that reports the probe's conclusion).
+        let fresh = ExtendedClient.keepAlives(client.timeout(at: at(22)))
+        #expect(fresh.map(\.counter) == [1, 2])
+        #expect(client.recorder.takeLines() == ["* NAT: unknown"])
+        for keepAlive in fresh {
+            #expect(SessionCrypto.verifyAuthenticated(keepAlive.bytes, key: client.sessionKey(cookie: cookie2, nonce: nonce2)))
+            #expect(!SessionCrypto.verifyAuthenticated(keepAlive.bytes, key: client.sessionKey(cookie: cookie1, nonce: nonce1)))
+        }
+        // Once registered again, a challenge is unsolicited again.
+        #expect(client.receive(.challenge(cookie: cookie1), at: at(23)).isEmpty)
+    }
+
+    /// After registering again, an echo of a tag of the previous session (a late copy of the
+    /// server's answer, or one replayed) concerns a session that is gone: it must not tear
+    /// down the new one.
+    @Test func echoOfThePreviousSessionIsIgnoredAfterRegisteringAgain() throws {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        let keepAlive = try #require(ExtendedClient.keepAlives(client.timeout(at: at(10))).last)
+        let oldTag = Token128(bytes: keepAlive.bytes.suffix(16))
+        _ = client.recorder.takeLines()
+        #expect(!client.receive(.unknownSession(ExtendedClient.alice, echo: oldTag), at: at(11)).isEmpty)
+        _ = client.receive(.challenge(cookie: cookie2), at: at(11))
+        client.receive(client.registered(nonce: nonce2), at: at(11))
+        #expect(client.recorder.takeLines() == ["* the server lost our session; registering again",
+                                                "* registered again as alice (public 203.0.113.7:40001)"])
+        let late = client.receive(.unknownSession(ExtendedClient.alice, echo: oldTag), at: at(12))
+        // The old session's tags are forgotten on reset: a late echo of them changes nothing.
+        #expect(late.isEmpty)
+        #expect(client.recorder.lines == [])
+    }
+
+    @Test func unknownSessionBeforeAnySessionMessageIsIgnored() {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        _ = client.recorder.takeLines()
+        // Nothing sent under the session yet (the probe is STUN): no echo can be ours.
+        #expect(client.receive(.unknownSession(ExtendedClient.alice), at: at(1)).isEmpty)
+        #expect(client.receive(.unknownSession(ExtendedClient.alice, echo: Token128(high: 1, low: 1)), at: at(1)).isEmpty)
+        #expect(client.recorder.lines == [])
     }
 }

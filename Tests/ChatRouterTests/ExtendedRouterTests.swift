@@ -96,12 +96,14 @@ private struct World {
         #expect(challenge == [.sendExtended(.challenge(cookie: cookie), to: endpoint)])
         let bytes = SessionCrypto.signedRegistration(id: member, cookie: cookie, privateEndpoints: [], natKind: natKind, identity: key)
         let actions = registry.receive(try! ExtendedMessage.decode(bytes), bytes: bytes, from: endpoint, now: now, random: &random)
-        guard case .sendExtended(.registered(let serverKey, let observed, _, _), _)? = actions.first else {
+        guard case .sendExtended(.registered(let serverKey, let observed, _, _, let nonce), _)? = actions.first else {
             Issue.record("\(member) not registered: \(actions)")
             return
         }
         #expect(observed == endpoint)
-        let sessionKey = SessionCrypto.sessionKey(privateKey: key.agreement, peerPublicKey: serverKey, cookie: cookie, id: member)!
+        #expect(nonce == registry.entry(for: member)?.nonce)
+        let sessionKey = SessionCrypto.sessionKey(privateKey: key.agreement, peerPublicKey: serverKey, cookie: cookie, nonce: nonce,
+                                                  id: member)!
         var router = ExtendedRouter(selfID: member, server: S, identity: key, sessionKey: sessionKey,
                                     firstMessageID: UInt64(endpoints.count + 1) * 1_000, transactionSeed: UInt64(endpoints.count + 1))
         router.natKind = natKind
@@ -283,9 +285,13 @@ struct ExtendedRouterEndToEndTests {
             return false
         }
         try lossy.send("lost", from: alice, to: bob)
+        // Reported at the first retry slot at or after the deadline (30.8 s), not before.
+        lossy.run(until: ms(30_799))
+        #expect(!(lossy.events[alice] ?? []).contains(.undelivered(to: bob, text: "lost")))
         lossy.run(until: ms(31_000))
         let attempts = lossy.wire.filter { $0.from == alice && $0.chat?.messageID == 1_000 }
-        #expect(attempts.map(\.at) == [0, 400, 1_200, 2_800, 6_000, 10_000, 14_000, 18_000, 22_000, 26_000].map(ms))
+        // 400 ms doubling to the 2 s maximum, then every 2 s until the 30 s deadline.
+        #expect(attempts.map(\.at) == ([0, 400, 1_200, 2_800] + Array(stride(from: 4_800, through: 28_800, by: 2_000))).map(ms))
         #expect((lossy.events[alice] ?? []).contains(.undelivered(to: bob, text: "lost")))
         #expect(lossy.routers[alice]!.messagesInFlight == 0)
         #expect(lossy.chats(bob).isEmpty)
@@ -425,5 +431,60 @@ private extension Array where Element == UInt8 {
     func contains(subsequence: [UInt8]) -> Bool {
         guard !subsequence.isEmpty, subsequence.count <= count else { return false }
         return (0...(count - subsequence.count)).contains { Array(self[$0..<($0 + subsequence.count)]) == subsequence }
+    }
+}
+
+@Suite("ExtendedRouter session with the server")
+struct ExtendedRouterServerSessionTests {
+    private static let key = KeyBytes(Array(repeating: 1, count: 32)), otherKey = KeyBytes(Array(repeating: 2, count: 32))
+
+    private func keepAlive(_ router: inout ExtendedRouter) -> [UInt8] {
+        router.sessionMessage { .keepAlive(id: alice, natKind: .unknown, counter: $0, tag: .zero) }
+    }
+
+    /// An unknownSession answer counts only when it echoes the tag of one of the last 32
+    /// messages sent to the server.
+    @Test func sentRecentlyRemembersTheLast32Tags() throws {
+        var router = ExtendedRouter(selfID: alice, server: S, identity: keys[alice]!, sessionKey: Self.key, firstMessageID: 1,
+                                    transactionSeed: 1)
+        #expect(!router.sentRecently(tag: .zero))
+        var tags: [Token128] = []
+        for expected in 1...40 {
+            let bytes = keepAlive(&router)
+            #expect(SessionCrypto.verifyAuthenticated(bytes, key: Self.key))
+            guard case .keepAlive(_, _, let counter, let tag) = try ExtendedMessage.decode(bytes) else {
+                Issue.record("not a keep-alive"); return
+            }
+            #expect(counter == UInt64(expected))
+            tags.append(tag)
+        }
+        for (index, tag) in tags.enumerated() {
+            #expect(router.sentRecently(tag: tag) == (index >= 8), "message \(index + 1)")
+        }
+        #expect(!router.sentRecently(tag: .zero))
+        let last = try #require(tags.last)
+        #expect(!router.sentRecently(tag: Token128(high: last.high ^ 1, low: last.low)))
+        #expect(!router.sentRecently(tag: Token128(high: last.high, low: last.low ^ (1 << 63))))
+    }
+
+    @Test func sessionKeyAndReset() throws {
+        var router = ExtendedRouter(selfID: alice, server: S, identity: keys[alice]!, sessionKey: Self.key, firstMessageID: 1,
+                                    transactionSeed: 1)
+        #expect(router.usesSessionKey(Self.key))
+        #expect(router.usesSessionKey(KeyBytes(Array(repeating: 1, count: 32)))) // by value
+        #expect(!router.usesSessionKey(Self.otherKey))
+        let old = (0..<3).map { _ in keepAlive(&router) }
+        router.resetSession(sessionKey: Self.otherKey)
+        #expect(router.usesSessionKey(Self.otherKey))
+        #expect(!router.usesSessionKey(Self.key))
+        let fresh = keepAlive(&router)
+        guard case .keepAlive(_, _, let counter, let tag) = try ExtendedMessage.decode(fresh) else {
+            Issue.record("not a keep-alive"); return
+        }
+        #expect(counter == 1)
+        #expect(SessionCrypto.verifyAuthenticated(fresh, key: Self.otherKey))
+        #expect(router.sentRecently(tag: tag))
+        // The previous session's tags are gone: a late unknownSession about it is not ours.
+        for bytes in old { #expect(!router.sentRecently(tag: Token128(bytes: bytes.suffix(16)))) }
     }
 }

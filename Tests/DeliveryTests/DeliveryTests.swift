@@ -44,14 +44,16 @@ struct ReliableSenderTests {
             expired += due.expired
             guard now < ms(100_000) else { break }
         }
-        // 400 ms, doubling to the 4 s maximum.
-        #expect(retransmitted.map(\.at) == [400, 1_200, 2_800, 6_000, 10_000, 14_000, 18_000, 22_000, 26_000])
-        #expect(retransmitted.map(\.attempts) == Array(2...10))
-        // Given up at the first wake-up at or after 30 s.
+        // 400 ms, doubling to the 2 s maximum (the default), then every 2 s.
+        #expect(ReliableSender.Configuration().maxTimeout == .seconds(2))
+        #expect(retransmitted.map(\.at) == [400, 1_200, 2_800] + Array(stride(from: 4_800, through: 28_800, by: 2_000)))
+        #expect(retransmitted.map(\.attempts) == Array(2...17))
+        // Given up at the first wake-up at or after 30 s: the retry slot at 30.8 s (no
+        // wake-up of its own at the deadline).
         #expect(expired.count == 1)
         #expect(expired.first?.text == "hello")
-        #expect(expired.first?.attempts == 10)
-        #expect(now == ms(30_000))
+        #expect(expired.first?.attempts == 17)
+        #expect(now == ms(30_800))
         #expect(sender.count == 0)
         #expect(sender.nextDeadline == nil)
     }

@@ -254,6 +254,45 @@ struct SessionCryptoTests {
         #expect(SessionCrypto.sessionKey(privateKey: client.agreement, peerPublicKey: [1, 2, 3], cookie: cookie, id: alice) == nil)
     }
 
+    @Test func keyBytesCompareAndHashByValue() {
+        let a = KeyBytes(Array(repeating: 7, count: 32)), b = KeyBytes(Array(repeating: 7, count: 32))
+        let c = KeyBytes(Array(repeating: 7, count: 31) + [8])
+        #expect(a == b)
+        #expect(a.hashValue == b.hashValue)
+        #expect(a != c)
+        #expect(Set([a, b, c]).count == 2)
+        #expect(a.bytes == Array(repeating: 7, count: 32))
+    }
+
+    /// The server's nonce salts the key with the cookie: both sides agree on it, and another
+    /// nonce (a new session with the same cookie) gives another key.
+    @Test func sessionKeyDependsOnTheNonce() throws {
+        let client = identity(9), server = identity(10)
+        let cookie = Token128(high: 1, low: 2)
+        let nonce = Token128(high: 0xAAAA, low: 0x5555)
+        func key(_ nonce: Token128, cookie: Token128 = cookie) -> KeyBytes? {
+            SessionCrypto.sessionKey(privateKey: client.agreement, peerPublicKey: server.publicKeys.agreement, cookie: cookie,
+                                     nonce: nonce, id: alice)
+        }
+        let clientSide = try #require(key(nonce))
+        let serverSide = SessionCrypto.sessionKey(privateKey: server.agreement, peerPublicKey: client.publicKeys.agreement,
+                                                  cookie: cookie, nonce: nonce, id: alice)
+        #expect(clientSide == serverSide)
+        #expect(clientSide.bytes.count == 32)
+        #expect(key(nonce) == clientSide) // deterministic
+        // Another nonce, the zero nonce, the default (zero): other keys.
+        #expect(key(Token128(high: 0xAAAA, low: 0x5554)) != clientSide)
+        #expect(key(.zero) != clientSide)
+        #expect(key(.zero) == SessionCrypto.sessionKey(privateKey: client.agreement, peerPublicKey: server.publicKeys.agreement,
+                                                       cookie: cookie, id: alice))
+        // The nonce is not interchangeable with the cookie.
+        #expect(key(cookie, cookie: nonce) != clientSide)
+        // Two sessions with the same cookie and different nonces do not share a key.
+        var random = SystemRandomNumberGenerator()
+        let keys = Set((0..<16).compactMap { _ in key(Token128.random(using: &random)) })
+        #expect(keys.count == 16)
+    }
+
     @Test func pairKeyIsSymmetric() {
         let a = identity(11), b = identity(12), c = identity(13)
         let ab = SessionCrypto.pairKey(privateKey: a.agreement, peerPublicKey: b.publicKeys.agreement, selfID: alice, peerID: bob)

@@ -16,6 +16,8 @@ private func id(_ text: String) -> ClientID { try! ClientID(text) }
 private func ip(_ text: String) -> IPv4Address { try! IPv4Address(parsing: text) }
 private func ep(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }
 private func at(_ seconds: Int64) -> Instant { Instant.zero + .seconds(seconds) }
+/// The tag trailer of an encoded session message.
+private func tag(_ bytes: [UInt8]) -> Token128 { Token128(bytes: bytes.suffix(16)) }
 
 private let alice = id("alice"), bob = id("bob"), carol = id("carol"), dave = id("dave"), erin = id("erin")
 private let A = ep("203.0.113.7:40001"), B = ep("203.0.113.7:40002"), C = ep("198.51.100.9:50000")
@@ -54,21 +56,48 @@ private let aliceKey = identity(1), carolKey = identity(3), daveKey = identity(4
 private let serverPrivateKey = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: Array(repeating: 0x77, count: 32))
 private let serverPublicKey = Array(serverPrivateKey.publicKey.rawRepresentation)
 
-private func registeredMessage(_ endpoint: Endpoint, alternatePort: UInt16 = 0) -> Registry.Action {
+private func registeredMessage(_ endpoint: Endpoint, nonce: Token128?, alternatePort: UInt16 = 0) -> Registry.Action {
     .sendExtended(.registered(serverKey: serverPublicKey, publicEndpoint: endpoint, keepAliveMillis: 10_000,
-                              alternatePort: alternatePort), to: endpoint)
+                              alternatePort: alternatePort, nonce: nonce ?? .zero), to: endpoint)
 }
 
-/// A registry, a generator, and the session keys the extended clients derived.
+/// Accepts the cookie of the current 10-second epoch and of the one before (a validator
+/// whose secret rotates, like the server's): the same address gets different cookies over time.
+private struct RotatingValidator: AddressValidator {
+    func cookie(for source: Endpoint, now: Instant) -> Token128 { cookie(for: source, epoch: now.nanoseconds / 10_000_000_000) }
+
+    func cookie(for source: Endpoint, epoch: Int64) -> Token128 {
+        Token128(high: 0xE90C_0000_0000_0000 | UInt64(epoch) << 16 | UInt64(source.port), low: UInt64(source.address.bits))
+    }
+
+    func isValid(_ cookie: Token128, for source: Endpoint, now: Instant) -> Bool {
+        let epoch = now.nanoseconds / 10_000_000_000
+        return cookie == self.cookie(for: source, epoch: epoch) || cookie == self.cookie(for: source, epoch: epoch - 1)
+    }
+}
+
+/// A registry, a generator, and the session keys the extended clients derived (with the
+/// cookie they echoed and the nonce the server's registered message carried).
 private struct Server {
     var registry: Registry
-    var random = SplitMix64(state: 1)
+    var random: SplitMix64
     var sessionKeys: [ClientID: KeyBytes] = [:]
+    var nonces: [ClientID: Token128] = [:]
+    var cookies: [ClientID: Token128] = [:]
     var counters: [ClientID: UInt64] = [:]
-    let validator = FakeValidator()
+    let validator: any AddressValidator
 
-    init(configuration: Registry.Configuration = .init()) {
-        registry = Registry(configuration: configuration, validator: FakeValidator(), serverKey: serverPrivateKey, now: at(0))
+    init(configuration: Registry.Configuration = .init(), validator: any AddressValidator = FakeValidator(), seed: UInt64 = 1) {
+        self.validator = validator
+        random = SplitMix64(state: seed)
+        registry = Registry(configuration: configuration, validator: validator, serverKey: serverPrivateKey, now: at(0))
+    }
+
+    /// The nonce the registry draws next (the first thing an extended registration takes
+    /// from the generator).
+    func nextNonce() -> Token128 {
+        var copy = random
+        return Token128.random(using: &copy)
     }
 
     /// The whole extended registration: classic offer, challenge, signed registration.
@@ -81,11 +110,22 @@ private struct Server {
         #expect(challenge == [.sendExtended(.challenge(cookie: cookie), to: source)])
         let bytes = SessionCrypto.signedRegistration(id: clientID, cookie: cookie, privateEndpoints: privateEndpoints,
                                                      natKind: natKind, identity: key)
+        return receiveRegistration(bytes, clientID, key, cookie: cookie, from: source, at: now)
+    }
+
+    /// Feeds a signed registration datagram; when the server answers `registered`, derives
+    /// the session key as the client does (cookie and the server's nonce) and starts counting.
+    mutating func receiveRegistration(_ bytes: [UInt8], _ clientID: ClientID, _ key: IdentityKey, cookie: Token128,
+                                      from source: Endpoint, at now: Instant) -> [Registry.Action] {
         let actions = receiveBytes(bytes, from: source, at: now)
-        for case .sendExtended(.registered(let serverKey, _, _, _), let destination) in actions where destination == source {
-            sessionKeys[clientID] = SessionCrypto.sessionKey(privateKey: key.agreement, peerPublicKey: serverKey,
-                                                             cookie: cookie, id: clientID)
-            counters[clientID] = 0
+        for case .sendExtended(.registered(let serverKey, _, _, _, let nonce), let destination) in actions where destination == source {
+            let sessionKey = SessionCrypto.sessionKey(privateKey: key.agreement, peerPublicKey: serverKey,
+                                                      cookie: cookie, nonce: nonce, id: clientID)
+            // A new session starts counting again; the same session goes on.
+            if sessionKey != sessionKeys[clientID] { counters[clientID] = 0 }
+            sessionKeys[clientID] = sessionKey
+            nonces[clientID] = nonce
+            cookies[clientID] = cookie
         }
         return actions
     }
@@ -144,9 +184,11 @@ private func info(_ clientID: ClientID, _ endpoint: Endpoint, _ privates: [Endpo
 }
 
 private func extendedEntry(_ clientID: ClientID, _ endpoint: Endpoint, _ privates: [Endpoint], _ kind: NATKind, _ key: IdentityKey,
-                           sequence: UInt64, sessionKey: KeyBytes?, lastCounter: UInt64 = 0) -> Registry.Entry {
+                           sequence: UInt64, sessionKey: KeyBytes?, lastCounter: UInt64 = 0, cookie: Token128? = nil,
+                           nonce: Token128?) -> Registry.Entry {
     Registry.Entry(id: clientID, publicEndpoint: endpoint, privateAddress: privates.first?.address ?? endpoint.address,
                    sequence: sequence, dialect: .extended, sessionKey: sessionKey, keys: key.publicKeys, lastCounter: lastCounter,
+                   cookie: cookie ?? FakeValidator().cookie(for: endpoint, now: .zero), nonce: nonce ?? .zero,
                    privateEndpoints: privates, natKind: kind)
 }
 
@@ -167,22 +209,32 @@ struct ExtendedRegistrationTests {
 
     @Test func firstRegistration() throws {
         var server = Server()
+        let nonce = server.nextNonce()
+        #expect(nonce != .zero)
         let actions = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
         let sessionKey = try #require(server.sessionKeys[alice])
-        let entry = extendedEntry(alice, A, alicePrivate, .endpointIndependent, aliceKey, sequence: 0, sessionKey: sessionKey)
-        // An extended client gets no line about itself: the registered message says it all.
-        #expect(actions == [registeredMessage(A), .report(.registered(entry))])
-        // The session key the server holds is the one the client derived.
+        let entry = extendedEntry(alice, A, alicePrivate, .endpointIndependent, aliceKey, sequence: 0, sessionKey: sessionKey,
+                                  cookie: server.validator.cookie(for: A, now: at(0)), nonce: nonce)
+        // An extended client gets no line about itself: the registered message says it all,
+        // the server's fresh nonce included.
+        #expect(actions == [registeredMessage(A, nonce: nonce), .report(.registered(entry))])
+        #expect(server.nonces[alice] == nonce)
+        // The session key the server holds is the one the client derived (with that nonce).
         #expect(server.registry.entry(for: alice) == entry)
+        let withoutNonce = SessionCrypto.sessionKey(privateKey: aliceKey.agreement, peerPublicKey: serverPublicKey,
+                                                    cookie: server.validator.cookie(for: A, now: at(0)), id: alice)
+        #expect(withoutNonce != nil)
+        #expect(withoutNonce != sessionKey)
         #expect(server.registry.hasExtendedClient(at: A))
         #expect(!server.registry.hasExtendedClient(at: X))
     }
 
     @Test func alternatePortIsAnnounced() {
         var server = Server(configuration: .init(keepAliveInterval: .seconds(15), alternatePort: 10_082))
+        let nonce = server.nextNonce()
         let actions = server.register(alice, aliceKey, from: A, privateEndpoints: [], natKind: .unknown, at: at(0))
         #expect(actions.first == .sendExtended(.registered(serverKey: serverPublicKey, publicEndpoint: A, keepAliveMillis: 15_000,
-                                                           alternatePort: 10_082), to: A))
+                                                           alternatePort: 10_082, nonce: nonce), to: A))
         // Without private endpoints the source address stands in for the private address.
         #expect(server.registry.entry(for: alice)?.privateAddress == A.address)
     }
@@ -220,18 +272,28 @@ struct ExtendedRegistrationTests {
         altered[index] = 192
         #expect(server.receiveBytes(altered, from: A, at: at(0)) == [.report(.ignoredExtended(from: A, .badSignature))])
         #expect(server.registry.count == 0)
+        // Refused registrations draw no randomness: the good one gets the generator's first nonce.
+        #expect(server.nextNonce() == Server().nextNonce())
+        let nonce = server.nextNonce()
         #expect(server.receiveBytes(good, from: A, at: at(0)).contains(.sendExtended(
-            .registered(serverKey: serverPublicKey, publicEndpoint: A, keepAliveMillis: 10_000, alternatePort: 0), to: A)))
+            .registered(serverKey: serverPublicKey, publicEndpoint: A, keepAliveMillis: 10_000, alternatePort: 0, nonce: nonce), to: A)))
     }
 
     @Test func refreshFromTheSameAddressWithTheSameKey() throws {
         var server = Server.withThree()
+        let firstNonce = try #require(server.nonces[alice])
+        let firstKey = try #require(server.sessionKeys[alice])
+        _ = server.keepAlive(alice, counter: 4, from: A, at: at(1))
+        // The same cookie (this validator gives an address one cookie), key and address: the
+        // same session, so the same nonce and key, and the counter goes on.
         let actions = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(5))
+        #expect(server.nonces[alice] == firstNonce)
+        #expect(server.sessionKeys[alice] == firstKey)
         let entry = extendedEntry(alice, A, alicePrivate, .endpointIndependent, aliceKey, sequence: 0,
-                                  sessionKey: server.sessionKeys[alice])
+                                  sessionKey: firstKey, lastCounter: 4, nonce: firstNonce)
         #expect(actions == [
             .report(.refreshed(entry)),
-            registeredMessage(A),
+            registeredMessage(A, nonce: firstNonce),
             .sendExtended(.peer(info(bob, B, [ep("10.0.0.6:10081")], .unknown, nil)), to: A),
             .sendExtended(.peer(info(carol, C, [], .endpointDependent, carolKey)), to: A),
         ])
@@ -250,10 +312,12 @@ struct ExtendedListingTests {
 
         // alice (extended) joins: bob is listed as a classic PeerInfo with his private
         // address as a hint (same public address); bob hears of alice as classic lines.
+        let aliceNonce = server.nextNonce()
         let aliceJoins = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(1))
         let aliceEntry = try #require(server.registry.entry(for: alice))
+        #expect(aliceEntry.nonce == aliceNonce)
         #expect(aliceJoins == [
-            registeredMessage(A),
+            registeredMessage(A, nonce: aliceNonce),
             .sendExtended(.peer(info(bob, B, [ep("10.0.0.6:10081")], .unknown, nil)), to: A),
             .report(.registered(aliceEntry)),
             .send(.peer(alice, A), to: B),
@@ -261,10 +325,12 @@ struct ExtendedListingTests {
         ])
 
         // carol (extended, another public address): no private hints either way.
+        let carolNonce = server.nextNonce()
         let carolJoins = server.register(carol, carolKey, from: C, privateEndpoints: carolPrivate, natKind: .endpointDependent, at: at(2))
         let carolEntry = try #require(server.registry.entry(for: carol))
+        #expect(carolNonce != aliceNonce)
         #expect(carolJoins == [
-            registeredMessage(C),
+            registeredMessage(C, nonce: carolNonce),
             .sendExtended(.peer(info(bob, B, [], .unknown, nil)), to: C),
             .sendExtended(.peer(info(alice, A, [], .endpointIndependent, aliceKey)), to: C),
             .report(.registered(carolEntry)),
@@ -275,10 +341,11 @@ struct ExtendedListingTests {
         // dave (extended, alice's public address, another /24): extended peers on that
         // address get his private endpoints (same public address is the only hint rule),
         // the classic bob does not get a private line (other /24).
+        let daveNonce = server.nextNonce()
         let daveJoins = server.register(dave, daveKey, from: D, privateEndpoints: davePrivate, natKind: .unknown, at: at(3))
         let daveEntry = try #require(server.registry.entry(for: dave))
         #expect(daveJoins == [
-            registeredMessage(D),
+            registeredMessage(D, nonce: daveNonce),
             .sendExtended(.peer(info(bob, B, [ep("10.0.0.6:10081")], .unknown, nil)), to: D),
             .sendExtended(.peer(info(alice, A, alicePrivate, .endpointIndependent, aliceKey)), to: D),
             .sendExtended(.peer(info(carol, C, [], .endpointDependent, carolKey)), to: D),
@@ -323,14 +390,15 @@ struct ExtendedSessionTests {
         var server = Server.withThree()
         let bytes = server.sessionBytes(alice, counter: 5) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
         #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
-        #expect(server.receiveBytes(bytes, from: A, at: at(2)) == [.sendExtended(.unknownSession(alice), to: A)])
+        // A valid tag with a used counter is a replay: nothing is sent back.
+        #expect(server.receiveBytes(bytes, from: A, at: at(2)) == [.report(.ignoredExtended(from: A, .replayed))])
         for counter: UInt64 in [0, 3, 5] {
-            #expect(server.keepAlive(alice, counter: counter, from: A, at: at(3)) == [.sendExtended(.unknownSession(alice), to: A)])
+            #expect(server.keepAlive(alice, counter: counter, from: A, at: at(3)) == [.report(.ignoredExtended(from: A, .replayed))])
         }
         #expect(server.registry.entry(for: alice)?.lastCounter == 5)
         #expect(server.keepAlive(alice, counter: 6, from: A, at: at(4)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
         // A replay from another address does not move the registration either.
-        #expect(server.receiveBytes(bytes, from: X, at: at(5)) == [.sendExtended(.unknownSession(alice), to: X)])
+        #expect(server.receiveBytes(bytes, from: X, at: at(5)) == [.report(.ignoredExtended(from: X, .replayed))])
         #expect(server.registry.entry(for: alice)?.publicEndpoint == A)
     }
 
@@ -338,22 +406,24 @@ struct ExtendedSessionTests {
         var server = Server.withThree()
         var bytes = server.sessionBytes(alice) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
         bytes[bytes.count - 1] ^= 0x01
-        #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice), to: A)])
+        // The refusal echoes the refused message's tag (only its real sender knows it).
+        #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(bytes)), to: A)])
+        #expect(tag(bytes) != .zero)
         // Tagged under another client's session key.
         let wrongKey = server.sessionBytes(alice, counter: 2, key: server.sessionKeys[carol]) {
             .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero)
         }
-        #expect(server.receiveBytes(wrongKey, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice), to: A)])
+        #expect(server.receiveBytes(wrongKey, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(wrongKey)), to: A)])
         // A classic client has no session.
         let classic = server.sessionBytes(bob, counter: 1, key: server.sessionKeys[alice]) {
             .keepAlive(id: bob, natKind: .unknown, counter: $0, tag: .zero)
         }
-        #expect(server.receiveBytes(classic, from: B, at: at(1)) == [.sendExtended(.unknownSession(bob), to: B)])
+        #expect(server.receiveBytes(classic, from: B, at: at(1)) == [.sendExtended(.unknownSession(bob, echo: tag(classic)), to: B)])
         // Unknown ID.
         let unknown = server.sessionBytes(id("zed"), counter: 1, key: server.sessionKeys[alice]) {
             .keepAlive(id: id("zed"), natKind: .unknown, counter: $0, tag: .zero)
         }
-        #expect(server.receiveBytes(unknown, from: X, at: at(1)) == [.sendExtended(.unknownSession(id("zed")), to: X)])
+        #expect(server.receiveBytes(unknown, from: X, at: at(1)) == [.sendExtended(.unknownSession(id("zed"), echo: tag(unknown)), to: X)])
         #expect(server.registry.entry(for: alice)?.lastCounter == 0)
     }
 
@@ -374,8 +444,10 @@ struct ExtendedSessionTests {
     @Test func keepAliveFromANewSourceMovesTheEntryAndTellsPeers() {
         var server = Server.withThree()
         let actions = server.keepAlive(alice, from: X, at: at(1))
+        // The session (key, cookie, nonce) moves with it.
         let moved = extendedEntry(alice, X, alicePrivate, .endpointIndependent, aliceKey, sequence: 0,
-                                  sessionKey: server.sessionKeys[alice], lastCounter: 1)
+                                  sessionKey: server.sessionKeys[alice], lastCounter: 1, cookie: server.cookies[alice],
+                                  nonce: server.nonces[alice])
         #expect(actions == [
             .report(.moved(moved, from: A)),
             .sendExtended(.keepAliveAck(publicEndpoint: X), to: X),
@@ -405,42 +477,147 @@ struct ExtendedSessionTests {
     }
 
     /// A registration datagram can be repeated (a retransmission, or a copy an observer
-    /// replays with alice's source address within the cookie's lifetime). With the same
-    /// cookie the session key comes out the same, so the counter must not start over:
-    /// otherwise every earlier keep-alive, connect and relay of the session is accepted
-    /// again, and a replayed keep-alive from another address moves alice there.
-    @Test func repeatedRegistrationDoesNotReopenOldCounters() {
+    /// replays with alice's source address within the cookie's lifetime). The very same
+    /// registration (same cookie, key and address) keeps the session: the same nonce, so the
+    /// same key, and the counter must not start over: otherwise every earlier keep-alive,
+    /// connect and relay of the session is accepted again, and a replayed keep-alive from
+    /// another address moves alice there.
+    @Test func repeatedRegistrationKeepsTheNonceAndTheCounters() throws {
         var server = Server()
         let cookie = server.validator.cookie(for: A, now: at(0))
         let registration = SessionCrypto.signedRegistration(id: alice, cookie: cookie, privateEndpoints: alicePrivate,
                                                             natKind: .endpointIndependent, identity: aliceKey)
         _ = server.registry.receive(.register(alice, privateAddress: ip("10.0.0.5"), offers: [ExtendedMessage.offer]), from: A, now: at(0))
-        _ = server.receiveBytes(registration, from: A, at: at(0))
-        let key = SessionCrypto.sessionKey(privateKey: aliceKey.agreement, peerPublicKey: serverPublicKey, cookie: cookie, id: alice)!
-        server.sessionKeys[alice] = key
+        let first = server.receiveRegistration(registration, alice, aliceKey, cookie: cookie, from: A, at: at(0))
+        let nonce = try #require(server.nonces[alice])
+        let key = try #require(server.sessionKeys[alice])
+        #expect(first.first == registeredMessage(A, nonce: nonce))
         let oldKeepAlive = server.sessionBytes(alice, counter: 1) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
         #expect(server.receiveBytes(oldKeepAlive, from: A, at: at(1)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
         _ = server.keepAlive(alice, counter: 2, from: A, at: at(2))
-        // The same registration datagram again, 10 s later.
-        let again = server.receiveBytes(registration, from: A, at: at(10))
-        #expect(again.first.map { if case .report(.refreshed) = $0 { true } else { false } } == true)
-        #expect(server.registry.entry(for: alice)?.sessionKey == key)
-        // The first keep-alive, replayed from elsewhere.
-        let replay = server.receiveBytes(oldKeepAlive, from: X, at: at(11))
-        #expect(replay == [.sendExtended(.unknownSession(alice), to: X)])
+        // The same registration datagram again, 10 s later: a refresh that repeats the nonce.
+        #expect(server.nextNonce() != nonce) // a fresh draw would differ
+        let again = server.receiveRegistration(registration, alice, aliceKey, cookie: cookie, from: A, at: at(10))
+        let entry = extendedEntry(alice, A, alicePrivate, .endpointIndependent, aliceKey, sequence: 0, sessionKey: key,
+                                  lastCounter: 2, nonce: nonce)
+        #expect(Array(again.prefix(2)) == [.report(.refreshed(entry)), registeredMessage(A, nonce: nonce)])
+        #expect(server.nonces[alice] == nonce)
+        #expect(server.sessionKeys[alice] == key)
+        #expect(server.registry.entry(for: alice) == entry)
+        // The first keep-alive, replayed from elsewhere and from alice's address: a replay.
+        #expect(server.receiveBytes(oldKeepAlive, from: X, at: at(11)) == [.report(.ignoredExtended(from: X, .replayed))])
+        #expect(server.receiveBytes(oldKeepAlive, from: A, at: at(11)) == [.report(.ignoredExtended(from: A, .replayed))])
         #expect(server.registry.entry(for: alice)?.publicEndpoint == A)
+        // The session goes on where it was.
+        #expect(server.keepAlive(alice, from: A, at: at(12)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
+        #expect(server.registry.entry(for: alice)?.lastCounter == 3)
+    }
+
+    /// Registrations with different cookies are different sessions: a fresh nonce, another
+    /// session key, and the counters start over under it.
+    @Test func differentCookiesGiveDifferentSessionKeys() throws {
+        var server = Server(validator: RotatingValidator())
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        let firstCookie = try #require(server.cookies[alice])
+        let firstNonce = try #require(server.nonces[alice])
+        let firstKey = try #require(server.sessionKeys[alice])
+        let oldKeepAlive = server.sessionBytes(alice, counter: 3) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
+        #expect(server.receiveBytes(oldKeepAlive, from: A, at: at(1)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
+
+        // 12 s later the validator hands out another cookie to the same address.
+        let nonce = server.nextNonce()
+        let actions = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(12))
+        let secondCookie = try #require(server.cookies[alice])
+        let secondKey = try #require(server.sessionKeys[alice])
+        #expect(secondCookie != firstCookie)
+        #expect(server.nonces[alice] == nonce)
+        #expect(nonce != firstNonce)
+        #expect(secondKey != firstKey)
+        let entry = extendedEntry(alice, A, alicePrivate, .endpointIndependent, aliceKey, sequence: 0, sessionKey: secondKey,
+                                  lastCounter: 0, cookie: secondCookie, nonce: nonce)
+        #expect(Array(actions.prefix(2)) == [.report(.refreshed(entry)), registeredMessage(A, nonce: nonce)])
+        #expect(server.registry.entry(for: alice) == entry)
+        // The old session's messages are worthless now, whatever their counter.
+        #expect(server.receiveBytes(oldKeepAlive, from: A, at: at(13))
+                == [.sendExtended(.unknownSession(alice, echo: tag(oldKeepAlive)), to: A)])
+        let oldHigher = server.sessionBytes(alice, counter: 50, key: firstKey) {
+            .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero)
+        }
+        #expect(server.receiveBytes(oldHigher, from: X, at: at(13)) == [.sendExtended(.unknownSession(alice, echo: tag(oldHigher)), to: X)])
+        #expect(server.registry.entry(for: alice) == entry)
+        // The new one counts from 1.
+        #expect(server.keepAlive(alice, counter: 1, from: A, at: at(14)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
+        #expect(server.registry.entry(for: alice)?.lastCounter == 1)
+    }
+
+    /// The same cookie after the session ended (alice left and registers again within the
+    /// cookie's lifetime): without the server's nonce the session key would come out the
+    /// same and the counter would start over, so the previous session's keep-alives would be
+    /// accepted again. With it they are refused.
+    @Test func replayedKeepAliveAfterAFreshRegistrationIsRefused() throws {
+        var server = Server()
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        let cookie = try #require(server.cookies[alice])
+        let firstKey = try #require(server.sessionKeys[alice])
+        let firstNonce = try #require(server.nonces[alice])
+        let captured = (1...3).map { counter in
+            server.sessionBytes(alice, counter: UInt64(counter)) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
+        }
+        for (index, bytes) in captured.enumerated() {
+            #expect(server.receiveBytes(bytes, from: A, at: at(Int64(index + 1))) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
+        }
+        let exit = server.sessionBytes(alice) { .exit(id: alice, counter: $0, tag: .zero) }
+        #expect(server.receiveBytes(exit, from: A, at: at(4)).first.map { if case .report(.unregistered) = $0 { true } else { false } } == true)
+        #expect(server.registry.entry(for: alice) == nil)
+
+        // alice registers again with the very same cookie.
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(5))
+        #expect(server.cookies[alice] == cookie)
+        let secondKey = try #require(server.sessionKeys[alice])
+        #expect(server.nonces[alice] != firstNonce)
+        #expect(secondKey != firstKey)
+        // Without a nonce the two sessions would share their key.
+        let bare = SessionCrypto.sessionKey(privateKey: aliceKey.agreement, peerPublicKey: serverPublicKey, cookie: cookie, id: alice)
+        #expect(bare == SessionCrypto.sessionKey(privateKey: aliceKey.agreement, peerPublicKey: serverPublicKey, cookie: cookie,
+                                                 nonce: .zero, id: alice))
+        #expect(bare != firstKey && bare != secondKey)
+
+        // Every captured keep-alive, replayed from alice's address or another: refused, and
+        // neither the endpoint nor the counter nor the liveness moves.
+        let entry = server.registry.entry(for: alice)
+        #expect(entry?.lastCounter == 0)
+        for (index, bytes) in captured.enumerated() {
+            for source in [A, X] {
+                #expect(server.receiveBytes(bytes, from: source, at: at(6))
+                        == [.sendExtended(.unknownSession(alice, echo: tag(captured[index])), to: source)])
+            }
+        }
+        // The old session's exit does not end the new one.
+        #expect(server.receiveBytes(exit, from: A, at: at(6)) == [.report(.ignoredExtended(from: A, .badTag))])
+        #expect(server.registry.entry(for: alice) == entry)
+        // Alice's own first keep-alive of the new session is accepted.
+        #expect(server.keepAlive(alice, counter: 1, from: A, at: at(7)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
+        // Replays later on do not keep her alive: silent since 7, she is evicted at 38.
+        #expect(server.receiveBytes(captured[2], from: A, at: at(20)) == [.sendExtended(.unknownSession(alice, echo: tag(captured[2])), to: A)])
+        #expect(server.registry.sweep(now: at(37)).isEmpty)
+        let swept = server.registry.sweep(now: at(38))
+        #expect(swept.contains { if case .report(.evicted(let entry)) = $0 { entry.id == alice } else { false } })
     }
 
     @Test func sameKeyFromAnotherAddressMovesTheRegistration() throws {
         var server = Server.withThree()
         let oldKey = try #require(server.sessionKeys[alice])
+        let oldNonce = try #require(server.nonces[alice])
+        let nonce = server.nextNonce()
         let actions = server.register(alice, aliceKey, from: X, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(5))
         let newKey = try #require(server.sessionKeys[alice])
-        #expect(newKey != oldKey) // the cookie differs per address
-        let moved = extendedEntry(alice, X, alicePrivate, .endpointIndependent, aliceKey, sequence: 0, sessionKey: newKey)
+        #expect(newKey != oldKey) // the cookie differs per address, and the nonce is fresh
+        #expect(server.nonces[alice] == nonce)
+        #expect(nonce != oldNonce)
+        let moved = extendedEntry(alice, X, alicePrivate, .endpointIndependent, aliceKey, sequence: 0, sessionKey: newKey, nonce: nonce)
         #expect(actions == [
             .report(.moved(moved, from: A)),
-            registeredMessage(X),
+            registeredMessage(X, nonce: nonce),
             .sendExtended(.peer(info(bob, B, [], .unknown, nil)), to: X),
             .sendExtended(.peer(info(carol, C, [], .endpointDependent, carolKey)), to: X),
             .send(.peer(alice, X), to: B),
@@ -450,7 +627,7 @@ struct ExtendedSessionTests {
         #expect(server.registry.count == 3)
         // The old session is gone.
         let stale = server.sessionBytes(alice, counter: 99, key: oldKey) { .keepAlive(id: alice, natKind: .unknown, counter: $0, tag: .zero) }
-        #expect(server.receiveBytes(stale, from: A, at: at(6)) == [.sendExtended(.unknownSession(alice), to: A)])
+        #expect(server.receiveBytes(stale, from: A, at: at(6)) == [.sendExtended(.unknownSession(alice, echo: tag(stale)), to: A)])
         #expect(server.keepAlive(alice, counter: 1, from: X, at: at(6)) == [.sendExtended(.keepAliveAck(publicEndpoint: X), to: X)])
     }
 
@@ -476,11 +653,22 @@ struct ExtendedSessionTests {
         #expect(server.registry.receive(.keepAlive(alice), from: A, now: at(20))
                 == [.report(.ignored(.keepAlive(alice), from: A, .heldByExtendedClient))])
         #expect(server.registry.entry(for: alice) != nil)
-        // A classic registration of the ID is refused, in the classic dialect.
-        #expect(server.registry.receive(.register(alice, privateAddress: ip("10.0.0.5")), from: A, now: at(2)) == [
-            .report(.refused(alice, from: A, .idInUse)),
-            .send(.serverNotice("registration refused: ID alice - the ID is in use from another address"), to: A),
-        ])
+        // A classic registration of the ID from alice's own address can only be a forgery:
+        // ignored, and nobody (alice least of all) is sent anything.
+        let before = server.registry.entry(for: alice)
+        #expect(server.registry.receive(.register(alice, privateAddress: ip("10.0.0.5")), from: A, now: at(2))
+                == [.report(.ignored(.register(alice, privateAddress: ip("10.0.0.5")), from: A, .heldByExtendedClient))])
+        #expect(server.registry.receive(.register(alice, privateAddress: ip("10.9.9.9"), offers: ["x-1"]), from: A, now: at(2))
+                == [.report(.ignored(.register(alice, privateAddress: ip("10.9.9.9"), offers: ["x-1"]), from: A, .heldByExtendedClient))])
+        #expect(server.registry.entry(for: alice) == before)
+        // From another address (even another port of alice's) it is refused, in the classic dialect.
+        for source in [X, D] {
+            #expect(server.registry.receive(.register(alice, privateAddress: ip("10.0.0.5")), from: source, now: at(2)) == [
+                .report(.refused(alice, from: source, .idInUse)),
+                .send(.serverNotice("registration refused: ID alice - the ID is in use from another address"), to: source),
+            ])
+        }
+        #expect(server.registry.entry(for: alice) == before)
         // The classic keep-alive did not keep alice alive.
         let swept = server.registry.sweep(now: at(31))
         #expect(swept.contains { if case .report(.evicted(let entry)) = $0 { entry.id == alice } else { false } })
@@ -494,7 +682,7 @@ struct ExtendedSessionTests {
         #expect(server.registry.entry(for: alice) != nil)
         let exit = server.sessionBytes(alice) { .exit(id: alice, counter: $0, tag: .zero) }
         let entry = extendedEntry(alice, A, alicePrivate, .endpointIndependent, aliceKey, sequence: 0,
-                                  sessionKey: server.sessionKeys[alice], lastCounter: 2)
+                                  sessionKey: server.sessionKeys[alice], lastCounter: 2, nonce: server.nonces[alice])
         #expect(server.receiveBytes(exit, from: A, at: at(2)) == [
             .report(.unregistered(entry)),
             .send(.unregistered(alice, A), to: B),
@@ -514,7 +702,7 @@ struct ExtendedSessionTests {
     @Test func messagesNotForTheServerAreIgnored() {
         var server = Server.withThree()
         let messages: [ExtendedMessage] = [
-            .challenge(cookie: .zero), .unknownSession(alice), .keepAliveAck(publicEndpoint: A),
+            .challenge(cookie: .zero), .unknownSession(alice, echo: Token128(high: 1, low: 2)), .keepAliveAck(publicEndpoint: A),
             .ping(from: alice, to: carol, transaction: 1, tag: .zero),
             .chat(from: alice, to: carol, messageID: 1, sealed: Array(repeating: 0, count: 16)),
             .relayed(from: alice, payload: [1]), .peer(info(alice, A, [], .unknown, aliceKey)),
@@ -566,7 +754,12 @@ struct ExtendedPunchRelayTests {
         }
         var forged = server.sessionBytes(alice) { .connect(id: alice, peer: carol, counter: $0, tag: .zero) }
         forged[forged.count - 1] ^= 0x01
-        #expect(server.receiveBytes(forged, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice), to: A)])
+        #expect(server.receiveBytes(forged, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(forged)), to: A)])
+        // A valid connect replayed: dropped without an answer, and no punch round.
+        let connect = server.sessionBytes(alice) { .connect(id: alice, peer: carol, counter: $0, tag: .zero) }
+        #expect(server.receiveBytes(connect, from: A, at: at(1)).last == .report(.punchRound(alice, carol, round: 1)))
+        #expect(server.receiveBytes(connect, from: A, at: at(2)) == [.report(.ignoredExtended(from: A, .replayed))])
+        #expect(server.receiveBytes(connect, from: X, at: at(2)) == [.report(.ignoredExtended(from: X, .replayed))])
     }
 
     @Test func relayOnlyBetweenExtendedClients() {
@@ -585,12 +778,12 @@ struct ExtendedPunchRelayTests {
         // Replays and forgeries are not forwarded.
         let bytes = server.sessionBytes(alice) { .relay(id: alice, to: carol, payload: payload, counter: $0, tag: .zero) }
         _ = server.receiveBytes(bytes, from: A, at: at(1))
-        #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice), to: A)])
+        #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .replayed))])
         // Another client cannot relay in alice's name (it has no session key of hers).
         let impersonation = server.sessionBytes(carol, key: server.sessionKeys[carol]) {
             .relay(id: alice, to: carol, payload: payload, counter: $0, tag: .zero)
         }
-        #expect(server.receiveBytes(impersonation, from: C, at: at(1)) == [.sendExtended(.unknownSession(alice), to: C)])
+        #expect(server.receiveBytes(impersonation, from: C, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(impersonation)), to: C)])
     }
 
     @Test func relayIsRateLimitedPerClient() {

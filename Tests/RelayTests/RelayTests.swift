@@ -179,6 +179,147 @@ struct SourceGuardTests {
         #expect(guardian.registrationsLimited == 2)
     }
 
+    /// With the defaults: 20 at once per address, 50 classic registrations at once from
+    /// everyone.
+    @Test func globalRegistrationBucketWithTheDefaults() {
+        let configuration = SourceGuard.Configuration()
+        #expect(configuration.registrationsPerSecond == 5)
+        #expect(configuration.registrationBurst == 20)
+        #expect(configuration.totalRegistrationsPerSecond == 20)
+        #expect(configuration.totalRegistrationBurst == 50)
+        var guardian = SourceGuard(configuration: configuration)
+        func address(_ index: Int) -> Endpoint {
+            Endpoint(address: IPv4Address(bits: 0xC633_6400 + UInt32(index)), port: UInt16(1_000 + index))
+        }
+        // One address cannot go past its own 20, though the total has room.
+        for _ in 0..<20 { #expect(guardian.allowRegistration(from: address(0), now: ms(0)) == true) }
+        #expect(guardian.allowRegistration(from: address(0), now: ms(0)) == false)
+        #expect(guardian.registrationsLimited == 1)
+        // The next address takes its 20, the one after only the 10 left of the total.
+        var allowed = 0
+        for index in 1...2 {
+            for _ in 0..<20 where guardian.allowRegistration(from: address(index), now: ms(0)) { allowed += 1 }
+        }
+        #expect(allowed == 30)
+        #expect(guardian.registrationsLimited == 11)
+        // Then nobody, however fresh its own bucket.
+        for index in 3..<13 { #expect(guardian.allowRegistration(from: address(index), now: ms(0)) == false) }
+        #expect(guardian.registrationsLimited == 21)
+        // Registrations that do not count towards the total (an offer, an extended
+        // registration) still pass, within their address's own rate.
+        for _ in 0..<20 { #expect(guardian.allowRegistration(from: address(13), countsTowardsTotal: false, now: ms(0)) == true) }
+        #expect(guardian.allowRegistration(from: address(13), countsTowardsTotal: false, now: ms(0)) == false)
+        #expect(guardian.allowRegistration(from: address(0), countsTowardsTotal: false, now: ms(0)) == false)
+        // 50 ms later the total has one token again (20 per second).
+        #expect(guardian.allowRegistration(from: address(14), now: ms(50)) == true)
+        #expect(guardian.allowRegistration(from: address(15), now: ms(50)) == false)
+        #expect(guardian.registrationsLimited == 24)
+    }
+
+    /// Uncounted registrations do not spend the total: counted ones are still admitted after many.
+    @Test func uncountedRegistrationsLeaveTheTotalAlone() {
+        var configuration = SourceGuard.Configuration()
+        configuration.totalRegistrationsPerSecond = 1
+        configuration.totalRegistrationBurst = 2
+        var guardian = SourceGuard(configuration: configuration)
+        for index in 0..<50 {
+            let source = Endpoint(address: IPv4Address(192, 0, 2, UInt8(index)), port: 9)
+            #expect(guardian.allowRegistration(from: source, countsTowardsTotal: false, now: ms(0)) == true)
+        }
+        #expect(guardian.allowRegistration(from: client, now: ms(0)) == true)
+        #expect(guardian.allowRegistration(from: samePortOtherIP, now: ms(0)) == true)
+        #expect(guardian.allowRegistration(from: sameIPOtherPort, now: ms(0)) == false)
+        #expect(guardian.registrationsLimited == 1)
+    }
+
+    /// Unvalidated classic destinations share one byte budget beyond their 3x allowance, on
+    /// top of each one's own bucket; a refusal by either takes from neither.
+    @Test func classicBytesAreCappedForEveryoneTogether() {
+        #expect(SourceGuard.Configuration().totalClassicBytesPerSecond == 1_048_576)
+        #expect(SourceGuard.Configuration().totalClassicBurstBytes == 2_097_152)
+        var configuration = SourceGuard.Configuration()
+        configuration.classicBytesPerSecond = 1_000
+        configuration.classicBurstBytes = 1_000
+        configuration.totalClassicBytesPerSecond = 1_000
+        configuration.totalClassicBurstBytes = 2_500
+        var guardian = SourceGuard(configuration: configuration)
+        let destinations = (1...4).map { Endpoint(address: IPv4Address(198, 51, 100, UInt8($0)), port: 10081) }
+        #expect(guardian.allowSend(1_000, to: destinations[0], validated: false, classic: true, now: ms(0)) == true)
+        #expect(guardian.allowSend(1, to: destinations[0], validated: false, classic: true, now: ms(0)) == false) // its own bucket
+        #expect(guardian.allowSend(1_000, to: destinations[1], validated: false, classic: true, now: ms(0)) == true)
+        // 500 bytes of the total left: a fresh destination gets 500, not its 1,000.
+        #expect(guardian.allowSend(600, to: destinations[2], validated: false, classic: true, now: ms(0)) == false)
+        #expect(guardian.allowSend(500, to: destinations[2], validated: false, classic: true, now: ms(0)) == true)
+        #expect(guardian.allowSend(1, to: destinations[3], validated: false, classic: true, now: ms(0)) == false)
+        #expect(guardian.withheld == 3)
+        // The 3x allowance and validated destinations do not use the total.
+        guardian.received(100, from: destinations[3], now: ms(0))
+        #expect(guardian.allowSend(300, to: destinations[3], validated: false, classic: true, now: ms(0)) == true)
+        #expect(guardian.allowSend(5_000, to: destinations[3], validated: true, classic: true, now: ms(0)) == true)
+        // 250 ms later the total has 250 bytes again: destination 2 (whose refused 600 took
+        // nothing from its bucket) gets them; destination 0 has 250 of its own but the total
+        // is spent.
+        #expect(guardian.allowSend(250, to: destinations[2], validated: false, classic: true, now: ms(250)) == true)
+        #expect(guardian.allowSend(1, to: destinations[0], validated: false, classic: true, now: ms(250)) == false)
+        #expect(guardian.withheld == 4)
+    }
+
+    /// A registration needs a token from its address's bucket and from the global one; a
+    /// refusal by either takes from neither.
+    @Test func registrationNeedsBothBuckets() {
+        var configuration = SourceGuard.Configuration()
+        configuration.registrationsPerSecond = 1
+        configuration.registrationBurst = 3
+        configuration.totalRegistrationsPerSecond = 4
+        configuration.totalRegistrationBurst = 8
+        var guardian = SourceGuard(configuration: configuration)
+        let a1 = client, a2 = samePortOtherIP
+        let a3 = Endpoint(address: IPv4Address(198, 51, 100, 1), port: 1), a4 = Endpoint(address: IPv4Address(198, 51, 100, 2), port: 1)
+        for _ in 0..<3 { #expect(guardian.allowRegistration(from: a1, now: ms(0)) == true) }
+        #expect(guardian.allowRegistration(from: sameIPOtherPort, now: ms(0)) == false) // a1's address is spent
+        for _ in 0..<3 { #expect(guardian.allowRegistration(from: a2, now: ms(0)) == true) }
+        // 6 of the 8 global tokens are gone: a3 gets 2, not its 3.
+        #expect(guardian.allowRegistration(from: a3, now: ms(0)) == true)
+        #expect(guardian.allowRegistration(from: a3, now: ms(0)) == true)
+        #expect(guardian.allowRegistration(from: a3, now: ms(0)) == false)
+        #expect(guardian.allowRegistration(from: a4, now: ms(0)) == false)
+        #expect(guardian.registrationsLimited == 3)
+        // 250 ms later: one global token, a quarter of one for a1 (refused, and it does not
+        // spend the global token), so a3 (which kept its third token) gets it.
+        #expect(guardian.allowRegistration(from: a1, now: ms(250)) == false)
+        #expect(guardian.allowRegistration(from: a3, now: ms(250)) == true)
+        #expect(guardian.allowRegistration(from: a4, now: ms(250)) == false)
+        #expect(guardian.registrationsLimited == 5)
+        // Another 250 ms: the next global token goes to a4 (whose own bucket is full).
+        #expect(guardian.allowRegistration(from: a4, now: ms(500)) == true)
+        #expect(guardian.allowRegistration(from: a2, now: ms(500)) == false)
+        // Over time the total rate holds: 4 per second however many addresses ask.
+        var granted = 0
+        for step in 1...4 {
+            let now = ms(500 + Int64(step) * 250) // 1 s in 250 ms steps
+            for index in 0..<20 {
+                let source = Endpoint(address: IPv4Address(192, 0, 2, UInt8(index)), port: 7)
+                if guardian.allowRegistration(from: source, now: now) { granted += 1 }
+            }
+        }
+        #expect(granted == 4)
+    }
+
+    /// A generous per-address allowance does not lift the global cap.
+    @Test func oneAddressCannotExceedTheTotal() {
+        var configuration = SourceGuard.Configuration()
+        configuration.registrationsPerSecond = 1_000
+        configuration.registrationBurst = 1_000
+        configuration.totalRegistrationsPerSecond = 4
+        configuration.totalRegistrationBurst = 8
+        var guardian = SourceGuard(configuration: configuration)
+        let granted = (0..<100).filter { _ in guardian.allowRegistration(from: client, now: ms(0)) }.count
+        #expect(granted == 8)
+        #expect(guardian.registrationsLimited == 92)
+        #expect(guardian.allowRegistration(from: client, now: ms(250)) == true)
+        #expect(guardian.allowRegistration(from: client, now: ms(250)) == false)
+    }
+
     @Test func forgetAndBoundedMemory() {
         var configuration = SourceGuard.Configuration()
         configuration.maxSources = 8

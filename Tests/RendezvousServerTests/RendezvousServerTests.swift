@@ -46,6 +46,13 @@ private struct Harness {
         return output.pending.map { ($0.destination, String(buffer: $0.payload)) }
     }
 
+    /// Feeds `bytes`; returns what the service sent as raw bytes.
+    func receiveRaw(_ bytes: [UInt8], from source: Endpoint, at now: Instant) -> [(Endpoint, [UInt8])] {
+        var output = DatagramOutput()
+        service.receive(ByteBuffer(bytes: bytes), from: source, now: now, output: &output)
+        return output.pending.map { ($0.destination, Array($0.payload.readableBytesView)) }
+    }
+
     @discardableResult
     func timeout(at now: Instant) -> [(Endpoint, String)] {
         var output = DatagramOutput()
@@ -228,5 +235,62 @@ struct RendezvousServiceTests {
         #expect(server.timeout(at: at(10)).isEmpty)
         #expect(server.service.nextDeadline() == nil)
         #expect(server.service.counters.evictions == 0)
+    }
+}
+
+@Suite("RendezvousService server-wide limits")
+struct RendezvousServiceLimitTests {
+    /// Classic registrations (pushed to every classic client, from addresses nobody checked)
+    /// share a server-wide rate; offers, which only earn a challenge, do not use it.
+    @Test func classicRegistrationsAreCappedServerWideButOffersAreNot() throws {
+        var configuration = RendezvousService.Configuration()
+        configuration.sources.totalRegistrationsPerSecond = 1
+        configuration.sources.totalRegistrationBurst = 3
+        let server = Harness(configuration)
+        for index in 1...5 {
+            let source = Endpoint(address: IPv4Address(198, 51, 100, UInt8(index)), port: 4_000)
+            let sent = server.receive("c\(index) 10.0.0.\(index)", from: source, at: at(0))
+            #expect(sent.isEmpty == (index > 3), "client \(index): \(sent)")
+        }
+        #expect(server.service.registry.count == 3)
+        #expect(server.service.counters.registrationsRateLimited == 2)
+        #expect(server.printed.take() == ["c1 198.51.100.1:4000", "c2 198.51.100.2:4000", "c3 198.51.100.3:4000"])
+        // Offers still get their challenge.
+        for index in 1...5 {
+            let source = Endpoint(address: IPv4Address(192, 0, 2, UInt8(index)), port: 4_000)
+            let sent = server.receiveRaw(Array("e\(index) 10.0.0.\(index) natchat/2".utf8), from: source, at: at(0))
+            #expect(sent.map(\.0) == [source])
+            guard case .challenge? = sent.first.flatMap({ try? ExtendedMessage.decode($0.1) }) else {
+                Issue.record("offer \(index) got no challenge: \(sent)"); continue
+            }
+        }
+        #expect(server.service.counters.registrationsRateLimited == 2)
+        #expect(server.service.registry.count == 3)
+        // A second later the total has room for one more classic client.
+        let late = Endpoint(address: IPv4Address(198, 51, 100, 9), port: 4_000)
+        #expect(!server.receive("c9 10.0.0.9", from: late, at: at(1)).isEmpty)
+        #expect(server.receive("c10 10.0.0.10", from: Endpoint(address: IPv4Address(198, 51, 100, 10), port: 4_000), at: at(1)).isEmpty)
+        #expect(server.service.registry.count == 4)
+        #expect(server.service.counters.registrationsRateLimited == 3)
+    }
+
+    /// With classic off, the refusal is short; to an address that proved nothing it still
+    /// goes out only within 3x of what came from there.
+    @Test func classicOffRefusalIsShortAndWithinTheAmplificationLimit() {
+        var configuration = RendezvousService.Configuration()
+        configuration.registry.acceptClassic = false
+        let server = Harness(configuration)
+        let notice = "server@chat registration refused: natchat/2 only"
+        #expect(notice.utf8.count == 48)
+        // 20 bytes in, 60 allowed out.
+        let sent = server.receive("client1 192.168.1.10", from: X, at: at(0))
+        #expect(same(sent, [(X, notice)]), "\(sent)")
+        #expect(server.service.counters.refused == 1)
+        // 14 bytes in, 42 allowed: the notice is withheld; the retry (28 bytes in) gets it.
+        #expect(server.receive("alice 10.0.0.5", from: A, at: at(0)).isEmpty)
+        #expect(server.service.counters.amplificationWithheld == 1)
+        #expect(same(server.receive("alice 10.0.0.5", from: A, at: at(1)), [(A, notice)]))
+        #expect(server.service.counters.refused == 3)
+        #expect(server.service.registry.count == 0)
     }
 }

@@ -24,11 +24,15 @@ private final class FakeDriver: DatagramDriver {
     var replies: (Received) -> [(Endpoint, [UInt8])] = { _ in [] }
     /// What to send on each timeout.
     var timeoutReplies: (Instant) -> [(Endpoint, [UInt8])] = { _ in [] }
+    /// Queue the answers with `reply(buffer:to:)` (the sender's socket address reused) rather than `send`.
+    var asReplies = false
 
     func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         let record = Received(payload: Array(payload.readableBytesView), source: source, now: now)
         received.append(record)
-        for (destination, bytes) in replies(record) { output.send(bytes, to: destination) }
+        for (destination, bytes) in replies(record) {
+            if asReplies { output.reply(buffer: ByteBuffer(bytes: bytes), to: destination) } else { output.send(bytes, to: destination) }
+        }
     }
 
     func timeout(now: Instant, output: inout DatagramOutput) {
@@ -265,6 +269,73 @@ struct DatagramDriverHandlerTests {
         let harness = try Harness(deadlines: [Instant.zero + .seconds(50)])
         harness.channel.embeddedEventLoop.run()
         #expect(harness.driver.timeouts == [Instant.zero + .seconds(100)])
+    }
+
+    /// A full send buffer (the channel not writable): what the driver queued is dropped and
+    /// counted, never kept for later; reading goes on.
+    @Test func outputIsDroppedWhileTheChannelIsNotWritable() throws {
+        let harness = try Harness()
+        harness.driver.asReplies = true
+        harness.driver.replies = { received in
+            [(received.source, Array("echo \(String(decoding: received.payload, as: UTF8.self))".utf8)), (S, Array("copy".utf8))]
+        }
+        harness.channel.isWritable = false
+        #expect(!harness.channel.isWritable)
+        let pipeline = harness.channel.pipeline.syncOperations
+        pipeline.fireChannelRead(NIOAny(harness.envelope("a", from: v4("203.0.113.7", 40001))))
+        pipeline.fireChannelRead(NIOAny(harness.envelope("b", from: v4("198.51.100.9", 50000))))
+        pipeline.fireChannelReadComplete()
+        // Both datagrams reached the driver; its 4 answers (2 replies, 2 sends) were dropped.
+        #expect(harness.driver.received.map(\.source) == [A, B])
+        #expect(harness.counter.writes == 0)
+        #expect(harness.counter.flushes == 0)
+        #expect(try harness.sent().isEmpty)
+        #expect(harness.handler.statistics == TransportStatistics(datagramsReceived: 2, datagramsSent: 0, nonIPv4Dropped: 0, errors: 0,
+                                                                 droppedUnwritable: 4))
+        // perform(_:) too.
+        harness.handler.perform { _, output, _ in output.send(Array("alice 10.0.0.5".utf8), to: S) }
+        #expect(harness.handler.statistics.droppedUnwritable == 5)
+        #expect(harness.counter.writes == 0)
+
+        // Writable again: new output goes out; what was dropped is not sent late.
+        harness.channel.isWritable = true
+        try harness.channel.writeInbound(harness.envelope("c", from: v4("203.0.113.7", 40001)))
+        let sent = try harness.sent()
+        #expect(sent.map(\.0) == [A, S])
+        #expect(sent.map(\.1) == ["echo c", "copy"])
+        #expect(harness.counter.writes == 2)
+        #expect(harness.counter.flushes == 1)
+        #expect(harness.handler.statistics == TransportStatistics(datagramsReceived: 3, datagramsSent: 2, nonIPv4Dropped: 0, errors: 0,
+                                                                 droppedUnwritable: 5))
+    }
+
+    @Test func nothingIsDroppedWhenThereIsNothingToSend() throws {
+        let harness = try Harness()
+        harness.channel.isWritable = false
+        try harness.channel.writeInbound(harness.envelope("quiet", from: v4("203.0.113.7", 40001)))
+        harness.handler.perform { _, _, _ in }
+        #expect(harness.handler.statistics.droppedUnwritable == 0)
+        #expect(harness.handler.statistics.datagramsReceived == 1)
+    }
+
+    @Test func timerOutputIsDroppedWhileNotWritableAndTheTimerKeepsRunning() throws {
+        let harness = try Harness(deadlines: [Instant.zero + .seconds(105), Instant.zero + .seconds(115)])
+        harness.driver.timeoutReplies = { now in [(S, Array("tick \(now.nanoseconds / 1_000_000_000)".utf8))] }
+        let loop = harness.channel.embeddedEventLoop
+        harness.channel.isWritable = false
+        harness.clock.advance(by: .seconds(5))
+        loop.advanceTime(by: .seconds(5))
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(105)])
+        #expect(harness.handler.statistics.droppedUnwritable == 1)
+        #expect(try harness.sent().isEmpty)
+        // Re-armed for the next deadline all the same.
+        harness.channel.isWritable = true
+        harness.clock.advance(by: .seconds(10))
+        loop.advanceTime(by: .seconds(10))
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(105), Instant.zero + .seconds(115)])
+        #expect(try harness.sent().map(\.1) == ["tick 115"])
+        #expect(harness.handler.statistics.droppedUnwritable == 1)
+        #expect(harness.handler.statistics.datagramsSent == 1)
     }
 
     @Test func closingTheChannelCancelsTheTimer() throws {

@@ -38,8 +38,10 @@ struct ExtendedRoundTripTests {
                counter: 3, tag: tagX),
         .challenge(cookie: cookieX),
         .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
-                    keepAliveMillis: 10_000, alternatePort: 10_082),
+                    keepAliveMillis: 10_000, alternatePort: 10_082, nonce: cookieX),
         .registered(serverKey: (0..<32).map { UInt8($0) }, publicEndpoint: ep("1.2.3.4:5"), keepAliveMillis: .max, alternatePort: 0),
+        .registered(serverKey: Array(repeating: 0xFF, count: 32), publicEndpoint: ep("255.255.255.255:65535"), keepAliveMillis: 0,
+                    alternatePort: .max, nonce: Token128(high: .max, low: .max)),
         .refused(text: "registration refused: ID bob - the ID is in use from another address"),
         .refused(text: ""),
         .refused(text: "tab\tand 안녕 👋"),
@@ -54,6 +56,8 @@ struct ExtendedRoundTripTests {
         .relayed(from: id("alice"), payload: []),
         .keepAliveAck(publicEndpoint: ep("192.0.2.99:33333")),
         .unknownSession(id("alice")),
+        .unknownSession(id("alice"), echo: tagX),
+        .unknownSession(id("한국어"), echo: Token128(high: .max, low: 1)),
         .ping(from: id("alice"), to: id("bob"), transaction: 0x1234_5678_9ABC_DEF0, tag: tagX),
         .pong(from: id("bob"), to: id("alice"), transaction: 1, observed: ep("203.0.113.7:40001"), tag: tagX),
         .chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 40)),
@@ -98,6 +102,31 @@ struct ExtendedRoundTripTests {
                           1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
     }
 
+    /// The nonce goes last, after the alternate port.
+    @Test func exactLayoutOfRegistered() {
+        let bytes = ExtendedMessage.registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("1.2.3.4:258"),
+                                               keepAliveMillis: 0x0A0B_0C0D, alternatePort: 0x2762, nonce: tagX).encode()
+        #expect(bytes == [0xFE, 0x01, 0x42] + Array(repeating: 0x11, count: 32)
+                + [1, 2, 3, 4, 1, 2, 0x0A, 0x0B, 0x0C, 0x0D, 0x27, 0x62] + Array(1...16))
+        // Without a nonce the field is there, all zero.
+        let bare = ExtendedMessage.registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("1.2.3.4:258"),
+                                              keepAliveMillis: 0x0A0B_0C0D, alternatePort: 0x2762)
+        #expect(bare == .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("1.2.3.4:258"),
+                                    keepAliveMillis: 0x0A0B_0C0D, alternatePort: 0x2762, nonce: .zero))
+        #expect(bare.encode() == Array(bytes.dropLast(16)) + Array(repeating: 0, count: 16))
+        // The old layout (no nonce) is refused.
+        #expect(extendedError(Array(bytes.dropLast(16))) == .malformed("truncated token"))
+    }
+
+    /// The echoed tag follows the ID.
+    @Test func exactLayoutOfUnknownSession() {
+        #expect(ExtendedMessage.unknownSession(id("ab"), echo: tagX).encode() == [0xFE, 0x01, 0x49, 2, 0x61, 0x62] + Array(1...16))
+        #expect(ExtendedMessage.unknownSession(id("ab")) == .unknownSession(id("ab"), echo: .zero))
+        #expect(ExtendedMessage.unknownSession(id("ab")).encode() == [0xFE, 0x01, 0x49, 2, 0x61, 0x62] + Array(repeating: 0, count: 16))
+        // The old layout (the ID alone) is refused.
+        #expect(extendedError([0xFE, 0x01, 0x49, 2, 0x61, 0x62]) == .malformed("truncated token"))
+    }
+
     @Test func exactLayoutOfAPeer() {
         let info = PeerInfo(id: id("b"), publicEndpoint: ep("1.2.3.4:258"), privateEndpoints: [ep("10.0.0.6:10081")],
                             natKind: .none, dialect: .classic, keys: nil)
@@ -137,12 +166,13 @@ struct ExtendedRejectionTests {
         .keepAlive(id: id("alice"), natKind: .none, counter: 5, tag: tagX),
         .relay(id: id("alice"), to: id("bob"), payload: [1, 2, 3, 4], counter: 9, tag: tagX),
         .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
-                    keepAliveMillis: 10_000, alternatePort: 10_082),
+                    keepAliveMillis: 10_000, alternatePort: 10_082, nonce: cookieX),
         .refused(text: "no"),
         .peer(fullPeer),
         .peerLeft(id("bob"), reason: .offline, publicEndpoint: ep("203.0.113.7:40002")),
         .punch(peer: fullPeer, round: 2, delayMillis: 800),
         .relayed(from: id("alice"), payload: [9, 9]),
+        .unknownSession(id("alice"), echo: tagX),
         .pong(from: id("bob"), to: id("alice"), transaction: 1, observed: ep("203.0.113.7:40001"), tag: tagX),
         .chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 20)),
         .chatAck(from: id("bob"), to: id("alice"), messageID: 99, tag: tagX),
@@ -317,7 +347,7 @@ struct ExtendedTrailerTests {
             .registered(serverKey: Array(repeating: 1, count: 32), publicEndpoint: ep("1.2.3.4:5"), keepAliveMillis: 1, alternatePort: 0),
             .refused(text: "x"), .peer(fullPeer), .peerLeft(id("b"), reason: .offline, publicEndpoint: ep("1.2.3.4:5")),
             .punch(peer: fullPeer, round: 1, delayMillis: 0), .relayed(from: id("a"), payload: [1]),
-            .keepAliveAck(publicEndpoint: ep("1.2.3.4:5")), .unknownSession(id("a")),
+            .keepAliveAck(publicEndpoint: ep("1.2.3.4:5")), .unknownSession(id("a"), echo: tagX),
             .chat(from: id("a"), to: id("b"), messageID: 1, sealed: Array(repeating: 0, count: 16)),
         ]
         for message in untagged {

@@ -290,7 +290,8 @@ struct LoadRun {
                 let index = next % clients.count
                 next += 1
                 let fd = clients[index].socket
-                send(keepAliveMessage(index), on: fds[fd])
+                let bytes = keepAliveMessage(index) // (not inline: that would copy self, clients included)
+                send(bytes, on: fds[fd])
                 inFlight[fd, default: []].append(monotonicMicros())
                 outstanding += 1
                 sent += 1
@@ -353,7 +354,8 @@ struct LoadRun {
             for _ in 0..<perTick where !clients.isEmpty {
                 let index = next % clients.count
                 next += 1
-                send(keepAliveMessage(index), on: fds[clients[index].socket])
+                let bytes = keepAliveMessage(index)
+                send(bytes, on: fds[clients[index].socket])
             }
             _ = receive(timeoutMillis: 100)
         }
