@@ -68,7 +68,7 @@ public struct ReliableSender: Sendable {
     public mutating func due(now: Instant) -> (retransmit: [Message], expired: [Message]) {
         var retransmit: [Message] = []
         var expired: [Message] = []
-        for (id, var message) in inFlight where now >= message.nextRetry {
+        for (id, var message) in inFlight where now >= message.nextRetry || now - message.firstSent >= configuration.deadline {
             if now - message.firstSent >= configuration.deadline {
                 inFlight[id] = nil
                 expired.append(message)
@@ -90,7 +90,10 @@ public struct ReliableSender: Sendable {
         return gone.sorted { $0.id < $1.id }
     }
 
-    public var nextDeadline: Instant? { inFlight.values.map(\.nextRetry).min() }
+    /// The next retry or give-up time, whichever comes first.
+    public var nextDeadline: Instant? {
+        inFlight.values.map { min($0.nextRetry, $0.firstSent + configuration.deadline) }.min()
+    }
 }
 
 /// Shows each message once however often it arrives: remembers the last IDs seen per peer
