@@ -397,8 +397,24 @@ class NatTraversalTest(unittest.TestCase):
                     if same != want_same:
                         failures.append(f'{host}: mapping to ports {S.SERVER_PORT} and {S.ALT_PORT}: {m1} vs {m2} '
                                         f'(expected {"equal" if want_same else "different"})')
-            print('natchat --probe: no such option in `natchat --help`; natchat\'s probe against coturn '
-                  'is left to the lead', flush=True)
+            # natchat's own STUN client (AddressDiscovery.MappingProbe) against coturn and
+            # against natchat-server's two ports, from the cone and the symmetric host.
+            probes = (('a1', ['--server-port', '3478', '--alt-port', '0'], 'coturn', None),
+                      ('a1', ['--server-port', str(S.SERVER_PORT), '--alt-port', str(S.ALT_PORT)], 'natchat-server',
+                       'endpoint-independent mapping (cone)'),
+                      ('c1', ['--server-port', str(S.SERVER_PORT), '--alt-port', str(S.ALT_PORT)], 'natchat-server',
+                       'endpoint-dependent mapping (symmetric)'))
+            for host, args, label, kind in probes:
+                r = tb.run(host, [S.binary('natchat'), '--probe', '--server', S.SERVER_IP, '--identity', 'none'] + args,
+                           check=False, timeout=20)
+                out = (r.stdout + r.stderr).strip()
+                print(f'=== natchat --probe from {host} against {label} rc={r.returncode} ===\n{out}', flush=True)
+                m = re.search(r'^mapped address: (\d+\.\d+\.\d+\.\d+):(\d+)$', r.stdout, re.M)
+                if r.returncode != 0 or not m or m.group(1) != tb.public_ip(host):
+                    failures.append(f'natchat --probe from {host} against {label}: rc {r.returncode}, output {out!r}, '
+                                    f'expected mapped address {tb.public_ip(host)}:*')
+                if kind and f'NAT: {kind}' not in r.stdout:
+                    failures.append(f'natchat --probe from {host} against {label}: expected "NAT: {kind}" in {out!r}')
             if failures:
                 self.fail('STUN interop failures:\n  ' + '\n  '.join(failures) + '\n\nnatchat-server stderr:\n'
                           + '\n'.join(server.stderr_tail(30)))
