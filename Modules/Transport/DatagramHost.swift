@@ -10,7 +10,7 @@ public final class DatagramHost<Driver: DatagramDriver>: Sendable {
     /// The largest datagram a node accepts; longer ones are truncated by the read and then
     /// refused by the decoders.
     public static var maxDatagramSize: Int { 2048 }
-    static var vectorReadCount: Int { 32 }
+    static var vectorReadCount: Int { 64 }
 
     /// The channel's local address.
     public let localAddress: SocketAddress?
