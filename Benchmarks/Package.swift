@@ -11,6 +11,7 @@ let package = Package(
         .package(name: "natchat", path: ".."),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
         .executableTarget(
@@ -23,5 +24,22 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Micro-benchmarks of the hot paths (`swift package benchmark`), with malloc counts;
+        // thresholds are checked in under Thresholds/.
+        .executableTarget(
+            name: "NatchatBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "Wire", package: "natchat"),
+                .product(name: "STUN", package: "natchat"),
+                .product(name: "Identity", package: "natchat"),
+                .product(name: "Registry", package: "natchat"),
+                .product(name: "KeepAlive", package: "natchat"),
+                .product(name: "MonotonicTime", package: "natchat"),
+                .product(name: "LineEditor", package: "natchat"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Benchmarks/NatchatBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]),
     ]
 )
