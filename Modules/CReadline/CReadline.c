@@ -127,7 +127,9 @@ void natchat_rl_print_above(const char *text) {
     int saved_point = rl_point;
     char *saved_line = rl_copy_text(0, rl_end);
     rl_save_prompt();
-    rl_replace_line("", 0);
+    /* Clearing the undo list matters: readline would otherwise write the emptied line back
+       into the current history entry when the user next presses Enter. */
+    rl_replace_line("", 1);
     rl_redisplay();
     fputs("\r\033[K", rl_outstream ? rl_outstream : stdout);
     fputs(text, rl_outstream ? rl_outstream : stdout);
@@ -135,7 +137,7 @@ void natchat_rl_print_above(const char *text) {
     fflush(rl_outstream ? rl_outstream : stdout);
     rl_restore_prompt();
     if (saved_line) {
-        rl_replace_line(saved_line, 0);
+        rl_replace_line(saved_line, 1);
         free(saved_line);
     }
     rl_point = saved_point;
@@ -149,7 +151,10 @@ int natchat_rl_history_load(const char *path) {
 }
 
 void natchat_rl_history_add(const char *line) {
-    if (line && *line) add_history(line);
+    if (line && *line) {
+        add_history(line);
+        using_history(); /* the next Up starts from the newest entry */
+    }
 }
 
 int natchat_rl_history_save(const char *path, int max_entries) {
