@@ -56,7 +56,7 @@ public enum Command: Hashable, Sendable {
             guard !textBytes.isEmpty else { throw .usage(chatUsage + " (the text is missing)") }
             let text = String(decoding: textBytes, as: UTF8.self)
             guard let id = try? ClientID(idText) else { throw .usage(chatUsage + " (\"\(idText.prefix(40))\" is not a valid ID)") }
-            guard !text.unicodeScalars.contains(where: { $0 != "\t" && $0.properties.generalCategory == .control }) else {
+            guard !text.unicodeScalars.contains(where: ClassicMessage.isForbiddenInText) else {
                 throw .usage(chatUsage + " (the text holds a control character)")
             }
             let maxText = maxTextBytes

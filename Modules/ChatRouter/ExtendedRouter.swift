@@ -267,7 +267,7 @@ public struct ExtendedRouter: Sendable {
             events.append(.forged(claimedFrom: from))
             return nil
         }
-        guard !text.unicodeScalars.contains(where: { $0 != "\t" && $0.properties.generalCategory == .control }) else { return nil }
+        guard !text.unicodeScalars.contains(where: ClassicMessage.isForbiddenInText) else { return nil }
         return text
     }
 

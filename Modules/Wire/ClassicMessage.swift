@@ -156,8 +156,9 @@ extension ClassicMessage {
     }
 
     /// Control characters other than tab are refused in chat text: they would drive the
-    /// reader's terminal (escape sequences, carriage returns over earlier lines).
-    static func isForbiddenInText(_ scalar: Unicode.Scalar) -> Bool {
+    /// reader's terminal (escape sequences, carriage returns over earlier lines). The one
+    /// rule for every place chat text enters: datagrams, decrypted chat, typed commands.
+    public static func isForbiddenInText(_ scalar: Unicode.Scalar) -> Bool {
         scalar != "\t" && scalar.properties.generalCategory == .control
     }
 }
