@@ -2,19 +2,40 @@ import Crypto
 import Foundation
 import Wire
 
-/// A 256-bit symmetric key: its bytes (compared and hashed) and the ready-made crypto key,
-/// so verifying a datagram does not rebuild the key each time.
+/// A 256-bit symmetric key, held inline (no heap): its 32 bytes, compared and hashed, and
+/// its ``SessionMAC`` ready, so tagging or verifying a datagram allocates nothing. The server
+/// keeps one per registered client.
 public struct KeyBytes: Hashable, Sendable {
-    public let bytes: [UInt8]
-    let symmetric: SymmetricKey
+    private let w0, w1, w2, w3: UInt64
+    /// The key's HMAC-SHA256 midstates.
+    public let mac: SessionMAC
 
-    public init(_ bytes: [UInt8]) {
-        self.bytes = bytes
-        symmetric = SymmetricKey(data: bytes)
+    /// `bytes` must be 32 bytes; shorter input is zero-padded, longer is cut.
+    public init(_ bytes: some Collection<UInt8>) {
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &words) { raw in
+            for (index, byte) in bytes.prefix(32).enumerated() { raw[index] = byte }
+        }
+        (w0, w1, w2, w3) = words
+        mac = withUnsafeBytes(of: &words) { SessionMAC(key: $0) }
     }
 
-    public static func == (a: KeyBytes, b: KeyBytes) -> Bool { a.bytes == b.bytes }
-    public func hash(into hasher: inout Hasher) { hasher.combine(bytes) }
+    /// The 32 key bytes.
+    public var bytes: [UInt8] {
+        var words = (w0, w1, w2, w3)
+        return withUnsafeBytes(of: &words) { Array($0) }
+    }
+
+    /// The key for swift-crypto (built on demand: chat sealing, not the server's hot path).
+    var symmetric: SymmetricKey { SymmetricKey(data: bytes) }
+
+    public static func == (a: KeyBytes, b: KeyBytes) -> Bool {
+        a.w0 == b.w0 && a.w1 == b.w1 && a.w2 == b.w2 && a.w3 == b.w3
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(w0); hasher.combine(w1); hasher.combine(w2); hasher.combine(w3)
+    }
 }
 
 /// The cryptography of the extended dialect, in one place.
@@ -30,13 +51,13 @@ public struct KeyBytes: Hashable, Sendable {
 ///   pings, pongs and acks carry HMAC tags under the pair key. The server never has it.
 public enum SessionCrypto {
     /// HMAC-SHA256 over `bytes`, cut to 128 bits.
-    public static func tag(_ bytes: some DataProtocol, key: KeyBytes) -> Token128 {
-        let mac = Array(HMAC<SHA256>.authenticationCode(for: bytes, using: key.symmetric))
-        return Token128(high: mac[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, low: mac[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
+    public static func tag(_ bytes: some Collection<UInt8>, key: KeyBytes) -> Token128 {
+        if let tag = bytes.withContiguousStorageIfAvailable({ key.mac.tag(UnsafeRawBufferPointer($0)) }) { return tag }
+        return Array(bytes).withUnsafeBytes { key.mac.tag($0) }
     }
 
     /// Checks a tag made by ``tag(_:key:)`` (constant time).
-    public static func verify(_ tag: Token128, over bytes: some DataProtocol, key: KeyBytes) -> Bool {
+    public static func verify(_ tag: Token128, over bytes: some Collection<UInt8>, key: KeyBytes) -> Bool {
         self.tag(bytes, key: key).constantTimeEquals(tag)
     }
 
@@ -51,9 +72,16 @@ public enum SessionCrypto {
 
     /// Whether the trailing tag of the encoded datagram `bytes` verifies under `key`.
     public static func verifyAuthenticated(_ bytes: [UInt8], key: KeyBytes) -> Bool {
-        guard bytes.count > 16, ExtendedMessage.trailerLength(ofEncoded: bytes) == 16 else { return false }
-        let tag = Token128(bytes: bytes[(bytes.count - 16)...])
-        return verify(tag, over: bytes[..<(bytes.count - 16)], key: key)
+        bytes.withUnsafeBytes { verifyAuthenticated($0, key: key) }
+    }
+
+    /// ``verifyAuthenticated(_:key:)`` on a datagram in place (the server's receive buffer).
+    public static func verifyAuthenticated(_ datagram: UnsafeRawBufferPointer, key: KeyBytes) -> Bool {
+        guard datagram.count > 16, ExtendedMessage.trailerLength(ofEncoded: datagram) == 16 else { return false }
+        let tagStart = datagram.count - 16
+        let tag = Token128(high: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagStart, as: UInt64.self)),
+                           low: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagStart + 8, as: UInt64.self)))
+        return key.mac.isValid(tag, for: UnsafeRawBufferPointer(rebasing: datagram[..<tagStart]))
     }
 
     /// Encodes a registration signed by `identity`.
