@@ -80,7 +80,7 @@ let package = Package(
         tests("ChatRouter", ["ChatRouter", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", crypto]),
         tests("AddressDiscovery", ["AddressDiscovery", "Wire", "STUN", "MonotonicTime"]),
         tests("Transport", ["Transport", "Wire", "MonotonicTime", nioCore, nioEmbedded]),
-        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Wire", "MonotonicTime", "STUN", nioCore, logging]),
+        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Wire", "MonotonicTime", "STUN", "Identity", nioCore, logging, crypto]),
         tests("ChatClient", ["ChatClient", "Wire", "MonotonicTime", "Transport", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),
         tests("MonotonicTime", ["MonotonicTime"]),

@@ -347,6 +347,30 @@ public struct Registry: Sendable {
         }
     }
 
+    /// Acknowledges an authenticated keep-alive read in place from the receive buffer, when
+    /// it changes nothing but liveness: it comes from the endpoint the client registered at,
+    /// with the same NAT kind, a valid tag and a fresh counter. That is nearly every datagram a
+    /// busy server gets (each client, every 10 s), and this path allocates nothing.
+    ///
+    /// Returns `false`, having changed nothing, for anything else; decode the datagram then
+    /// and hand it to ``receive(_:bytes:from:now:random:)``, which handles every case
+    /// (moves, replays, unknown sessions) with the same rules.
+    public mutating func acknowledgeKeepAlive(_ datagram: UnsafeRawBufferPointer, from source: Endpoint, now: Instant) -> Bool {
+        guard let frame = ExtendedMessage.KeepAliveFrame(datagram),
+              let id = extendedByEndpoint[source],
+              id.rawValue.utf8.elementsEqual(frame.idBytes),
+              let index = entries.index(forKey: id)
+        else { return false }
+        let entry = entries.values[index]
+        guard entry.dialect == .extended, entry.publicEndpoint == source, entry.natKind == frame.natKind,
+              frame.counter > entry.lastCounter, let key = entry.sessionKey,
+              key.mac.isValid(frame.tag, for: frame.authenticated)
+        else { return false }
+        entries.values[index].lastCounter = frame.counter
+        liveness.touch(id, now: now)
+        return true
+    }
+
     /// The answer to a session message that did not pass: a valid tag with a stale counter
     /// is a replay and gets nothing; anything else (no such session, a tag that does not
     /// verify: the server restarted) gets ``ExtendedMessage/unknownSession(_:echo:)``

@@ -37,6 +37,8 @@ public final class RendezvousService: DatagramDriver {
         /// Messages that changed nothing (unknown ID, wrong endpoint, not for the server).
         public var ignored = 0
         public var stunRequests = 0
+        /// Keep-alives acknowledged on the in-place path (the rest count as registrations' traffic).
+        public var keepAlives = 0
         public var relayedDatagrams = 0
         public var relayRefused = 0
         public var punchRounds = 0
@@ -77,6 +79,7 @@ public final class RendezvousService: DatagramDriver {
             answerSTUN(transaction, from: source, output: &output)
             return
         }
+        if acknowledgeKeepAlive(payload, from: source, now: now, output: &output) { return }
         let bytes = payload.readableBytesView
         if STUN.looksLikeSTUN(bytes) {
             counters.malformed += 1
@@ -159,15 +162,33 @@ public final class RendezvousService: DatagramDriver {
 
     private func answerSTUN(_ transaction: STUN.TransactionID, from source: Endpoint, output: inout DatagramOutput) {
         counters.stunRequests += 1
-        var response = output.allocator.buffer(capacity: STUN.bindingSuccessLength)
-        STUN.writeBindingSuccess(transaction, mapped: source) { value, count in
-            switch count {
-            case 2: response.writeInteger(UInt16(truncatingIfNeeded: value))
-            case 4: response.writeInteger(UInt32(truncatingIfNeeded: value))
-            default: response.writeInteger(value)
+        output.send(to: source, maxLength: STUN.bindingSuccessLength) { response in
+            STUN.writeBindingSuccess(transaction, mapped: source) { value, count in
+                switch count {
+                case 2: response.writeInteger(UInt16(truncatingIfNeeded: value))
+                case 4: response.writeInteger(UInt32(truncatingIfNeeded: value))
+                default: response.writeInteger(value)
+                }
             }
         }
-        output.reply(buffer: response, to: source)
+    }
+
+    /// The registry's in-place path for an authenticated keep-alive that changes nothing but
+    /// liveness; `false` when the datagram needs the general path.
+    private func acknowledgeKeepAlive(_ payload: ByteBuffer, from source: Endpoint, now: Instant,
+                                      output: inout DatagramOutput) -> Bool {
+        guard payload.getInteger(at: payload.readerIndex, as: UInt8.self) == ExtendedMessage.magic,
+              payload.withUnsafeReadableBytes({ registry.acknowledgeKeepAlive($0, from: source, now: now) })
+        else { return false }
+        counters.keepAlives += 1
+        output.send(to: source, maxLength: ExtendedMessage.keepAliveAckLength) { ack in
+            ack.writeInteger(ExtendedMessage.magic)
+            ack.writeInteger(ExtendedMessage.version)
+            ack.writeInteger(ExtendedMessage.keepAliveAckKind)
+            ack.writeInteger(source.address.bits)
+            ack.writeInteger(source.port)
+        }
+        return true
     }
 
     private func perform(_ actions: [Registry.Action], now: Instant, output: inout DatagramOutput) {

@@ -29,10 +29,61 @@ public struct DatagramOutput {
     /// rather than building one (the server's hot path answers the sender).
     var currentSource: (endpoint: Endpoint, address: SocketAddress)?
     var replies: [(address: SocketAddress, payload: ByteBuffer)] = []
+    /// Small replies to senders of the current read batch, written one after another into
+    /// one buffer and cut into slices only when the batch is flushed (a slice shares the
+    /// buffer's storage, so writing after slicing would copy it). Once the kernel has taken
+    /// a batch the storage is ours alone again and is reused: a reply allocates nothing.
+    var arena: ByteBuffer
+    var arenaReplies: [(address: SocketAddress, start: Int, length: Int)] = []
+    static var arenaCapacity: Int { 64 * 1024 }
 
     public init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
         self.allocator = allocator
+        self.arena = allocator.buffer(capacity: 0)
     }
+
+    /// Queues a datagram of at most `maxLength` bytes for `destination`, written by `body`
+    /// into the output's own buffer: the server's STUN answers, keep-alive acknowledgements
+    /// and relayed datagrams. In steady state this allocates nothing (the sender's socket
+    /// address is reused, other destinations' addresses are cached). Outside a read batch
+    /// (timers, ``DatagramHost/perform(_:)``, a test driving a core) the datagram gets a
+    /// buffer of its own in ``pending``, like ``send(buffer:to:)``.
+    public mutating func send(to destination: Endpoint, maxLength: Int, writing body: (inout ByteBuffer) -> Void) {
+        guard currentSource != nil, maxLength <= Self.arenaCapacity else {
+            var buffer = allocator.buffer(capacity: maxLength)
+            body(&buffer)
+            pending.append((destination, buffer))
+            return
+        }
+        let address = socketAddress(for: destination)
+        if arena.capacity == 0 || arena.writableBytes < maxLength {
+            if !arenaReplies.isEmpty {
+                // This batch filled the arena: the rest get buffers of their own.
+                var buffer = allocator.buffer(capacity: maxLength)
+                body(&buffer)
+                replies.append((address, buffer))
+                return
+            }
+            arena = allocator.buffer(capacity: Self.arenaCapacity)
+        }
+        let start = arena.writerIndex
+        body(&arena)
+        arenaReplies.append((address, start, arena.writerIndex - start))
+    }
+
+    /// The socket address of `endpoint`: the current sender's as NIO delivered it, or one
+    /// from a small cache (building one allocates).
+    mutating func socketAddress(for endpoint: Endpoint) -> SocketAddress {
+        if let source = currentSource, source.endpoint == endpoint { return source.address }
+        if let cached = addressCache[endpoint] { return cached }
+        if addressCache.count >= Self.addressCacheLimit { addressCache.removeAll(keepingCapacity: true) }
+        let address = endpoint.socketAddress
+        addressCache[endpoint] = address
+        return address
+    }
+
+    var addressCache: [Endpoint: SocketAddress] = [:]
+    static var addressCacheLimit: Int { 4096 }
 
     /// Queues a prepared buffer for the sender of the datagram being handled.
     public mutating func reply(buffer: ByteBuffer, to destination: Endpoint) {
@@ -62,7 +113,16 @@ public struct DatagramOutput {
     }
 
     /// Whether anything is queued.
-    public var isEmpty: Bool { pending.isEmpty && replies.isEmpty }
+    public var isEmpty: Bool { pending.isEmpty && replies.isEmpty && arenaReplies.isEmpty }
+
+    /// Forgets everything queued, keeping the storage (for callers that drive a core
+    /// without a transport, such as benchmarks).
+    public mutating func removeAll() {
+        pending.removeAll(keepingCapacity: true)
+        replies.removeAll(keepingCapacity: true)
+        arenaReplies.removeAll(keepingCapacity: true)
+        arena.clear()
+    }
 }
 
 extension Endpoint {

@@ -91,23 +91,28 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
             guard context.channel.isWritable else {
                 // The kernel is not taking datagrams (a send buffer full of packets waiting for
                 // unreachable neighbours): drop rather than queue in memory without bound.
-                statistics.droppedUnwritable += output.replies.count + output.pending.count
-                output.replies.removeAll(keepingCapacity: true)
-                output.pending.removeAll(keepingCapacity: true)
+                statistics.droppedUnwritable += output.replies.count + output.pending.count + output.arenaReplies.count
+                output.removeAll()
                 armTimer()
                 return
+            }
+            for (address, start, length) in output.arenaReplies {
+                guard let payload = output.arena.getSlice(at: start, length: length) else { continue }
+                context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: address, data: payload)), promise: nil)
             }
             for (address, payload) in output.replies {
                 context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: address, data: payload)), promise: nil)
             }
             for (destination, payload) in output.pending {
-                let envelope = AddressedEnvelope(remoteAddress: destination.socketAddress, data: payload)
+                let envelope = AddressedEnvelope(remoteAddress: output.socketAddress(for: destination), data: payload)
                 context.write(wrapOutboundOut(envelope), promise: nil)
             }
-            statistics.datagramsSent += output.replies.count + output.pending.count
-            output.replies.removeAll(keepingCapacity: true)
-            output.pending.removeAll(keepingCapacity: true)
+            statistics.datagramsSent += output.replies.count + output.pending.count + output.arenaReplies.count
             context.flush()
+            // After the flush the kernel normally has every datagram and the arena's storage
+            // is ours alone again, so clearing it keeps it; if a write is still queued, the
+            // next reply starts a fresh arena.
+            output.removeAll()
         }
         armTimer()
     }

@@ -294,3 +294,41 @@ extension WireReader {
         PublicKeys(signing: try raw(PublicKeys.keyLength, "signing key"), agreement: try raw(PublicKeys.keyLength, "agreement key"))
     }
 }
+
+extension ExtendedMessage {
+    /// The encoded length of ``keepAliveAck(publicEndpoint:)``: magic, version, kind, endpoint.
+    public static var keepAliveAckLength: Int { 9 }
+    /// The kind byte of ``keepAliveAck(publicEndpoint:)``, for writers that build it in place.
+    public static var keepAliveAckKind: UInt8 { Kind.keepAliveAck.rawValue }
+
+    /// The fields of one encoded ``keepAlive(id:natKind:counter:tag:)``, read in place
+    /// without allocating (the server's commonest datagram). It accepts exactly what
+    /// ``decode(_:)`` accepts as a keep-alive, except that the ID's characters are not
+    /// checked: ``idBytes`` is only compared with a registered ID.
+    public struct KeepAliveFrame {
+        /// The ID's UTF-8 bytes; valid while the datagram's memory is.
+        public let idBytes: UnsafeRawBufferPointer
+        public let natKind: NATKind
+        public let counter: UInt64
+        /// Everything but the trailing tag: what the tag covers.
+        public let authenticated: UnsafeRawBufferPointer
+        public let tag: Token128
+
+        /// `nil` unless `datagram` is one whole keep-alive frame.
+        public init?(_ datagram: UnsafeRawBufferPointer) {
+            guard datagram.count >= 4, datagram[0] == ExtendedMessage.magic, datagram[1] == ExtendedMessage.version,
+                  datagram[2] == Kind.keepAlive.rawValue else { return nil }
+            let idLength = Int(datagram[3])
+            guard idLength >= 1, idLength <= ClientID.maxUTF8Length, datagram.count == 4 + idLength + 1 + 8 + 16,
+                  let natKind = NATKind(rawValue: datagram[4 + idLength]) else { return nil }
+            let counterOffset = 5 + idLength
+            let tagOffset = counterOffset + 8
+            idBytes = UnsafeRawBufferPointer(rebasing: datagram[4..<(4 + idLength)])
+            self.natKind = natKind
+            counter = UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: counterOffset, as: UInt64.self))
+            authenticated = UnsafeRawBufferPointer(rebasing: datagram[..<tagOffset])
+            tag = Token128(high: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagOffset, as: UInt64.self)),
+                           low: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagOffset + 8, as: UInt64.self)))
+        }
+    }
+}

@@ -802,3 +802,81 @@ struct ExtendedPunchRelayTests {
         #expect(server.relay(alice, to: carol, [1], from: A, at: at(2)).first == .sendExtended(.relayed(from: alice, payload: [1]), to: C))
     }
 }
+
+@Suite("Registry keep-alive in place")
+struct KeepAliveInPlaceTests {
+    /// The in-place path on `bytes` from `source`.
+    private func inPlace(_ server: inout Server, _ bytes: [UInt8], from source: Endpoint, at now: Instant) -> Bool {
+        bytes.withUnsafeBytes { server.registry.acknowledgeKeepAlive($0, from: source, now: now) }
+    }
+
+    private func keepAliveBytes(_ server: inout Server, _ clientID: ClientID, natKind: NATKind = .endpointIndependent,
+                                counter: UInt64? = nil) -> [UInt8] {
+        server.sessionBytes(clientID, counter: counter) { .keepAlive(id: clientID, natKind: natKind, counter: $0, tag: .zero) }
+    }
+
+    @Test func aValidKeepAliveFromTheRegisteredEndpointIsAcknowledgedInPlace() throws {
+        var server = Server.withThree()
+        let bytes = keepAliveBytes(&server, alice, counter: 7)
+        #expect(inPlace(&server, bytes, from: A, at: at(25)))
+        #expect(server.registry.entry(for: alice)?.lastCounter == 7)
+        // It counted as a keep-alive: at 40 s alice (heard at 25) stays, carol (heard at 0) goes.
+        let swept = server.registry.sweep(now: at(40))
+        #expect(swept.contains { if case .report(.evicted(let entry)) = $0 { entry.id == carol } else { false } })
+        #expect(server.registry.entry(for: alice) != nil)
+        // The same datagram again is a replay: not in place, and the general path drops it.
+        #expect(!inPlace(&server, bytes, from: A, at: at(41)))
+        #expect(server.receiveBytes(bytes, from: A, at: at(41)) == [.report(.ignoredExtended(from: A, .replayed))])
+    }
+
+    @Test func everythingElseIsLeftToTheGeneralPathUnchanged() throws {
+        var server = Server.withThree()
+        let before = try #require(server.registry.entry(for: alice))
+        var cases: [(String, [UInt8], Endpoint)] = []
+        // From another address (a NAT rebinding): the general path moves the registration.
+        cases.append(("moved", keepAliveBytes(&server, alice, counter: 10), X))
+        // A changed NAT kind: the general path announces it.
+        cases.append(("NAT kind", keepAliveBytes(&server, alice, natKind: .endpointDependent, counter: 11), A))
+        // A tag under another key, a flipped tag bit, a cut datagram, trailing garbage.
+        cases.append(("wrong key", server.sessionBytes(alice, counter: 12, key: KeyBytes(Array(repeating: 1, count: 32))) {
+            .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero)
+        }, A))
+        var flipped = keepAliveBytes(&server, alice, counter: 13)
+        flipped[flipped.count - 1] ^= 0x80
+        cases.append(("flipped tag", flipped, A))
+        let good = keepAliveBytes(&server, alice, counter: 14)
+        cases.append(("cut", Array(good.dropLast()), A))
+        cases.append(("trailing", good + [0], A))
+        // carol's keep-alive sent from alice's endpoint, and one for an ID nobody holds.
+        cases.append(("other ID", keepAliveBytes(&server, carol, counter: 5), A))
+        cases.append(("unknown", SessionCrypto.authenticated(.keepAlive(id: erin, natKind: .unknown, counter: 1, tag: .zero),
+                                                             key: KeyBytes(Array(repeating: 2, count: 32))), A))
+        // A classic client's endpoint, and a datagram that is not a keep-alive at all.
+        cases.append(("classic endpoint", keepAliveBytes(&server, alice, counter: 15), B))
+        cases.append(("connect", server.sessionBytes(alice, counter: 16) { .connect(id: alice, peer: carol, counter: $0, tag: .zero) }, A))
+        for (name, bytes, source) in cases {
+            #expect(!inPlace(&server, bytes, from: source, at: at(1)), "\(name)")
+            #expect(server.registry.entry(for: alice) == before, "\(name)")
+        }
+        // The unchanged registry still takes the good datagram (counter 14 > 0).
+        #expect(inPlace(&server, good, from: A, at: at(2)))
+        #expect(server.registry.entry(for: alice)?.lastCounter == 14)
+    }
+
+    @Test func inPlaceAndGeneralPathsLeaveTheSameState() throws {
+        var fast = Server.withThree()
+        var general = Server.withThree()
+        for step in 1...20 {
+            let now = at(Int64(step))
+            let bytes = keepAliveBytes(&fast, alice)
+            _ = keepAliveBytes(&general, alice)
+            #expect(inPlace(&fast, bytes, from: A, at: now))
+            let actions = general.receiveBytes(bytes, from: A, at: now)
+            // The general path's whole answer is the acknowledgement the service writes in place.
+            #expect(actions == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
+        }
+        #expect(fast.registry.entry(for: alice) == general.registry.entry(for: alice))
+        #expect(fast.registry.sweep(now: at(40)) == general.registry.sweep(now: at(40)))
+        #expect(fast.registry.clients == general.registry.clients)
+    }
+}

@@ -26,12 +26,20 @@ private final class FakeDriver: DatagramDriver {
     var timeoutReplies: (Instant) -> [(Endpoint, [UInt8])] = { _ in [] }
     /// Queue the answers with `reply(buffer:to:)` (the sender's socket address reused) rather than `send`.
     var asReplies = false
+    /// Write the answers in place with `reply(to:maxLength:writing:)`.
+    var inPlace = false
 
     func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         let record = Received(payload: Array(payload.readableBytesView), source: source, now: now)
         received.append(record)
         for (destination, bytes) in replies(record) {
-            if asReplies { output.reply(buffer: ByteBuffer(bytes: bytes), to: destination) } else { output.send(bytes, to: destination) }
+            if inPlace {
+                output.send(to: destination, maxLength: bytes.count) { $0.writeBytes(bytes) }
+            } else if asReplies {
+                output.reply(buffer: ByteBuffer(bytes: bytes), to: destination)
+            } else {
+                output.send(bytes, to: destination)
+            }
         }
     }
 
@@ -180,6 +188,45 @@ struct DatagramDriverHandlerTests {
         harness.driver.replies = { _ in [] }
         try harness.channel.writeInbound(harness.envelope("c", from: v4("203.0.113.7", 40001)))
         #expect(harness.counter.flushes == 1)
+    }
+
+    @Test func inPlaceRepliesAreWrittenPerBatchAndOlderBatchesStayIntact() throws {
+        let harness = try Harness()
+        harness.driver.inPlace = true
+        harness.driver.replies = { received in
+            // The sender's socket address is reused; another destination's comes from the cache.
+            [(received.source, Array("re \(String(decoding: received.payload, as: UTF8.self))".utf8)), (S, Array("copy".utf8))]
+        }
+        let pipeline = harness.channel.pipeline.syncOperations
+        pipeline.fireChannelRead(NIOAny(harness.envelope("a", from: v4("203.0.113.7", 40001))))
+        pipeline.fireChannelRead(NIOAny(harness.envelope("bb", from: v4("198.51.100.9", 50000))))
+        pipeline.fireChannelReadComplete()
+        // The first batch is still held by the channel (not read out) while the second is written.
+        pipeline.fireChannelRead(NIOAny(harness.envelope("ccc", from: v4("203.0.113.7", 40001))))
+        pipeline.fireChannelReadComplete()
+        let sent = try harness.sent()
+        #expect(sent.map(\.1) == ["re a", "copy", "re bb", "copy", "re ccc", "copy"])
+        #expect(sent.map(\.0) == [A, S, B, S, A, S])
+        #expect(harness.counter.flushes == 2)
+        #expect(harness.handler.statistics.datagramsSent == 6)
+    }
+
+    @Test func aBatchLargerThanTheArenaFallsBackToBuffers() throws {
+        let harness = try Harness()
+        harness.driver.inPlace = true
+        harness.driver.replies = { received in [(received.source, Array(repeating: received.payload[0], count: 1_000))] }
+        let pipeline = harness.channel.pipeline.syncOperations
+        let count = DatagramOutput.arenaCapacity / 1_000 + 20
+        for index in 0..<count {
+            pipeline.fireChannelRead(NIOAny(harness.envelope(String(UnicodeScalar(UInt8(65 + index % 26))), from: v4("203.0.113.7", 40001))))
+        }
+        pipeline.fireChannelReadComplete()
+        let sent = try harness.sent()
+        #expect(sent.count == count)
+        #expect(sent.allSatisfy { $0.0 == A && $0.1.utf8.count == 1_000 })
+        // Every answer carries its own request's letter, whichever buffer it was written in.
+        #expect(Set(sent.map { $0.1.first }).count == 26)
+        #expect(sent.map { $0.1 } == (0..<count).map { String(repeating: String(UnicodeScalar(UInt8(65 + $0 % 26))), count: 1_000) })
     }
 
     @Test func nonIPv4SourceIsCountedAndDropped() throws {
