@@ -103,6 +103,11 @@ public final class ChatClientService: DatagramDriver {
     /// The cookie of the registration in flight (it salts the session key).
     private var registrationCookie: Token128?
     private var random = SystemRandomNumberGenerator()
+    /// The IDs in each peer table, in list order and sorted, updated as peers join and leave.
+    private var classicIndex: RosterIndex
+    private var extendedIndex: RosterIndex
+    /// Another peer joined or left while handling a datagram: completion must hear about it.
+    private var rosterChanged = false
     /// Datagrams that decoded to nothing, for diagnostics.
     public private(set) var malformedCount = 0
 
@@ -113,6 +118,8 @@ public final class ChatClientService: DatagramDriver {
         router = ChatRouter(selfID: configuration.id, server: configuration.server, privatePort: configuration.peerPrivatePort)
         keepAlive = KeepAliveSchedule(interval: configuration.keepAliveInterval)
         registrationBackoff = configuration.registrationRetry
+        classicIndex = RosterIndex(selfID: configuration.id)
+        extendedIndex = RosterIndex(selfID: configuration.id)
     }
 
     /// Whether the server has confirmed the registration (in either dialect).
@@ -172,11 +179,14 @@ public final class ChatClientService: DatagramDriver {
     public func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         guard !leaving else { return }
         let bytes = payload.readableBytesView
-        let peersBefore = currentPeerIDs
+        let modeBefore = mode
         defer {
-            let peersAfter = currentPeerIDs
-            if peersAfter != peersBefore { sinks.peersChanged(peersAfter.map(\.rawValue)) }
             flushExtended(output: &output)
+            let names = index(for: mode).completionNames
+            if rosterChanged || (mode != modeBefore && names != index(for: modeBefore).completionNames) {
+                rosterChanged = false
+                sinks.peersChanged(names)
+            }
         }
         if STUN.looksLikeSTUN(bytes) {
             if let message = try? STUN.decode(Array(bytes)), probe?.receive(message, from: source) == true {
@@ -207,7 +217,9 @@ public final class ChatClientService: DatagramDriver {
             }
             return
         }
-        for event in router.receive(message, from: source) { show(event) }
+        let events = router.receive(message, from: source)
+        trackClassicRoster(after: message)
+        for event in events { show(event) }
         if router.isRegistered, mode == .negotiating {
             mode = .classic
             registrationRetryAt = nil
@@ -326,8 +338,9 @@ public final class ChatClientService: DatagramDriver {
 
     // MARK: - Commands
 
-    private var currentPeerIDs: [ClientID] {
-        mode == .extended ? (extended?.peerIDs ?? []) : router.peerIDs
+    /// The index of the peer table that `mode` uses.
+    private func index(for mode: Mode) -> RosterIndex {
+        mode == .extended ? extendedIndex : classicIndex
     }
 
     private func showList() {
@@ -431,10 +444,37 @@ public final class ChatClientService: DatagramDriver {
     }
 
     private func flushExtended(output: inout DatagramOutput) {
-        guard var session = extended else { return }
-        while let transmit = session.pollTransmit() { output.send(transmit.bytes, to: transmit.destination) }
-        while let event = session.pollEvent() { show(event) }
-        extended = session
+        while let transmit = extended?.pollTransmit() { output.send(transmit.bytes, to: transmit.destination) }
+        while let event = extended?.pollEvent() {
+            trackExtendedRoster(event)
+            show(event)
+        }
+    }
+
+    /// Mirrors in `classicIndex` what `message` did to the classic peer table (the router
+    /// has taken it; it decided whether the source may change the table).
+    private func trackClassicRoster(after message: ClassicMessage) {
+        switch message {
+        case .peer(let id, _):
+            if router.peer(id) != nil, classicIndex.add(id), id != configuration.id { rosterChanged = true }
+        case .unregistered(let id, _), .offline(let id, _):
+            if router.peer(id) == nil, classicIndex.remove(id), id != configuration.id { rosterChanged = true }
+        default:
+            break
+        }
+    }
+
+    /// Mirrors in `extendedIndex` a join or leave: the extended table adds a peer only with
+    /// `.joined` and removes one only with `.left`.
+    private func trackExtendedRoster(_ event: ExtendedRouter.Event) {
+        switch event {
+        case .joined(let info):
+            if extendedIndex.add(info.id) { rosterChanged = true }
+        case .left(let id, _, _):
+            if extendedIndex.remove(id) { rosterChanged = true }
+        default:
+            break
+        }
     }
 
     private func show(_ event: ExtendedRouter.Event) {

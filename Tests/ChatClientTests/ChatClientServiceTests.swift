@@ -403,7 +403,8 @@ private struct ExtendedClient {
                                                             identity: identity, offerExtended: true)
         service = ChatClientService(
             configuration: configuration,
-            sinks: .init(display: { recorder.display($0) }, peersChanged: { _ in }, registrationRefused: { recorder.refused($0) }),
+            sinks: .init(display: { recorder.display($0) }, peersChanged: { recorder.peersChanged($0) },
+                         registrationRefused: { recorder.refused($0) }),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
     }
 
@@ -587,6 +588,18 @@ struct ChatClientExtendedSessionTests {
         // The old session's tags are forgotten on reset: a late echo of them changes nothing.
         #expect(late.isEmpty)
         #expect(client.recorder.lines == [])
+    }
+
+    @Test func peersChangedFollowsJoinsAndLeaves() {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        #expect(client.recorder.peers == [])
+        client.receive(.peer(PeerInfo(id: id("carol"), publicEndpoint: C)), at: at(1))
+        client.receive(.peer(PeerInfo(id: id("bob"), publicEndpoint: B)), at: at(1))
+        client.receive(.peer(PeerInfo(id: id("bob"), publicEndpoint: A)), at: at(2)) // moved: same IDs
+        client.receive(.peer(PeerInfo(id: id("dave"), publicEndpoint: A)), from: stranger, at: at(2)) // not from the server
+        client.receive(.peerLeft(id("carol"), reason: .offline, publicEndpoint: C), at: at(3))
+        client.receive(.peerLeft(id("carol"), reason: .offline, publicEndpoint: C), at: at(3)) // gone already
+        #expect(client.recorder.peers == [["carol"], ["bob", "carol"], ["bob"]])
     }
 
     @Test func unknownSessionBeforeAnySessionMessageIsIgnored() {
