@@ -371,6 +371,40 @@ public struct Registry: Sendable {
         return true
     }
 
+    /// What ``forwardRelay(_:from:now:)`` decided.
+    public enum RelayDecision: Hashable, Sendable {
+        /// Send the ``ExtendedMessage/relayed(from:payload:)`` datagram here.
+        case forward(to: Endpoint)
+        /// An authentic request over the relay limit: dropped (the counter is spent).
+        case rateLimited
+        /// Not decided here: decode the datagram and use the general path.
+        case useGeneralPath
+    }
+
+    /// Checks and accounts a relay request read in place: the sender is at its registered
+    /// endpoint with a valid tag and a fresh counter, and the peer is a registered extended
+    /// client. Records the counter and the relay budget and allocates nothing; the caller
+    /// writes the relayed datagram (``ExtendedMessage/RelayFrame/writeRelayed(_:_:)``).
+    ///
+    /// Anything else is ``RelayDecision/useGeneralPath``, with nothing changed: decode the
+    /// datagram then and hand it to ``receive(_:bytes:from:now:random:)``, which answers
+    /// every case with the same rules.
+    public mutating func forwardRelay(_ frame: ExtendedMessage.RelayFrame, from source: Endpoint, now: Instant) -> RelayDecision {
+        guard let id = extendedByEndpoint[source],
+              id.rawValue.utf8.elementsEqual(frame.idBytes),
+              let index = entries.index(forKey: id)
+        else { return .useGeneralPath }
+        let entry = entries.values[index]
+        guard entry.dialect == .extended, entry.publicEndpoint == source, frame.counter > entry.lastCounter,
+              let key = entry.sessionKey, key.mac.isValid(frame.tag, for: frame.authenticated),
+              let peer = entries[ClientID(lookingUp: frame.toBytes)], peer.dialect == .extended,
+              peer.id.rawValue.utf8.elementsEqual(frame.toBytes)
+        else { return .useGeneralPath }
+        entries.values[index].lastCounter = frame.counter
+        guard relayLimiter.allow(id, bytes: frame.payload.count, now: now) else { return .rateLimited }
+        return .forward(to: peer.publicEndpoint)
+    }
+
     /// The answer to a session message that did not pass: a valid tag with a stale counter
     /// is a replay and gets nothing; anything else (no such session, a tag that does not
     /// verify: the server restarted) gets ``ExtendedMessage/unknownSession(_:echo:)``

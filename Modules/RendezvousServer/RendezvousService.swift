@@ -80,6 +80,7 @@ public final class RendezvousService: DatagramDriver {
             return
         }
         if acknowledgeKeepAlive(payload, from: source, now: now, output: &output) { return }
+        if forwardRelay(payload, from: source, now: now, output: &output) { return }
         let bytes = payload.readableBytesView
         if STUN.looksLikeSTUN(bytes) {
             counters.malformed += 1
@@ -189,6 +190,30 @@ public final class RendezvousService: DatagramDriver {
             ack.writeInteger(source.port)
         }
         return true
+    }
+
+    /// The registry's in-place path for a relay request between registered clients: the
+    /// relayed datagram is written straight from the receive buffer; `false` when the
+    /// datagram needs the general path.
+    private func forwardRelay(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) -> Bool {
+        guard payload.getInteger(at: payload.readerIndex, as: UInt8.self) == ExtendedMessage.magic else { return false }
+        return payload.withUnsafeReadableBytes { datagram in
+            guard let frame = ExtendedMessage.RelayFrame(datagram) else { return false }
+            switch registry.forwardRelay(frame, from: source, now: now) {
+            case .forward(let destination):
+                counters.relayedDatagrams += 1
+                output.send(to: destination, maxLength: frame.relayedLength) { buffer in
+                    frame.writeRelayed({ buffer.writeBytes($0) }, { buffer.writeInteger($0) })
+                }
+                return true
+            case .rateLimited:
+                counters.ignored += 1
+                counters.relayRefused += 1
+                return true
+            case .useGeneralPath:
+                return false
+            }
+        }
     }
 
     private func perform(_ actions: [Registry.Action], now: Instant, output: inout DatagramOutput) {

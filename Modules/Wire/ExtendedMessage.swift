@@ -332,3 +332,66 @@ extension ExtendedMessage {
         }
     }
 }
+
+extension ExtendedMessage {
+    /// The fields of one encoded ``relay(id:to:payload:counter:tag:)``, read in place without
+    /// allocating. It accepts exactly the frames ``decode(_:)`` accepts as a relay request,
+    /// except that the IDs' characters are not checked (they are only looked up).
+    public struct RelayFrame {
+        public let idBytes: UnsafeRawBufferPointer
+        public let toBytes: UnsafeRawBufferPointer
+        public let payload: UnsafeRawBufferPointer
+        public let counter: UInt64
+        /// Everything but the trailing tag: what the tag covers.
+        public let authenticated: UnsafeRawBufferPointer
+        public let tag: Token128
+
+        /// `nil` unless `datagram` is one whole relay request.
+        public init?(_ datagram: UnsafeRawBufferPointer) {
+            guard datagram.count >= 4, datagram[0] == ExtendedMessage.magic, datagram[1] == ExtendedMessage.version,
+                  datagram[2] == Kind.relay.rawValue else { return nil }
+            let idLength = Int(datagram[3])
+            let toOffset = 4 + idLength
+            guard idLength >= 1, idLength <= ClientID.maxUTF8Length, datagram.count > toOffset else { return nil }
+            let toLength = Int(datagram[toOffset])
+            let payloadLengthOffset = toOffset + 1 + toLength
+            guard toLength >= 1, toLength <= ClientID.maxUTF8Length, datagram.count >= payloadLengthOffset + 2 else { return nil }
+            let payloadLength = Int(datagram[payloadLengthOffset]) << 8 | Int(datagram[payloadLengthOffset + 1])
+            let payloadOffset = payloadLengthOffset + 2
+            let counterOffset = payloadOffset + payloadLength
+            let tagOffset = counterOffset + 8
+            guard payloadLength <= ExtendedMessage.maxRelayPayload, datagram.count == tagOffset + 16 else { return nil }
+            idBytes = UnsafeRawBufferPointer(rebasing: datagram[4..<toOffset])
+            toBytes = UnsafeRawBufferPointer(rebasing: datagram[(toOffset + 1)..<payloadLengthOffset])
+            payload = UnsafeRawBufferPointer(rebasing: datagram[payloadOffset..<counterOffset])
+            counter = UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: counterOffset, as: UInt64.self))
+            authenticated = UnsafeRawBufferPointer(rebasing: datagram[..<tagOffset])
+            tag = Token128(high: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagOffset, as: UInt64.self)),
+                           low: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagOffset + 8, as: UInt64.self)))
+        }
+
+        /// The length of the ``relayed(from:payload:)`` datagram the server forwards.
+        public var relayedLength: Int { 3 + 1 + idBytes.count + 2 + payload.count }
+
+        /// Writes that ``relayed(from:payload:)`` datagram (the sender's ID and the payload)
+        /// through `writeByte`/`writeBytes`, so any buffer type can take it.
+        public func writeRelayed(_ writeBytes: (UnsafeRawBufferPointer) -> Void, _ writeByte: (UInt8) -> Void) {
+            writeByte(ExtendedMessage.magic)
+            writeByte(ExtendedMessage.version)
+            writeByte(Kind.relayed.rawValue)
+            writeByte(UInt8(idBytes.count))
+            writeBytes(idBytes)
+            writeByte(UInt8(truncatingIfNeeded: payload.count >> 8))
+            writeByte(UInt8(truncatingIfNeeded: payload.count))
+            writeBytes(payload)
+        }
+    }
+}
+
+extension ClientID {
+    /// A key for looking up a registered ID by its bytes as received: not checked against
+    /// the rules, so it can only ever match an ID that was (the registry's in-place paths).
+    package init(lookingUp utf8: UnsafeRawBufferPointer) {
+        rawValue = String(decoding: utf8, as: UTF8.self)
+    }
+}

@@ -880,3 +880,86 @@ struct KeepAliveInPlaceTests {
         #expect(fast.registry.clients == general.registry.clients)
     }
 }
+
+@Suite("Registry relay in place")
+struct RelayInPlaceTests {
+    private func relayBytes(_ server: inout Server, _ clientID: ClientID, to peer: ClientID, _ payload: [UInt8],
+                            counter: UInt64? = nil, key: KeyBytes? = nil) -> [UInt8] {
+        server.sessionBytes(clientID, counter: counter, key: key) { .relay(id: clientID, to: peer, payload: payload, counter: $0, tag: .zero) }
+    }
+
+    private func inPlace(_ server: inout Server, _ bytes: [UInt8], from source: Endpoint, at now: Instant) -> Registry.RelayDecision? {
+        bytes.withUnsafeBytes { raw in
+            guard let frame = ExtendedMessage.RelayFrame(raw) else { return nil }
+            return server.registry.forwardRelay(frame, from: source, now: now)
+        }
+    }
+
+    @Test func aRelayBetweenRegisteredClientsIsForwardedInPlaceAsTheGeneralPathWould() throws {
+        var fast = Server.withThree()
+        var general = Server.withThree()
+        for step in 1...5 {
+            let payload = Array("hello \(step)".utf8)
+            let bytes = relayBytes(&fast, alice, to: carol, payload)
+            _ = relayBytes(&general, alice, to: carol, payload)
+            #expect(inPlace(&fast, bytes, from: A, at: at(Int64(step))) == .forward(to: C))
+            // What the general path sends is what RelayFrame writes.
+            let actions = general.receiveBytes(bytes, from: A, at: at(Int64(step)))
+            #expect(actions == [.sendExtended(.relayed(from: alice, payload: payload), to: C),
+                                .report(.relayed(from: alice, to: carol, bytes: payload.count))])
+            var written: [UInt8] = []
+            bytes.withUnsafeBytes { raw in
+                guard let frame = ExtendedMessage.RelayFrame(raw) else { return }
+                frame.writeRelayed({ written += Array($0) }, { written.append($0) })
+                #expect(frame.relayedLength == written.count)
+            }
+            #expect(written == ExtendedMessage.relayed(from: alice, payload: payload).encode())
+        }
+        #expect(fast.registry.entry(for: alice) == general.registry.entry(for: alice))
+        // The same datagram again is a replay, in place and in general.
+        let again = relayBytes(&fast, alice, to: carol, [1], counter: 5)
+        #expect(inPlace(&fast, again, from: A, at: at(9)) == .useGeneralPath)
+    }
+
+    @Test func everythingElseIsLeftToTheGeneralPathUnchanged() throws {
+        var server = Server.withThree()
+        let before = try #require(server.registry.entry(for: alice))
+        var flipped = relayBytes(&server, alice, to: carol, [1, 2, 3], counter: 3)
+        flipped[flipped.count - 1] ^= 1
+        let cases: [(String, [UInt8], Endpoint)] = [
+            ("to a classic client", relayBytes(&server, alice, to: bob, [1], counter: 2), A),
+            ("to nobody", relayBytes(&server, alice, to: erin, [1], counter: 2), A),
+            ("to itself? no: from another address", relayBytes(&server, alice, to: carol, [1], counter: 2), X),
+            ("wrong key", relayBytes(&server, alice, to: carol, [1], counter: 2, key: KeyBytes(Array(repeating: 3, count: 32))), A),
+            ("flipped tag", flipped, A),
+            ("carol's from alice's address", relayBytes(&server, carol, to: alice, [1], counter: 2), A),
+        ]
+        for (name, bytes, source) in cases {
+            #expect(inPlace(&server, bytes, from: source, at: at(1)) == .useGeneralPath, "\(name)")
+            #expect(server.registry.entry(for: alice) == before, "\(name)")
+        }
+    }
+
+    @Test func theRelayLimitStillAppliesAndARefusalSpendsTheCounterAsTheGeneralPathDoes() throws {
+        var limits = RelayLimiter<ClientID>.Configuration()
+        limits.packetsPerSecond = 2
+        var fast = Server(configuration: .init(relay: limits))
+        var general = Server(configuration: .init(relay: limits))
+        for server in [0, 1] {
+            var copy = server == 0 ? fast : general
+            _ = copy.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+            _ = copy.register(carol, carolKey, from: C, privateEndpoints: carolPrivate, natKind: .endpointDependent, at: at(0))
+            if server == 0 { fast = copy } else { general = copy }
+        }
+        var decisions: [Registry.RelayDecision?] = []
+        for _ in 0..<5 {
+            let bytes = relayBytes(&fast, alice, to: carol, [7])
+            _ = relayBytes(&general, alice, to: carol, [7])
+            decisions.append(inPlace(&fast, bytes, from: A, at: at(1)))
+            _ = general.receiveBytes(bytes, from: A, at: at(1))
+        }
+        #expect(decisions == [.forward(to: C), .forward(to: C), .rateLimited, .rateLimited, .rateLimited])
+        #expect(fast.registry.entry(for: alice) == general.registry.entry(for: alice))
+        #expect(fast.registry.entry(for: alice)?.lastCounter == 5)
+    }
+}

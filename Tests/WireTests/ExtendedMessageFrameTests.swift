@@ -40,3 +40,50 @@ import Wire
         #expect(ack[2] == ExtendedMessage.keepAliveAckKind)
     }
 }
+
+@Suite struct RelayFrameTests {
+    @Test func readsTheFieldsDecodeReadsAndWritesTheRelayedDatagram() throws {
+        for (from, to, payload) in [("a", "b", [UInt8]()), ("alice", "carol", Array("hello".utf8)),
+                                    ("동현", String(repeating: "z", count: ClientID.maxUTF8Length),
+                                     Array(repeating: 0xAB, count: ExtendedMessage.maxRelayPayload))] {
+            let message = ExtendedMessage.relay(id: try ClientID(from), to: try ClientID(to), payload: payload, counter: 77,
+                                                tag: Token128(high: 1, low: 2))
+            let bytes = message.encode()
+            #expect(try ExtendedMessage.decode(bytes) == message)
+            bytes.withUnsafeBytes { raw in
+                guard let frame = ExtendedMessage.RelayFrame(raw) else { Issue.record("no frame for \(from)"); return }
+                #expect(Array(frame.idBytes) == Array(from.utf8))
+                #expect(Array(frame.toBytes) == Array(to.utf8))
+                #expect(Array(frame.payload) == payload)
+                #expect(frame.counter == 77)
+                #expect(frame.tag == Token128(high: 1, low: 2))
+                #expect(Array(frame.authenticated) == Array(bytes.dropLast(16)))
+                var written: [UInt8] = []
+                frame.writeRelayed({ written += Array($0) }, { written.append($0) })
+                let relayed = ExtendedMessage.relayed(from: try! ClientID(from), payload: payload).encode()
+                #expect(written == relayed)
+                #expect(frame.relayedLength == relayed.count)
+            }
+        }
+    }
+
+    @Test func refusesWhatDecodeRefuses() throws {
+        let good = ExtendedMessage.relay(id: try ClientID("alice"), to: try ClientID("bob"), payload: [1, 2, 3], counter: 1,
+                                         tag: .zero).encode()
+        var variants: [[UInt8]] = [[], Array(good.prefix(5)), Array(good.dropLast()), good + [0]]
+        // Bad kind, zero-length IDs, a payload length past the end.
+        for (index, value) in [(2, UInt8(0x02)), (3, 0), (9, 0), (13, 9)] {
+            var bad = good
+            bad[index] = value
+            variants.append(bad)
+        }
+        let tooLong = ExtendedMessage.relay(id: try ClientID("a"), to: try ClientID("b"),
+                                            payload: Array(repeating: 0, count: ExtendedMessage.maxRelayPayload + 1), counter: 1,
+                                            tag: .zero).encode()
+        variants.append(tooLong)
+        for bytes in variants {
+            #expect((try? ExtendedMessage.decode(bytes)) == nil || bytes == good)
+            #expect(bytes.withUnsafeBytes { ExtendedMessage.RelayFrame($0) } == nil, "\(bytes.prefix(16))")
+        }
+    }
+}
