@@ -13,7 +13,8 @@ struct Natchat: ParsableCommand {
         commandName: "natchat",
         abstract: "Chat peer to peer over UDP, finding peers through a natchat rendezvous server.",
         discussion: """
-            Commands: @show_list, @chat <id> <text>, @exit, @help. On a terminal the shell has \
+            Commands: @show_list [<id prefix>] [<page>], @chat <id> <text>, @exit, @help. A long list \
+            is shown a page at a time. On a terminal the shell has \
             line editing, history and Tab completion of commands and peer IDs; with stdin from a \
             pipe it reads one command per line and end of input acts as @exit.
             """)

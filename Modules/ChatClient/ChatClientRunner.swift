@@ -74,6 +74,17 @@ public enum ChatClientRunner {
         return (try? PrivateAddress.discover(towards: server)) ?? IPv4Address(127, 0, 0, 1)
     }
 
+    /// Entries a `@show_list` page holds: the terminal's height less three lines (the typed
+    /// command, the line under the page, the prompt) when stdout is a terminal of known size,
+    /// else ``ChatClientService/Configuration/defaultListPageSize``.
+    public static func listPageSize() -> Int {
+        var size = winsize()
+        guard ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_row > 0 else {
+            return ChatClientService.Configuration.defaultListPageSize
+        }
+        return max(5, Int(size.ws_row) - 3)
+    }
+
     /// Runs the client; returns the process exit status.
     public static func run(_ options: Options, logger: Logger) -> Int32 {
         let interactive = options.interactive ?? standardStreamsAreTerminals()
@@ -96,7 +107,8 @@ public enum ChatClientRunner {
             id: options.id, server: options.server,
             privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server), identity: identity,
             keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort,
-            offerExtended: options.offerExtended)
+            offerExtended: options.offerExtended,
+            listPageSize: interactive ? listPageSize() : ChatClientService.Configuration.defaultListPageSize)
         let sinks = ChatClientService.Sinks(
             display: { console.show($0) },
             peersChanged: { console.setCompletionPeers($0) },
@@ -132,6 +144,15 @@ public enum ChatClientRunner {
             }
             guard let command else { return .keepReading }
             if command == .exit { return .stop }
+            if interactive, case .showList = command {
+                // The page fits the terminal as it is now (it may have been resized).
+                let pageSize = listPageSize()
+                host.perform { service, output, now in
+                    service.setListPageSize(pageSize)
+                    service.handle(command, now: now, output: &output)
+                }
+                return .keepReading
+            }
             host.perform { service, output, now in service.handle(command, now: now, output: &output) }
             return .keepReading
         }

@@ -39,12 +39,17 @@ public final class ChatClientService: DatagramDriver {
         public var pathConfiguration: PathAgent.Configuration
         /// The long-term key pair that the ID is bound to in the extended dialect.
         public var identity: IdentityKey
+        /// Entries `@show_list` prints at most before it pages (at least 1).
+        public var listPageSize: Int
+
+        /// The page size when the terminal's height is unknown.
+        public static let defaultListPageSize = 50
 
         public init(id: ClientID, server: Endpoint, privateAddress: IPv4Address, identity: IdentityKey = IdentityKey(),
                     localPort: UInt16 = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
                     registrationRetry: Duration = .seconds(1), offerExtended: Bool = true,
-                    pathConfiguration: PathAgent.Configuration = .init()) {
+                    pathConfiguration: PathAgent.Configuration = .init(), listPageSize: Int = defaultListPageSize) {
             self.id = id
             self.server = server
             self.privateAddress = privateAddress
@@ -55,6 +60,7 @@ public final class ChatClientService: DatagramDriver {
             self.offerExtended = offerExtended
             self.pathConfiguration = pathConfiguration
             self.identity = identity
+            self.listPageSize = listPageSize
         }
     }
 
@@ -131,6 +137,11 @@ public final class ChatClientService: DatagramDriver {
         }
     }
 
+    /// Sets how many entries a `@show_list` page holds (the terminal was resized).
+    public func setListPageSize(_ size: Int) {
+        configuration.listPageSize = size
+    }
+
     /// Records the port the socket was bound to (when the configuration asked for any port).
     public func localPortChosen(_ port: UInt16) {
         if port != 0 { configuration.localPort = port }
@@ -146,8 +157,8 @@ public final class ChatClientService: DatagramDriver {
     @discardableResult
     public func handle(_ command: Command, now: Instant, output: inout DatagramOutput) -> Bool {
         switch command {
-        case .showList:
-            showList()
+        case .showList(let prefix, let page):
+            showList(prefix: prefix, page: page)
         case .chat(let to, let text):
             chat(to: to, text: text, now: now, output: &output)
         case .help:
@@ -343,18 +354,46 @@ public final class ChatClientService: DatagramDriver {
         mode == .extended ? extendedIndex : classicIndex
     }
 
-    private func showList() {
+    /// Prints page `page` of the roster (of the IDs starting with `prefix`), in the order it
+    /// has always been listed: in natchat/2 our own line, then the peers as announced; in
+    /// classic mode the server's order. Only the page's lines are built.
+    private func showList(prefix: String?, page: Int) {
+        let pageSize = configuration.listPageSize
         if mode == .extended, let session = extended {
-            sinks.display("\(configuration.id) \(publicEndpoint.current.map { "\($0)" } ?? "?") (you; NAT: \(natKind))")
-            for (info, path) in session.roster {
+            let index = extendedIndex
+            let selfID = configuration.id
+            let listing = ListPage.make(count: index.count + 1, id: { $0 == 0 ? selfID : index[$0 - 1] },
+                                        prefix: prefix, page: page, pageSize: pageSize)
+            for position in listing.positions {
+                if position == 0 {
+                    sinks.display("\(selfID) \(publicEndpoint.current.map { "\($0)" } ?? "?") (you; NAT: \(natKind))")
+                    continue
+                }
+                let id = index[position - 1]
+                guard let info = session.peer(id), let path = session.path(to: id) else {
+                    logger.warning("roster index lists an unknown peer", metadata: ["id": "\(id)"])
+                    continue
+                }
                 let pathText = info.dialect == .classic ? "classic" : "\(path)"
                 sinks.display("\(info.id) \(info.publicEndpoint) \(pathText)")
             }
+            if let footer = listing.footer { sinks.display(footer) }
             return
         }
-        let roster = router.roster
-        if roster.isEmpty { sinks.display("(no registered clients yet)") }
-        for peer in roster { sinks.display(ClassicMessage.peer(peer.id, peer.publicEndpoint).text) }
+        let index = classicIndex
+        if index.count == 0 {
+            sinks.display("(no registered clients yet)")
+            return
+        }
+        let listing = ListPage.make(count: index.count, id: { index[$0] }, prefix: prefix, page: page, pageSize: pageSize)
+        for position in listing.positions {
+            guard let peer = router.peer(index[position]) else {
+                logger.warning("roster index lists an unknown peer", metadata: ["id": "\(index[position])"])
+                continue
+            }
+            sinks.display(ClassicMessage.peer(peer.id, peer.publicEndpoint).text)
+        }
+        if let footer = listing.footer { sinks.display(footer) }
     }
 
     private func chat(to id: ClientID, text: String, now: Instant, output: inout DatagramOutput) {

@@ -2,7 +2,9 @@ import Wire
 
 /// A command the user typed.
 public enum Command: Hashable, Sendable {
-    case showList
+    /// `@show_list [<prefix>] [<page>]`: page `page` (from 1) of the registered clients whose
+    /// ID starts with `prefix` (all of them when `nil`).
+    case showList(prefix: String? = nil, page: Int = 1)
     case chat(to: ClientID, text: String)
     case exit
     case help
@@ -24,6 +26,7 @@ public enum Command: Hashable, Sendable {
     }
 
     static let chatUsage = "@chat <id> <text>"
+    static let showListUsage = "@show_list [<id prefix>] [<page>]"
 
     /// The longest chat text in UTF-8 bytes: it must fit one extended datagram, relay
     /// envelope and encryption included (and so a classic one too).
@@ -41,8 +44,7 @@ public enum Command: Hashable, Sendable {
         let wordText = String(decoding: word, as: UTF8.self)
         switch wordText {
         case "@show_list":
-            guard argument.allSatisfy(isBlank) else { throw .usage("@show_list") }
-            return .showList
+            return try parseShowList(arguments: argument.split(whereSeparator: isBlank))
         case "@exit":
             guard argument.allSatisfy(isBlank) else { throw .usage("@exit") }
             return .exit
@@ -67,12 +69,55 @@ public enum Command: Hashable, Sendable {
         }
     }
 
+    /// `@show_list` arguments: none; a page number; a prefix; or a prefix and a page number
+    /// (so a prefix made of digits is written with its page: `@show_list 42 1`).
+    private static func parseShowList(arguments: [ArraySlice<UInt8>]) throws(ParseError) -> Command {
+        let isDigits: (ArraySlice<UInt8>) -> Bool = { $0.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) } }
+        func page(_ word: ArraySlice<UInt8>) throws(ParseError) -> Int {
+            guard isDigits(word) else { throw .usage(showListUsage + " (the second argument must be a page number)") }
+            guard let number = Int(String(decoding: word, as: UTF8.self)), number <= maxListPage else {
+                throw .usage(showListUsage + " (no page is that far)")
+            }
+            guard number >= 1 else { throw .usage(showListUsage + " (pages start at 1)") }
+            return number
+        }
+        func prefix(_ word: ArraySlice<UInt8>) throws(ParseError) -> String {
+            let text = String(decoding: word, as: UTF8.self)
+            guard let violation = ClientID.violation(in: text) else { return text }
+            if case .forbiddenCharacter(let scalar) = violation {
+                let shown = scalar.isASCII && scalar.value > 0x20 && scalar.value < 0x7F
+                    ? "\"\(Character(scalar))\"" : "U+\(String(scalar.value, radix: 16, uppercase: true))"
+                throw .usage(showListUsage + " (no ID holds \(shown))")
+            }
+            throw .usage(showListUsage + " (the prefix is longer than an ID can be)")
+        }
+        switch arguments.count {
+        case 0:
+            return .showList()
+        case 1 where isDigits(arguments[0]):
+            return .showList(page: try page(arguments[0]))
+        case 1:
+            return .showList(prefix: try prefix(arguments[0]))
+        case 2:
+            return .showList(prefix: try prefix(arguments[0]), page: try page(arguments[1]))
+        default:
+            throw .usage(showListUsage + " (too many arguments)")
+        }
+    }
+
+    /// The highest page number `@show_list` accepts (far beyond any roster).
+    static let maxListPage = 1_000_000_000
+
     /// The text `@help` prints.
     public static let helpText = """
         commands:
-          @show_list          list registered clients (you included) and their public endpoints
-          @chat <id> <text>   send <text> to client <id>
-          @exit               unregister and quit (end of input and Ctrl-C do the same)
-          @help               this help
+          @show_list            list registered clients (you included) and their public endpoints;
+                                a long list is shown a page at a time, with a line saying what follows
+          @show_list <n>        page <n> of the list
+          @show_list <prefix>   only the clients whose ID starts with <prefix>;
+                                @show_list <prefix> <n> for page <n> of those
+          @chat <id> <text>     send <text> to client <id>
+          @exit                 unregister and quit (end of input and Ctrl-C do the same)
+          @help                 this help
         """
 }

@@ -34,12 +34,12 @@ private struct Client {
 
     /// A client speaking the seed's protocol only (`offerExtended: false`) unless told otherwise.
     init(keepAlive: Duration = .seconds(10), retry: Duration = .seconds(1), peerPrivatePort: UInt16 = 10081,
-         offerExtended: Bool = false) {
+         offerExtended: Bool = false, listPageSize: Int = 50) {
         let recorder = self.recorder
         let configuration = ChatClientService.Configuration(
             id: id("alice"), server: S, privateAddress: IPv4Address(10, 0, 0, 5),
             keepAliveInterval: keepAlive, peerPrivatePort: peerPrivatePort, registrationRetry: retry,
-            offerExtended: offerExtended)
+            offerExtended: offerExtended, listPageSize: listPageSize)
         service = ChatClientService(
             configuration: configuration,
             sinks: .init(display: { recorder.display($0) },
@@ -319,7 +319,7 @@ struct ChatClientSessionTests {
     @Test func showList() {
         let client = Client.registered()
         _ = client.recorder.takeLines()
-        let result = client.handle(.showList, at: at(1))
+        let result = client.handle(.showList(), at: at(1))
         #expect(result.keepGoing)
         #expect(result.sent.isEmpty)
         #expect(client.recorder.lines == [
@@ -332,7 +332,7 @@ struct ChatClientSessionTests {
     @Test func showListBeforeRegistration() {
         let client = Client()
         _ = client.start(at: at(0))
-        #expect(client.handle(.showList, at: at(0)).sent.isEmpty)
+        #expect(client.handle(.showList(), at: at(0)).sent.isEmpty)
         #expect(client.recorder.lines == ["(no registered clients yet)"])
     }
 
@@ -397,10 +397,10 @@ private struct ExtendedClient {
     let serverKey = IdentityKey()
     static let alice = id("alice")
 
-    init() {
+    init(listPageSize: Int = 50) {
         let recorder = self.recorder
         let configuration = ChatClientService.Configuration(id: Self.alice, server: S, privateAddress: IPv4Address(10, 0, 0, 5),
-                                                            identity: identity, offerExtended: true)
+                                                            identity: identity, offerExtended: true, listPageSize: listPageSize)
         service = ChatClientService(
             configuration: configuration,
             sinks: .init(display: { recorder.display($0) }, peersChanged: { recorder.peersChanged($0) },
@@ -459,8 +459,8 @@ private struct ExtendedClient {
     }
 
     /// Offer, challenge, signed registration, registered: a client in extended mode at t=0.
-    static func registered(cookie: Token128, nonce: Token128) -> ExtendedClient {
-        let client = ExtendedClient()
+    static func registered(cookie: Token128, nonce: Token128, listPageSize: Int = 50) -> ExtendedClient {
+        let client = ExtendedClient(listPageSize: listPageSize)
         let offer = client.start(at: at(0))
         #expect(offer.map(\.0) == [S])
         #expect(offer.map { String(decoding: $0.1, as: UTF8.self) } == ["alice 10.0.0.5 natchat/2"])
@@ -609,5 +609,176 @@ struct ChatClientExtendedSessionTests {
         #expect(client.receive(.unknownSession(ExtendedClient.alice), at: at(1)).isEmpty)
         #expect(client.receive(.unknownSession(ExtendedClient.alice, echo: Token128(high: 1, low: 1)), at: at(1)).isEmpty)
         #expect(client.recorder.lines == [])
+    }
+}
+
+// MARK: - @show_list pages
+
+/// The e2e harnesses' readings of a `@show_list` line (Tests/e2e/harness.py LIST_LINE and
+/// test_nat_support.py): a footer must match neither, so it is never taken for a client.
+private let listLinePatterns = [#"(\S+) (\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}:\d{1,5})(?: .*)?"#,
+                                #"(\S+) (\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}:\d{1,5}|\?) (.*)"#]
+
+private func looksLikeAListLine(_ line: String) -> Bool {
+    listLinePatterns.contains { pattern in (try? Regex(pattern)).map { line.wholeMatch(of: $0) != nil } ?? false }
+}
+
+@Suite("ChatClientService @show_list pages")
+struct ChatClientShowListPageTests {
+    /// The server lists seven peers, then alice: eight entries, three a page.
+    static let classicRoster = [("bob", "192.0.2.1:1001"), ("bo", "192.0.2.2:1002"), ("carol", "192.0.2.3:1003"),
+                                ("bobby", "192.0.2.4:1004"), ("dave", "192.0.2.5:1005"), ("boris", "192.0.2.6:1006"),
+                                ("eve", "192.0.2.7:1007"), ("alice", "203.0.113.7:40001")]
+
+    private static func classicClient(pageSize: Int) -> Client {
+        let client = Client(listPageSize: pageSize)
+        _ = client.start(at: at(0))
+        for (name, endpoint) in classicRoster { client.receive("\(name) \(endpoint)", at: at(0)) }
+        #expect(client.service.isRegistered)
+        _ = client.recorder.takeLines()
+        return client
+    }
+
+    private func lines(_ client: Client, _ command: Command) -> [String] {
+        let result = client.handle(command, at: at(1))
+        #expect(result.keepGoing)
+        #expect(result.sent.isEmpty, "@show_list sends nothing")
+        return client.recorder.takeLines()
+    }
+
+    private static func entries(_ names: String...) -> [String] {
+        names.map { name in
+            let endpoint = classicRoster.first { $0.0 == name }?.1 ?? "?"
+            return "\(name) \(endpoint)"
+        }
+    }
+
+    @Test func smallListIsPrintedAsBefore() {
+        // Three entries, three a page: exactly the old output, no footer.
+        let client = Client(listPageSize: 3)
+        _ = client.start(at: at(0))
+        client.receive("bob 203.0.113.7:40002", at: at(0))
+        client.receive("carol 198.51.100.9:50000", at: at(0))
+        client.receive("alice 203.0.113.7:40001", at: at(0))
+        _ = client.recorder.takeLines()
+        let old = ["bob 203.0.113.7:40002", "carol 198.51.100.9:50000", "alice 203.0.113.7:40001"]
+        #expect(lines(client, .showList()) == old)
+        #expect(lines(client, .showList(page: 1)) == old)
+        #expect(lines(client, .showList(page: 2)) == ["-- no page 2: 3 clients, 1 page of 3 --"])
+    }
+
+    @Test func pagesInServerOrder() {
+        let client = Self.classicClient(pageSize: 3)
+        let first = lines(client, .showList())
+        #expect(first == Self.entries("bob", "bo", "carol")
+            + ["-- 1-3 of 8; @show_list 2 for the next page, @show_list <prefix> to filter --"])
+        #expect(lines(client, .showList(page: 1)) == first)
+        #expect(lines(client, .showList(page: 2)) == Self.entries("bobby", "dave", "boris")
+            + ["-- 4-6 of 8; @show_list 3 for the next page, @show_list <prefix> to filter --"])
+        #expect(lines(client, .showList(page: 3)) == Self.entries("eve", "alice")
+            + ["-- 7-8 of 8, the last page; @show_list <prefix> to filter --"])
+    }
+
+    @Test func pageBeyondTheEnd() {
+        let client = Self.classicClient(pageSize: 3)
+        #expect(lines(client, .showList(page: 4)) == ["-- no page 4: 8 clients, 3 pages of 3 --"])
+        #expect(lines(client, .showList(page: 1_000_000_000)) == ["-- no page 1000000000: 8 clients, 3 pages of 3 --"])
+        #expect(lines(client, .showList(prefix: "bo", page: 3)) == ["-- no page 3: 4 starting with bo, 2 pages of 3 --"])
+    }
+
+    @Test func prefixFilter() {
+        let client = Self.classicClient(pageSize: 3)
+        #expect(lines(client, .showList(prefix: "bo")) == Self.entries("bob", "bo", "bobby")
+            + ["-- 1-3 of 4 starting with bo; @show_list bo 2 for the next page --"])
+        #expect(lines(client, .showList(prefix: "bo", page: 2)) == Self.entries("boris")
+            + ["-- 4 of 4 starting with bo, the last page --"])
+        #expect(lines(client, .showList(prefix: "bob")) == Self.entries("bob", "bobby") + ["-- 1-2 of 2 starting with bob --"])
+        #expect(lines(client, .showList(prefix: "alice")) == Self.entries("alice") + ["-- 1 of 1 starting with alice --"])
+        #expect(lines(client, .showList(prefix: "Bo")) == ["-- no ID starts with Bo --"], "case matters, as in IDs")
+        #expect(lines(client, .showList(prefix: "z")) == ["-- no ID starts with z --"])
+        // A page of a prefix fits within the page size even when everything matches.
+        #expect(lines(client, .showList(prefix: "b")).count == 3 + 1)
+    }
+
+    @Test func pagesFollowJoinsAndLeaves() {
+        let client = Self.classicClient(pageSize: 3)
+        client.receive("bo is unregistered 192.0.2.2:1002", at: at(2))
+        client.receive("carol is off-line 192.0.2.3:1003", at: at(2))
+        client.receive("bob 192.0.2.9:2000", at: at(2))          // moved: keeps its place
+        client.receive("zed 192.0.2.10:1010", at: at(3))         // joins last
+        client.receive("bo 192.0.2.2:1002", at: at(3))           // comes back: last again
+        client.receive("mallory 192.0.2.11:1", from: stranger, at: at(3)) // not from the server
+        _ = client.recorder.takeLines()
+        #expect(lines(client, .showList()) == ["bob 192.0.2.9:2000", "bobby 192.0.2.4:1004", "dave 192.0.2.5:1005",
+                                               "-- 1-3 of 8; @show_list 2 for the next page, @show_list <prefix> to filter --"])
+        #expect(lines(client, .showList(page: 3)) == ["zed 192.0.2.10:1010", "bo 192.0.2.2:1002",
+                                                      "-- 7-8 of 8, the last page; @show_list <prefix> to filter --"])
+        #expect(lines(client, .showList(prefix: "bo")) == ["bob 192.0.2.9:2000", "bobby 192.0.2.4:1004", "boris 192.0.2.6:1006",
+                                                           "-- 1-3 of 4 starting with bo; @show_list bo 2 for the next page --"])
+    }
+
+    @Test func footersAreNeverTakenForClients() {
+        let client = Self.classicClient(pageSize: 3)
+        var footers: [String] = []
+        for command in [Command.showList(), .showList(page: 2), .showList(page: 3), .showList(page: 9), .showList(prefix: "bo"),
+                        .showList(prefix: "bo", page: 2), .showList(prefix: "bob"), .showList(prefix: "z"), .showList(prefix: "1")] {
+            footers += lines(client, command).filter { $0.hasPrefix("-- ") }
+        }
+        #expect(footers.count == 9)
+        #expect(looksLikeAListLine("bob 192.0.2.1:1001"), "the patterns read a real list line")
+        #expect(looksLikeAListLine("alice ? (you; NAT: unknown)"))
+        for footer in footers { #expect(!looksLikeAListLine(footer), "\(footer)") }
+    }
+
+    @Test func pageSizeCanChange() {
+        let client = Self.classicClient(pageSize: 3)
+        client.service.setListPageSize(5)
+        #expect(lines(client, .showList(page: 2)) == Self.entries("boris", "eve", "alice")
+            + ["-- 6-8 of 8, the last page; @show_list <prefix> to filter --"])
+        client.service.setListPageSize(0) // treated as 1
+        #expect(lines(client, .showList(page: 8)) == Self.entries("alice") + ["-- 8 of 8, the last page; @show_list <prefix> to filter --"])
+    }
+
+    /// natchat/2 with 10 000 peers: our own line first, then the peers as announced.
+    @Test func tenThousandPeers() {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1, listPageSize: 50)
+        let count = 10_000
+        func endpoint(_ i: Int) -> Endpoint {
+            Endpoint(address: IPv4Address(10, 1, UInt8(i / 256), UInt8(i % 256)), port: 4000)
+        }
+        for i in 0..<count { client.receive(.peer(PeerInfo(id: id("peer\(i)"), publicEndpoint: endpoint(i))), at: at(1)) }
+        _ = client.recorder.takeLines()
+        func show(_ command: Command) -> [String] {
+            var output = DatagramOutput()
+            #expect(client.service.handle(command, now: at(2), output: &output))
+            return client.recorder.takeLines()
+        }
+        func peerLines(_ numbers: some Sequence<Int>) -> [String] { numbers.map { "peer\($0) \(endpoint($0)) none yet" } }
+        let selfLine = "alice 203.0.113.7:40001 (you; NAT: \(client.service.natKind))"
+
+        #expect(show(.showList()) == [selfLine] + peerLines(0..<49)
+            + ["-- 1-50 of 10001; @show_list 2 for the next page, @show_list <prefix> to filter --"])
+        #expect(show(.showList(page: 2)) == peerLines(49..<99)
+            + ["-- 51-100 of 10001; @show_list 3 for the next page, @show_list <prefix> to filter --"])
+        #expect(show(.showList(page: 200)) == peerLines(9949..<9999)
+            + ["-- 9951-10000 of 10001; @show_list 201 for the next page, @show_list <prefix> to filter --"])
+        #expect(show(.showList(page: 201)) == peerLines([9999]) + ["-- 10001 of 10001, the last page; @show_list <prefix> to filter --"])
+        #expect(show(.showList(page: 202)) == ["-- no page 202: 10001 clients, 201 pages of 50 --"])
+        #expect(show(.showList(prefix: "alice")) == [selfLine, "-- 1 of 1 starting with alice --"])
+        #expect(show(.showList(prefix: "peer123")) == peerLines([123] + Array(1230...1239)) + ["-- 1-11 of 11 starting with peer123 --"])
+        // peer1, peer10-19, peer100-199, peer1000-1999 match: 1111, in the order they joined.
+        let ones = (0..<count).filter { "peer\($0)".hasPrefix("peer1") }
+        #expect(ones.count == 1111)
+        #expect(show(.showList(prefix: "peer1", page: 3)) == peerLines(ones[100..<150])
+            + ["-- 101-150 of 1111 starting with peer1; @show_list peer1 4 for the next page --"])
+        #expect(Array(ones[100..<150].prefix(12)) == Array(189...199) + [1000])
+
+        // Leaves close the gaps; the numbers follow.
+        for i in 0..<10 {
+            client.receive(.peerLeft(id("peer\(i)"), reason: .unregistered, publicEndpoint: endpoint(i)), at: at(3))
+        }
+        _ = client.recorder.takeLines()
+        #expect(show(.showList()) == [selfLine] + peerLines(10..<59)
+            + ["-- 1-50 of 9991; @show_list 2 for the next page, @show_list <prefix> to filter --"])
     }
 }

@@ -21,10 +21,10 @@ struct CommandParseTests {
     }
 
     @Test("simple commands", arguments: [
-        ("@show_list", Command.showList),
-        ("  @show_list", .showList),
-        ("@show_list   ", .showList),
-        ("\t@show_list\t", .showList),
+        ("@show_list", Command.showList()),
+        ("  @show_list", .showList()),
+        ("@show_list   ", .showList()),
+        ("\t@show_list\t", .showList()),
         ("@exit", .exit),
         (" @exit \t", .exit),
         ("@help", .help),
@@ -59,8 +59,6 @@ struct CommandParseTests {
     static let idTooLong = String(repeating: "a", count: 33)
     static let idWayTooLong = String(repeating: "a", count: 50)
     static let usageCases: [(String, String)] = [
-        ("@show_list now", "@show_list"),
-        ("@show_list x y", "@show_list"),
         ("@exit please", "@exit"),
         ("@chat", chatUsage),
         ("@chat   ", chatUsage),
@@ -115,5 +113,58 @@ struct CommandGraphemeTests {
     // The wire codec has the same problem (see WireTests "Grapheme clusters at field boundaries").
     @Test func chatTextStartingWithACombiningMark() throws {
         #expect(try Command.parse("@chat bob \u{301}x") == .chat(to: ClientID("bob"), text: "\u{301}x"))
+    }
+}
+
+@Suite("Command.parse @show_list")
+struct ShowListParseTests {
+    static let usage = "@show_list [<id prefix>] [<page>]"
+
+    @Test("pages and prefixes", arguments: [
+        ("@show_list", Command.showList(prefix: nil, page: 1)),
+        ("@show_list 1", .showList(page: 1)),
+        ("@show_list 2", .showList(page: 2)),
+        ("  @show_list\t 17 ", .showList(page: 17)),
+        ("@show_list 007", .showList(page: 7)),
+        ("@show_list 1000000000", .showList(page: 1_000_000_000)),
+        ("@show_list bo", .showList(prefix: "bo", page: 1)),
+        ("@show_list bo 3", .showList(prefix: "bo", page: 3)),
+        ("@show_list\tbo\t3", .showList(prefix: "bo", page: 3)),
+        // a prefix made of digits is written with its page number
+        ("@show_list 42 1", .showList(prefix: "42", page: 1)),
+        ("@show_list -1", .showList(prefix: "-1", page: 1)),
+        ("@show_list 한국 2", .showList(prefix: "한국", page: 2)),
+        ("@show_list server", .showList(prefix: "server", page: 1)),
+        ("@show_list \(String(repeating: "p", count: 32))", .showList(prefix: String(repeating: "p", count: 32), page: 1)),
+    ])
+    func parses(_ line: String, _ expected: Command) throws {
+        #expect(try Command.parse(line) == expected)
+    }
+
+    @Test("usage errors", arguments: [
+        ("@show_list 0", "(pages start at 1)"),
+        ("@show_list 000", "(pages start at 1)"),
+        ("@show_list bo 0", "(pages start at 1)"),
+        ("@show_list 1000000001", "(no page is that far)"),
+        ("@show_list 99999999999999999999999999", "(no page is that far)"),
+        ("@show_list bo x", "(the second argument must be a page number)"),
+        ("@show_list bo -1", "(the second argument must be a page number)"),
+        ("@show_list bo 2x", "(the second argument must be a page number)"),
+        ("@show_list 1 2 3", "(too many arguments)"),
+        ("@show_list a b c", "(too many arguments)"),
+        ("@show_list a@b", "(no ID holds \"@\")"),
+        ("@show_list a:b 2", "(no ID holds \":\")"),
+        ("@show_list \u{1B}[2J", "(no ID holds U+1B)"),
+        ("@show_list a\u{A0}b", "(no ID holds U+A0)"),
+        ("@show_list \(String(repeating: "p", count: 33))", "(the prefix is longer than an ID can be)"),
+    ])
+    func usage(_ line: String, _ why: String) {
+        #expect(parseError(line) == .usage("\(Self.usage) \(why)"))
+        #expect(parseError(line)?.description == "usage: \(Self.usage) \(why)")
+    }
+
+    @Test func helpExplainsPagingAndPrefixes() {
+        #expect(Command.helpText.contains("@show_list <n>"))
+        #expect(Command.helpText.contains("@show_list <prefix>"))
     }
 }
