@@ -75,31 +75,91 @@ public struct Registry: Sendable {
     }
 
     /// One registered client.
+    ///
+    /// What only an extended registration sets (keys, session key, cookie, nonce, private
+    /// endpoints) is written once per registration and read on every authenticated datagram;
+    /// it lives in one immutable box, so the table entry every client pays for stays small
+    /// (a dictionary's slots are allocated in powers of two, so each inline byte costs up to
+    /// 2.7 bytes). `Entry` is still a value: setting a boxed field makes a new box.
     public struct Entry: Hashable, Sendable {
         public var id: ClientID
         public var publicEndpoint: Endpoint
         public var privateAddress: IPv4Address
         /// Registration order, for listing clients in the order they came.
         public var sequence: UInt64
-        public var dialect: Dialect = .classic
-        /// The extended session key (`nil` for classic clients).
-        public var sessionKey: KeyBytes?
-        /// The keys the ID is bound to (extended clients).
-        public var keys: PublicKeys?
         /// The highest counter accepted on this session.
-        public var lastCounter: UInt64 = 0
-        /// The cookie and server nonce the session key was derived with.
-        public var cookie: Token128 = .zero
-        public var nonce: Token128 = .zero
-        /// Private endpoints an extended client reported.
-        public var privateEndpoints: [Endpoint] = []
-        public var natKind: NATKind = .unknown
+        public var lastCounter: UInt64
+        public var dialect: Dialect
+        public var natKind: NATKind
         /// Whether the roster and its changes are pushed to this client (always for classic
         /// clients; extended clients choose at registration).
-        public var subscribed = true
+        public var subscribed: Bool
+        private var registration: Box?
+
+        init(id: ClientID, publicEndpoint: Endpoint, privateAddress: IPv4Address, sequence: UInt64,
+             dialect: Dialect = .classic, sessionKey: KeyBytes? = nil, keys: PublicKeys? = nil, lastCounter: UInt64 = 0,
+             cookie: Token128 = .zero, nonce: Token128 = .zero, privateEndpoints: [Endpoint] = [], natKind: NATKind = .unknown,
+             subscribed: Bool = true) {
+            self.id = id
+            self.publicEndpoint = publicEndpoint
+            self.privateAddress = privateAddress
+            self.sequence = sequence
+            self.lastCounter = lastCounter
+            self.dialect = dialect
+            self.natKind = natKind
+            self.subscribed = subscribed
+            let fields = Registration(sessionKey: sessionKey, keys: keys, cookie: cookie, nonce: nonce, privateEndpoints: privateEndpoints)
+            registration = fields == Registration() ? nil : Box(fields)
+        }
+
+        /// The extended session key (`nil` for classic clients).
+        public var sessionKey: KeyBytes? {
+            get { registration?.fields.sessionKey }
+            set { update { $0.sessionKey = newValue } }
+        }
+        /// The keys the ID is bound to (extended clients).
+        public var keys: PublicKeys? {
+            get { registration?.fields.keys }
+            set { update { $0.keys = newValue } }
+        }
+        /// The cookie and server nonce the session key was derived with.
+        public var cookie: Token128 {
+            get { registration?.fields.cookie ?? .zero }
+            set { update { $0.cookie = newValue } }
+        }
+        public var nonce: Token128 {
+            get { registration?.fields.nonce ?? .zero }
+            set { update { $0.nonce = newValue } }
+        }
+        /// Private endpoints an extended client reported.
+        public var privateEndpoints: [Endpoint] {
+            get { registration?.fields.privateEndpoints ?? [] }
+            set { update { $0.privateEndpoints = newValue } }
+        }
 
         var position: NATPosition {
             NATPosition(publicAddress: publicEndpoint.address, privateAddress: privateAddress)
+        }
+
+        private mutating func update(_ change: (inout Registration) -> Void) {
+            var fields = registration?.fields ?? Registration()
+            change(&fields)
+            registration = fields == Registration() ? nil : Box(fields)
+        }
+
+        struct Registration: Hashable, Sendable {
+            var sessionKey: KeyBytes?
+            var keys: PublicKeys?
+            var cookie: Token128 = .zero
+            var nonce: Token128 = .zero
+            var privateEndpoints: [Endpoint] = []
+        }
+
+        final class Box: Hashable, Sendable {
+            let fields: Registration
+            init(_ fields: Registration) { self.fields = fields }
+            static func == (a: Box, b: Box) -> Bool { a === b || a.fields == b.fields }
+            func hash(into hasher: inout Hasher) { hasher.combine(fields) }
         }
     }
 
@@ -262,15 +322,9 @@ public struct Registry: Sendable {
                                                             cookie: cookie, nonce: nonce, id: id)
             else { return [.report(.ignoredExtended(from: source, .badSignature))] }
             let privateAddress = privateEndpoints.first?.address ?? source.address
-            var newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0)
-            newcomer.dialect = .extended
-            newcomer.privateEndpoints = privateEndpoints
-            newcomer.natKind = natKind
-            newcomer.keys = keys
-            newcomer.sessionKey = sessionKey
-            newcomer.subscribed = subscribe
-            newcomer.cookie = cookie
-            newcomer.nonce = nonce
+            let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
+                                 sessionKey: sessionKey, keys: keys, cookie: cookie, nonce: nonce,
+                                 privateEndpoints: privateEndpoints, natKind: natKind, subscribed: subscribe)
             if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
                 // The key holder itself, from a new address (restarted behind a new mapping): it
                 // proves the key, so the registration moves rather than being refused.
