@@ -41,6 +41,8 @@ let package = Package(
         .library(name: "ChatRouter", targets: ["ChatRouter"]),
         .library(name: "Transport", targets: ["Transport"]),
         .library(name: "LineEditor", targets: ["LineEditor"]),
+        .library(name: "RendezvousServer", targets: ["RendezvousServer"]),
+        .library(name: "ChatClient", targets: ["ChatClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

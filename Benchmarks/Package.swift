@@ -12,6 +12,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
         .executableTarget(
@@ -37,7 +39,12 @@ let package = Package(
                 .product(name: "KeepAlive", package: "natchat"),
                 .product(name: "MonotonicTime", package: "natchat"),
                 .product(name: "LineEditor", package: "natchat"),
+                .product(name: "RendezvousServer", package: "natchat"),
+                .product(name: "Relay", package: "natchat"),
+                .product(name: "Transport", package: "natchat"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/NatchatBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]),

@@ -85,6 +85,19 @@ public struct DatagramOutput {
     var addressCache: [Endpoint: SocketAddress] = [:]
     static var addressCacheLimit: Int { 4096 }
 
+    /// Runs `body` as the transport runs a driver for one received datagram: replies to
+    /// `endpoint` reuse `address`, and ``send(to:maxLength:writing:)`` writes into the batch
+    /// buffer. For harnesses that drive a core the way the transport does (the benchmarks);
+    /// call ``removeAll()`` afterwards, as the transport does after each flush.
+    public mutating func handling(datagramFrom endpoint: Endpoint, address: SocketAddress, _ body: (inout DatagramOutput) -> Void) {
+        currentSource = (endpoint, address)
+        body(&self)
+        currentSource = nil
+    }
+
+    /// How many datagrams are queued.
+    public var count: Int { pending.count + replies.count + arenaReplies.count }
+
     /// Queues a prepared buffer for the sender of the datagram being handled.
     public mutating func reply(buffer: ByteBuffer, to destination: Endpoint) {
         if let source = currentSource, source.endpoint == destination {

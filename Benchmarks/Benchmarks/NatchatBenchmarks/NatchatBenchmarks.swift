@@ -20,6 +20,8 @@ let benchmarks: @Sendable () -> Void = {
         thresholds: [.mallocCountTotal: .init(relative: [.p90: 10.0], absolute: [.p90: 2])]
     )
 
+    serverPathBenchmarks()
+
     let chat = Array("client2@chat I love Network!!".utf8)
     Benchmark("Classic decode (chat)") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(try? ClassicMessage.decode(chat)) }
