@@ -6,36 +6,25 @@ import Wire
 /// its ``SessionMAC`` ready, so tagging or verifying a datagram allocates nothing. The server
 /// keeps one per registered client.
 public struct KeyBytes: Hashable, Sendable {
-    private let w0, w1, w2, w3: UInt64
+    private let key: Bytes32
     /// The key's HMAC-SHA256 midstates.
     public let mac: SessionMAC
 
     /// `bytes` must be 32 bytes; shorter input is zero-padded, longer is cut.
     public init(_ bytes: some Collection<UInt8>) {
-        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &words) { raw in
-            for (index, byte) in bytes.prefix(32).enumerated() { raw[index] = byte }
-        }
-        (w0, w1, w2, w3) = words
-        mac = withUnsafeBytes(of: &words) { SessionMAC(key: $0) }
+        key = Bytes32(bytes)
+        mac = key.withUnsafeBytes { SessionMAC(key: $0) }
     }
 
     /// The 32 key bytes.
-    public var bytes: [UInt8] {
-        var words = (w0, w1, w2, w3)
-        return withUnsafeBytes(of: &words) { Array($0) }
-    }
+    public var bytes: [UInt8] { key.array }
 
     /// The key for swift-crypto (built on demand: chat sealing, not the server's hot path).
     var symmetric: SymmetricKey { SymmetricKey(data: bytes) }
 
-    public static func == (a: KeyBytes, b: KeyBytes) -> Bool {
-        a.w0 == b.w0 && a.w1 == b.w1 && a.w2 == b.w2 && a.w3 == b.w3
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(w0); hasher.combine(w1); hasher.combine(w2); hasher.combine(w3)
-    }
+    // The midstates follow from the key.
+    public static func == (a: KeyBytes, b: KeyBytes) -> Bool { a.key == b.key }
+    public func hash(into hasher: inout Hasher) { hasher.combine(key) }
 }
 
 /// The cryptography of the extended dialect, in one place.
@@ -77,7 +66,7 @@ public enum SessionCrypto {
 
     /// ``verifyAuthenticated(_:key:)`` on a datagram in place (the server's receive buffer).
     public static func verifyAuthenticated(_ datagram: UnsafeRawBufferPointer, key: KeyBytes) -> Bool {
-        guard datagram.count > 16, ExtendedMessage.trailerLength(ofEncoded: datagram) == 16 else { return false }
+        guard datagram.count > 16, ExtendedMessage.trailerLength(ofKind: datagram[2]) == 16 else { return false }
         let tagStart = datagram.count - 16
         let tag = Token128(high: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagStart, as: UInt64.self)),
                            low: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagStart + 8, as: UInt64.self)))

@@ -57,54 +57,30 @@ public enum Dialect: UInt8, Hashable, Sendable {
 
 /// A client's public keys: Ed25519 for signing, X25519 for key agreement (32 bytes each).
 public struct PublicKeys: Hashable, Sendable {
-    // The two 32-byte keys held inline (the server keeps one pair per registered client;
-    // two arrays would cost two heap blocks each).
-    private var signingWords: (UInt64, UInt64, UInt64, UInt64)
-    private var agreementWords: (UInt64, UInt64, UInt64, UInt64)
+    // Held inline: the server keeps one pair per registered client, and two arrays would
+    // cost two heap blocks each.
+    private var signingKey: Bytes32
+    private var agreementKey: Bytes32
 
     /// Keys are 32 bytes; shorter input is zero-padded, longer is cut.
     public init(signing: some Collection<UInt8>, agreement: some Collection<UInt8>) {
-        signingWords = Self.words(signing)
-        agreementWords = Self.words(agreement)
+        signingKey = Bytes32(signing)
+        agreementKey = Bytes32(agreement)
     }
 
     /// The Ed25519 public key that signs registrations.
     public var signing: [UInt8] {
-        get { Self.bytes(signingWords) }
-        set { signingWords = Self.words(newValue) }
+        get { signingKey.array }
+        set { signingKey = Bytes32(newValue) }
     }
 
     /// The X25519 public key for session and pair keys.
     public var agreement: [UInt8] {
-        get { Self.bytes(agreementWords) }
-        set { agreementWords = Self.words(newValue) }
+        get { agreementKey.array }
+        set { agreementKey = Bytes32(newValue) }
     }
 
     public static let keyLength = 32
-
-    public static func == (a: PublicKeys, b: PublicKeys) -> Bool {
-        a.signingWords == b.signingWords && a.agreementWords == b.agreementWords
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        for word in [signingWords.0, signingWords.1, signingWords.2, signingWords.3,
-                     agreementWords.0, agreementWords.1, agreementWords.2, agreementWords.3] {
-            hasher.combine(word)
-        }
-    }
-
-    private static func words(_ bytes: some Collection<UInt8>) -> (UInt64, UInt64, UInt64, UInt64) {
-        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &words) { raw in
-            for (index, byte) in bytes.prefix(keyLength).enumerated() { raw[index] = byte }
-        }
-        return words
-    }
-
-    private static func bytes(_ words: (UInt64, UInt64, UInt64, UInt64)) -> [UInt8] {
-        var copy = words
-        return withUnsafeBytes(of: &copy) { Array($0) }
-    }
 }
 
 /// What the server tells clients about one registered client.
