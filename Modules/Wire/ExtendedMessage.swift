@@ -79,7 +79,14 @@ extension ExtendedMessage {
     /// How many trailing bytes of an encoded datagram authenticate the rest: 64 (a
     /// signature) for registrations, 16 (a tag) for session and pair messages, `nil` otherwise.
     public static func trailerLength(ofEncoded bytes: some Collection<UInt8>) -> Int? {
-        guard bytes.count >= 3, let kind = Kind(rawValue: bytes[bytes.index(bytes.startIndex, offsetBy: 2)]) else { return nil }
+        guard bytes.count >= 3 else { return nil }
+        return trailerLength(ofKind: bytes[bytes.index(bytes.startIndex, offsetBy: 2)])
+    }
+
+    /// ``trailerLength(ofEncoded:)`` from the kind byte (the third) alone: not generic, so a
+    /// caller in another module holding raw bytes pays no generic dispatch or allocation.
+    public static func trailerLength(ofKind kindByte: UInt8) -> Int? {
+        guard let kind = Kind(rawValue: kindByte) else { return nil }
         switch kind {
         case .register: return 64
         case .keepAlive, .exit, .connect, .relay, .ping, .pong, .chatAck: return 16
