@@ -34,17 +34,8 @@ func serverPathBenchmarks() {
         guard let client = world.register(ClientID.benchmark("alice"), from: source) else { fatalError("registration failed") }
         var datagram = ByteBuffer(bytes: SessionCrypto.authenticated(.keepAlive(id: client.id, natKind: .none, counter: 1, tag: .zero),
                                                                      key: client.key))
-        var counter: UInt64 = 1
-        var output = DatagramOutput()
-        benchmark.startMeasurement()
-        for _ in benchmark.scaledIterations {
-            counter += 1
-            client.restamp(&datagram, counter: counter)
-            output.handling(datagramFrom: source, address: address) { world.service.receive(datagram, from: source, now: .zero, output: &$0) }
-            precondition(output.count == 1)
-            output.removeAll()
-        }
-        precondition(world.service.counters.keepAlives == Int(counter - 1), "every keep-alive took the in-place path")
+        let sent = world.replay(&datagram, of: client, from: source, address: address, benchmark: benchmark)
+        precondition(world.service.counters.keepAlives == sent, "every keep-alive took the in-place path")
     }
 
     Benchmark("Server path: relay between two registered clients", configuration: .init(scalingFactor: .kilo)) { benchmark in
@@ -56,17 +47,8 @@ func serverPathBenchmarks() {
         var datagram = ByteBuffer(bytes: SessionCrypto.authenticated(
             .relay(id: client.id, to: ClientID.benchmark("carol"), payload: Array(repeating: 0x5A, count: 100), counter: 1, tag: .zero),
             key: client.key))
-        var counter: UInt64 = 1
-        var output = DatagramOutput()
-        benchmark.startMeasurement()
-        for _ in benchmark.scaledIterations {
-            counter += 1
-            client.restamp(&datagram, counter: counter)
-            output.handling(datagramFrom: source, address: address) { world.service.receive(datagram, from: source, now: .zero, output: &$0) }
-            precondition(output.count == 1)
-            output.removeAll()
-        }
-        precondition(world.service.counters.relayedDatagrams == Int(counter - 1), "every relay took the in-place path")
+        let sent = world.replay(&datagram, of: client, from: source, address: address, benchmark: benchmark)
+        precondition(world.service.counters.relayedDatagrams == sent, "every relay took the in-place path")
     }
 }
 
@@ -103,6 +85,24 @@ final class ServerWorld {
         service = RendezvousService(configuration: .init(registry: .init(relay: relay)),
                                     logger: Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() }), now: .zero,
                                     printLine: { _ in })
+    }
+
+    /// The measured loop of the session benchmarks: `datagram` again and again with a fresh
+    /// counter and tag, handled as the transport handles it, one datagram out each time.
+    /// Returns how many were sent.
+    func replay(_ datagram: inout ByteBuffer, of client: Client, from source: Endpoint, address: SocketAddress,
+                benchmark: Benchmark) -> Int {
+        var counter: UInt64 = 1
+        var output = DatagramOutput()
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            counter += 1
+            client.restamp(&datagram, counter: counter)
+            output.handling(datagramFrom: source, address: address) { service.receive(datagram, from: source, now: .zero, output: &$0) }
+            precondition(output.count == 1)
+            output.removeAll()
+        }
+        return Int(counter - 1)
     }
 
     /// The whole extended registration through the service: offer, challenge, signed registration.
