@@ -1,8 +1,11 @@
 /// 32 bytes held inline (no heap block): a public key, a session key. Compared and hashed by
 /// value; shorter input is zero-padded, longer is cut.
 public struct Bytes32: Hashable, Sendable {
-    private var w0, w1, w2, w3: UInt64
+    @usableFromInline var w0, w1, w2, w3: UInt64
 
+    // Inlinable so that callers in other modules get it specialised for their collection type
+    // (unspecialised, walking a generic collection allocated per byte).
+    @inlinable
     public init(_ bytes: some Collection<UInt8>) {
         (w0, w1, w2, w3) = (0, 0, 0, 0)
         withUnsafeMutableBytes(of: &self) { raw in
