@@ -411,9 +411,7 @@ public struct Registry: Sendable {
     /// (moves, replays, unknown sessions) with the same rules.
     public mutating func acknowledgeKeepAlive(_ datagram: UnsafeRawBufferPointer, from source: Endpoint, now: Instant) -> Bool {
         guard let frame = ExtendedMessage.KeepAliveFrame(datagram),
-              let id = extendedByEndpoint[source],
-              id.rawValue.utf8.elementsEqual(frame.idBytes),
-              let index = entries.index(forKey: id)
+              let index = registeredIndex(idBytes: frame.idBytes, at: source)
         else { return false }
         let entry = entries.values[index]
         guard entry.dialect == .extended, entry.publicEndpoint == source, entry.natKind == frame.natKind,
@@ -421,8 +419,20 @@ public struct Registry: Sendable {
               key.mac.isValid(frame.tag, for: frame.authenticated)
         else { return false }
         entries.values[index].lastCounter = frame.counter
-        liveness.touch(id, now: now)
+        liveness.touch(entry.id, now: now)
         return true
+    }
+
+    /// Where the entry whose ID is `idBytes` (as received) is, if one is; the callers then
+    /// check that it is registered at `source`. The endpoint's own extended client is tried
+    /// first (hashing six bytes); several IDs registered from one socket, as a load
+    /// generator's clients are, are found by ID.
+    private func registeredIndex(idBytes: UnsafeRawBufferPointer, at source: Endpoint) -> [ClientID: Entry].Index? {
+        if let id = extendedByEndpoint[source], id.rawValue.utf8.elementsEqual(idBytes) { return entries.index(forKey: id) }
+        guard let index = entries.index(forKey: ClientID(lookingUp: idBytes)),
+              entries.keys[index].rawValue.utf8.elementsEqual(idBytes)
+        else { return nil }
+        return index
     }
 
     /// What ``forwardRelay(_:from:now:)`` decided.
@@ -438,16 +448,13 @@ public struct Registry: Sendable {
     /// Checks and accounts a relay request read in place: the sender is at its registered
     /// endpoint with a valid tag and a fresh counter, and the peer is a registered extended
     /// client. Records the counter and the relay budget and allocates nothing; the caller
-    /// writes the relayed datagram (``ExtendedMessage/RelayFrame/writeRelayed(_:_:)``).
+    /// writes the relayed datagram (``ExtendedMessage/RelayFrame/writeRelayed(into:)``).
     ///
     /// Anything else is ``RelayDecision/useGeneralPath``, with nothing changed: decode the
     /// datagram then and hand it to ``receive(_:bytes:from:now:random:)``, which answers
     /// every case with the same rules.
     public mutating func forwardRelay(_ frame: ExtendedMessage.RelayFrame, from source: Endpoint, now: Instant) -> RelayDecision {
-        guard let id = extendedByEndpoint[source],
-              id.rawValue.utf8.elementsEqual(frame.idBytes),
-              let index = entries.index(forKey: id)
-        else { return .useGeneralPath }
+        guard let index = registeredIndex(idBytes: frame.idBytes, at: source) else { return .useGeneralPath }
         let entry = entries.values[index]
         guard entry.dialect == .extended, entry.publicEndpoint == source, frame.counter > entry.lastCounter,
               let key = entry.sessionKey, key.mac.isValid(frame.tag, for: frame.authenticated),
@@ -455,7 +462,7 @@ public struct Registry: Sendable {
               peer.id.rawValue.utf8.elementsEqual(frame.toBytes)
         else { return .useGeneralPath }
         entries.values[index].lastCounter = frame.counter
-        guard relayLimiter.allow(id, bytes: frame.payload.count, now: now) else { return .rateLimited }
+        guard relayLimiter.allow(entry.id, bytes: frame.payload.count, now: now) else { return .rateLimited }
         return .forward(to: peer.publicEndpoint)
     }
 

@@ -863,6 +863,25 @@ struct KeepAliveInPlaceTests {
         #expect(server.registry.entry(for: alice)?.lastCounter == 14)
     }
 
+    @Test func clientsSharingOneSocketAreAllAcknowledgedInPlace() throws {
+        var server = Server.withThree()
+        // erin registers from alice's endpoint as well: one socket, two identities (as a load
+        // generator's clients are).
+        _ = server.register(erin, IdentityKey(), from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(1))
+        #expect(server.registry.entry(for: erin)?.publicEndpoint == A)
+        #expect(server.registry.entry(for: alice)?.publicEndpoint == A)
+        for (step, clientID) in [alice, erin, alice, erin].enumerated() {
+            let bytes = keepAliveBytes(&server, clientID)
+            #expect(inPlace(&server, bytes, from: A, at: at(Int64(2 + step))), "\(clientID)")
+        }
+        #expect(server.registry.entry(for: alice)?.lastCounter == 2)
+        #expect(server.registry.entry(for: erin)?.lastCounter == 2)
+        // Only from the endpoint each registered at: from carol's endpoint neither is taken.
+        #expect(!inPlace(&server, keepAliveBytes(&server, erin), from: C, at: at(7)))
+        #expect(!inPlace(&server, keepAliveBytes(&server, alice), from: C, at: at(7)))
+        #expect(server.registry.entry(for: erin)?.lastCounter == 2)
+    }
+
     @Test func inPlaceAndGeneralPathsLeaveTheSameState() throws {
         var fast = Server.withThree()
         var general = Server.withThree()
@@ -910,7 +929,9 @@ struct RelayInPlaceTests {
             var written: [UInt8] = []
             bytes.withUnsafeBytes { raw in
                 guard let frame = ExtendedMessage.RelayFrame(raw) else { return }
-                frame.writeRelayed({ written += Array($0) }, { written.append($0) })
+                written = [UInt8](unsafeUninitializedCapacity: frame.relayedLength) { buffer, count in
+                    count = frame.writeRelayed(into: UnsafeMutableRawBufferPointer(buffer))
+                }
                 #expect(frame.relayedLength == written.count)
             }
             #expect(written == ExtendedMessage.relayed(from: alice, payload: payload).encode())
