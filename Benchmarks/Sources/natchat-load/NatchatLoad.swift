@@ -19,17 +19,23 @@ struct NatchatLoad: ParsableCommand {
             keepalive  registers N clients, then sends authenticated keep-alives round-robin, closed loop
             relay      registers two clients and relays datagrams from one to the other, closed loop
             stun       sends STUN Binding requests, closed loop
+            echo       sends relay-sized datagrams to an echo server (the relay's yardstick), closed loop
+
+            The closed loops send in sendmmsg batches and receive in recvmmsg batches, writing and
+            signing each request in place, so the generator costs far less per datagram than a server.
             """)
 
-    enum Mode: String, ExpressibleByArgument, CaseIterable { case register, keepalive, relay, stun }
+    enum Mode: String, ExpressibleByArgument, CaseIterable { case register, keepalive, relay, stun, echo }
 
-    @Argument(help: "register | keepalive | relay | stun") var mode: Mode
+    @Argument(help: "register | keepalive | relay | stun | echo") var mode: Mode
     @Option(help: "Server as HOST:PORT (loopback).") var server: String = "127.0.0.1:10080"
     @Option(help: "Number of clients.") var clients: Int = 1000
     @Option(help: "Seconds of load after set-up (1-60).") var duration: Double = 5
     @Option(help: "Keep the clients registered and alive this many seconds afterwards (memory can be read meanwhile).") var hold: Double = 0
     @Option(help: "Requests outstanding at once.") var window: Int = 64
     @Option(help: "Local sockets (spread over 127.0.0.2...).") var sockets: Int = 16
+    @Option(help: "Requests of a closed loop written and signed before the clock starts (default: enough for the whole run at 600 000/s, at most 6 000 000; 0 signs every request during the run).")
+    var presign: Int?
     @Flag(help: "Print the summary as JSON.") var json = false
 
     func validate() throws {
@@ -38,6 +44,7 @@ struct NatchatLoad: ParsableCommand {
         guard hold >= 0, hold <= 3600 else { throw ValidationError("--hold must be in [0, 3600]") }
         guard (1...4096).contains(window) else { throw ValidationError("--window must be 1...4096") }
         guard (1...256).contains(sockets) else { throw ValidationError("--sockets must be 1...256") }
+        guard (0...20_000_000).contains(presign ?? 0) else { throw ValidationError("--presign must be 0...20000000") }
         guard let endpoint = try? Endpoint(parsing: server), endpoint.address.octets.0 == 127 else {
             throw ValidationError("--server must be a loopback HOST:PORT (127.x.y.z:port)")
         }
@@ -45,11 +52,14 @@ struct NatchatLoad: ParsableCommand {
 
     func run() throws {
         let target = try Endpoint(parsing: server)
-        var load = try LoadRun(server: target, sockets: sockets, window: window)
+        let presign = presign ?? min(6_000_000, Int(duration * 600_000))
+        var load = try LoadRun(server: target, sockets: sockets, window: window, presign: max(0, presign))
         let summary: Summary
         switch mode {
         case .stun:
             summary = load.stun(duration: duration)
+        case .echo:
+            summary = load.echo(duration: duration)
         case .register:
             summary = load.register(count: clients, timeLimit: max(duration, 60))
         case .keepalive:
@@ -117,14 +127,18 @@ struct SimClient {
 struct LoadRun {
     let server: Endpoint
     let window: Int
+    let presign: Int
     var fds: [Int32] = []
+    /// Per socket: its address and port as the server sees them.
+    var localEndpoints: [Endpoint] = []
     var clients: [SimClient] = []
     let identity = IdentityKey()
     var random = SystemRandomNumberGenerator()
 
-    init(server: Endpoint, sockets: Int, window: Int) throws {
+    init(server: Endpoint, sockets: Int, window: Int, presign: Int) throws {
         self.server = server
         self.window = window
+        self.presign = presign
         for index in 0..<sockets {
             let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
             guard fd >= 0 else { throw ValidationError("socket: errno \(errno)") }
@@ -139,6 +153,14 @@ struct LoadRun {
             }
             guard bound == 0 else { throw ValidationError("bind: errno \(errno)") }
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            var name = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let named = withUnsafeMutablePointer(to: &name) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            }
+            guard named == 0 else { throw ValidationError("getsockname: errno \(errno)") }
+            localEndpoints.append(Endpoint(address: IPv4Address(bits: UInt32(bigEndian: name.sin_addr.s_addr)),
+                                           port: UInt16(bigEndian: name.sin_port)))
             fds.append(fd)
         }
     }
@@ -175,30 +197,24 @@ struct LoadRun {
 
     // MARK: modes
 
-    mutating func stun(duration: Double) -> Summary {
-        var outstanding: [STUN.TransactionID: (Double, Int)] = [:]
-        var latencies: [Double] = []
-        var sent = 0, completed = 0
-        let start = monotonicMicros(), end = start + duration * 1e6
-        while monotonicMicros() < end {
-            while outstanding.count < window {
-                let transaction = STUN.TransactionID.random(using: &random)
-                let fd = sent % fds.count
-                send(STUN.bindingRequest(transaction), on: fds[fd])
-                outstanding[transaction] = (monotonicMicros(), fd)
-                sent += 1
-            }
-            for (_, bytes) in receive(timeoutMillis: 100) {
-                guard case .bindingSuccess(let transaction, _) = try? STUN.decode(bytes),
-                      let (sentAt, _) = outstanding.removeValue(forKey: transaction) else { continue }
-                completed += 1
-                if latencies.count < 1_000_000 { latencies.append(monotonicMicros() - sentAt) }
-            }
-            if outstanding.count >= window { outstanding.removeAll() } // a lost window: start afresh
-        }
-        return Summary(completed: completed, sent: sent, seconds: (monotonicMicros() - start) / 1e6, latencies: latencies,
-                       registered: 0)
+    var closedLoop: ClosedLoop { ClosedLoop(fds: fds, server: server, window: window, presign: presign) }
+
+    func stun(duration: Double) -> Summary {
+        var traffic = STUNTraffic(localEndpoints: localEndpoints)
+        return closedLoop.run(&traffic, duration: duration, registered: 0)
     }
+
+    /// The relay's traffic sent to an echo server from two unregistered clients' sockets.
+    func echo(duration: Double) -> Summary {
+        guard let from = try? ClientID("load0"), let to = try? ClientID("load1") else {
+            return Summary(completed: 0, sent: 0, seconds: 0, latencies: [], registered: 0)
+        }
+        var traffic = RelayTraffic(from: SimClient(id: from, socket: 0, sessionKey: KeyBytes(Array(repeating: 7, count: 32))),
+                                   to: SimClient(id: to, socket: 1 % fds.count), payload: Self.relayPayload, echo: true)
+        return closedLoop.run(&traffic, duration: duration, registered: 0)
+    }
+
+    static let relayPayload = [UInt8](repeating: 0xAB, count: 64)
 
     /// Registers `count` clients: classic offer → challenge → signed registration → registered.
     mutating func register(count: Int, timeLimit: Double) -> Summary {
@@ -280,69 +296,20 @@ struct LoadRun {
     }
 
     mutating func keepAlive(duration: Double) -> Summary {
-        var inFlight: [Int: [Double]] = [:] // per socket, FIFO of send times (acks carry no ID)
-        var outstanding = 0
-        var latencies: [Double] = []
-        var sent = 0, completed = 0, next = 0
-        let start = monotonicMicros(), end = start + duration * 1e6
-        while monotonicMicros() < end {
-            while outstanding < window {
-                let index = next % clients.count
-                next += 1
-                let fd = clients[index].socket
-                let bytes = keepAliveMessage(index) // (not inline: that would copy self, clients included)
-                send(bytes, on: fds[fd])
-                inFlight[fd, default: []].append(monotonicMicros())
-                outstanding += 1
-                sent += 1
-            }
-            let received = receive(timeoutMillis: 100)
-            if received.isEmpty { outstanding = 0; inFlight.removeAll(); continue }
-            for (socketIndex, bytes) in received {
-                guard case .keepAliveAck = try? ExtendedMessage.decode(bytes) else { continue }
-                completed += 1
-                outstanding = max(0, outstanding - 1)
-                if var queue = inFlight[socketIndex], !queue.isEmpty {
-                    let sentAt = queue.removeFirst()
-                    inFlight[socketIndex] = queue
-                    if latencies.count < 1_000_000 { latencies.append(monotonicMicros() - sentAt) }
-                }
-            }
-        }
-        return Summary(completed: completed, sent: sent, seconds: (monotonicMicros() - start) / 1e6, latencies: latencies,
-                       registered: clients.count)
+        var traffic = KeepAliveTraffic(clients: clients, localEndpoints: localEndpoints)
+        let summary = closedLoop.run(&traffic, duration: duration, registered: clients.count)
+        for index in clients.indices { clients[index].counter = traffic.counters[index] }
+        return summary
     }
 
     mutating func relay(duration: Double) -> Summary {
-        guard clients.count >= 2, let key = clients[0].sessionKey else {
+        guard clients.count >= 2, clients[0].sessionKey != nil else {
             return Summary(completed: 0, sent: 0, seconds: 0, latencies: [], registered: clients.count)
         }
-        let payload = [UInt8](repeating: 0xAB, count: 64)
-        var outstanding = 0, sent = 0, completed = 0
-        var sendTimes: [Double] = []
-        var latencies: [Double] = []
-        let start = monotonicMicros(), end = start + duration * 1e6
-        while monotonicMicros() < end {
-            while outstanding < window {
-                clients[0].counter += 1
-                let bytes = SessionCrypto.authenticated(.relay(id: clients[0].id, to: clients[1].id, payload: payload,
-                                                               counter: clients[0].counter, tag: .zero), key: key)
-                send(bytes, on: fds[clients[0].socket])
-                sendTimes.append(monotonicMicros())
-                outstanding += 1
-                sent += 1
-            }
-            let received = receive(timeoutMillis: 100)
-            if received.isEmpty { outstanding = 0; sendTimes.removeAll(); continue }
-            for (socketIndex, bytes) in received where socketIndex == clients[1].socket {
-                guard case .relayed = try? ExtendedMessage.decode(bytes) else { continue }
-                completed += 1
-                outstanding = max(0, outstanding - 1)
-                if !sendTimes.isEmpty, latencies.count < 1_000_000 { latencies.append(monotonicMicros() - sendTimes.removeFirst()) }
-            }
-        }
-        return Summary(completed: completed, sent: sent, seconds: (monotonicMicros() - start) / 1e6, latencies: latencies,
-                       registered: clients.count)
+        var traffic = RelayTraffic(from: clients[0], to: clients[1], payload: Self.relayPayload, echo: false)
+        let summary = closedLoop.run(&traffic, duration: duration, registered: clients.count)
+        clients[0].counter = traffic.counter
+        return summary
     }
 
     /// Keeps every client alive (a keep-alive each 10 s) for `seconds`.
