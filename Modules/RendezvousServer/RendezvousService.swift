@@ -51,8 +51,11 @@ public final class RendezvousService: DatagramDriver {
         public var evictions = 0
     }
 
-    public private(set) var registry: Registry
-    public private(set) var counters = Counters()
+    // The service runs on one event loop and never calls out while it mutates these (its
+    // callbacks are ``printLine`` and the logger, given values), so the runtime's dynamic
+    // exclusivity check on every datagram's access is dropped for the two the hot paths touch.
+    @exclusivity(unchecked) public private(set) var registry: Registry
+    @exclusivity(unchecked) public private(set) var counters = Counters()
     private let configuration: Configuration
     private let printLine: @Sendable (String) -> Void
     private let logger: Logger
@@ -164,13 +167,7 @@ public final class RendezvousService: DatagramDriver {
     private func answerSTUN(_ transaction: STUN.TransactionID, from source: Endpoint, output: inout DatagramOutput) {
         counters.stunRequests += 1
         output.send(to: source, maxLength: STUN.bindingSuccessLength) { response in
-            STUN.writeBindingSuccess(transaction, mapped: source) { value, count in
-                switch count {
-                case 2: response.writeInteger(UInt16(truncatingIfNeeded: value))
-                case 4: response.writeInteger(UInt32(truncatingIfNeeded: value))
-                default: response.writeInteger(value)
-                }
-            }
+            STUN.writeBindingSuccess(transaction, mapped: source, into: response)
         }
     }
 
@@ -183,11 +180,7 @@ public final class RendezvousService: DatagramDriver {
         else { return false }
         counters.keepAlives += 1
         output.send(to: source, maxLength: ExtendedMessage.keepAliveAckLength) { ack in
-            ack.writeInteger(ExtendedMessage.magic)
-            ack.writeInteger(ExtendedMessage.version)
-            ack.writeInteger(ExtendedMessage.keepAliveAckKind)
-            ack.writeInteger(source.address.bits)
-            ack.writeInteger(source.port)
+            ExtendedMessage.writeKeepAliveAck(publicEndpoint: source, into: ack)
         }
         return true
     }
@@ -202,9 +195,7 @@ public final class RendezvousService: DatagramDriver {
             switch registry.forwardRelay(frame, from: source, now: now) {
             case .forward(let destination):
                 counters.relayedDatagrams += 1
-                output.send(to: destination, maxLength: frame.relayedLength) { buffer in
-                    frame.writeRelayed({ buffer.writeBytes($0) }, { buffer.writeInteger($0) })
-                }
+                output.send(to: destination, maxLength: frame.relayedLength) { frame.writeRelayed(into: $0) }
                 return true
             case .rateLimited:
                 counters.ignored += 1

@@ -141,20 +141,22 @@ public enum STUN {
     /// The length of ``bindingSuccess(_:mapped:)``'s bytes.
     public static let bindingSuccessLength = 32
 
-    /// Writes a Binding success response into `write` one big-endian integer at a time,
-    /// so a caller can fill a buffer it already has (no intermediate array).
+    /// Writes a Binding success response (``bindingSuccessLength`` bytes) at the start of
+    /// `destination`, so a caller can fill a buffer it already has: no intermediate array,
+    /// and one access to the buffer rather than one per field. Returns the number of bytes
+    /// written: ``bindingSuccessLength``, or 0 when `destination` is shorter than that.
     public static func writeBindingSuccess(_ transaction: TransactionID, mapped: Endpoint,
-                                           _ write: (_ value: UInt64, _ bytes: Int) -> Void) {
-        write(UInt64(bindingSuccessType), 2)
-        write(12, 2)
-        write(UInt64(magicCookie), 4)
-        write(UInt64(transaction.high), 4)
-        write(transaction.low, 8)
-        write(UInt64(xorMappedAddress), 2)
-        write(8, 2)
-        write(0x0001, 2)
-        write(UInt64(mapped.port ^ UInt16(magicCookie >> 16)), 2)
-        write(UInt64(mapped.address.bits ^ magicCookie), 4)
+                                           into destination: UnsafeMutableRawBufferPointer) -> Int {
+        guard destination.count >= bindingSuccessLength, let base = destination.baseAddress else { return 0 }
+        let xorPort = UInt32(mapped.port ^ UInt16(magicCookie >> 16))
+        base.storeBytes(of: (UInt32(bindingSuccessType) << 16 | 12).bigEndian, toByteOffset: 0, as: UInt32.self)
+        base.storeBytes(of: magicCookie.bigEndian, toByteOffset: 4, as: UInt32.self)
+        base.storeBytes(of: transaction.high.bigEndian, toByteOffset: 8, as: UInt32.self)
+        base.storeBytes(of: transaction.low.bigEndian, toByteOffset: 12, as: UInt64.self)
+        base.storeBytes(of: (UInt32(xorMappedAddress) << 16 | 8).bigEndian, toByteOffset: 20, as: UInt32.self)
+        base.storeBytes(of: (0x0001 << 16 | xorPort).bigEndian, toByteOffset: 24, as: UInt32.self)
+        base.storeBytes(of: (mapped.address.bits ^ magicCookie).bigEndian, toByteOffset: 28, as: UInt32.self)
+        return bindingSuccessLength
     }
 
     /// A Binding request with no attributes.

@@ -43,15 +43,18 @@ public struct DatagramOutput {
     }
 
     /// Queues a datagram of at most `maxLength` bytes for `destination`, written by `body`
-    /// into the output's own buffer: the server's STUN answers, keep-alive acknowledgements
-    /// and relayed datagrams. In steady state this allocates nothing (the sender's socket
-    /// address is reused, other destinations' addresses are cached). Outside a read batch
-    /// (timers, ``DatagramHost/perform(_:)``, a test driving a core) the datagram gets a
-    /// buffer of its own in ``pending``, like ``send(buffer:to:)``.
-    public mutating func send(to destination: Endpoint, maxLength: Int, writing body: (inout ByteBuffer) -> Void) {
+    /// straight into the output's own buffer: `body` gets at least `maxLength` writable bytes
+    /// and returns how many it wrote (0 queues nothing). The server's STUN answers,
+    /// keep-alive acknowledgements and relayed datagrams go this way. In steady state this
+    /// allocates nothing (the sender's socket address is reused, other destinations'
+    /// addresses are cached) and touches the buffer once. Outside a read batch (timers,
+    /// ``DatagramHost/perform(_:)``, a test driving a core) the datagram gets a buffer of its
+    /// own in ``pending``, like ``send(buffer:to:)``.
+    public mutating func send(to destination: Endpoint, maxLength: Int,
+                              writing body: (UnsafeMutableRawBufferPointer) -> Int) {
         guard currentSource != nil, maxLength <= Self.arenaCapacity else {
             var buffer = allocator.buffer(capacity: maxLength)
-            body(&buffer)
+            guard Self.write(into: &buffer, maxLength: maxLength, body) > 0 else { return }
             pending.append((destination, buffer))
             return
         }
@@ -60,15 +63,23 @@ public struct DatagramOutput {
             if !arenaReplies.isEmpty {
                 // This batch filled the arena: the rest get buffers of their own.
                 var buffer = allocator.buffer(capacity: maxLength)
-                body(&buffer)
+                guard Self.write(into: &buffer, maxLength: maxLength, body) > 0 else { return }
                 replies.append((address, buffer))
                 return
             }
             arena = allocator.buffer(capacity: Self.arenaCapacity)
         }
         let start = arena.writerIndex
-        body(&arena)
-        arenaReplies.append((address, start, arena.writerIndex - start))
+        let written = Self.write(into: &arena, maxLength: maxLength, body)
+        guard written > 0 else { return }
+        arenaReplies.append((address, start, written))
+    }
+
+    private static func write(into buffer: inout ByteBuffer, maxLength: Int,
+                              _ body: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: maxLength) { writable in
+            min(max(0, body(UnsafeMutableRawBufferPointer(rebasing: writable[..<maxLength]))), maxLength)
+        }
     }
 
     /// The socket address of `endpoint`: the current sender's as NIO delivered it, or one

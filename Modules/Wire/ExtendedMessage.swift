@@ -308,6 +308,19 @@ extension ExtendedMessage {
     /// The kind byte of ``keepAliveAck(publicEndpoint:)``, for writers that build it in place.
     public static var keepAliveAckKind: UInt8 { Kind.keepAliveAck.rawValue }
 
+    /// Writes ``keepAliveAck(publicEndpoint:)`` (``keepAliveAckLength`` bytes) at the start of
+    /// `destination` in one pass, for a server that answers into a buffer it already has.
+    /// Returns the number of bytes written, 0 when `destination` is too short.
+    public static func writeKeepAliveAck(publicEndpoint: Endpoint, into destination: UnsafeMutableRawBufferPointer) -> Int {
+        guard destination.count >= keepAliveAckLength, let base = destination.baseAddress else { return 0 }
+        base.storeBytes(of: magic, toByteOffset: 0, as: UInt8.self)
+        base.storeBytes(of: version, toByteOffset: 1, as: UInt8.self)
+        base.storeBytes(of: keepAliveAckKind, toByteOffset: 2, as: UInt8.self)
+        base.storeBytes(of: publicEndpoint.address.bits.bigEndian, toByteOffset: 3, as: UInt32.self)
+        base.storeBytes(of: publicEndpoint.port.bigEndian, toByteOffset: 7, as: UInt16.self)
+        return keepAliveAckLength
+    }
+
     /// The fields of one encoded ``keepAlive(id:natKind:counter:tag:)``, read in place
     /// without allocating (the server's commonest datagram). It accepts exactly what
     /// ``decode(_:)`` accepts as a keep-alive, except that the ID's characters are not
@@ -381,16 +394,22 @@ extension ExtendedMessage {
         public var relayedLength: Int { 3 + 1 + idBytes.count + 2 + payload.count }
 
         /// Writes that ``relayed(from:payload:)`` datagram (the sender's ID and the payload)
-        /// through `writeByte`/`writeBytes`, so any buffer type can take it.
-        public func writeRelayed(_ writeBytes: (UnsafeRawBufferPointer) -> Void, _ writeByte: (UInt8) -> Void) {
-            writeByte(ExtendedMessage.magic)
-            writeByte(ExtendedMessage.version)
-            writeByte(Kind.relayed.rawValue)
-            writeByte(UInt8(idBytes.count))
-            writeBytes(idBytes)
-            writeByte(UInt8(truncatingIfNeeded: payload.count >> 8))
-            writeByte(UInt8(truncatingIfNeeded: payload.count))
-            writeBytes(payload)
+        /// at the start of `destination` in one pass; returns the number of bytes written,
+        /// ``relayedLength``, or 0 when `destination` is too short.
+        public func writeRelayed(into destination: UnsafeMutableRawBufferPointer) -> Int {
+            let length = relayedLength
+            guard destination.count >= length, let base = destination.baseAddress else { return 0 }
+            base.storeBytes(of: ExtendedMessage.magic, toByteOffset: 0, as: UInt8.self)
+            base.storeBytes(of: ExtendedMessage.version, toByteOffset: 1, as: UInt8.self)
+            base.storeBytes(of: Kind.relayed.rawValue, toByteOffset: 2, as: UInt8.self)
+            base.storeBytes(of: UInt8(idBytes.count), toByteOffset: 3, as: UInt8.self)
+            var offset = 4
+            if let id = idBytes.baseAddress { (base + offset).copyMemory(from: id, byteCount: idBytes.count) }
+            offset += idBytes.count
+            base.storeBytes(of: UInt16(truncatingIfNeeded: payload.count).bigEndian, toByteOffset: offset, as: UInt16.self)
+            offset += 2
+            if let bytes = payload.baseAddress { (base + offset).copyMemory(from: bytes, byteCount: payload.count) }
+            return length
         }
     }
 }

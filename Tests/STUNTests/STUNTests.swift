@@ -229,11 +229,17 @@ struct STUNInPlaceTests {
 
     @Test(arguments: ["192.0.2.1:32853", "0.0.0.0:1", "255.255.255.255:65535"])
     func writeBindingSuccessMatchesTheArrayEncoder(_ text: String) {
-        var bytes: [UInt8] = []
-        STUN.writeBindingSuccess(rfcTransaction, mapped: ep(text)) { value, count in
-            for index in (0..<count).reversed() { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(8 * index))) }
-        }
-        #expect(bytes.count == STUN.bindingSuccessLength)
-        #expect(bytes == STUN.bindingSuccess(rfcTransaction, mapped: ep(text)))
+        var bytes = [UInt8](repeating: 0xEE, count: STUN.bindingSuccessLength + 3)
+        let written = bytes.withUnsafeMutableBytes { STUN.writeBindingSuccess(rfcTransaction, mapped: ep(text), into: $0) }
+        #expect(written == STUN.bindingSuccessLength)
+        #expect(Array(bytes.prefix(written)) == STUN.bindingSuccess(rfcTransaction, mapped: ep(text)))
+        #expect(bytes.suffix(3) == [0xEE, 0xEE, 0xEE], "nothing written past the response")
+    }
+
+    @Test func writeBindingSuccessRefusesAShortBuffer() {
+        var bytes = [UInt8](repeating: 0xEE, count: STUN.bindingSuccessLength - 1)
+        let written = bytes.withUnsafeMutableBytes { STUN.writeBindingSuccess(rfcTransaction, mapped: ep("192.0.2.1:1"), into: $0) }
+        #expect(written == 0)
+        #expect(bytes.allSatisfy { $0 == 0xEE })
     }
 }

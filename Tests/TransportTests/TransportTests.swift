@@ -26,7 +26,7 @@ private final class FakeDriver: DatagramDriver {
     var timeoutReplies: (Instant) -> [(Endpoint, [UInt8])] = { _ in [] }
     /// Queue the answers with `reply(buffer:to:)` (the sender's socket address reused) rather than `send`.
     var asReplies = false
-    /// Write the answers in place with `reply(to:maxLength:writing:)`.
+    /// Write the answers in place with `send(to:maxLength:writing:)`.
     var inPlace = false
 
     func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
@@ -34,7 +34,10 @@ private final class FakeDriver: DatagramDriver {
         received.append(record)
         for (destination, bytes) in replies(record) {
             if inPlace {
-                output.send(to: destination, maxLength: bytes.count) { $0.writeBytes(bytes) }
+                output.send(to: destination, maxLength: bytes.count) { writable in
+                    writable.copyBytes(from: bytes)
+                    return bytes.count
+                }
             } else if asReplies {
                 output.reply(buffer: ByteBuffer(bytes: bytes), to: destination)
             } else {

@@ -39,6 +39,20 @@ import Wire
         #expect(ack.count == ExtendedMessage.keepAliveAckLength)
         #expect(ack[2] == ExtendedMessage.keepAliveAckKind)
     }
+
+    @Test func theInPlaceAcknowledgementWriterMatchesTheEncoder() {
+        for endpoint in [Endpoint(address: IPv4Address(bits: 0xCB00_7107), port: 40001), Endpoint(address: IPv4Address(bits: 0), port: 0),
+                         Endpoint(address: IPv4Address(bits: .max), port: .max)] {
+            var bytes = [UInt8](repeating: 0xEE, count: ExtendedMessage.keepAliveAckLength + 2)
+            let written = bytes.withUnsafeMutableBytes { ExtendedMessage.writeKeepAliveAck(publicEndpoint: endpoint, into: $0) }
+            #expect(written == ExtendedMessage.keepAliveAckLength)
+            #expect(Array(bytes.prefix(written)) == ExtendedMessage.keepAliveAck(publicEndpoint: endpoint).encode())
+            #expect(bytes.suffix(2) == [0xEE, 0xEE])
+        }
+        var short = [UInt8](repeating: 0xEE, count: ExtendedMessage.keepAliveAckLength - 1)
+        #expect(short.withUnsafeMutableBytes { ExtendedMessage.writeKeepAliveAck(publicEndpoint: Endpoint(address: IPv4Address(bits: 1), port: 2), into: $0) } == 0)
+        #expect(short.allSatisfy { $0 == 0xEE })
+    }
 }
 
 @Suite struct RelayFrameTests {
@@ -59,10 +73,15 @@ import Wire
                 #expect(frame.tag == Token128(high: 1, low: 2))
                 #expect(Array(frame.authenticated) == Array(bytes.dropLast(16)))
                 var written: [UInt8] = []
-                frame.writeRelayed({ written += Array($0) }, { written.append($0) })
+                written = [UInt8](unsafeUninitializedCapacity: frame.relayedLength) { buffer, count in
+                    count = frame.writeRelayed(into: UnsafeMutableRawBufferPointer(buffer))
+                }
                 let relayed = ExtendedMessage.relayed(from: try! ClientID(from), payload: payload).encode()
                 #expect(written == relayed)
                 #expect(frame.relayedLength == relayed.count)
+                var short = [UInt8](repeating: 0xEE, count: relayed.count - 1)
+                #expect(short.withUnsafeMutableBytes { frame.writeRelayed(into: $0) } == 0)
+                #expect(short.allSatisfy { $0 == 0xEE })
             }
         }
     }
