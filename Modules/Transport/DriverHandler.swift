@@ -23,43 +23,82 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
     public typealias OutboundOut = AddressedEnvelope<ByteBuffer>
 
     public let driver: Driver
+    private let pump: DatagramPump
+
+    public init(driver: Driver, clock: any InstantSource = SystemClock(), logger: Logger = Logger(label: "natchat.transport")) {
+        self.driver = driver
+        self.pump = DatagramPump(driver: driver, clock: clock, logger: logger)
+    }
+
+    /// The transport's counters.
+    public var statistics: TransportStatistics { pump.statistics }
+
+    public func handlerAdded(context: ChannelHandlerContext) { pump.attach(context) }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        pump.armTimer()
+        context.fireChannelActive()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) { pump.detach() }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) { pump.read(data) }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        pump.flush()
+        context.fireChannelReadComplete()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) { pump.count(error) }
+
+    /// Runs `body` against the driver (on the event loop), then sends what it queued.
+    public func perform(_ body: (Driver, inout DatagramOutput, Instant) -> Void) {
+        let driver = self.driver
+        pump.perform { output, now in body(driver, &output, now) }
+    }
+}
+
+/// The handler's work, written against `any DatagramDriver` rather than generic over it:
+/// a generic class instantiated from another module runs unspecialised, which cost dynamic
+/// casts, metadata look-ups and value-witness calls on every datagram (perf under STUN load).
+/// It is a channel handler only for NIO's typed wrapping; the pipeline holds the generic one.
+final class DatagramPump: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    let driver: any DatagramDriver
     // `output` and `statistics` are touched per datagram, only on the channel's event loop and
     // never re-entrantly (a driver holds no reference to its handler), so the runtime's
     // exclusivity check on these two class properties buys nothing and costs a few percent of
     // the server's CPU under STUN load; see docs/performance.md.
-    @exclusivity(unchecked) public private(set) var statistics = TransportStatistics()
+    @exclusivity(unchecked) private(set) var statistics = TransportStatistics()
+    @exclusivity(unchecked) private var output: DatagramOutput
     private let clock: any InstantSource
     private let logger: Logger
-    @exclusivity(unchecked) private var output: DatagramOutput
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
     private var timerDeadline: Instant?
 
-    public init(driver: Driver, clock: any InstantSource = SystemClock(), logger: Logger = Logger(label: "natchat.transport")) {
+    init(driver: any DatagramDriver, clock: any InstantSource, logger: Logger) {
         self.driver = driver
         self.clock = clock
         self.logger = logger
         self.output = DatagramOutput()
     }
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    func attach(_ context: ChannelHandlerContext) {
         self.context = context
         output = DatagramOutput(allocator: context.channel.allocator)
         if context.channel.isActive { armTimer() }
     }
 
-    public func channelActive(context: ChannelHandlerContext) {
-        armTimer()
-        context.fireChannelActive()
-    }
-
-    public func handlerRemoved(context: ChannelHandlerContext) {
+    func detach() {
         timer?.cancel()
         timer = nil
-        self.context = nil
+        context = nil
     }
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    func read(_ data: NIOAny) {
         let envelope = unwrapInboundIn(data)
         statistics.datagramsReceived += 1
         guard let source = Endpoint(envelope.remoteAddress) else {
@@ -71,31 +110,25 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
         output.currentSource = nil
     }
 
-    public func channelReadComplete(context: ChannelHandlerContext) {
-        flush()
-        context.fireChannelReadComplete()
-    }
-
-    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    func count(_ error: any Error) {
         // A send error (ENETUNREACH towards a private address, ECONNREFUSED from an ICMP
         // port-unreachable) concerns one destination: count it and keep the socket open.
         statistics.errors += 1
         logger.debug("datagram error", metadata: ["error": "\(error)"])
     }
 
-    /// Runs `body` against the driver (on the event loop), then sends what it queued.
-    public func perform(_ body: (Driver, inout DatagramOutput, Instant) -> Void) {
-        body(driver, &output, clock.now())
+    func perform(_ body: (inout DatagramOutput, Instant) -> Void) {
+        body(&output, clock.now())
         flush()
     }
 
-    private func flush() {
+    func flush() {
         guard let context else { return }
         if !output.isEmpty {
             guard context.channel.isWritable else {
                 // The kernel is not taking datagrams (a send buffer full of packets waiting for
                 // unreachable neighbours): drop rather than queue in memory without bound.
-                statistics.droppedUnwritable += output.replies.count + output.pending.count + output.arenaReplies.count
+                statistics.droppedUnwritable += output.count
                 output.removeAll()
                 armTimer()
                 return
@@ -111,7 +144,7 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
                 let envelope = AddressedEnvelope(remoteAddress: output.socketAddress(for: destination), data: payload)
                 context.write(wrapOutboundOut(envelope), promise: nil)
             }
-            statistics.datagramsSent += output.replies.count + output.pending.count + output.arenaReplies.count
+            statistics.datagramsSent += output.count
             context.flush()
             // After the flush the kernel normally has every datagram and the arena's storage
             // is ours alone again, so clearing it keeps it; if a write is still queued, the
@@ -121,7 +154,7 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
         armTimer()
     }
 
-    private func armTimer() {
+    func armTimer() {
         guard let context else { return }
         let wanted = driver.nextDeadline()
         if wanted == timerDeadline, timer != nil { return }
@@ -132,11 +165,11 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
         let delay = max(0, (wanted - clock.now()).nanosecondsClamped)
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(in: .nanoseconds(delay)) {
-            let handler = loopBoundSelf.value
-            handler.timer = nil
-            handler.timerDeadline = nil
-            handler.driver.timeout(now: handler.clock.now(), output: &handler.output)
-            handler.flush()
+            let pump = loopBoundSelf.value
+            pump.timer = nil
+            pump.timerDeadline = nil
+            pump.driver.timeout(now: pump.clock.now(), output: &pump.output)
+            pump.flush()
         }
     }
 }
