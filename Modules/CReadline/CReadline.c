@@ -37,15 +37,22 @@ static void set_list(word_list *list, const char *const *words, int count) {
 void natchat_rl_set_commands(const char *const *words, int count) { set_list(&commands, words, count); }
 void natchat_rl_set_peers(const char *const *words, int count) { set_list(&peers, words, count); }
 
+/* Commands whose first argument is a peer ID, each with the space that ends it. */
+static const char *const peer_commands[] = { "@chat ", "@show_list " };
+
 static const word_list *list_for(const char *line, int start) {
     int i = 0;
     while (i < start && line[i] == ' ') i++;
     if (i == start) return &commands; /* completing the first word */
-    if (strncmp(line + i, "@chat ", 6) != 0) return NULL;
-    int j = i + 6;
-    while (j < start && line[j] == ' ') j++;
-    if (j != start) return NULL; /* past the peer ID: free text, nothing to complete */
-    return &peers;
+    for (size_t c = 0; c < sizeof peer_commands / sizeof peer_commands[0]; c++) {
+        size_t length = strlen(peer_commands[c]);
+        if (strncmp(line + i, peer_commands[c], length) != 0) continue;
+        int j = i + (int)length;
+        while (j < start && line[j] == ' ') j++;
+        /* Past the peer ID (@chat's text, @show_list's page): nothing to complete. */
+        return j == start ? &peers : NULL;
+    }
+    return NULL;
 }
 
 char **natchat_rl_candidates(const char *line, int start, const char *text) {

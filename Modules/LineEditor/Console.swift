@@ -19,7 +19,7 @@ public protocol Console: Sendable {
     func run(onLine: (String) -> LineDisposition)
     /// Prints one line (or several, separated by newlines) for the user.
     func show(_ text: String)
-    /// The peer IDs that Tab completes after `@chat `.
+    /// The peer IDs that Tab completes as the word right after `@chat ` or `@show_list `.
     func setCompletionPeers(_ ids: [String])
     /// Makes ``run(onLine:)`` return soon.
     func stop()

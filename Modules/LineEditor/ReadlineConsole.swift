@@ -7,8 +7,8 @@ import CReadline
 import Synchronization
 
 /// The interactive console: GNU readline line editing, persistent bounded history, Tab
-/// completion of commands and of peer IDs after `@chat `, and lines from the network
-/// printed above the prompt with the half-typed line restored.
+/// completion of commands and of peer IDs after `@chat ` and `@show_list `, and lines from
+/// the network printed above the prompt with the half-typed line restored.
 ///
 /// readline's state is process-wide C globals, so every readline call happens on the one
 /// thread that runs ``run(onLine:)``. Other threads only queue work (lines to show, new
@@ -131,9 +131,12 @@ public final class ReadlineConsole: Console {
     }
 }
 
-/// Tab completion candidates, as readline sees them: for the word at `start` with prefix
-/// `text` in `line`. Commands complete the first word, peer IDs the word after `@chat `.
-/// The first element is the longest common prefix (readline's convention).
+/// Tab completion candidates, as readline sees them: for the word at `start` (a UTF-8 byte
+/// offset) with prefix `text` in `line`. Commands complete the first word; peer IDs complete
+/// the word right after `@chat ` (the peer ID) or `@show_list ` (the ID prefix). Nothing
+/// completes later words (the chat text, the page number), and there is no fallback to
+/// file names. The first element is the longest common prefix (readline's convention),
+/// followed by the matches in list order; no match gives `[]`.
 public enum Completion {
     public static func candidates(line: String, start: Int, text: String, commands: [String], peers: [String]) -> [String] {
         withCStrings(commands) { natchat_rl_set_commands($0, Int32(commands.count)) }

@@ -66,19 +66,73 @@ struct CompletionTests {
     }
 
     @Test func nothingAfterOtherCommands() {
-        #expect(complete("@show_list ", start: 11, "") == [])
         #expect(complete("@exit b", start: 6, "b") == [])
+        #expect(complete("@help b", start: 6, "b") == [])
         #expect(complete("@chatty b", start: 8, "b") == [])
+        #expect(complete("@show_listx b", start: 12, "b") == [])
+        #expect(complete("@show_listx ", start: 12, "") == [])
+        #expect(complete("@show b", start: 6, "b") == [])
+        #expect(complete("show_list b", start: 10, "b") == [])
+    }
+
+    @Test func peersAfterShowList() {
+        #expect(complete("@show_list ", start: 11, "") == ["", "alice", "bob", "bobby", "한국어"])
+        #expect(complete("@show_list b", start: 11, "b") == ["bob", "bob", "bobby"])
+        #expect(complete("@show_list bobb", start: 11, "bobb") == ["bobby", "bobby"])
+        #expect(complete("@show_list a", start: 11, "a") == ["alice", "alice"])
+        #expect(complete("@show_list 한", start: 11, "한") == ["한국어", "한국어"])
+        #expect(complete("@show_list z", start: 11, "z") == [])
+    }
+
+    @Test func showListWithLeadingSpaces() {
+        #expect(complete("  @show_list b", start: 13, "b") == ["bob", "bob", "bobby"])
+        #expect(complete("@show_list   a", start: 13, "a") == ["alice", "alice"])
+        #expect(complete("   @show_list  ", start: 15, "") == ["", "alice", "bob", "bobby", "한국어"])
+    }
+
+    @Test func showListCommonPrefixComesFirst() {
+        let ids = ["alpha", "alps", "alpine", "beta"]
+        #expect(complete("@show_list al", start: 11, "al", peers: ids) == ["alp", "alpha", "alps", "alpine"])
+        #expect(complete("@show_list alph", start: 11, "alph", peers: ids) == ["alpha", "alpha"])
+        #expect(complete("@show_list ", start: 11, "", peers: ids) == ["", "alpha", "alps", "alpine", "beta"])
+    }
+
+    @Test func nothingForTheShowListPage() {
+        // The same word list completes the prefix, so each of these would match if offered.
+        let ids = ["alice", "2fast", "12"]
+        #expect(complete("@show_list al", start: 11, "al", peers: ids) == ["alice", "alice"])
+        #expect(complete("@show_list al 2", start: 14, "2", peers: ids) == [])
+        #expect(complete("@show_list al ", start: 14, "", peers: ids) == [])
+        #expect(complete("@show_list al  1", start: 15, "1", peers: ids) == [])
+        #expect(complete("@show_list al 2 a", start: 16, "a", peers: ids) == [])
+        #expect(complete("@show_list al 2 ", start: 16, "", peers: ids) == [])
+    }
+
+    @Test func showListPrefixMadeOfDigits() {
+        // `@show_list 12 1` filters on "12": the first argument completes even when numeric.
+        #expect(complete("@show_list 1", start: 11, "1", peers: ["12", "alice"]) == ["12", "12"])
+    }
+
+    @Test func showListIsNotCompletedInsideTheCommandWord() {
+        #expect(complete("@show_list", start: 0, "@show_list") == ["@show_list", "@show_list"])
+        #expect(complete("@show_list", start: 0, "@show_list", peers: ["@show_listing"]) == ["@show_list", "@show_list"])
+    }
+
+    @Test func commandsAreNotOfferedAsShowListPrefixes() {
+        #expect(complete("@show_list @", start: 11, "@") == [])
     }
 
     @Test func noPeersKnown() {
         #expect(complete("@chat ", start: 6, "", peers: []) == [])
         #expect(complete("@chat b", start: 6, "b", peers: []) == [])
+        #expect(complete("@show_list ", start: 11, "", peers: []) == [])
+        #expect(complete("@show_list b", start: 11, "b", peers: []) == [])
     }
 
     @Test func listsAreReplacedOnEachCall() {
         #expect(complete("@chat ", start: 6, "", peers: ["zoe"]) == ["zoe", "zoe"])
         #expect(complete("@chat ", start: 6, "", peers: ["amy"]) == ["amy", "amy"])
+        #expect(complete("@show_list ", start: 11, "", peers: ["zoe"]) == ["zoe", "zoe"])
         #expect(complete("@", start: 0, "@", commands: ["@only"]) == ["@only", "@only"])
     }
 

@@ -139,6 +139,11 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(Completion.candidates(line: "@chat peer12", start: 6, text: "peer12", commands: [], peers: peers))
         }
     }
+    gated("Completion.showList.peers10000", scaling: .one) { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(Completion.candidates(line: "@show_list peer12", start: 11, text: "peer12", commands: [], peers: peers))
+        }
+    }
 }
 
 /// Gives every registered benchmark a name that is also a portable file name: each run of

@@ -28,7 +28,8 @@ int natchat_rl_take_line(char **line);
 void natchat_rl_print_above(const char *text);
 
 /* Replaces the completion words: commands complete the first word; peers complete the
- * word after "@chat ". Strings are copied. */
+ * word right after "@chat " or "@show_list " (the peer ID, the ID prefix), and nothing
+ * after it. Strings are copied. */
 void natchat_rl_set_commands(const char *const *words, int count);
 void natchat_rl_set_peers(const char *const *words, int count);
 
