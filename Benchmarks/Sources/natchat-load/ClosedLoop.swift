@@ -79,9 +79,14 @@ struct ClosedLoop {
         }
 
         let start = monotonicMicros(), end = start + duration * 1e6
-        while monotonicMicros() < end {
+        var sending = true
+        while true {
+            // After the duration, stop sending and collect what is still in flight (until it
+            // has all come back or nothing has for 100 ms), so the last window is not "loss".
+            sending = sending && monotonicMicros() < end
+            if !sending && outstanding == 0 { break }
             let now = monotonicMicros()
-            while outstanding < window {
+            while sending, outstanding < window {
                 let socket: Int, length: Int
                 if cursor < prepared.count {
                     socket = prepared.sockets[cursor]
@@ -107,6 +112,7 @@ struct ClosedLoop {
 
             for index in polls.indices { polls[index].revents = 0 }
             guard poll(&polls, nfds_t(polls.count), 100) > 0 else {
+                if !sending { break }
                 outstanding = 0 // the window was lost: start afresh
                 for index in sendTimes.indices { sendTimes[index].removeAll() }
                 continue
