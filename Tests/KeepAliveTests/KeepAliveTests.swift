@@ -1,5 +1,5 @@
 import Testing
-import KeepAlive
+@testable import KeepAlive
 import MonotonicTime
 
 private func at(_ seconds: Int64) -> Instant { Instant.zero + .seconds(seconds) }
@@ -210,6 +210,37 @@ struct LivenessTableTests {
         table.touch(7, now: at(100))
         #expect(table.expire(now: at(130)) == [])
         #expect(table.expire(now: at(131)) == [7])
+    }
+
+    @Test func aKeyTouchedWithoutPauseKeepsTheQueueBounded() {
+        var table = LivenessTable<String>(timeout: .seconds(30))
+        table.touch("quiet", now: .zero)
+        var now = Instant.zero
+        for _ in 0..<50_000 {
+            now = now + .milliseconds(1)
+            table.touch("flood", now: now)
+        }
+        // 50 000 touches within one timeout; the queue holds at most twice the keys plus the slack.
+        #expect(table.queuedCount <= 2 * table.count + LivenessTable<String>.compactionSlack + 1)
+        // Expiry is unchanged: quiet goes 30 s after its touch, flood 30 s after its last one.
+        #expect(table.expire(now: .zero + .seconds(30)).isEmpty)
+        #expect(table.expire(now: .zero + .seconds(30) + .nanoseconds(1)) == ["quiet"])
+        #expect(table.expire(now: now + .seconds(30)).isEmpty)
+        #expect(table.expire(now: now + .seconds(30) + .nanoseconds(1)) == ["flood"])
+        #expect(table.count == 0)
+    }
+
+    @Test func droppingStaleEntriesKeepsTheExpiryOrder() {
+        var table = LivenessTable<Int>(timeout: .seconds(10))
+        // 100 keys touched in turn, 100 rounds: 10 000 touches, several passes over the queue.
+        for round in 0..<100 {
+            for key in 0..<100 { table.touch(key, now: .zero + .milliseconds(round * 100 + key)) }
+        }
+        // The last round touched key k at 9 900 + k ms: they expire one by one, in that order.
+        let last = Instant.zero + .milliseconds(9_900)
+        #expect(table.expire(now: last + .seconds(10)).isEmpty)
+        #expect(table.expire(now: last + .seconds(10) + .milliseconds(49) + .nanoseconds(1)) == Array(0...49))
+        #expect(table.expire(now: last + .seconds(11)) == Array(50..<100))
     }
 
     @Test func readdAfterRemove() {
