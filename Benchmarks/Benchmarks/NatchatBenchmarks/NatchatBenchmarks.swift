@@ -104,6 +104,29 @@ let benchmarks: @Sendable () -> Void = {
         } setup: {
             RegisteredWorld(size: size, traffic: .keepAlives)
         }
+        // 1000 look-ups of registered IDs spread over the table (what a punch or a peer
+        // query starts with).
+        Benchmark("Registry.lookup.\(size)", configuration: .init(thresholds: mallocGate(.kilo))) { benchmark, world in
+            var found = 0
+            benchmark.startMeasurement()
+            for id in world.lookups where world.registry.entry(for: id) != nil { found += 1 }
+            benchmark.stopMeasurement()
+            precondition(found == world.lookups.count, "every looked-up ID is registered")
+        } setup: {
+            RegisteredWorld(size: size, traffic: .keepAlives)
+        }
+        // 1000 relay requests between registered clients spread over the table, through the
+        // in-place path: sender and peer looked up, tag checked, relay budget accounted.
+        Benchmark("Registry.relay.\(size)", configuration: .init(thresholds: mallocGate(.kilo))) { benchmark, world in
+            var registry = world.registry
+            var forwarded = world.forward(world.warmUp, in: &registry) ? 1 : 0
+            benchmark.startMeasurement()
+            for datagram in world.datagrams where world.forward(datagram, in: &registry) { forwarded += 1 }
+            benchmark.stopMeasurement()
+            precondition(forwarded == world.datagrams.count + 1, "every relay request took the in-place path")
+        } setup: {
+            RegisteredWorld(size: size, traffic: .relays)
+        }
         // 1000 new (signed, non-subscribing) registrations, signed beforehand: the
         // measurement is the server's decode, signature check, key agreement and insert.
         Benchmark("Registry.register.\(size)", configuration: .init(thresholds: mallocGate(.kilo))) { benchmark, world in
@@ -184,7 +207,7 @@ struct AcceptingValidator: AddressValidator {
 /// A registry holding `size` extended clients that do not subscribe to the roster, built
 /// once per benchmark (setup), plus the datagrams one iteration feeds it.
 struct RegisteredWorld {
-    enum Traffic { case keepAlives, registrations }
+    enum Traffic { case keepAlives, registrations, relays }
 
     struct Datagram {
         let bytes: [UInt8]
@@ -197,11 +220,21 @@ struct RegisteredWorld {
     let warmUp: Datagram
     /// The 1000 datagrams of one measured iteration.
     let datagrams: [Datagram]
+    /// 1000 registered IDs spread over the table.
+    let lookups: [ClientID]
 
     static func source(_ index: Int) -> Endpoint { Endpoint(address: IPv4Address(bits: 0x0A00_0000 | UInt32(index)), port: 10081) }
 
     func acknowledge(_ datagram: Datagram, in registry: inout Registry) -> Bool {
         datagram.bytes.withUnsafeBytes { registry.acknowledgeKeepAlive($0, from: datagram.source, now: Instant(nanoseconds: 1)) }
+    }
+
+    func forward(_ datagram: Datagram, in registry: inout Registry) -> Bool {
+        datagram.bytes.withUnsafeBytes { raw in
+            guard let frame = ExtendedMessage.RelayFrame(raw) else { return false }
+            if case .forward = registry.forwardRelay(frame, from: datagram.source, now: Instant(nanoseconds: 1)) { return true }
+            return false
+        }
     }
 
     func deliver<G: RandomNumberGenerator>(_ datagram: Datagram, to registry: inout Registry, random: inout G) {
@@ -237,6 +270,7 @@ struct RegisteredWorld {
         self.registry = registry
 
         func datagram(_ bytes: [UInt8], from source: Endpoint) -> Datagram { Datagram(bytes: bytes, source: source) }
+        lookups = (0..<1_000).map { ids[($0 * 7919) % size] }
         switch traffic {
         case .keepAlives:
             func keepAlive(_ index: Int, counter: UInt64) -> Datagram {
@@ -246,6 +280,14 @@ struct RegisteredWorld {
             warmUp = keepAlive(0, counter: 1)
             // A fixed spread over the table (7919 is prime, so for 1000 clients each is hit once).
             datagrams = (0..<1_000).map { keepAlive(($0 * 7919) % size, counter: UInt64(2 + $0)) }
+        case .relays:
+            let payload = [UInt8](repeating: 0xAB, count: 64)
+            func relay(_ index: Int, to peer: Int, counter: UInt64) -> Datagram {
+                datagram(SessionCrypto.authenticated(.relay(id: ids[index], to: ids[peer], payload: payload, counter: counter, tag: .zero),
+                                                     key: keys[index]), from: Self.source(index))
+            }
+            warmUp = relay(0, to: 1, counter: 1)
+            datagrams = (0..<1_000).map { relay(($0 * 7919) % size, to: ($0 * 7919 + 1) % size, counter: UInt64(2 + $0)) }
         case .registrations:
             func newcomer(_ n: Int) -> Datagram {
                 datagram(registration(try! ClientID("n\(n)")), from: Endpoint(address: IPv4Address(bits: 0x0B00_0000 | UInt32(n)), port: 10081))
