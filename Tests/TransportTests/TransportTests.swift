@@ -151,6 +151,35 @@ struct DatagramOutputTests {
         #expect(output.pending.isEmpty)
         #expect(output.drain().isEmpty)
     }
+
+    @Test func inPlaceWritersGetTheirLengthAndNothingForZero() {
+        var output = DatagramOutput()
+        let address = A.socketAddress
+        output.handling(datagramFrom: A, address: address) { output in
+            output.send(to: A, maxLength: 8) { _ in 0 }                       // nothing written: nothing queued
+            output.send(to: A, maxLength: 4) { bytes in
+                bytes.copyBytes(from: [1, 2, 3, 4])
+                return 99                                                     // claims more than it may: cut to 4
+            }
+            output.send(to: B, maxLength: 3) { bytes in
+                #expect(bytes.count == 3, "the writer sees exactly maxLength bytes")
+                bytes.copyBytes(from: [7, 8])
+                return 2
+            }
+        }
+        #expect(output.count == 2)
+        #expect(output.arenaReplies.map(\.length) == [4, 2])
+        #expect(output.arenaReplies.compactMap { output.arena.getBytes(at: $0.start, length: $0.length) } == [[1, 2, 3, 4], [7, 8]])
+        // Outside a read batch: a buffer of its own, and still nothing for zero.
+        output.removeAll()
+        output.send(to: B, maxLength: 8) { _ in 0 }
+        output.send(to: B, maxLength: 8) { bytes in
+            bytes.copyBytes(from: [5])
+            return 1
+        }
+        #expect(output.pending.map { Array($0.payload.readableBytesView) } == [[5]])
+        #expect(output.count == 1)
+    }
 }
 
 @Suite("DatagramDriverHandler")
