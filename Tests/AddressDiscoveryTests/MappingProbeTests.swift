@@ -3,20 +3,10 @@ import AddressDiscovery
 import MonotonicTime
 import STUN
 import Wire
+import TestSupport
 
 private func endpoint(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }
 private func ms(_ milliseconds: Int64) -> Instant { Instant.zero + .milliseconds(milliseconds) }
-
-private struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private let primary = endpoint("198.51.100.1:10080")
 private let alternate = endpoint("198.51.100.1:10082")
@@ -30,7 +20,7 @@ private struct Harness {
     var transactions: [Endpoint: STUN.TransactionID] = [:]
 
     init(alternate: Endpoint? = alternate, local: Endpoint? = local, maxAttempts: Int = 4) {
-        var random = SeededGenerator(state: 99)
+        var random = SplitMix64(state: 99)
         probe = MappingProbe(primary: primary, alternate: alternate, localEndpoint: local, random: &random,
                              retransmitInterval: .milliseconds(300), maxAttempts: maxAttempts)
     }

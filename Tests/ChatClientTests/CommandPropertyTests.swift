@@ -1,23 +1,13 @@
 import Testing
 import Wire
 @testable import ChatClient
+import TestSupport
 
 /// A seeded random search over typed lines (the shell's decoder): whatever is typed,
 /// `Command.parse` answers a command, nothing, or a `ParseError` — never a trap — and a
 /// parsed chat survives being typed again.
 @Suite("Command.parse property")
 struct CommandPropertyTests {
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static let pieces: [String] = ["@chat", "@show_list", "@exit", "@help", "@", " ", "  ", "\t", "bob", "alice", "a:b",
                                    "한국어", "\u{301}", "\u{1}", "\u{7F}", "\n", "x", "é", "🙂", "\u{200B}", ":", "server",
                                    String(repeating: "y", count: 40), String(repeating: "z", count: 1100)]

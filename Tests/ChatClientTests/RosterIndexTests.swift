@@ -1,6 +1,7 @@
 import Testing
 @testable import ChatClient
 import Wire
+import TestSupport
 
 private func id(_ text: String) -> ClientID { try! ClientID(text) }
 
@@ -34,7 +35,7 @@ struct RosterIndexTests {
 
     /// Random joins and leaves against a plain model: the order and the sorted names match.
     @Test func matchesAModelUnderChurn() {
-        var random = CommandPropertyTests.SplitMix64(state: 0xC0FFEE)
+        var random = SplitMix64(state: 0xC0FFEE)
         var index = RosterIndex(selfID: id("p7"))
         var model: [String] = []
         for _ in 0..<5_000 {

@@ -6,6 +6,7 @@ import Identity
 import MonotonicTime
 import Registry
 import Wire
+import TestSupport
 
 // Two (or three) ExtendedRouters wired through a real Registry acting as the server, with
 // instantaneous in-memory delivery. The hosts have public addresses (no NAT), so punching
@@ -19,17 +20,6 @@ private let alice = id("alice"), bob = id("bob"), carol = id("carol")
 private let S = ep("198.51.100.1:10080")
 private let A = ep("203.0.113.7:40001"), B = ep("198.51.100.9:50000"), C = ep("192.0.2.4:60000")
 private let elsewhere = ep("192.0.2.66:6666")
-
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private struct FakeValidator: AddressValidator {
     func cookie(for source: Endpoint, now: Instant) -> Token128 {

@@ -2,29 +2,18 @@ import Crypto
 import Testing
 import Wire
 @testable import Identity
+import TestSupport
 
 /// ``SessionMAC`` against swift-crypto's HMAC<SHA256>, the reference: every key and length
 /// must give the same first 128 bits.
 @Suite struct SessionMACTests {
-    /// SplitMix64: the same "random" keys and messages on every run.
-    struct Seeded: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static func reference(_ message: [UInt8], key: [UInt8]) -> Token128 {
         let mac = Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)))
         return Token128(bytes: mac.prefix(16))
     }
 
     @Test func matchesSwiftCryptoForEveryLengthAroundTheBlockBoundaries() {
-        var random = Seeded(state: 1)
+        var random = SplitMix64(state: 1)
         for length in 0...300 {
             let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }
             let message = (0..<length).map { _ in UInt8.random(in: 0...255, using: &random) }
@@ -35,7 +24,7 @@ import Wire
     }
 
     @Test func matchesSwiftCryptoForShortAndBlockSizedKeys() {
-        var random = Seeded(state: 2)
+        var random = SplitMix64(state: 2)
         for keyLength in [0, 1, 16, 31, 32, 33, 63, 64] {
             let key = (0..<keyLength).map { _ in UInt8.random(in: 0...255, using: &random) }
             let message = Array("natchat keep-alive".utf8)

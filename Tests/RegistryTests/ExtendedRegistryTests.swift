@@ -5,6 +5,7 @@ import MonotonicTime
 @testable import Registry
 import Relay
 import Wire
+import TestSupport
 
 // Extended-dialect (natchat/2) behaviour of the Registry, next to classic clients.
 //
@@ -24,17 +25,6 @@ private let A = ep("203.0.113.7:40001"), B = ep("203.0.113.7:40002"), C = ep("19
 private let D = ep("203.0.113.7:40003"), E = ep("198.51.100.9:50001"), X = ep("192.0.2.99:33333")
 private let alicePrivate = [ep("10.0.0.5:10081")], bobPrivate = ip("10.0.0.6")
 private let carolPrivate = [ep("10.0.0.7:10081")], davePrivate = [ep("10.0.1.5:10081")]
-
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Accepts exactly the cookie it made for a source (a known value derived from it).
 private struct FakeValidator: AddressValidator {

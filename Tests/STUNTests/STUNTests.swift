@@ -1,21 +1,9 @@
 import Testing
 import STUN
 import Wire
+import TestSupport
 
 private func ep(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }
-
-/// A seeded generator (SplitMix64): the same seed gives the same sequence.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private func decodeError(_ bytes: [UInt8]) -> STUN.DecodeError? {
     do {
