@@ -30,6 +30,18 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]),
+        // A yardstick beside stunmin: the least a SwiftNIO server does to answer STUN (see its
+        // header), so bin/bench can split natchat-server's cost into SwiftNIO's and its own.
+        .executableTarget(
+            name: "nio-stunfloor",
+            dependencies: [
+                .product(name: "STUN", package: "natchat"),
+                .product(name: "Wire", package: "natchat"),
+                .product(name: "Transport", package: "natchat"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]),
         // Micro-benchmarks of the hot paths (`swift package benchmark`), with malloc counts;
         // thresholds are checked in under Thresholds/.
         .executableTarget(
