@@ -61,16 +61,26 @@ public enum SessionCrypto {
 
     /// Whether the trailing tag of the encoded datagram `bytes` verifies under `key`.
     public static func verifyAuthenticated(_ bytes: [UInt8], key: KeyBytes) -> Bool {
-        bytes.withUnsafeBytes { verifyAuthenticated($0, key: key) }
+        verifyAuthenticated(bytes, mac: key.mac)
+    }
+
+    /// ``verifyAuthenticated(_:key:)`` with the key's midstates alone (what the server keeps).
+    public static func verifyAuthenticated(_ bytes: [UInt8], mac: SessionMAC) -> Bool {
+        bytes.withUnsafeBytes { verifyAuthenticated($0, mac: mac) }
     }
 
     /// ``verifyAuthenticated(_:key:)`` on a datagram in place (the server's receive buffer).
     public static func verifyAuthenticated(_ datagram: UnsafeRawBufferPointer, key: KeyBytes) -> Bool {
+        verifyAuthenticated(datagram, mac: key.mac)
+    }
+
+    /// ``verifyAuthenticated(_:mac:)`` on a datagram in place.
+    public static func verifyAuthenticated(_ datagram: UnsafeRawBufferPointer, mac: SessionMAC) -> Bool {
         guard datagram.count > 16, ExtendedMessage.trailerLength(ofKind: datagram[2]) == 16 else { return false }
         let tagStart = datagram.count - 16
         let tag = Token128(high: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagStart, as: UInt64.self)),
                            low: UInt64(bigEndian: datagram.loadUnaligned(fromByteOffset: tagStart + 8, as: UInt64.self)))
-        return key.mac.isValid(tag, for: UnsafeRawBufferPointer(rebasing: datagram[..<tagStart]))
+        return mac.isValid(tag, for: UnsafeRawBufferPointer(rebasing: datagram[..<tagStart]))
     }
 
     /// Encodes a registration signed by `identity`.

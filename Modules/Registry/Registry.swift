@@ -74,27 +74,34 @@ public struct Registry: Sendable {
         }
     }
 
-    /// One registered client.
-    ///
-    /// What only an extended registration sets (keys, session key, cookie, nonce, private
-    /// endpoints) is written once per registration and read on every authenticated datagram;
-    /// it lives in one immutable box, so the table entry every client pays for stays small
-    /// (a dictionary's slots are allocated in powers of two, so each inline byte costs up to
-    /// 2.7 bytes). `Entry` is still a value: setting a boxed field makes a new box.
+    /// One registered client, held inline: the registry keeps entries densely in chunks
+    /// (see ``ClientTable``), so a client costs its stride and no heap block of its own.
+    /// The session key itself is not kept, only its HMAC midstates: tags are all the server
+    /// checks with it.
     public struct Entry: Hashable, Sendable {
         public var id: ClientID
         public var publicEndpoint: Endpoint
         public var privateAddress: IPv4Address
-        /// Registration order, for listing clients in the order they came.
-        public var sequence: UInt64
-        /// The highest counter accepted on this session.
-        public var lastCounter: UInt64
         public var dialect: Dialect
         public var natKind: NATKind
         /// Whether the roster and its changes are pushed to this client (always for classic
         /// clients; extended clients choose at registration).
         public var subscribed: Bool
-        private var registration: Box?
+        /// Registration order, for listing clients in the order they came.
+        public var sequence: UInt64
+        /// The highest counter accepted on this session.
+        public var lastCounter: UInt64
+        /// The cookie and server nonce the session key was derived with.
+        public var cookie: Token128
+        public var nonce: Token128
+        /// The keys the ID is bound to (extended clients).
+        public var keys: PublicKeys?
+        /// The extended session key's HMAC midstates (`nil` for classic clients).
+        public var sessionMAC: SessionMAC?
+        // Nearly every client reports one private endpoint: kept inline, the rest (at most
+        // ExtendedMessage.maxPrivateEndpoints - 1) in an array that is empty for most.
+        private var firstPrivateEndpoint: Endpoint?
+        private var otherPrivateEndpoints: [Endpoint]
 
         init(id: ClientID, publicEndpoint: Endpoint, privateAddress: IPv4Address, sequence: UInt64,
              dialect: Dialect = .classic, sessionKey: KeyBytes? = nil, keys: PublicKeys? = nil, lastCounter: UInt64 = 0,
@@ -103,63 +110,104 @@ public struct Registry: Sendable {
             self.id = id
             self.publicEndpoint = publicEndpoint
             self.privateAddress = privateAddress
-            self.sequence = sequence
-            self.lastCounter = lastCounter
             self.dialect = dialect
             self.natKind = natKind
             self.subscribed = subscribed
-            let fields = Registration(sessionKey: sessionKey, keys: keys, cookie: cookie, nonce: nonce, privateEndpoints: privateEndpoints)
-            registration = fields == Registration() ? nil : Box(fields)
+            self.sequence = sequence
+            self.lastCounter = lastCounter
+            self.cookie = cookie
+            self.nonce = nonce
+            self.keys = keys
+            self.sessionMAC = sessionKey?.mac
+            firstPrivateEndpoint = privateEndpoints.first
+            otherPrivateEndpoints = Array(privateEndpoints.dropFirst())
         }
 
-        /// The extended session key (`nil` for classic clients).
-        public var sessionKey: KeyBytes? {
-            get { registration?.fields.sessionKey }
-            set { update { $0.sessionKey = newValue } }
-        }
-        /// The keys the ID is bound to (extended clients).
-        public var keys: PublicKeys? {
-            get { registration?.fields.keys }
-            set { update { $0.keys = newValue } }
-        }
-        /// The cookie and server nonce the session key was derived with.
-        public var cookie: Token128 {
-            get { registration?.fields.cookie ?? .zero }
-            set { update { $0.cookie = newValue } }
-        }
-        public var nonce: Token128 {
-            get { registration?.fields.nonce ?? .zero }
-            set { update { $0.nonce = newValue } }
-        }
         /// Private endpoints an extended client reported.
         public var privateEndpoints: [Endpoint] {
-            get { registration?.fields.privateEndpoints ?? [] }
-            set { update { $0.privateEndpoints = newValue } }
+            get {
+                guard let firstPrivateEndpoint else { return [] }
+                return [firstPrivateEndpoint] + otherPrivateEndpoints
+            }
+            set {
+                firstPrivateEndpoint = newValue.first
+                otherPrivateEndpoints = Array(newValue.dropFirst())
+            }
         }
 
         var position: NATPosition {
             NATPosition(publicAddress: publicEndpoint.address, privateAddress: privateAddress)
         }
+    }
 
-        private mutating func update(_ change: (inout Registration) -> Void) {
-            var fields = registration?.fields ?? Registration()
-            change(&fields)
-            registration = fields == Registration() ? nil : Box(fields)
+    /// The registered clients, dense: entries in fixed-size chunks (filled in order, so
+    /// memory follows the number of clients, and never moved, so growing leaves no old
+    /// storage behind in the heap) and a dictionary from ID to position. A removal moves the
+    /// last entry into the hole. (A dictionary of entries would write all of its slots, 1.3
+    /// to 2.7 per client, each the size of an entry; one growing array would leave its old
+    /// buffers in the heap, about as much again.)
+    struct ClientTable: Sendable {
+        static var chunkSize: Int { 1024 }
+        private var chunks: [[Entry]] = []
+        private var positions: [ClientID: Int] = [:]
+        private(set) var count = 0
+
+        /// Every entry, in storage order.
+        var entries: FlattenSequence<[[Entry]]> { chunks.joined() }
+
+        subscript(id: ClientID) -> Entry? {
+            get { positions[id].map { self[position: $0] } }
+            set {
+                guard let newValue else {
+                    removeValue(forKey: id)
+                    return
+                }
+                if let position = positions[id] {
+                    self[position: position] = newValue
+                } else {
+                    append(newValue)
+                }
+            }
         }
 
-        struct Registration: Hashable, Sendable {
-            var sessionKey: KeyBytes?
-            var keys: PublicKeys?
-            var cookie: Token128 = .zero
-            var nonce: Token128 = .zero
-            var privateEndpoints: [Endpoint] = []
+        /// Where `id`'s entry is, if registered (valid until the next removal).
+        func position(of id: ClientID) -> Int? { positions[id] }
+
+        subscript(position position: Int) -> Entry {
+            get { chunks[position / Self.chunkSize][position % Self.chunkSize] }
+            set { chunks[position / Self.chunkSize][position % Self.chunkSize] = newValue }
         }
 
-        final class Box: Hashable, Sendable {
-            let fields: Registration
-            init(_ fields: Registration) { self.fields = fields }
-            static func == (a: Box, b: Box) -> Bool { a === b || a.fields == b.fields }
-            func hash(into hasher: inout Hasher) { hasher.combine(fields) }
+        /// Records the counter of an accepted datagram in place (the per-datagram write).
+        mutating func setLastCounter(_ counter: UInt64, at position: Int) {
+            chunks[position / Self.chunkSize][position % Self.chunkSize].lastCounter = counter
+        }
+
+        private mutating func append(_ entry: Entry) {
+            let chunk = count / Self.chunkSize
+            if chunk == chunks.count {
+                var storage: [Entry] = []
+                storage.reserveCapacity(Self.chunkSize)
+                chunks.append(storage)
+            }
+            chunks[chunk].append(entry)
+            positions[entry.id] = count
+            count += 1
+        }
+
+        @discardableResult
+        mutating func removeValue(forKey id: ClientID) -> Entry? {
+            guard let position = positions.removeValue(forKey: id) else { return nil }
+            count -= 1
+            let last = chunks[count / Self.chunkSize].removeLast()
+            // One emptied chunk is kept as a spare, so that a count going back and forth
+            // across a chunk boundary does not allocate and free a chunk each time.
+            if count % Self.chunkSize == 0, chunks.count > count / Self.chunkSize + 1 { chunks.removeLast() }
+            guard position < count else { return last }
+            let removed = self[position: position]
+            self[position: position] = last
+            positions[last.id] = position
+            return removed
         }
     }
 
@@ -194,8 +242,9 @@ public struct Registry: Sendable {
         }
     }
 
-    /// Something that happened, for the operator's screen and logs.
-    public enum Event: Hashable, Sendable {
+    /// Something that happened, for the operator's screen and logs. Indirect, so that an
+    /// ``Action`` (and every array of them) stays the size of a message, not of an entry.
+    public indirect enum Event: Hashable, Sendable {
         case registered(Entry)
         case refreshed(Entry)
         case moved(Entry, from: Endpoint)
@@ -216,7 +265,7 @@ public struct Registry: Sendable {
     }
 
     public private(set) var configuration: Configuration
-    private var entries: [ClientID: Entry] = [:]
+    private var entries = ClientTable()
     private var subscriberIDs: Set<ClientID> = []
     /// Extended clients by the endpoint they were last seen at (may hold stale keys; checked on use).
     private var extendedByEndpoint: [Endpoint: ClientID] = [:]
@@ -244,7 +293,7 @@ public struct Registry: Sendable {
     public var count: Int { entries.count }
 
     /// The registered clients in registration order.
-    public var clients: [Entry] { entries.values.sorted { $0.sequence < $1.sequence } }
+    public var clients: [Entry] { entries.entries.sorted { $0.sequence < $1.sequence } }
 
     /// The clients that get roster notices, in registration order. Only these cost anything
     /// when someone joins or leaves: headless extended clients do not subscribe, so their
@@ -413,12 +462,12 @@ public struct Registry: Sendable {
         guard let frame = ExtendedMessage.KeepAliveFrame(datagram),
               let index = registeredIndex(idBytes: frame.idBytes, at: source)
         else { return false }
-        let entry = entries.values[index]
+        let entry = entries[position: index]
         guard entry.dialect == .extended, entry.publicEndpoint == source, entry.natKind == frame.natKind,
-              frame.counter > entry.lastCounter, let key = entry.sessionKey,
-              key.mac.isValid(frame.tag, for: frame.authenticated)
+              frame.counter > entry.lastCounter, let mac = entry.sessionMAC,
+              mac.isValid(frame.tag, for: frame.authenticated)
         else { return false }
-        entries.values[index].lastCounter = frame.counter
+        entries.setLastCounter(frame.counter, at: index)
         liveness.touch(entry.id, now: now)
         return true
     }
@@ -427,12 +476,12 @@ public struct Registry: Sendable {
     /// check that it is registered at `source`. The endpoint's own extended client is tried
     /// first (hashing six bytes); several IDs registered from one socket, as a load
     /// generator's clients are, are found by ID.
-    private func registeredIndex(idBytes: UnsafeRawBufferPointer, at source: Endpoint) -> [ClientID: Entry].Index? {
-        if let id = extendedByEndpoint[source], id.rawValue.utf8.elementsEqual(idBytes) { return entries.index(forKey: id) }
-        guard let index = entries.index(forKey: ClientID(lookingUp: idBytes)),
-              entries.keys[index].rawValue.utf8.elementsEqual(idBytes)
+    private func registeredIndex(idBytes: UnsafeRawBufferPointer, at source: Endpoint) -> Int? {
+        if let id = extendedByEndpoint[source], id.rawValue.utf8.elementsEqual(idBytes) { return entries.position(of: id) }
+        guard let position = entries.position(of: ClientID(lookingUp: idBytes)),
+              entries[position: position].id.rawValue.utf8.elementsEqual(idBytes)
         else { return nil }
-        return index
+        return position
     }
 
     /// What ``forwardRelay(_:from:now:)`` decided.
@@ -455,13 +504,13 @@ public struct Registry: Sendable {
     /// every case with the same rules.
     public mutating func forwardRelay(_ frame: ExtendedMessage.RelayFrame, from source: Endpoint, now: Instant) -> RelayDecision {
         guard let index = registeredIndex(idBytes: frame.idBytes, at: source) else { return .useGeneralPath }
-        let entry = entries.values[index]
+        let entry = entries[position: index]
         guard entry.dialect == .extended, entry.publicEndpoint == source, frame.counter > entry.lastCounter,
-              let key = entry.sessionKey, key.mac.isValid(frame.tag, for: frame.authenticated),
+              let mac = entry.sessionMAC, mac.isValid(frame.tag, for: frame.authenticated),
               let peer = entries[ClientID(lookingUp: frame.toBytes)], peer.dialect == .extended,
               peer.id.rawValue.utf8.elementsEqual(frame.toBytes)
         else { return .useGeneralPath }
-        entries.values[index].lastCounter = frame.counter
+        entries.setLastCounter(frame.counter, at: index)
         guard relayLimiter.allow(entry.id, bytes: frame.payload.count, now: now) else { return .rateLimited }
         return .forward(to: peer.publicEndpoint)
     }
@@ -471,7 +520,7 @@ public struct Registry: Sendable {
     /// verify: the server restarted) gets ``ExtendedMessage/unknownSession(_:echo:)``
     /// echoing the tag, which only the real sender recognises.
     private func sessionRefusal(_ id: ClientID, tag: Token128, bytes: [UInt8], source: Endpoint) -> [Action] {
-        if let entry = entries[id], let key = entry.sessionKey, SessionCrypto.verifyAuthenticated(bytes, key: key) {
+        if let entry = entries[id], let mac = entry.sessionMAC, SessionCrypto.verifyAuthenticated(bytes, mac: mac) {
             return [.report(.ignoredExtended(from: source, .replayed))]
         }
         return [.sendExtended(.unknownSession(id, echo: tag), to: source)]
@@ -480,8 +529,8 @@ public struct Registry: Sendable {
     /// The extended entry for `id` when `bytes` carry a valid tag under its session key and
     /// a fresh counter (which is then recorded).
     private mutating func session(_ id: ClientID, counter: UInt64, bytes: [UInt8]) -> Entry? {
-        guard var entry = entries[id], entry.dialect == .extended, let key = entry.sessionKey,
-              SessionCrypto.verifyAuthenticated(bytes, key: key), counter > entry.lastCounter
+        guard var entry = entries[id], entry.dialect == .extended, let mac = entry.sessionMAC,
+              SessionCrypto.verifyAuthenticated(bytes, mac: mac), counter > entry.lastCounter
         else { return nil }
         entry.lastCounter = counter
         store(entry)
@@ -521,7 +570,7 @@ public struct Registry: Sendable {
             if holder.publicEndpoint == source, holder.dialect == candidate.dialect, holder.keys == candidate.keys {
                 var refreshed = candidate
                 refreshed.sequence = holder.sequence
-                if refreshed.sessionKey == holder.sessionKey {
+                if refreshed.sessionMAC == holder.sessionMAC {
                     // The same session (same cookie): a replayed registration must not reopen
                     // counters already used.
                     refreshed.lastCounter = holder.lastCounter
