@@ -123,6 +123,11 @@ public struct Registry: Sendable {
             otherPrivateEndpoints = Array(privateEndpoints.dropFirst())
         }
 
+        /// Whether `other` reported the same private endpoints (without building either array).
+        func hasSamePrivateEndpoints(as other: Entry) -> Bool {
+            firstPrivateEndpoint == other.firstPrivateEndpoint && otherPrivateEndpoints == other.otherPrivateEndpoints
+        }
+
         /// Private endpoints an extended client reported.
         public var privateEndpoints: [Endpoint] {
             get {
@@ -149,24 +154,23 @@ public struct Registry: Sendable {
     struct ClientTable: Sendable {
         static var chunkSize: Int { 1024 }
         private var chunks: [[Entry]] = []
+        /// Chunks allocated, the spare included (for tests of the spare rule).
+        var chunkCount: Int { chunks.count }
         private var positions: [ClientID: Int] = [:]
         private(set) var count = 0
 
         /// Every entry, in storage order.
         var entries: FlattenSequence<[[Entry]]> { chunks.joined() }
 
-        subscript(id: ClientID) -> Entry? {
-            get { positions[id].map { self[position: $0] } }
-            set {
-                guard let newValue else {
-                    removeValue(forKey: id)
-                    return
-                }
-                if let position = positions[id] {
-                    self[position: position] = newValue
-                } else {
-                    append(newValue)
-                }
+        subscript(id: ClientID) -> Entry? { positions[id].map { self[position: $0] } }
+
+        /// Adds `entry`, or replaces the one with its ID (keyed by the entry itself, so an
+        /// entry can never be filed under another ID).
+        mutating func store(_ entry: Entry) {
+            if let position = positions[entry.id] {
+                self[position: position] = entry
+            } else {
+                append(entry)
             }
         }
 
@@ -242,14 +246,15 @@ public struct Registry: Sendable {
         }
     }
 
-    /// Something that happened, for the operator's screen and logs. Indirect, so that an
-    /// ``Action`` (and every array of them) stays the size of a message, not of an entry.
-    public indirect enum Event: Hashable, Sendable {
-        case registered(Entry)
-        case refreshed(Entry)
-        case moved(Entry, from: Endpoint)
-        case unregistered(Entry)
-        case evicted(Entry)
+    /// Something that happened, for the operator's screen and logs. The cases that carry an
+    /// entry are indirect, so that an ``Action`` (and every array of them) stays the size of a
+    /// message, not of an entry.
+    public enum Event: Hashable, Sendable {
+        indirect case registered(Entry)
+        indirect case refreshed(Entry)
+        indirect case moved(Entry, from: Endpoint)
+        indirect case unregistered(Entry)
+        indirect case evicted(Entry)
         case refused(ClientID, from: Endpoint, Refusal)
         case ignored(ClassicMessage, from: Endpoint, Ignored)
         case ignoredExtended(from: Endpoint, Ignored)
@@ -580,7 +585,7 @@ public struct Registry: Sendable {
                 actions.append(.report(.refreshed(refreshed)))
                 if refreshed.dialect == .extended { actions.append(registeredMessage(refreshed)) }
                 actions += listMessages(for: refreshed, includingSelf: refreshed.dialect == .classic)
-                if holder.privateEndpoints != refreshed.privateEndpoints || holder.natKind != refreshed.natKind {
+                if !holder.hasSamePrivateEndpoints(as: refreshed) || holder.natKind != refreshed.natKind {
                     for recipient in subscribers where recipient.id != id && recipient.dialect == .extended {
                         actions += announce(refreshed, to: recipient)
                     }
@@ -590,7 +595,7 @@ public struct Registry: Sendable {
             guard liveness.isExpired(id, now: now) else { return refuse(id, from: source, .idInUse, dialect: candidate.dialect) }
             // The holder is past its timeout but not yet swept: evict it now so the ID is free.
             forgetHelpers(id)
-            entries[id] = nil
+            entries.removeValue(forKey: id)
             liveness.remove(id)
             actions.append(.report(.evicted(holder)))
             for other in subscribers { if let notice = departure(holder, reason: .offline, to: other) { actions.append(notice) } }
@@ -614,7 +619,7 @@ public struct Registry: Sendable {
 
     private mutating func leave(_ entry: Entry, reason: LeaveReason) -> [Action] {
         forgetHelpers(entry.id)
-        entries[entry.id] = nil
+        entries.removeValue(forKey: entry.id)
         liveness.remove(entry.id)
         var actions: [Action] = [.report(.unregistered(entry))]
         for other in subscribers { if let notice = departure(entry, reason: reason, to: other) { actions.append(notice) } }
@@ -626,7 +631,7 @@ public struct Registry: Sendable {
         if let old = entries[entry.id], old.publicEndpoint != entry.publicEndpoint, extendedByEndpoint[old.publicEndpoint] == entry.id {
             extendedByEndpoint[old.publicEndpoint] = nil
         }
-        entries[entry.id] = entry
+        entries.store(entry)
         if entry.dialect == .extended { extendedByEndpoint[entry.publicEndpoint] = entry.id }
     }
 
@@ -673,12 +678,16 @@ public struct Registry: Sendable {
     /// What `recipient` may know of `entry`: private endpoints only as a same-NAT hint
     /// (the same public address), since they are probed, not trusted.
     private func peerInfo(_ entry: Entry, for recipient: Entry) -> PeerInfo {
-        let hint = entry.publicEndpoint.address == recipient.publicEndpoint.address
-        var privates = entry.privateEndpoints
-        if privates.isEmpty, entry.dialect == .classic {
-            privates = [Endpoint(address: entry.privateAddress, port: CandidateOrder.classicClientPort)]
+        // The array is built only for the hint (a roster for 100 000 clients would otherwise
+        // build one per peer).
+        var privates: [Endpoint] = []
+        if entry.publicEndpoint.address == recipient.publicEndpoint.address {
+            privates = entry.privateEndpoints
+            if privates.isEmpty, entry.dialect == .classic {
+                privates = [Endpoint(address: entry.privateAddress, port: CandidateOrder.classicClientPort)]
+            }
         }
-        return PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: hint ? privates : [],
+        return PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: privates,
                         natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys)
     }
 

@@ -872,6 +872,28 @@ struct KeepAliveInPlaceTests {
         #expect(server.registry.entry(for: erin)?.lastCounter == 2)
     }
 
+    /// A leave moves the client table's last entry into the hole: erin (registered last)
+    /// takes alice's place when alice exits, and the in-place paths find her there.
+    @Test func theInPlacePathsFindAnEntryMovedByALeave() throws {
+        var server = Server.withThree()
+        _ = server.register(erin, IdentityKey(), from: E, privateEndpoints: [], natKind: .endpointIndependent, at: at(1))
+        let exit = server.sessionBytes(alice) { .exit(id: alice, counter: $0, tag: .zero) }
+        let actions = server.receiveBytes(exit, from: A, at: at(2))
+        #expect(actions.contains { if case .report(.unregistered(let entry)) = $0 { entry.id == alice } else { false } })
+        #expect(server.registry.entry(for: alice) == nil)
+        #expect(server.registry.count == 3)
+        #expect(inPlace(&server, keepAliveBytes(&server, erin, counter: 5), from: E, at: at(3)))
+        #expect(server.registry.entry(for: erin)?.lastCounter == 5)
+        #expect(inPlace(&server, keepAliveBytes(&server, carol, natKind: .endpointDependent, counter: 6), from: C, at: at(3)))
+        #expect(server.registry.entry(for: carol)?.lastCounter == 6)
+        let relay = server.sessionBytes(erin, counter: 7) { .relay(id: erin, to: carol, payload: [9], counter: $0, tag: .zero) }
+        let decision = relay.withUnsafeBytes { raw in
+            ExtendedMessage.RelayFrame(raw).map { server.registry.forwardRelay($0, from: E, now: at(4)) }
+        }
+        #expect(decision == .forward(to: C))
+        #expect(server.registry.clients.map(\.id) == [bob, carol, erin])
+    }
+
     @Test func inPlaceAndGeneralPathsLeaveTheSameState() throws {
         var fast = Server.withThree()
         var general = Server.withThree()
