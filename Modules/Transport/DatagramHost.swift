@@ -9,8 +9,7 @@ import Wire
 public final class DatagramHost<Driver: DatagramDriver>: Sendable {
     /// The largest datagram a node accepts; longer ones are truncated by the read and then
     /// refused by the decoders.
-    public static var maxDatagramSize: Int { 2048 }
-    static var vectorReadCount: Int { 64 }
+    public static var maxDatagramSize: Int { DatagramSocketOptions.maxDatagramSize }
 
     /// The channel's local address.
     public let localAddress: SocketAddress?
@@ -35,20 +34,7 @@ public final class DatagramHost<Driver: DatagramDriver>: Sendable {
     static func bindFuture(host: String, port: Int, group: any EventLoopGroup, logger: Logger,
                            receiveBufferBytes: Int,
                            makeDriver: @escaping @Sendable () -> Driver) -> EventLoopFuture<DatagramHost> {
-        let bootstrap = DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferBytes))
-            .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(receiveBufferBytes))
-            .channelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
-            // With vector reads NIO splits one receive buffer between the messages of a batch,
-            // so the buffer holds a full-sized datagram for each of them.
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: maxDatagramSize * vectorReadCount))
-            .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)
-            // One vector read (up to 64 datagrams) per readiness event: NIO otherwise reads again
-            // until the socket is empty, which under load is one more recvmmsg per batch that
-            // usually finds nothing (3 per batch seen under stunload, now 1). NIO's epoll is
-            // level-triggered, so datagrams left over wake the loop again at once.
-            .channelOption(.maxMessagesPerRead, value: 1)
+        let bootstrap = DatagramSocketOptions.apply(to: DatagramBootstrap(group: group), receiveBufferBytes: receiveBufferBytes)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = DatagramDriverHandler(driver: makeDriver(), logger: logger)
@@ -114,5 +100,35 @@ extension DatagramHost {
     public func performBlocking(_ body: @escaping @Sendable (Driver, inout DatagramOutput, Instant) -> Void) {
         let handler = self.handler
         try? channel.eventLoop.submit { handler.value.perform(body) }.wait()
+    }
+}
+
+/// The socket and channel options of every natchat UDP socket, in one place so that a
+/// yardstick built on bare SwiftNIO (`Benchmarks/Sources/nio-stunfloor`) measures exactly
+/// the configuration natchat runs with.
+public enum DatagramSocketOptions {
+    /// The largest datagram a node accepts; longer ones are truncated by the read and then
+    /// refused by the decoders.
+    public static var maxDatagramSize: Int { 2048 }
+    /// Datagrams read per `recvmmsg`.
+    public static var vectorReadCount: Int { 64 }
+
+    /// `bootstrap` with natchat's options: address reuse, socket buffers of
+    /// `receiveBufferBytes`, a bounded write queue, and vector reads of ``vectorReadCount``.
+    public static func apply(to bootstrap: DatagramBootstrap, receiveBufferBytes: Int = 1 << 20) -> DatagramBootstrap {
+        bootstrap
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferBytes))
+            .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(receiveBufferBytes))
+            .channelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
+            // With vector reads NIO splits one receive buffer between the messages of a batch,
+            // so the buffer holds a full-sized datagram for each of them.
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: maxDatagramSize * vectorReadCount))
+            .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)
+            // One vector read (up to 64 datagrams) per readiness event: NIO otherwise reads again
+            // until the socket is empty, which under load is one more recvmmsg per batch that
+            // usually finds nothing (3 per batch seen under stunload, now 1). NIO's epoll is
+            // level-triggered, so datagrams left over wake the loop again at once.
+            .channelOption(.maxMessagesPerRead, value: 1)
     }
 }

@@ -1,9 +1,10 @@
 // nio-stunfloor: the least a SwiftNIO server can do to answer STUN Binding requests, as a
-// yardstick for natchat-server. Same socket options as natchat's Transport (vector reads of
-// 64, one read per readiness event, one flush per read batch, replies written in place into
-// one buffer per batch), natchat's in-place STUN reader and writer, and nothing else: no
-// driver, no registry, no statistics. natchat-server ÷ this is what natchat's own layers
-// cost; this ÷ stunmin is what SwiftNIO's per-datagram path costs.
+// yardstick for natchat-server. The socket options of natchat's Transport
+// (`DatagramSocketOptions`: vector reads of 64, one read per readiness event), one flush per
+// read batch, replies written in place into one buffer per batch, natchat's in-place STUN
+// reader and writer, and nothing else: no driver, no registry, no statistics.
+// natchat-server ÷ this is what natchat's own layers cost; this ÷ stunmin is what SwiftNIO's
+// per-datagram path costs.
 import Glibc
 import NIOCore
 import NIOPosix
@@ -21,8 +22,8 @@ final class BindingResponder: ChannelInboundHandler {
     private var queued: [(address: SocketAddress, start: Int, length: Int)] = []
 
     init(allocator: ByteBufferAllocator) {
-        replies = allocator.buffer(capacity: 64 * STUN.bindingSuccessLength)
-        queued.reserveCapacity(64)
+        replies = allocator.buffer(capacity: DatagramSocketOptions.vectorReadCount * STUN.bindingSuccessLength)
+        queued.reserveCapacity(DatagramSocketOptions.vectorReadCount)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -62,15 +63,8 @@ enum NIOSTUNFloor {
             exit(2)
         }
         let lifetime = arguments.count >= 4 ? UInt32(arguments[3]) ?? 60 : 60
-        let vectorReadCount = 64
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let channel = try DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(.socketOption(.so_rcvbuf), value: 1 << 20)
-            .channelOption(.socketOption(.so_sndbuf), value: 1 << 20)
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 2048 * vectorReadCount))
-            .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)
-            .channelOption(.maxMessagesPerRead, value: 1)
+        let channel = try DatagramSocketOptions.apply(to: DatagramBootstrap(group: group))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(BindingResponder(allocator: channel.allocator))
