@@ -142,6 +142,19 @@ _live_procs = set()
 _live_lock = threading.Lock()
 
 
+def kill_and_reap(popen):
+    """SIGKILL `popen` by PID if it is still running, then reap it (waiting at most 10 s)."""
+    if popen.poll() is None:
+        try:
+            os.kill(popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        popen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 @atexit.register
 def _kill_leftovers():
     """Last resort (e.g. Ctrl-C in the middle of a test): stop every process still alive."""
@@ -329,16 +342,8 @@ class Proc:
         with _live_lock:
             _live_procs.discard(self)
         try:
-            if self.popen.poll() is None:
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_and_reap(self.popen)
         finally:
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
             self.close_stdin()
             self._join_readers()
             for pipe in (self.popen.stdout, self.popen.stderr):

@@ -9,7 +9,6 @@ what the terminal shows is read back, escape sequences removed.
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from harness import (  # noqa: E402
     ProcessGroup,
     binary_path,
     free_udp_port,
+    kill_and_reap,
     require_binaries,
     require_loopback_aliases,
 )
@@ -84,13 +84,8 @@ class PtyClient:
                              + repr(self.screen()[-3000:]))
 
     def stop(self):
-        if self.popen.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         try:
-            self.popen.wait(timeout=10)
+            kill_and_reap(self.popen)
         finally:
             self._reader.join(timeout=2)
             try:
