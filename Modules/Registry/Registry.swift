@@ -177,6 +177,14 @@ public struct Registry: Sendable {
         /// Where `id`'s entry is, if registered (valid until the next removal).
         func position(of id: ClientID) -> Int? { positions[id] }
 
+        /// Where the entry whose ID is exactly `idBytes` (as received, not validated) is.
+        func position(idBytes: UnsafeRawBufferPointer) -> Int? {
+            guard let position = positions[ClientID(lookingUp: idBytes)],
+                  self[position: position].id.rawValue.utf8.elementsEqual(idBytes)
+            else { return nil }
+            return position
+        }
+
         subscript(position position: Int) -> Entry {
             get { chunks[position / Self.chunkSize][position % Self.chunkSize] }
             set { chunks[position / Self.chunkSize][position % Self.chunkSize] = newValue }
@@ -483,10 +491,7 @@ public struct Registry: Sendable {
     /// generator's clients are, are found by ID.
     private func registeredIndex(idBytes: UnsafeRawBufferPointer, at source: Endpoint) -> Int? {
         if let id = extendedByEndpoint[source], id.rawValue.utf8.elementsEqual(idBytes) { return entries.position(of: id) }
-        guard let position = entries.position(of: ClientID(lookingUp: idBytes)),
-              entries[position: position].id.rawValue.utf8.elementsEqual(idBytes)
-        else { return nil }
-        return position
+        return entries.position(idBytes: idBytes)
     }
 
     /// What ``forwardRelay(_:from:now:)`` decided.
@@ -512,8 +517,8 @@ public struct Registry: Sendable {
         let entry = entries[position: index]
         guard entry.dialect == .extended, entry.publicEndpoint == source, frame.counter > entry.lastCounter,
               let mac = entry.sessionMAC, mac.isValid(frame.tag, for: frame.authenticated),
-              let peer = entries[ClientID(lookingUp: frame.toBytes)], peer.dialect == .extended,
-              peer.id.rawValue.utf8.elementsEqual(frame.toBytes)
+              let peerPosition = entries.position(idBytes: frame.toBytes),
+              case let peer = entries[position: peerPosition], peer.dialect == .extended
         else { return .useGeneralPath }
         entries.setLastCounter(frame.counter, at: index)
         guard relayLimiter.allow(entry.id, bytes: frame.payload.count, now: now) else { return .rateLimited }
