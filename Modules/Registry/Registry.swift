@@ -8,10 +8,16 @@ import Relay
 import Wire
 
 /// Proves that a source address receives datagrams: the cookie of a challenge, checked
-/// when it comes back. The server implements it with a keyed MAC; tests with a fake.
+/// when it comes back, and dated, so that a registration can be told fresh from replayed.
+/// The server implements it with a keyed MAC; tests with a fake.
 public protocol AddressValidator: Sendable {
+    /// A cookie for a challenge sent to `source` at `now`.
     func cookie(for source: Endpoint, now: Instant) -> Token128
-    func isValid(_ cookie: Token128, for source: Endpoint, now: Instant) -> Bool
+    /// When `cookie` was issued, if this validator made it for `source` and it is still
+    /// within ``cookieLifetime`` at `now`; `nil` for anything else.
+    func issueTime(of cookie: Token128, for source: Endpoint, now: Instant) -> Instant?
+    /// How long a cookie is accepted after it was issued.
+    var cookieLifetime: Duration { get }
 }
 
 /// The rendezvous server's registration state machine, for both dialects.
@@ -39,6 +45,12 @@ public protocol AddressValidator: Sendable {
 ///   address (so the server never sends a list to an address that did not ask for it) and
 ///   be signed by the key it carries. The ID is bound to that key while registered: the
 ///   same key may re-register from anywhere, another key is refused.
+/// - Only fresh proof touches a client (liveness, endpoint, counters). A registration is
+///   fresh when its cookie was issued after the cookie its ID's current session began with
+///   (or, for an ID that left less than a cookie lifetime ago, after the cookie of its last
+///   session). The very registration a session began with, received again, is answered with
+///   the same `registered` and changes nothing; an older one is a replay and gets nothing.
+///   Session messages are fresh when their counter is higher than the last accepted one.
 /// - A client silent for strictly more than the keep-alive timeout is evicted at the next
 ///   sweep; everyone left is told it is off-line.
 public struct Registry: Sendable {
@@ -91,8 +103,10 @@ public struct Registry: Sendable {
         public var sequence: UInt64
         /// The highest counter accepted on this session.
         public var lastCounter: UInt64
-        /// The cookie and server nonce the session key was derived with.
-        public var cookie: Token128
+        /// When the cookie that this session's registration echoed was issued: a registration
+        /// is fresh only with a later cookie.
+        public var cookieIssuedAt: Instant
+        /// The server's randomness in this session's key.
         public var nonce: Token128
         /// The keys the ID is bound to (extended clients).
         public var keys: PublicKeys?
@@ -105,7 +119,7 @@ public struct Registry: Sendable {
 
         init(id: ClientID, publicEndpoint: Endpoint, privateAddress: IPv4Address, sequence: UInt64,
              dialect: Dialect = .classic, sessionKey: KeyBytes? = nil, keys: PublicKeys? = nil, lastCounter: UInt64 = 0,
-             cookie: Token128 = .zero, nonce: Token128 = .zero, privateEndpoints: [Endpoint] = [], natKind: NATKind = .unknown,
+             cookieIssuedAt: Instant = .zero, nonce: Token128 = .zero, privateEndpoints: [Endpoint] = [], natKind: NATKind = .unknown,
              subscribed: Bool = true) {
             self.id = id
             self.publicEndpoint = publicEndpoint
@@ -115,7 +129,7 @@ public struct Registry: Sendable {
             self.subscribed = subscribed
             self.sequence = sequence
             self.lastCounter = lastCounter
-            self.cookie = cookie
+            self.cookieIssuedAt = cookieIssuedAt
             self.nonce = nonce
             self.keys = keys
             self.sessionMAC = sessionKey?.mac
@@ -235,6 +249,9 @@ public struct Registry: Sendable {
         case badSignature
         case peerUnavailable
         case relayRateLimited
+        /// The registration the client's current session began with, received again: answered
+        /// with the same `registered`, nothing else changes.
+        case repeatedRegistration
     }
 
     /// Why a registration was refused.
@@ -283,6 +300,12 @@ public struct Registry: Sendable {
     /// Extended clients by the endpoint they were last seen at (may hold stale keys; checked on use).
     private var extendedByEndpoint: [Endpoint: ClientID] = [:]
     private var liveness: LivenessTable<ClientID>
+    /// For IDs whose extended client left or was evicted less than a cookie lifetime ago:
+    /// the issue time of the cookie its last session began with. A registration of the ID
+    /// must bring a later cookie (a captured registration replayed after the client died
+    /// must not bring it back). Entries older than a cookie lifetime are pruned at sweeps:
+    /// their cookies cannot pass any more.
+    private var departedCookies: [ClientID: Instant] = [:]
     private var nextSequence: UInt64 = 0
     private var punch: PunchCoordinator
     private var relayLimiter: RelayLimiter<ClientID>
@@ -317,6 +340,9 @@ public struct Registry: Sendable {
 
     /// The entry for `id`, if registered.
     public func entry(for id: ClientID) -> Entry? { entries[id] }
+
+    /// How many departed sessions' cookie times are remembered (see the freshness rule).
+    public var departedCount: Int { departedCookies.count }
 
     /// Whether an extended client is registered at `endpoint` (it proved it receives there).
     public func hasExtendedClient(at endpoint: Endpoint) -> Bool {
@@ -367,25 +393,29 @@ public struct Registry: Sendable {
                                                            now: Instant, random: inout G) -> [Action] {
         switch message {
         case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let signature, let subscribe):
-            guard validator.isValid(cookie, for: source, now: now) else {
+            guard let issued = validator.issueTime(of: cookie, for: source, now: now) else {
                 return [.report(.ignoredExtended(from: source, .badCookie))]
             }
             guard SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature) else {
                 return [.report(.ignoredExtended(from: source, .badSignature))]
             }
-            // A repeat of the same registration (same cookie, key and address) keeps its
-            // session; anything else gets fresh server randomness, so a new session key.
-            var nonce = Token128.random(using: &random)
-            if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint == source,
-               holder.cookie == cookie {
-                nonce = holder.nonce
+            switch freshness(ofRegistration: id, keys: keys, cookieIssuedAt: issued, from: source) {
+            case .fresh:
+                break
+            case .repeated(let holder):
+                // The registration this session began with, again (its answer was lost, or it
+                // was captured and replayed): the same answer, and nothing touched.
+                return [.report(.ignoredExtended(from: source, .repeatedRegistration)), registeredMessage(holder)]
+            case .replayed:
+                return [.report(.ignoredExtended(from: source, .replayed))]
             }
+            let nonce = Token128.random(using: &random)
             guard let sessionKey = SessionCrypto.sessionKey(privateKey: serverKey, peerPublicKey: keys.agreement,
                                                             cookie: cookie, nonce: nonce, id: id)
             else { return [.report(.ignoredExtended(from: source, .badSignature))] }
             let privateAddress = privateEndpoints.first?.address ?? source.address
             let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
-                                 sessionKey: sessionKey, keys: keys, cookie: cookie, nonce: nonce,
+                                 sessionKey: sessionKey, keys: keys, cookieIssuedAt: issued, nonce: nonce,
                                  privateEndpoints: privateEndpoints, natKind: natKind, subscribed: subscribe)
             if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
                 // The key holder itself, from a new address (restarted behind a new mapping): it
@@ -485,6 +515,39 @@ public struct Registry: Sendable {
         return true
     }
 
+    /// What a signed registration with a valid cookie proves.
+    private enum RegistrationFreshness {
+        /// A cookie issued after the one of the ID's current or last session: a new session.
+        case fresh
+        /// The very registration the holder's current session began with.
+        case repeated(Entry)
+        /// An older cookie: captured and replayed, or overtaken by a newer session.
+        case replayed
+    }
+
+    private func freshness(ofRegistration id: ClientID, keys: PublicKeys, cookieIssuedAt issued: Instant,
+                           from source: Endpoint) -> RegistrationFreshness {
+        if let holder = entries[id] {
+            // Another key (or a classic holder) is for the ID-binding rules to decide.
+            guard holder.dialect == .extended, holder.keys == keys else { return .fresh }
+            if issued > holder.cookieIssuedAt { return .fresh }
+            // A cookie is bound to its address: the same issue time from the holder's
+            // endpoint is the same cookie.
+            if issued == holder.cookieIssuedAt, holder.publicEndpoint == source { return .repeated(holder) }
+            return .replayed
+        }
+        if let departed = departedCookies[id], issued <= departed { return .replayed }
+        return .fresh
+    }
+
+    /// Remembers the cookie time of a departing extended client's session (see ``departedCookies``).
+    private mutating func rememberDeparture(_ entry: Entry) {
+        // Bounded like the table itself; past that, a replay could bring back a departed ID
+        // until its cookie expires (a cookie lifetime at most).
+        guard entry.dialect == .extended, departedCookies.count < configuration.maxClients else { return }
+        departedCookies[entry.id] = max(entry.cookieIssuedAt, departedCookies[entry.id] ?? entry.cookieIssuedAt)
+    }
+
     /// Where the entry whose ID is `idBytes` (as received) is, if one is; the callers then
     /// check that it is registered at `source`. The endpoint's own extended client is tried
     /// first (hashing six bytes); several IDs registered from one socket, as a load
@@ -551,6 +614,10 @@ public struct Registry: Sendable {
 
     /// Evicts every client silent for more than the timeout at `now` and tells the rest.
     public mutating func sweep(now: Instant) -> [Action] {
+        let lifetime = validator.cookieLifetime
+        if !departedCookies.isEmpty {
+            departedCookies = departedCookies.filter { now - $0.value <= lifetime }
+        }
         let expired = liveness.expire(now: now)
         guard !expired.isEmpty else { return [] }
         var actions: [Action] = []
@@ -559,6 +626,7 @@ public struct Registry: Sendable {
             guard entries[id] != nil else { continue }
             forgetHelpers(id)
             guard let entry = entries.removeValue(forKey: id) else { continue }
+            rememberDeparture(entry)
             gone.append(entry)
             actions.append(.report(.evicted(entry)))
         }
@@ -580,11 +648,6 @@ public struct Registry: Sendable {
             if holder.publicEndpoint == source, holder.dialect == candidate.dialect, holder.keys == candidate.keys {
                 var refreshed = candidate
                 refreshed.sequence = holder.sequence
-                if refreshed.sessionMAC == holder.sessionMAC {
-                    // The same session (same cookie): a replayed registration must not reopen
-                    // counters already used.
-                    refreshed.lastCounter = holder.lastCounter
-                }
                 store(refreshed)
                 liveness.touch(id, now: now)
                 actions.append(.report(.refreshed(refreshed)))
@@ -602,6 +665,7 @@ public struct Registry: Sendable {
             forgetHelpers(id)
             entries.removeValue(forKey: id)
             liveness.remove(id)
+            rememberDeparture(holder)
             actions.append(.report(.evicted(holder)))
             for other in subscribers { if let notice = departure(holder, reason: .offline, to: other) { actions.append(notice) } }
         }
@@ -626,6 +690,7 @@ public struct Registry: Sendable {
         forgetHelpers(entry.id)
         entries.removeValue(forKey: entry.id)
         liveness.remove(entry.id)
+        rememberDeparture(entry)
         var actions: [Action] = [.report(.unregistered(entry))]
         for other in subscribers { if let notice = departure(entry, reason: reason, to: other) { actions.append(notice) } }
         return actions
@@ -723,5 +788,6 @@ public struct Registry: Sendable {
 public struct RejectingValidator: AddressValidator {
     public init() {}
     public func cookie(for source: Endpoint, now: Instant) -> Token128 { .zero }
-    public func isValid(_ cookie: Token128, for source: Endpoint, now: Instant) -> Bool { false }
+    public func issueTime(of cookie: Token128, for source: Endpoint, now: Instant) -> Instant? { nil }
+    public var cookieLifetime: Duration { .zero }
 }

@@ -3,43 +3,51 @@ import MonotonicTime
 import Registry
 import Wire
 
-/// Stateless address validation: a cookie is HMAC-SHA256(secret, address, port, time
-/// bucket) cut to 128 bits. It is valid for the bucket it was made in and the next one,
-/// so a challenge answered within one bucket length always passes. The secret is random
-/// per process: a restarted server simply challenges again.
+/// Stateless address validation with dated cookies. A cookie is 128 bits:
+/// - the high 64 are its issue time, in milliseconds on the server's monotonic clock plus a
+///   random per-process offset (so the cookie does not tell the host's uptime);
+/// - the low 64 are HMAC-SHA256(secret, address, port, those 64 bits), cut to 64 bits.
+///
+/// It is valid for ``cookieLifetime`` after it was issued, and only for the address and port
+/// it was sent to. The issue time is what makes a registration provably fresh: the registry
+/// takes a registration only when its cookie was issued after the one the client's current
+/// (or last) session began with, so a captured registration replayed later refreshes
+/// nothing. The secret is random per process: a restarted server simply challenges again.
 public struct HMACAddressValidator: AddressValidator {
     private let key: SymmetricKey
-    private let bucket: Duration
+    private let offsetMilliseconds: UInt64
+    public let cookieLifetime: Duration
 
-    public init(key: SymmetricKey = SymmetricKey(size: .bits256), bucket: Duration = .seconds(30)) {
+    public init(key: SymmetricKey = SymmetricKey(size: .bits256), cookieLifetime: Duration = .seconds(60),
+                offsetMilliseconds: UInt64 = UInt64.random(in: 0...(1 << 40))) {
         self.key = key
-        self.bucket = bucket
+        self.cookieLifetime = cookieLifetime
+        self.offsetMilliseconds = offsetMilliseconds
     }
 
     public func cookie(for source: Endpoint, now: Instant) -> Token128 {
-        cookie(for: source, bucket: bucketIndex(now))
+        let stamp = UInt64(max(0, now.nanoseconds / 1_000_000)) &+ offsetMilliseconds
+        return Token128(high: stamp, low: mac(source, stamp: stamp))
     }
 
-    public func isValid(_ cookie: Token128, for source: Endpoint, now: Instant) -> Bool {
-        let current = bucketIndex(now)
-        return cookie.constantTimeEquals(self.cookie(for: source, bucket: current))
-            || cookie.constantTimeEquals(self.cookie(for: source, bucket: current &- 1))
+    public func issueTime(of cookie: Token128, for source: Endpoint, now: Instant) -> Instant? {
+        guard Token128(high: cookie.high, low: mac(source, stamp: cookie.high)).constantTimeEquals(cookie) else { return nil }
+        guard cookie.high >= offsetMilliseconds,
+              case let (nanoseconds, overflow) = Int64(clamping: cookie.high - offsetMilliseconds).multipliedReportingOverflow(by: 1_000_000),
+              !overflow
+        else { return nil }
+        let issued = Instant(nanoseconds: nanoseconds)
+        guard issued <= now, now - issued <= cookieLifetime else { return nil }
+        return issued
     }
 
-    private func bucketIndex(_ now: Instant) -> Int64 {
-        now.nanoseconds / max(1, bucket.nanosecondsClamped)
-    }
-
-    private func cookie(for source: Endpoint, bucket: Int64) -> Token128 {
+    private func mac(_ source: Endpoint, stamp: UInt64) -> UInt64 {
         var message = [UInt8]()
         message.reserveCapacity(14)
         withUnsafeBytes(of: source.address.bits.bigEndian) { message.append(contentsOf: $0) }
         withUnsafeBytes(of: source.port.bigEndian) { message.append(contentsOf: $0) }
-        withUnsafeBytes(of: bucket.bigEndian) { message.append(contentsOf: $0) }
-        let mac = Array(HMAC<SHA256>.authenticationCode(for: message, using: key))
-        let high = mac[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        let low = mac[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        return Token128(high: high, low: low)
+        withUnsafeBytes(of: stamp.bigEndian) { message.append(contentsOf: $0) }
+        let code = HMAC<SHA256>.authenticationCode(for: message, using: key)
+        return code.withUnsafeBytes { bytes in bytes.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
     }
 }
-

@@ -26,9 +26,12 @@ private struct FakeValidator: AddressValidator {
         Token128(high: 0xC00C_1E00_0000_0000 | UInt64(source.port), low: UInt64(source.address.bits))
     }
 
-    func isValid(_ cookie: Token128, for source: Endpoint, now: Instant) -> Bool {
-        cookie == self.cookie(for: source, now: now)
+    /// Every cookie dates from the start: registrations in these tests are one per client.
+    func issueTime(of cookie: Token128, for source: Endpoint, now: Instant) -> Instant? {
+        cookie == self.cookie(for: source, now: now) ? .zero : nil
     }
+
+    var cookieLifetime: Duration { .seconds(60) }
 }
 
 private func identity(_ seed: UInt8) -> IdentityKey {
