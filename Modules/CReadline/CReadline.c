@@ -12,7 +12,8 @@ typedef struct {
 } word_list;
 
 static word_list commands;
-static word_list peers;
+static natchat_rl_peer_source peer_source;
+static void *peer_source_context;
 static char *pending_line;
 static int pending_state; /* 0 none, 1 line, 2 eof */
 
@@ -35,42 +36,37 @@ static void set_list(word_list *list, const char *const *words, int count) {
 }
 
 void natchat_rl_set_commands(const char *const *words, int count) { set_list(&commands, words, count); }
-void natchat_rl_set_peers(const char *const *words, int count) { set_list(&peers, words, count); }
+
+void natchat_rl_set_peer_source(natchat_rl_peer_source source, void *context) {
+    peer_source = source;
+    peer_source_context = source ? context : NULL;
+}
 
 /* Commands whose first argument is a peer ID, each with the space that ends it. */
 static const char *const peer_commands[] = { "@chat ", "@show_list " };
 
-static const word_list *list_for(const char *line, int start) {
+typedef enum { COMPLETE_NOTHING, COMPLETE_COMMAND, COMPLETE_PEER } completion_kind;
+
+static completion_kind kind_for(const char *line, int start) {
     int i = 0;
     while (i < start && line[i] == ' ') i++;
-    if (i == start) return &commands; /* completing the first word */
+    if (i == start) return COMPLETE_COMMAND; /* completing the first word */
     for (size_t c = 0; c < sizeof peer_commands / sizeof peer_commands[0]; c++) {
         size_t length = strlen(peer_commands[c]);
         if (strncmp(line + i, peer_commands[c], length) != 0) continue;
         int j = i + (int)length;
         while (j < start && line[j] == ' ') j++;
         /* Past the peer ID (@chat's text, @show_list's page): nothing to complete. */
-        return j == start ? &peers : NULL;
+        return j == start ? COMPLETE_PEER : COMPLETE_NOTHING;
     }
-    return NULL;
+    return COMPLETE_NOTHING;
 }
 
-char **natchat_rl_candidates(const char *line, int start, const char *text) {
-    if (!line || !text || start < 0 || (size_t)start > strlen(line)) return NULL;
-    const word_list *list = list_for(line, start);
-    if (!list || list->count == 0) return NULL;
-    size_t prefix = strlen(text);
-    char **result = calloc((size_t)list->count + 2, sizeof(char *));
-    if (!result) return NULL;
-    int n = 0;
-    for (int i = 0; i < list->count; i++) {
-        if (strncmp(list->words[i], text, prefix) == 0) {
-            char *copy = strdup(list->words[i]);
-            if (copy) result[1 + n++] = copy;
-        }
-    }
+/* `result` holds `n` matches from index 1 on (and room for result[0] and a NULL after
+ * them): puts their longest common prefix in result[0], readline's convention. Frees
+ * everything and returns NULL when there is no match or memory runs out. */
+static char **with_common_prefix(char **result, int n) {
     if (n == 0) { free(result); return NULL; }
-    /* readline's convention: result[0] is the longest common prefix of the matches. */
     size_t common = strlen(result[1]);
     for (int i = 2; i <= n; i++) {
         size_t k = 0;
@@ -80,6 +76,50 @@ char **natchat_rl_candidates(const char *line, int start, const char *text) {
     result[0] = strndup(result[1], common);
     if (!result[0]) { natchat_rl_free_candidates(result + 1); free(result); return NULL; }
     return result;
+}
+
+static char **command_candidates(const char *text) {
+    if (commands.count == 0) return NULL;
+    size_t prefix = strlen(text);
+    char **result = calloc((size_t)commands.count + 2, sizeof(char *));
+    if (!result) return NULL;
+    int n = 0;
+    for (int i = 0; i < commands.count; i++) {
+        if (strncmp(commands.words[i], text, prefix) == 0) {
+            char *copy = strdup(commands.words[i]);
+            if (copy) result[1 + n++] = copy;
+        }
+    }
+    return with_common_prefix(result, n);
+}
+
+static char **peer_candidates(const char *text) {
+    if (!peer_source) return NULL;
+    char **ids = peer_source(text, peer_source_context);
+    if (!ids) return NULL;
+    size_t count = 0;
+    while (ids[count]) count++;
+    char **result = calloc(count + 2, sizeof(char *));
+    if (!result) { natchat_rl_free_candidates(ids); return NULL; }
+    /* The source's strings move into the result; a word without the prefix (a sloppy
+       source) is dropped, so only matches are ever offered. */
+    size_t prefix = strlen(text);
+    int n = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (strncmp(ids[i], text, prefix) == 0) result[1 + n++] = ids[i];
+        else free(ids[i]);
+    }
+    free(ids);
+    return with_common_prefix(result, n);
+}
+
+char **natchat_rl_candidates(const char *line, int start, const char *text) {
+    if (!line || !text || start < 0 || (size_t)start > strlen(line)) return NULL;
+    switch (kind_for(line, start)) {
+    case COMPLETE_COMMAND: return command_candidates(text);
+    case COMPLETE_PEER: return peer_candidates(text);
+    default: return NULL;
+    }
 }
 
 void natchat_rl_free_candidates(char **candidates) {

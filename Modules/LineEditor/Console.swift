@@ -13,14 +13,16 @@ public enum LineDisposition: Sendable {
 /// A place where a person types commands and reads what happens.
 ///
 /// ``run(onLine:)`` blocks the calling thread and owns the input; ``show(_:)``,
-/// ``setCompletionPeers(_:)`` and ``stop()`` may be called from any thread.
+/// ``setPeerCompletion(_:)`` and ``stop()`` may be called from any thread.
 public protocol Console: Sendable {
     /// Reads lines until end of input, ``stop()``, or `onLine` answers `.stop`.
     func run(onLine: (String) -> LineDisposition)
     /// Prints one line (or several, separated by newlines) for the user.
     func show(_ text: String)
-    /// The peer IDs that Tab completes as the word right after `@chat ` or `@show_list `.
-    func setCompletionPeers(_ ids: [String])
+    /// Where Tab finds peer IDs for the word right after `@chat ` or `@show_list `: called on
+    /// the console's own thread with the typed prefix, it returns the matching IDs in the order
+    /// to offer them (it may block briefly, e.g. while a server answers).
+    func setPeerCompletion(_ provider: @escaping @Sendable (String) -> [String])
     /// Makes ``run(onLine:)`` return soon.
     func stop()
 }

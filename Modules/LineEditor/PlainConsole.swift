@@ -20,7 +20,8 @@ public final class PlainConsole: Console {
 
     public func show(_ text: String) { LineWriter.write(text) }
 
-    public func setCompletionPeers(_ ids: [String]) {}
+    /// Stores nothing: there is no Tab completion without readline.
+    public func setPeerCompletion(_ provider: @escaping @Sendable (String) -> [String]) {}
 
     public func stop() {
         stopped.store(true, ordering: .relaxed)

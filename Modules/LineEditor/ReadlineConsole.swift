@@ -11,12 +11,12 @@ import Synchronization
 /// the network printed above the prompt with the half-typed line restored.
 ///
 /// readline's state is process-wide C globals, so every readline call happens on the one
-/// thread that runs ``run(onLine:)``. Other threads only queue work (lines to show, new
-/// completion words) and wake that thread through a pipe.
+/// thread that runs ``run(onLine:)``. Other threads only queue work (lines to show, a stop)
+/// and wake that thread through a pipe, or replace the peer-ID provider, which Tab calls on
+/// that thread (see ``setPeerCompletion(_:)``).
 public final class ReadlineConsole: Console {
     private struct Pending {
         var lines: [String] = []
-        var peers: [String]?
         var stopRequested = false
     }
 
@@ -25,6 +25,7 @@ public final class ReadlineConsole: Console {
     private let historyPath: String?
     private let historyLimit: Int
     private let pending = Mutex(Pending())
+    private let peerSource = PeerCompletionSource()
     private let wakeRead: Int32
     private let wakeWrite: Int32
 
@@ -56,9 +57,12 @@ public final class ReadlineConsole: Console {
         wake()
     }
 
-    public func setCompletionPeers(_ ids: [String]) {
-        pending.withLock { $0.peers = ids }
-        wake()
+    /// Replaces the peer-ID provider (from any thread; the next Tab uses it). Tab calls it on
+    /// the thread running ``run(onLine:)`` with the typed prefix of the word right after
+    /// `@chat ` or `@show_list `; while it blocks, readline shows nothing and queued lines
+    /// wait. IDs it returns that do not start with the prefix are not offered.
+    public func setPeerCompletion(_ provider: @escaping @Sendable (String) -> [String]) {
+        peerSource.set(provider)
     }
 
     public func stop() {
@@ -74,6 +78,15 @@ public final class ReadlineConsole: Console {
             natchat_rl_remove()
             if let historyPath { _ = natchat_rl_history_save(historyPath, Int32(historyLimit)) }
         }
+        peerSource.installed { readLines(onLine: onLine) }
+    }
+
+    /// Tab completion as this console's readline would compute it, without a terminal (tests).
+    func completionCandidates(line: String, start: Int, text: String) -> [String] {
+        Completion.candidates(line: line, start: start, text: text, commands: commands, source: peerSource)
+    }
+
+    private func readLines(onLine: (String) -> LineDisposition) {
         // Every iteration blocks in poll(2) until a key or a wake-up arrives: no busy loop.
         var fds = [pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
@@ -107,14 +120,11 @@ public final class ReadlineConsole: Console {
         }
     }
 
-    /// Shows queued lines and takes new completion words; `true` when asked to stop.
+    /// Shows queued lines; `true` when asked to stop.
     private func drainPending() -> Bool {
         let work = pending.withLock { state -> Pending in
-            defer { state.lines.removeAll(); state.peers = nil }
+            defer { state.lines.removeAll() }
             return state
-        }
-        if let peers = work.peers {
-            withCStrings(peers) { natchat_rl_set_peers($0, Int32(peers.count)) }
         }
         for line in work.lines { natchat_rl_print_above(line) }
         return work.stopRequested
@@ -136,12 +146,29 @@ public final class ReadlineConsole: Console {
 /// the word right after `@chat ` (the peer ID) or `@show_list ` (the ID prefix). Nothing
 /// completes later words (the chat text, the page number), and there is no fallback to
 /// file names. The first element is the longest common prefix (readline's convention),
-/// followed by the matches in list order; no match gives `[]`.
+/// followed by the matches (commands in list order, peer IDs in the provider's order); no
+/// match gives `[]`.
+///
+/// These run the shim's C code on the calling thread and set its process-wide completion
+/// state, so call them one at a time and not while a ``ReadlineConsole`` runs.
 public enum Completion {
+    /// Peer IDs from `peers`: those that start with the typed prefix, in list order.
     public static func candidates(line: String, start: Int, text: String, commands: [String], peers: [String]) -> [String] {
+        candidates(line: line, start: start, text: text, commands: commands) { prefix in
+            peers.filter { $0.utf8.starts(with: prefix.utf8) }
+        }
+    }
+
+    /// Peer IDs from `peerCompletion`, asked with the typed prefix only when the word being
+    /// completed is a peer ID (as ``Console/setPeerCompletion(_:)``'s provider is).
+    public static func candidates(line: String, start: Int, text: String, commands: [String],
+                                  peerCompletion: @escaping @Sendable (String) -> [String]) -> [String] {
+        candidates(line: line, start: start, text: text, commands: commands, source: PeerCompletionSource(peerCompletion))
+    }
+
+    static func candidates(line: String, start: Int, text: String, commands: [String], source: PeerCompletionSource) -> [String] {
         withCStrings(commands) { natchat_rl_set_commands($0, Int32(commands.count)) }
-        withCStrings(peers) { natchat_rl_set_peers($0, Int32(peers.count)) }
-        guard let array = natchat_rl_candidates(line, Int32(start), text) else { return [] }
+        guard let array = source.installed({ natchat_rl_candidates(line, Int32(start), text) }) else { return [] }
         defer { natchat_rl_free_candidates(array) }
         var result: [String] = []
         var index = 0

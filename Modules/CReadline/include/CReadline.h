@@ -4,8 +4,9 @@
 /* natchat's shim over GNU readline's callback interface.
  *
  * readline keeps its state in C globals. Every function here must be called from one
- * thread (LineEditor's terminal thread). The shim owns the completion word lists and the
- * line the callback handler produced, so Swift never touches a readline global. */
+ * thread (LineEditor's terminal thread). The shim owns the command words, the peer-ID
+ * source and the line the callback handler produced, so Swift never touches a readline
+ * global. */
 
 #include <stddef.h>
 
@@ -27,15 +28,27 @@ int natchat_rl_take_line(char **line);
  * prompt and redraws the prompt with the half-typed line intact. */
 void natchat_rl_print_above(const char *text);
 
-/* Replaces the completion words: commands complete the first word; peers complete the
- * word right after "@chat " or "@show_list " (the peer ID, the ID prefix), and nothing
- * after it. Strings are copied. */
+/* Replaces the command words, which complete the first word of the line. Strings are
+ * copied. */
 void natchat_rl_set_commands(const char *const *words, int count);
-void natchat_rl_set_peers(const char *const *words, int count);
+
+/* Where peer IDs come from: asked with the typed prefix of the word right after "@chat "
+ * or "@show_list " (the peer ID, the ID prefix; nothing after it is completed), a source
+ * returns the matching IDs in the order to offer them, as a malloc'ed NULL-terminated
+ * array of malloc'ed strings (the shim takes and frees it), or NULL for none. Words that
+ * do not start with the prefix are dropped. It is called on the calling thread, from
+ * natchat_rl_candidates and so from natchat_rl_read_char when Tab is pressed, and may
+ * block (readline shows nothing meanwhile); it must not call back into this shim.
+ * `context` is passed back as is. A NULL source (the initial state) completes no peer. */
+typedef char **(*natchat_rl_peer_source)(const char *prefix, void *context);
+void natchat_rl_set_peer_source(natchat_rl_peer_source source, void *context);
 
 /* Completion candidates for `line` (the whole buffer) when completing the word that
  * starts at `start` with prefix `text`; the same logic readline uses, callable from
- * tests. Returns a malloc'ed NULL-terminated array of malloc'ed strings, or NULL. */
+ * tests. Returns a malloc'ed NULL-terminated array of malloc'ed strings whose first
+ * element is the longest common prefix of the matches, followed by the matches (commands
+ * in list order, peer IDs in the source's order), or NULL when nothing matches. The peer
+ * source is asked only when the word is a peer ID, with `text` as the prefix. */
 char **natchat_rl_candidates(const char *line, int start, const char *text);
 
 /* History: load from `path`, add a line, save keeping at most `max_entries`. */
