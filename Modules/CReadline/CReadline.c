@@ -73,6 +73,9 @@ static char **with_common_prefix(char **result, int n) {
         while (k < common && result[i][k] == result[1][k]) k++;
         common = k;
     }
+    /* Bytes were compared: never cut a UTF-8 character in two ("한국어" and "한글" share
+       "한" and the lead byte of the next character), or Tab would insert a broken byte. */
+    while (common > 0 && ((unsigned char)result[1][common] & 0xC0) == 0x80) common--;
     result[0] = strndup(result[1], common);
     if (!result[0]) { natchat_rl_free_candidates(result + 1); free(result); return NULL; }
     return result;

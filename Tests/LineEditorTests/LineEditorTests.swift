@@ -142,6 +142,15 @@ struct CompletionTests {
         #expect(complete("@", start: 0, "@", commands: ["@only"]) == ["@only", "@only"])
     }
 
+    @Test func commonPrefixNeverSplitsACharacter() {
+        // "한국어" and "한글" share "한" and the first byte of their second characters.
+        #expect(complete("@chat 한", start: 6, "한", peers: ["한국어", "한글"]) == ["한", "한국어", "한글"])
+        #expect(complete("@show_list ", start: 11, "", peers: ["한국어", "한글"]) == ["한", "한국어", "한글"])
+        #expect(complete("@chat ", start: 6, "", peers: ["é1", "è2"]) == ["", "é1", "è2"])
+        #expect(complete("@", start: 0, "@", commands: ["@éa", "@èb"]) == ["@", "@éa", "@èb"])
+        #expect(complete("@", start: 0, "@", commands: ["@éa", "@éb"]) == ["@é", "@éa", "@éb"])
+    }
+
     @Test func startOutsideTheLine() {
         #expect(complete("@c", start: 5, "") == [])
         #expect(complete("@c", start: -1, "@c") == [])
@@ -218,6 +227,7 @@ extension CompletionTests {
         #expect(complete("@show_list b", start: 11, "b", provider: provider) == ["bob", "bobby", "bob", "bobcat"])
         #expect(complete("@chat bob", start: 6, "bob", provider: { _ in ["bobby"] }) == ["bobby", "bobby"])
         #expect(complete("@chat ", start: 6, "", provider: { _ in ["zoe", "amy"] }) == ["", "zoe", "amy"])
+        #expect(complete("@chat 한", start: 6, "한", provider: { _ in ["한국어", "한글"] }) == ["한", "한국어", "한글"])
     }
 
     @Test func wordsWithoutThePrefixAreNeverOffered() {

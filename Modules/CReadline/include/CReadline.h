@@ -46,9 +46,10 @@ void natchat_rl_set_peer_source(natchat_rl_peer_source source, void *context);
 /* Completion candidates for `line` (the whole buffer) when completing the word that
  * starts at `start` with prefix `text`; the same logic readline uses, callable from
  * tests. Returns a malloc'ed NULL-terminated array of malloc'ed strings whose first
- * element is the longest common prefix of the matches, followed by the matches (commands
- * in list order, peer IDs in the source's order), or NULL when nothing matches. The peer
- * source is asked only when the word is a peer ID, with `text` as the prefix. */
+ * element is the longest common prefix of the matches (never cut inside a UTF-8
+ * character), followed by the matches (commands in list order, peer IDs in the source's
+ * order), or NULL when nothing matches. The peer source is asked only when the word is a
+ * peer ID, with `text` as the prefix. */
 char **natchat_rl_candidates(const char *line, int start, const char *text);
 
 /* History: load from `path`, add a line, save keeping at most `max_entries`. */
