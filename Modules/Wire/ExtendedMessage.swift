@@ -21,18 +21,36 @@ public enum ExtendedMessage: Hashable, Sendable {
     case connect(id: ClientID, peer: ClientID, counter: UInt64, tag: Token128)
     /// Asks the server to forward `payload` (an encoded peer message) to `to`.
     case relay(id: ClientID, to: ClientID, payload: [UInt8], counter: UInt64, tag: Token128)
+    /// Acknowledges roster deltas by their feed sequence: `largest`, and `largest - 1 - i`
+    /// for every bit `i` set in `received`.
+    case rosterAck(id: ClientID, largest: UInt32, received: UInt64, counter: UInt64, tag: Token128)
+    /// Asks whether `peer` is registered (answered with ``lookupResult(query:epoch:version:peer:found:)``);
+    /// the server then keeps the sender told of `peer`'s changes.
+    case lookup(id: ClientID, query: UInt32, peer: ClientID, counter: UInt64, tag: Token128)
+    /// Asks for the registered IDs that start with `prefix` (all for ""), sorted, from the
+    /// `offset`-th match on, at most `limit` (answered with ``listPage(query:total:offset:entries:)``).
+    case listQuery(id: ClientID, query: UInt32, prefix: String, offset: UInt32, limit: UInt16, counter: UInt64, tag: Token128)
 
     // Server → client
     /// Proves that the registering address receives: echo the cookie to register.
     case challenge(cookie: Token128)
     /// Registration accepted; `serverKey` is the server's X25519 key and `nonce` its fresh
-    /// randomness for this session: both go into the session key.
+    /// randomness for this session: both go into the session key. `cookie` echoes the
+    /// registration's cookie, so a client that registered twice knows which answer is which.
     case registered(serverKey: [UInt8], publicEndpoint: Endpoint, keepAliveMillis: UInt32, alternatePort: UInt16,
-                    nonce: Token128 = .zero)
+                    nonce: Token128 = .zero, cookie: Token128 = .zero)
     case refused(text: String)
-    /// A registered client, new or changed.
-    case peer(PeerInfo)
-    case peerLeft(ClientID, reason: LeaveReason, publicEndpoint: Endpoint)
+    /// Changes to the roster, for a subscriber (acknowledged with ``rosterAck(id:largest:received:counter:tag:)``).
+    case roster(RosterDelta)
+    /// The answer to ``lookup(id:query:peer:counter:tag:)``: `found` is `nil` when `peer` is
+    /// not registered; `version` is the roster version at the answer.
+    // Indirect: the answer is rare and large; inline it would make every message (and every
+    // server action) its size.
+    indirect case lookupResult(query: UInt32, epoch: UInt32, version: UInt64, peer: ClientID, found: RosterEntry?)
+    /// The answer to ``listQuery(id:query:prefix:offset:limit:counter:tag:)``: `total` IDs
+    /// match; `entries` are the matches from `offset` on (fewer than asked for when they
+    /// would not fit: ask again from where they end).
+    case listPage(query: UInt32, total: UInt32, offset: UInt32, entries: [ListEntry])
     /// Punch towards `peer` now (after `delayMillis`).
     case punch(peer: PeerInfo, round: UInt32, delayMillis: UInt32)
     /// A payload that `from` asked the server to forward (the server vouches for `from`).
@@ -69,8 +87,10 @@ public enum ExtendedMessage: Hashable, Sendable {
     }
 
     enum Kind: UInt8 {
-        case register = 0x01, keepAlive, exit, connect, relay
-        case challenge = 0x41, registered, refused, peer, peerLeft, punch, relayed, keepAliveAck, unknownSession
+        case register = 0x01, keepAlive, exit, connect, relay, rosterAck, lookup, listQuery
+        // 0x44 and 0x45 were the per-peer roster notices that `roster` replaced.
+        case challenge = 0x41, registered, refused
+        case punch = 0x46, relayed, keepAliveAck, unknownSession, roster, lookupResult, listPage
         case ping = 0x81, pong, chat, chatAck
     }
 }
@@ -89,7 +109,7 @@ extension ExtendedMessage {
         guard let kind = Kind(rawValue: kindByte) else { return nil }
         switch kind {
         case .register: return 64
-        case .keepAlive, .exit, .connect, .relay, .ping, .pong, .chatAck: return 16
+        case .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .ping, .pong, .chatAck: return 16
         default: return nil
         }
     }
@@ -110,17 +130,34 @@ extension ExtendedMessage {
             w.u8(Kind.connect.rawValue); w.clientID(id); w.clientID(peer); w.u64(counter); w.token(tag)
         case .relay(let id, let to, let payload, let counter, let tag):
             w.u8(Kind.relay.rawValue); w.clientID(id); w.clientID(to); w.longBytes(payload); w.u64(counter); w.token(tag)
+        case .rosterAck(let id, let largest, let received, let counter, let tag):
+            w.u8(Kind.rosterAck.rawValue); w.clientID(id); w.u32(largest); w.u64(received); w.u64(counter); w.token(tag)
+        case .lookup(let id, let query, let peer, let counter, let tag):
+            w.u8(Kind.lookup.rawValue); w.clientID(id); w.u32(query); w.clientID(peer); w.u64(counter); w.token(tag)
+        case .listQuery(let id, let query, let prefix, let offset, let limit, let counter, let tag):
+            w.u8(Kind.listQuery.rawValue); w.clientID(id); w.u32(query); w.shortBytes(Self.utf8Prefix(prefix, maxBytes: ClientID.maxUTF8Length))
+            w.u32(offset); w.u16(limit); w.u64(counter); w.token(tag)
         case .challenge(let cookie):
             w.u8(Kind.challenge.rawValue); w.token(cookie)
-        case .registered(let serverKey, let endpoint, let keepAlive, let alternatePort, let nonce):
+        case .registered(let serverKey, let endpoint, let keepAlive, let alternatePort, let nonce, let cookie):
             w.u8(Kind.registered.rawValue); w.fixed(serverKey, 32); w.endpoint(endpoint); w.u32(keepAlive); w.u16(alternatePort)
-            w.token(nonce)
+            w.token(nonce); w.token(cookie)
         case .refused(let text):
             w.u8(Kind.refused.rawValue); w.longBytes(Self.utf8Prefix(text, maxBytes: Self.maxTextBytes))
-        case .peer(let info):
-            w.u8(Kind.peer.rawValue); w.peerInfo(info)
-        case .peerLeft(let id, let reason, let endpoint):
-            w.u8(Kind.peerLeft.rawValue); w.clientID(id); w.u8(reason.rawValue); w.endpoint(endpoint)
+        case .roster(let delta):
+            w.u8(Kind.roster.rawValue); w.rosterDelta(delta)
+        case .lookupResult(let query, let epoch, let version, let peer, let found):
+            w.u8(Kind.lookupResult.rawValue); w.u32(query); w.u32(epoch); w.u64(version); w.clientID(peer)
+            if let found {
+                w.u8(1); w.rosterEntry(found)
+            } else {
+                w.u8(0)
+            }
+        case .listPage(let query, let total, let offset, let entries):
+            w.u8(Kind.listPage.rawValue); w.u32(query); w.u32(total); w.u32(offset)
+            let kept = entries.prefix(ListEntry.maxPerDatagram)
+            w.u8(UInt8(kept.count))
+            for entry in kept { w.listEntry(entry) }
         case .punch(let peer, let round, let delay):
             w.u8(Kind.punch.rawValue); w.peerInfo(peer); w.u32(round); w.u32(delay)
         case .relayed(let from, let payload):
@@ -178,19 +215,40 @@ extension ExtendedMessage {
             let payload = try r.longBytes("payload")
             guard payload.count <= maxRelayPayload else { throw .malformed("relay payload too long") }
             message = .relay(id: id, to: to, payload: payload, counter: try r.u64(), tag: try r.token())
+        case .rosterAck:
+            message = .rosterAck(id: try r.clientID(), largest: try r.u32(), received: try r.u64(), counter: try r.u64(), tag: try r.token())
+        case .lookup:
+            message = .lookup(id: try r.clientID(), query: try r.u32(), peer: try r.clientID(), counter: try r.u64(), tag: try r.token())
+        case .listQuery:
+            let id = try r.clientID(), query = try r.u32(), prefix = try r.idPrefix()
+            message = .listQuery(id: id, query: query, prefix: prefix, offset: try r.u32(), limit: try r.u16(), counter: try r.u64(),
+                                 tag: try r.token())
         case .challenge:
             message = .challenge(cookie: try r.token())
         case .registered:
             message = .registered(serverKey: try r.raw(32, "server key"), publicEndpoint: try r.endpoint(),
-                                  keepAliveMillis: try r.u32(), alternatePort: try r.u16(), nonce: try r.token())
+                                  keepAliveMillis: try r.u32(), alternatePort: try r.u16(), nonce: try r.token(), cookie: try r.token())
         case .refused:
             message = .refused(text: try r.text())
-        case .peer:
-            message = .peer(try r.peerInfo())
-        case .peerLeft:
-            let id = try r.clientID()
-            guard let reason = LeaveReason(rawValue: try r.u8("reason")) else { throw .malformed("unknown leave reason") }
-            message = .peerLeft(id, reason: reason, publicEndpoint: try r.endpoint())
+        case .roster:
+            message = .roster(try r.rosterDelta())
+        case .lookupResult:
+            let query = try r.u32(), epoch = try r.u32(), version = try r.u64(), peer = try r.clientID()
+            let found: RosterEntry?
+            switch try r.u8("found flag") {
+            case 0: found = nil
+            case 1: found = try r.rosterEntry()
+            default: throw .malformed("bad found flag")
+            }
+            if let found, found.info.id != peer { throw .malformed("look-up answer names another client") }
+            message = .lookupResult(query: query, epoch: epoch, version: version, peer: peer, found: found)
+        case .listPage:
+            let query = try r.u32(), total = try r.u32(), offset = try r.u32()
+            let count = Int(try r.u8("entry count"))
+            guard count <= ListEntry.maxPerDatagram else { throw .malformed("too many list entries") }
+            var entries: [ListEntry] = []
+            for _ in 0..<count { entries.append(try r.listEntry()) }
+            message = .listPage(query: query, total: total, offset: offset, entries: entries)
         case .punch:
             message = .punch(peer: try r.peerInfo(), round: try r.u32(), delayMillis: try r.u32())
         case .relayed:
@@ -248,6 +306,31 @@ extension WireWriter {
         fixed(keys.agreement, PublicKeys.keyLength)
     }
 
+    mutating func rosterEntry(_ entry: RosterEntry) {
+        peerInfo(entry.info)
+        u64(entry.order)
+        u64(entry.version)
+    }
+
+    mutating func rosterDelta(_ delta: RosterDelta) {
+        u32(delta.epoch); u32(delta.sequence); u64(delta.version); u32(delta.registered); u8(delta.scope.rawValue)
+        u8(delta.synced ? 1 : 0)
+        let kept = delta.records.prefix(RosterDelta.maxRecords)
+        u8(UInt8(kept.count))
+        for record in kept {
+            switch record {
+            case .present(let entry):
+                u8(1); rosterEntry(entry)
+            case .absent(let id, let version, let reason, let endpoint):
+                u8(0); clientID(id); u64(version); u8(reason.rawValue); self.endpoint(endpoint)
+            }
+        }
+    }
+
+    mutating func listEntry(_ entry: ListEntry) {
+        clientID(entry.id); endpoint(entry.publicEndpoint); u8(entry.natKind.rawValue); u8(entry.dialect.rawValue)
+    }
+
     /// Exactly `count` bytes: cut or zero-padded.
     mutating func fixed(_ data: [UInt8], _ count: Int) {
         raw(data.prefix(count))
@@ -299,6 +382,49 @@ extension WireReader {
 
     mutating func keys() throws(WireError) -> PublicKeys {
         PublicKeys(signing: try raw(PublicKeys.keyLength, "signing key"), agreement: try raw(PublicKeys.keyLength, "agreement key"))
+    }
+
+    mutating func rosterEntry() throws(WireError) -> RosterEntry {
+        RosterEntry(info: try peerInfo(), order: try u64(), version: try u64())
+    }
+
+    mutating func rosterDelta() throws(WireError) -> RosterDelta {
+        let epoch = try u32(), sequence = try u32(), version = try u64(), registered = try u32()
+        guard let scope = RosterScope(rawValue: try u8("scope")) else { throw .malformed("unknown roster scope") }
+        let synced = try u8("synced flag")
+        guard synced <= 1 else { throw .malformed("bad synced flag") }
+        let count = Int(try u8("record count"))
+        guard count <= RosterDelta.maxRecords else { throw .malformed("too many roster records") }
+        var records: [RosterRecord] = []
+        for _ in 0..<count {
+            switch try u8("record kind") {
+            case 1:
+                records.append(.present(try rosterEntry()))
+            case 0:
+                let id = try clientID(), version = try u64()
+                guard let reason = LeaveReason(rawValue: try u8("reason")) else { throw .malformed("unknown leave reason") }
+                records.append(.absent(id, version: version, reason: reason, publicEndpoint: try endpoint()))
+            default:
+                throw .malformed("unknown roster record kind")
+            }
+        }
+        return RosterDelta(epoch: epoch, sequence: sequence, version: version, registered: registered, scope: scope,
+                           synced: synced == 1, records: records)
+    }
+
+    mutating func listEntry() throws(WireError) -> ListEntry {
+        let id = try clientID(), endpoint = try endpoint(), natKind = try natKind()
+        guard let dialect = Dialect(rawValue: try u8("dialect")) else { throw .malformed("unknown dialect") }
+        return ListEntry(id: id, publicEndpoint: endpoint, natKind: natKind, dialect: dialect)
+    }
+
+    /// The start of an ID (empty allowed), with an ID's rules for what it may contain.
+    mutating func idPrefix() throws(WireError) -> String {
+        let raw = try shortBytes("ID prefix")
+        guard raw.count <= ClientID.maxUTF8Length else { throw .malformed("ID prefix too long") }
+        guard let text = String(validating: raw, as: UTF8.self) else { throw .invalidUTF8 }
+        if !text.isEmpty, let violation = ClientID.violation(in: text) { throw .invalidClientID(violation) }
+        return text
     }
 }
 

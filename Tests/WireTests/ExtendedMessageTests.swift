@@ -46,10 +46,24 @@ struct ExtendedRoundTripTests {
         .refused(text: ""),
         .refused(text: "tab\tand 안녕 👋"),
         .refused(text: String(repeating: "x", count: ExtendedMessage.maxTextBytes)),
-        .peer(fullPeer),
-        .peer(classicPeer),
-        .peerLeft(id("bob"), reason: .unregistered, publicEndpoint: ep("203.0.113.7:40002")),
-        .peerLeft(id("bob"), reason: .offline, publicEndpoint: ep("203.0.113.7:40002")),
+        .roster(RosterDelta(epoch: 7, sequence: 1, version: 42, registered: 3, scope: .complete, synced: false, records: [
+            .present(RosterEntry(info: fullPeer, order: 0, version: 40)),
+            .present(RosterEntry(info: classicPeer, order: .max, version: 41)),
+            .absent(id("bob"), version: 42, reason: .unregistered, publicEndpoint: ep("203.0.113.7:40002")),
+            .absent(id("carol"), version: 39, reason: .offline, publicEndpoint: ep("203.0.113.7:40003")),
+        ])),
+        .roster(RosterDelta(epoch: .max, sequence: .max, version: .max, registered: 100_000, scope: .interest, synced: true, records: [])),
+        .rosterAck(id: id("alice"), largest: 9, received: 0b1011, counter: 4, tag: tagX),
+        .lookup(id: id("alice"), query: 3, peer: id("한국어"), counter: 5, tag: tagX),
+        .lookupResult(query: 3, epoch: 7, version: 99, peer: classicPeer.id, found: RosterEntry(info: classicPeer, order: 2, version: 98)),
+        .lookupResult(query: .max, epoch: 0, version: 0, peer: id("nobody"), found: nil),
+        .listQuery(id: id("alice"), query: 4, prefix: "", offset: 0, limit: 50, counter: 6, tag: tagX),
+        .listQuery(id: id("alice"), query: 5, prefix: "bé", offset: .max, limit: .max, counter: 7, tag: tagX),
+        .listPage(query: 4, total: 100_000, offset: 50, entries: [
+            ListEntry(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), natKind: .endpointDependent, dialect: .extended),
+            ListEntry(id: id("carol"), publicEndpoint: ep("198.51.100.2:1"), natKind: .unknown, dialect: .classic),
+        ]),
+        .listPage(query: 5, total: 0, offset: 0, entries: []),
         .punch(peer: fullPeer, round: 1, delayMillis: 0),
         .punch(peer: classicPeer, round: .max, delayMillis: 800),
         .relayed(from: id("alice"), payload: [1, 2, 3]),
@@ -80,7 +94,8 @@ struct ExtendedRoundTripTests {
     @Test("every case is covered by the round-trip list")
     func everyCaseCovered() {
         let kinds = Set(Self.messages.map { $0.encode()[2] })
-        let all: Set<UInt8> = Set((0x01...0x05) as ClosedRange<UInt8>).union(0x41...0x49).union(0x81...0x84)
+        // 0x44 and 0x45 (the per-peer notices the roster delta replaced) are retired.
+        let all: Set<UInt8> = Set((0x01...0x08) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x4C).union(0x81...0x84)
         #expect(kinds == all)
     }
 
@@ -102,20 +117,22 @@ struct ExtendedRoundTripTests {
                           1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
     }
 
-    /// The nonce goes last, after the alternate port.
+    /// The nonce follows the alternate port; the echoed cookie goes last.
     @Test func exactLayoutOfRegistered() {
         let bytes = ExtendedMessage.registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("1.2.3.4:258"),
-                                               keepAliveMillis: 0x0A0B_0C0D, alternatePort: 0x2762, nonce: tagX).encode()
+                                               keepAliveMillis: 0x0A0B_0C0D, alternatePort: 0x2762, nonce: tagX, cookie: cookieX).encode()
+        let cookieBytes = ExtendedMessage.challenge(cookie: cookieX).encode().suffix(16)
         #expect(bytes == [0xFE, 0x01, 0x42] + Array(repeating: 0x11, count: 32)
-                + [1, 2, 3, 4, 1, 2, 0x0A, 0x0B, 0x0C, 0x0D, 0x27, 0x62] + Array(1...16))
-        // Without a nonce the field is there, all zero.
+                + [1, 2, 3, 4, 1, 2, 0x0A, 0x0B, 0x0C, 0x0D, 0x27, 0x62] + Array(1...16) + cookieBytes)
+        // Without a nonce and a cookie the fields are there, all zero.
         let bare = ExtendedMessage.registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("1.2.3.4:258"),
                                               keepAliveMillis: 0x0A0B_0C0D, alternatePort: 0x2762)
         #expect(bare == .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("1.2.3.4:258"),
-                                    keepAliveMillis: 0x0A0B_0C0D, alternatePort: 0x2762, nonce: .zero))
-        #expect(bare.encode() == Array(bytes.dropLast(16)) + Array(repeating: 0, count: 16))
-        // The old layout (no nonce) is refused.
+                                    keepAliveMillis: 0x0A0B_0C0D, alternatePort: 0x2762, nonce: .zero, cookie: .zero))
+        #expect(bare.encode() == Array(bytes.dropLast(32)) + Array(repeating: 0, count: 32))
+        // The old layouts (no cookie; no nonce) are refused.
         #expect(extendedError(Array(bytes.dropLast(16))) == .malformed("truncated token"))
+        #expect(extendedError(Array(bytes.dropLast(32))) == .malformed("truncated token"))
     }
 
     /// The echoed tag follows the ID.
@@ -127,11 +144,18 @@ struct ExtendedRoundTripTests {
         #expect(extendedError([0xFE, 0x01, 0x49, 2, 0x61, 0x62]) == .malformed("truncated token"))
     }
 
-    @Test func exactLayoutOfAPeer() {
+    @Test func exactLayoutOfARosterDelta() {
         let info = PeerInfo(id: id("b"), publicEndpoint: ep("1.2.3.4:258"), privateEndpoints: [ep("10.0.0.6:10081")],
                             natKind: .none, dialect: .classic, keys: nil)
-        #expect(ExtendedMessage.peer(info).encode() == [0xFE, 0x01, 0x44, 1, 0x62, 1, 2, 3, 4, 1, 2,
-                                                         1, 10, 0, 0, 6, 0x27, 0x61, 1, 0, 0])
+        let delta = RosterDelta(epoch: 1, sequence: 2, version: 3, registered: 4, scope: .interest, synced: true, records: [
+            .present(RosterEntry(info: info, order: 6, version: 7)),
+            .absent(id("c"), version: 5, reason: .offline, publicEndpoint: ep("1.2.3.4:258")),
+        ])
+        let header: [UInt8] = [0xFE, 0x01, 0x4A, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4, 1, 1, 2]
+        let present: [UInt8] = [1, 1, 0x62, 1, 2, 3, 4, 1, 2, 1, 10, 0, 0, 6, 0x27, 0x61, 1, 0, 0,
+                                0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 7]
+        let absent: [UInt8] = [0, 1, 0x63, 0, 0, 0, 0, 0, 0, 0, 5, 2, 1, 2, 3, 4, 1, 2]
+        #expect(ExtendedMessage.roster(delta).encode() == header + present + absent)
     }
 
     @Test func encoderKeepsAtMostFourPrivateEndpoints() throws {
@@ -168,8 +192,17 @@ struct ExtendedRejectionTests {
         .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
                     keepAliveMillis: 10_000, alternatePort: 10_082, nonce: cookieX),
         .refused(text: "no"),
-        .peer(fullPeer),
-        .peerLeft(id("bob"), reason: .offline, publicEndpoint: ep("203.0.113.7:40002")),
+        .roster(RosterDelta(epoch: 7, sequence: 1, version: 42, registered: 3, scope: .complete, synced: true, records: [
+            .present(RosterEntry(info: fullPeer, order: 0, version: 40)),
+            .absent(id("bob"), version: 42, reason: .offline, publicEndpoint: ep("203.0.113.7:40002")),
+        ])),
+        .rosterAck(id: id("alice"), largest: 9, received: 1, counter: 4, tag: tagX),
+        .lookup(id: id("alice"), query: 3, peer: id("bob"), counter: 5, tag: tagX),
+        .lookupResult(query: 3, epoch: 7, version: 99, peer: id("bob"), found: RosterEntry(info: fullPeer, order: 2, version: 98)),
+        .listQuery(id: id("alice"), query: 5, prefix: "bo", offset: 1, limit: 2, counter: 7, tag: tagX),
+        .listPage(query: 4, total: 10, offset: 5, entries: [
+            ListEntry(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), natKind: .endpointDependent, dialect: .extended),
+        ]),
         .punch(peer: fullPeer, round: 2, delayMillis: 800),
         .relayed(from: id("alice"), payload: [9, 9]),
         .unknownSession(id("alice"), echo: tagX),
@@ -207,7 +240,7 @@ struct ExtendedRejectionTests {
             #expect(extendedError(bytes) == .malformed("unsupported version"))
         }
         bytes[1] = 0x01
-        for type: UInt8 in [0x00, 0x06, 0x40, 0x4A, 0x80, 0x85, 0xFF] {
+        for type: UInt8 in [0x00, 0x09, 0x40, 0x44, 0x45, 0x4D, 0x80, 0x85, 0xFF] {
             bytes[2] = type
             #expect(extendedError(bytes) == .malformed("unknown message type"), "type \(type)")
         }
@@ -233,8 +266,8 @@ struct ExtendedRejectionTests {
         bytes[countOffset] = 255
         #expect(extendedError(bytes) == .malformed("too many endpoints"))
 
-        // The same limit inside a peer notice.
-        var peer = ExtendedMessage.peer(classicPeer).encode()
+        // The same limit inside a punch instruction's peer.
+        var peer = ExtendedMessage.punch(peer: classicPeer, round: 1, delayMillis: 0).encode()
         let peerCount = 3 + 1 + 5 + 6
         #expect(peer[peerCount] == 0)
         peer[peerCount] = 5
@@ -249,10 +282,10 @@ struct ExtendedRejectionTests {
         keepAlive[5] = 0xFF
         #expect(extendedError(keepAlive) == .malformed("unknown NAT kind"))
 
-        // peer(classicPeer): 3 header, ID "carol" (6), endpoint (6), count 0 (1), NAT kind, dialect, key flag.
-        let peer = ExtendedMessage.peer(classicPeer).encode()
+        // punch(classicPeer): 3 header, ID "carol" (6), endpoint (6), count 0 (1), NAT kind, dialect, key flag, round, delay.
+        let peer = ExtendedMessage.punch(peer: classicPeer, round: 1, delayMillis: 0).encode()
         let natOffset = 3 + 6 + 6 + 1
-        #expect(Array(peer[natOffset...]) == [0, 0, 0])
+        #expect(Array(peer[natOffset..<natOffset + 3]) == [0, 0, 0])
         var bad = peer
         bad[natOffset] = 9
         #expect(extendedError(bad) == .malformed("unknown NAT kind"))
@@ -267,9 +300,18 @@ struct ExtendedRejectionTests {
         bad[natOffset + 2] = 1
         #expect(extendedError(bad) == .malformed("truncated signing key"))
 
-        var left = ExtendedMessage.peerLeft(id("b"), reason: .offline, publicEndpoint: ep("1.2.3.4:5")).encode()
-        left[5] = 3
+        // A roster delta's absent record: 26 bytes of header, then kind, ID "b" (2), version (8), reason.
+        var left = ExtendedMessage.roster(RosterDelta(epoch: 1, sequence: 1, version: 1, registered: 0, scope: .complete, synced: false,
+                                                      records: [.absent(id("b"), version: 1, reason: .offline,
+                                                                        publicEndpoint: ep("1.2.3.4:5"))])).encode()
+        left[26 + 1 + 2 + 8] = 3
         #expect(extendedError(left) == .malformed("unknown leave reason"))
+        left[26 + 1 + 2 + 8] = 2
+        left[26] = 2
+        #expect(extendedError(left) == .malformed("unknown roster record kind"))
+        left[26] = 0
+        left[23] = 2
+        #expect(extendedError(left) == .malformed("unknown roster scope"))
     }
 
     @Test func oversizedPayloadAndText() {
@@ -345,7 +387,10 @@ struct ExtendedTrailerTests {
         let untagged: [ExtendedMessage] = [
             .challenge(cookie: cookieX),
             .registered(serverKey: Array(repeating: 1, count: 32), publicEndpoint: ep("1.2.3.4:5"), keepAliveMillis: 1, alternatePort: 0),
-            .refused(text: "x"), .peer(fullPeer), .peerLeft(id("b"), reason: .offline, publicEndpoint: ep("1.2.3.4:5")),
+            .refused(text: "x"),
+            .roster(RosterDelta(epoch: 1, sequence: 1, version: 1, registered: 1, scope: .complete, synced: true, records: [])),
+            .lookupResult(query: 1, epoch: 1, version: 1, peer: id("b"), found: nil),
+            .listPage(query: 1, total: 0, offset: 0, entries: []),
             .punch(peer: fullPeer, round: 1, delayMillis: 0), .relayed(from: id("a"), payload: [1]),
             .keepAliveAck(publicEndpoint: ep("1.2.3.4:5")), .unknownSession(id("a"), echo: tagX),
             .chat(from: id("a"), to: id("b"), messageID: 1, sealed: Array(repeating: 0, count: 16)),
