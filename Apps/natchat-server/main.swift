@@ -55,6 +55,9 @@ struct NatchatServer: AsyncParsableCommand {
     @Option(help: "Registrations accepted per second from one source IP (burst: four times as many).")
     var registrationsPerSecond: Double = 5
 
+    @Option(help: "Most registered clients for which natchat/2 shells are pushed the whole roster; past it they are pushed only the clients they asked about or talked to, and list by asking.")
+    var rosterLimit: Int = 1000
+
     enum ClassicMode: String, ExpressibleByArgument, CaseIterable {
         case on, off
     }
@@ -73,6 +76,7 @@ struct NatchatServer: AsyncParsableCommand {
         guard keepaliveTimeout > 0, keepaliveTimeout < 86_400 else { throw ValidationError("--keepalive-timeout must be in (0, 86400) seconds") }
         guard sweepInterval > 0, sweepInterval < 86_400 else { throw ValidationError("--sweep-interval must be in (0, 86400) seconds") }
         guard maxClients > 0 else { throw ValidationError("--max-clients must be positive") }
+        guard rosterLimit >= 0 else { throw ValidationError("--roster-limit must not be negative") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
     }
 
@@ -96,7 +100,8 @@ struct NatchatServer: AsyncParsableCommand {
         let configuration = RendezvousService.Configuration(
             registry: Registry.Configuration(keepAliveTimeout: .fractionalSeconds(keepaliveTimeout),
                                              keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),
-                                             maxClients: maxClients, acceptClassic: classic == .on, relay: relay),
+                                             maxClients: maxClients, acceptClassic: classic == .on, relay: relay,
+                                             rosterLimit: rosterLimit),
             sweepInterval: .fractionalSeconds(sweepInterval),
             sources: sources)
         try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,

@@ -5,6 +5,7 @@ import KeepAlive
 import MonotonicTime
 import NATGrouping
 import Relay
+import Roster
 import Wire
 
 /// Proves that a source address receives datagrams: the cookie of a challenge, checked
@@ -23,15 +24,20 @@ public protocol AddressValidator: Sendable {
 /// The rendezvous server's registration state machine, for both dialects.
 ///
 /// Feed it decoded datagrams with ``receive(_:from:now:)`` (classic) and
-/// ``receive(_:from:now:random:)`` (extended) and clock ticks with ``sweep(now:)``; it
-/// returns the ``Action``s to perform — datagrams to send and events to report — and
-/// performs none itself. Every notice goes to each recipient in its own dialect.
+/// ``receive(_:bytes:from:now:random:)`` (extended) and clock ticks with ``sweep(now:)`` and
+/// ``flushRoster(now:)`` (at ``rosterDeadline``); it returns the ``Action``s to perform —
+/// datagrams to send and events to report — and performs none itself. Every notice goes
+/// to each recipient in its own dialect.
 ///
 /// Rules:
-/// - A new ID registers; the newcomer gets the list of everyone already registered
-///   (classic: each `ID PUBLIC:PORT`, followed by `ID@private:IP` when the two are judged
-///   to be behind the same NAT), then every client, the newcomer included, gets the
-///   newcomer's line (extended clients: a ``ExtendedMessage/peer(_:)`` notice).
+/// - A new ID registers. A classic newcomer gets the list of everyone already registered
+///   (each `ID PUBLIC:PORT`, followed by `ID@private:IP` when the two are judged to be
+///   behind the same NAT), then every classic client, the newcomer included, gets the
+///   newcomer's line. natchat/2 subscribers hear of registrations, moves and departures
+///   through their roster feed (``RosterPublisher``): coalesced, acknowledged, resent, and
+///   past the roster limit only for the clients they asked about or talked to. Any natchat/2
+///   client may look a client up (``ExtendedMessage/lookup(id:query:peer:counter:tag:)``)
+///   or list IDs by prefix (``ExtendedMessage/listQuery(id:query:prefix:offset:limit:counter:tag:)``).
 /// - The same ID from the same endpoint is a refresh: it counts as a keep-alive and the
 ///   client gets the list again; nobody else is told.
 /// - The same ID from another endpoint while the holder is alive is refused, and the
@@ -70,11 +76,25 @@ public struct Registry: Sendable {
         public var alternatePort: UInt16
         public var relay: RelayLimiter<ClientID>.Configuration
         public var punch: PunchCoordinator.Configuration
+        /// Most registered clients for which natchat/2 subscribers are pushed the whole
+        /// roster; past it they are pushed only the clients they asked about or talked to.
+        public var rosterLimit: Int
+        /// Most clients one subscriber's interest holds.
+        public var rosterInterestLimit: Int
+        /// Coalescing, retransmission and window of each subscriber's roster feed.
+        public var rosterFeed: RosterFeedConfiguration
+        /// Look-ups and list queries one client may make per second (twice as many at once).
+        public var queriesPerSecond: Double
 
         public init(keepAliveTimeout: Duration = .seconds(30), keepAliveInterval: Duration = .seconds(10),
                     sameNATRule: SameNATRule = .classic, maxClients: Int = 100_000, acceptClassic: Bool = true,
                     alternatePort: UInt16 = 0, relay: RelayLimiter<ClientID>.Configuration = .init(),
-                    punch: PunchCoordinator.Configuration = .init()) {
+                    punch: PunchCoordinator.Configuration = .init(), rosterLimit: Int = 1000, rosterInterestLimit: Int = 256,
+                    rosterFeed: RosterFeedConfiguration = .init(), queriesPerSecond: Double = 20) {
+            self.rosterLimit = rosterLimit
+            self.rosterInterestLimit = rosterInterestLimit
+            self.rosterFeed = rosterFeed
+            self.queriesPerSecond = queriesPerSecond
             self.keepAliveTimeout = keepAliveTimeout
             self.keepAliveInterval = keepAliveInterval
             self.sameNATRule = sameNATRule
@@ -101,13 +121,13 @@ public struct Registry: Sendable {
         public var subscribed: Bool
         /// Registration order, for listing clients in the order they came.
         public var sequence: UInt64
+        /// The roster version of the last change visible to peers.
+        public var version: UInt64 = 0
         /// The highest counter accepted on this session.
         public var lastCounter: UInt64
         /// When the cookie that this session's registration echoed was issued: a registration
         /// is fresh only with a later cookie.
         public var cookieIssuedAt: Instant
-        /// The server's randomness in this session's key.
-        public var nonce: Token128
         /// The keys the ID is bound to (extended clients).
         public var keys: PublicKeys?
         /// The extended session key's HMAC midstates (`nil` for classic clients).
@@ -119,7 +139,7 @@ public struct Registry: Sendable {
 
         init(id: ClientID, publicEndpoint: Endpoint, privateAddress: IPv4Address, sequence: UInt64,
              dialect: Dialect = .classic, sessionKey: KeyBytes? = nil, keys: PublicKeys? = nil, lastCounter: UInt64 = 0,
-             cookieIssuedAt: Instant = .zero, nonce: Token128 = .zero, privateEndpoints: [Endpoint] = [], natKind: NATKind = .unknown,
+             cookieIssuedAt: Instant = .zero, privateEndpoints: [Endpoint] = [], natKind: NATKind = .unknown,
              subscribed: Bool = true) {
             self.id = id
             self.publicEndpoint = publicEndpoint
@@ -130,7 +150,6 @@ public struct Registry: Sendable {
             self.sequence = sequence
             self.lastCounter = lastCounter
             self.cookieIssuedAt = cookieIssuedAt
-            self.nonce = nonce
             self.keys = keys
             self.sessionMAC = sessionKey?.mac
             firstPrivateEndpoint = privateEndpoints.first
@@ -249,6 +268,8 @@ public struct Registry: Sendable {
         case badSignature
         case peerUnavailable
         case relayRateLimited
+        /// A look-up or list query over the client's rate.
+        case queryRateLimited
         /// The registration the client's current session began with, received again: answered
         /// with the same `registered`, nothing else changes.
         case repeatedRegistration
@@ -296,7 +317,12 @@ public struct Registry: Sendable {
 
     public private(set) var configuration: Configuration
     private var entries = ClientTable()
-    private var subscriberIDs: Set<ClientID> = []
+    /// Classic clients, who are all pushed the roster as it changes.
+    private var classicSubscriberIDs: Set<ClientID> = []
+    private var roster: RosterPublisher
+    /// Every registered ID, sorted: list queries and prefixes without a scan.
+    private var sortedIDs = SortedChunks<ClientID>()
+    private var queryBuckets: [ClientID: TokenBucket] = [:]
     /// Extended clients by the endpoint they were last seen at (may hold stale keys; checked on use).
     private var extendedByEndpoint: [Endpoint: ClientID] = [:]
     private var liveness: LivenessTable<ClientID>
@@ -315,9 +341,14 @@ public struct Registry: Sendable {
     /// - Parameters:
     ///   - validator: makes and checks registration cookies.
     ///   - serverKey: the server's X25519 key for session keys (random per process).
+    ///   - rosterEpoch: random per process, so clients tell a restarted server's roster
+    ///     versions from the last one's.
     public init(configuration: Configuration = Configuration(), validator: any AddressValidator = RejectingValidator(),
-                serverKey: Curve25519.KeyAgreement.PrivateKey = .init(), now: Instant = .zero) {
+                serverKey: Curve25519.KeyAgreement.PrivateKey = .init(), now: Instant = .zero, rosterEpoch: UInt32 = 1) {
         self.configuration = configuration
+        roster = RosterPublisher(configuration: .init(limit: configuration.rosterLimit, interestLimit: configuration.rosterInterestLimit,
+                                                      feed: configuration.rosterFeed),
+                                 epoch: rosterEpoch)
         self.validator = validator
         self.serverKey = serverKey
         liveness = LivenessTable(timeout: configuration.keepAliveTimeout)
@@ -331,12 +362,21 @@ public struct Registry: Sendable {
     /// The registered clients in registration order.
     public var clients: [Entry] { entries.entries.sorted { $0.sequence < $1.sequence } }
 
-    /// The clients that get roster notices, in registration order. Only these cost anything
-    /// when someone joins or leaves: headless extended clients do not subscribe, so their
-    /// joins cost the server the same at 100 clients as at 100 000.
-    var subscribers: [Entry] {
-        subscriberIDs.compactMap { entries[$0] }.sorted { $0.sequence < $1.sequence }
+    /// The classic clients, who get every roster notice at once, in registration order.
+    /// natchat/2 subscribers hear through their feeds; headless natchat/2 clients do not
+    /// subscribe at all.
+    var classicSubscribers: [Entry] {
+        classicSubscriberIDs.compactMap { entries[$0] }.sorted { $0.sequence < $1.sequence }
     }
+
+    /// The scope natchat/2 subscribers are pushed now.
+    public var rosterScope: RosterScope { roster.scope }
+
+    /// How many natchat/2 clients have a roster feed.
+    public var rosterSubscriberCount: Int { roster.subscriberCount }
+
+    /// When ``flushRoster(now:)`` is next due (`nil`: no feed has anything to send).
+    public var rosterDeadline: Instant? { roster.nextDeadline }
 
     /// The entry for `id`, if registered.
     public func entry(for id: ClientID) -> Entry? { entries[id] }
@@ -368,7 +408,7 @@ public struct Registry: Sendable {
             }
             guard configuration.acceptClassic else { return refuse(id, from: source, .classicDisabled, dialect: .classic) }
             let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0)
-            return register(newcomer, now: now)
+            return register(newcomer, answer: nil, now: now)
         case .keepAlive(let id):
             guard let entry = entries[id] else { return [.report(.ignored(message, from: source, .unknownID))] }
             guard entry.dialect == .classic else { return [.report(.ignored(message, from: source, .heldByExtendedClient))] }
@@ -379,7 +419,7 @@ public struct Registry: Sendable {
             guard let entry = entries[id] else { return [.report(.ignored(message, from: source, .unknownID))] }
             guard entry.dialect == .classic else { return [.report(.ignored(message, from: source, .heldByExtendedClient))] }
             guard entry.publicEndpoint == source else { return [.report(.ignored(message, from: source, .wrongEndpoint))] }
-            return leave(entry, reason: .unregistered)
+            return leave(entry, reason: .unregistered, now: now)
         case .peer, .peerPrivate, .unregistered, .offline, .chat, .serverNotice:
             return [.report(.ignored(message, from: source, .notForServer))]
         }
@@ -402,10 +442,11 @@ public struct Registry: Sendable {
             switch freshness(ofRegistration: id, keys: keys, cookieIssuedAt: issued, from: source) {
             case .fresh:
                 break
-            case .repeated(let holder):
-                // The registration this session began with, again (its answer was lost, or it
-                // was captured and replayed): the same answer, and nothing touched.
-                return [.report(.ignoredExtended(from: source, .repeatedRegistration)), registeredMessage(holder)]
+            case .repeated:
+                // The registration this session began with, again (a duplicate, or captured
+                // and replayed): nothing is touched and nothing answered. A client whose answer
+                // was lost asks for a new challenge, whose cookie is fresh.
+                return [.report(.ignoredExtended(from: source, .repeatedRegistration))]
             case .replayed:
                 return [.report(.ignoredExtended(from: source, .replayed))]
             }
@@ -415,21 +456,23 @@ public struct Registry: Sendable {
             else { return [.report(.ignoredExtended(from: source, .badSignature))] }
             let privateAddress = privateEndpoints.first?.address ?? source.address
             let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
-                                 sessionKey: sessionKey, keys: keys, cookieIssuedAt: issued, nonce: nonce,
+                                 sessionKey: sessionKey, keys: keys, cookieIssuedAt: issued,
                                  privateEndpoints: privateEndpoints, natKind: natKind, subscribed: subscribe)
+            let answer = registeredMessage(to: source, nonce: nonce, cookie: cookie)
             if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
                 // The key holder itself, from a new address (restarted behind a new mapping): it
                 // proves the key, so the registration moves rather than being refused.
                 var moved = newcomer
                 moved.sequence = holder.sequence
+                moved.version = roster.nextVersion()
                 store(moved)
                 liveness.touch(id, now: now)
-                var actions: [Action] = [.report(.moved(moved, from: holder.publicEndpoint)), registeredMessage(moved)]
-                actions += listMessages(for: moved, includingSelf: false)
-                for recipient in subscribers where recipient.id != id { actions += announce(moved, to: recipient) }
+                startFeed(moved, now: now)
+                var actions: [Action] = [.report(.moved(moved, from: holder.publicEndpoint)), answer]
+                actions += published(moved, publicEndpointChanged: true, now: now)
                 return actions
             }
-            return register(newcomer, now: now)
+            return register(newcomer, answer: answer, now: now)
         case .keepAlive(let id, let natKind, let counter, let tag):
             guard var entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
@@ -440,23 +483,19 @@ public struct Registry: Sendable {
             let changed = previous != source || entry.natKind != natKind
             entry.publicEndpoint = source
             entry.natKind = natKind
+            if changed { entry.version = roster.nextVersion() }
             store(entry)
             if previous != source {
                 actions.append(.report(.moved(entry, from: previous)))
             }
             actions.append(.sendExtended(.keepAliveAck(publicEndpoint: source), to: source))
-            if changed {
-                // Classic clients see only the public endpoint: tell them only when it moved.
-                for recipient in subscribers where recipient.id != id && (previous != source || recipient.dialect == .extended) {
-                    actions += announce(entry, to: recipient)
-                }
-            }
+            if changed { actions += published(entry, publicEndpointChanged: previous != source, now: now) }
             return actions
         case .exit(let id, let counter, _):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return [.report(.ignoredExtended(from: source, .badTag))]
             }
-            return leave(entry, reason: .unregistered)
+            return leave(entry, reason: .unregistered, now: now)
         case .connect(let id, let peerID, let counter, let tag):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
@@ -465,11 +504,14 @@ public struct Registry: Sendable {
             guard let peer = entries[peerID], peer.dialect == .extended, peerID != id else {
                 return [.report(.ignoredExtended(from: source, .peerUnavailable))]
             }
+            // Both talk to each other now: each hears of the other's changes at any roster size.
+            roster.noteInterest(of: id, in: peerID)
+            roster.noteInterest(of: peerID, in: id)
             let instructions = punch.connect(id, to: peerID, now: now, random: &random)
             var actions: [Action] = []
             for instruction in instructions {
                 guard let recipient = entries[instruction.recipient], let other = entries[instruction.peer] else { continue }
-                let message = ExtendedMessage.punch(peer: peerInfo(other, for: recipient), round: instruction.round,
+                let message = ExtendedMessage.punch(peer: Self.peerInfo(other, for: recipient), round: instruction.round,
                                                     delayMillis: UInt32(clamping: instruction.delay.nanosecondsClamped / 1_000_000))
                 actions.append(.sendExtended(message, to: recipient.publicEndpoint))
             }
@@ -487,8 +529,33 @@ public struct Registry: Sendable {
             }
             return [.sendExtended(.relayed(from: id, payload: payload), to: peer.publicEndpoint),
                     .report(.relayed(from: id, to: to, bytes: payload.count))]
-        case .challenge, .registered, .refused, .peer, .peerLeft, .punch, .relayed, .keepAliveAck, .unknownSession,
-             .ping, .pong, .chat, .chatAck:
+        case .rosterAck(let id, let largest, let received, let counter, let tag):
+            guard session(id, counter: counter, bytes: bytes) != nil else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            roster.acknowledge(id, largest: largest, received: received, now: now)
+            return []
+        case .lookup(let id, let query, let peerID, let counter, let tag):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
+            // Interest even in a client not registered (yet): when it comes, the asker hears.
+            roster.noteInterest(of: id, in: peerID)
+            let found = entries[peerID].map { RosterEntry(info: Self.peerInfo($0, for: entry), order: $0.sequence, version: $0.version) }
+            return [.sendExtended(.lookupResult(query: query, epoch: roster.epoch, version: roster.version, peer: peerID, found: found),
+                                  to: entry.publicEndpoint)]
+        case .listQuery(let id, let query, let prefix, let offset, let limit, let counter, let tag):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
+            return [.sendExtended(listPage(query: query, prefix: prefix, offset: offset, limit: limit), to: entry.publicEndpoint)]
+        case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
+             .unknownSession, .ping, .pong, .chat, .chatAck:
             return [.report(.ignoredExtended(from: source, .notForServer))]
         }
     }
@@ -520,7 +587,7 @@ public struct Registry: Sendable {
         /// A cookie issued after the one of the ID's current or last session: a new session.
         case fresh
         /// The very registration the holder's current session began with.
-        case repeated(Entry)
+        case repeated
         /// An older cookie: captured and replayed, or overtaken by a newer session.
         case replayed
     }
@@ -533,7 +600,7 @@ public struct Registry: Sendable {
             if issued > holder.cookieIssuedAt { return .fresh }
             // A cookie is bound to its address: the same issue time from the holder's
             // endpoint is the same cookie.
-            if issued == holder.cookieIssuedAt, holder.publicEndpoint == source { return .repeated(holder) }
+            if issued == holder.cookieIssuedAt, holder.publicEndpoint == source { return .repeated }
             return .replayed
         }
         if let departed = departedCookies[id], issued <= departed { return .replayed }
@@ -630,16 +697,16 @@ public struct Registry: Sendable {
             gone.append(entry)
             actions.append(.report(.evicted(entry)))
         }
-        let remaining = subscribers
-        for entry in gone {
-            for other in remaining { if let notice = departure(entry, reason: .offline, to: other) { actions.append(notice) } }
-        }
+        let remaining = classicSubscribers
+        for entry in gone { actions += departed(entry, reason: .offline, notifying: remaining, now: now) }
+        updateRosterScope(now: now)
         return actions
     }
 
     // MARK: - Shared transitions
 
-    private mutating func register(_ candidate: Entry, now: Instant) -> [Action] {
+    /// Registers `candidate`; `answer` is the `registered` message for a natchat/2 client.
+    private mutating func register(_ candidate: Entry, answer: Action?, now: Instant) -> [Action] {
         let id = candidate.id
         let source = candidate.publicEndpoint
         if id.isReserved { return refuse(id, from: source, .reservedID, dialect: candidate.dialect) }
@@ -648,16 +715,19 @@ public struct Registry: Sendable {
             if holder.publicEndpoint == source, holder.dialect == candidate.dialect, holder.keys == candidate.keys {
                 var refreshed = candidate
                 refreshed.sequence = holder.sequence
+                // Classic peers see only the public endpoint, which has not changed.
+                let visible = !holder.hasSamePrivateEndpoints(as: refreshed) || holder.natKind != refreshed.natKind
+                refreshed.version = visible ? roster.nextVersion() : holder.version
                 store(refreshed)
                 liveness.touch(id, now: now)
                 actions.append(.report(.refreshed(refreshed)))
-                if refreshed.dialect == .extended { actions.append(registeredMessage(refreshed)) }
-                actions += listMessages(for: refreshed, includingSelf: refreshed.dialect == .classic)
-                if !holder.hasSamePrivateEndpoints(as: refreshed) || holder.natKind != refreshed.natKind {
-                    for recipient in subscribers where recipient.id != id && recipient.dialect == .extended {
-                        actions += announce(refreshed, to: recipient)
-                    }
+                if refreshed.dialect == .extended {
+                    if let answer { actions.append(answer) }
+                    startFeed(refreshed, now: now)
+                } else {
+                    actions += classicList(for: refreshed, includingSelf: true)
                 }
+                if visible { actions += published(refreshed, publicEndpointChanged: false, now: now) }
                 return actions
             }
             guard liveness.isExpired(id, now: now) else { return refuse(id, from: source, .idInUse, dialect: candidate.dialect) }
@@ -667,7 +737,7 @@ public struct Registry: Sendable {
             liveness.remove(id)
             rememberDeparture(holder)
             actions.append(.report(.evicted(holder)))
-            for other in subscribers { if let notice = departure(holder, reason: .offline, to: other) { actions.append(notice) } }
+            actions += departed(holder, reason: .offline, notifying: classicSubscribers, now: now)
         }
         guard entries.count < configuration.maxClients else {
             return actions + refuse(id, from: source, .full, dialect: candidate.dialect)
@@ -675,29 +745,132 @@ public struct Registry: Sendable {
         var newcomer = candidate
         newcomer.sequence = nextSequence
         nextSequence += 1
-        if newcomer.dialect == .extended { actions.append(registeredMessage(newcomer)) }
-        actions += listMessages(for: newcomer, includingSelf: false)
+        newcomer.version = roster.nextVersion()
+        if newcomer.dialect == .extended {
+            if let answer { actions.append(answer) }
+        } else {
+            actions += classicList(for: newcomer, includingSelf: false)
+        }
         store(newcomer)
+        sortedIDs.insert(id)
         liveness.touch(id, now: now)
         actions.append(.report(.registered(newcomer)))
-        for recipient in subscribers where !(recipient.id == id && newcomer.dialect == .extended) {
-            actions += announce(newcomer, to: recipient)
+        // A classic newcomer gets its own line too, as the seed's server sends it.
+        for recipient in classicSubscribers where !(recipient.id == id && newcomer.dialect == .extended) {
+            actions += announceClassic(newcomer, to: recipient)
         }
+        roster.changed(id, .present, now: now)
+        if newcomer.dialect == .extended { startFeed(newcomer, now: now) }
+        updateRosterScope(now: now)
         return actions
     }
 
-    private mutating func leave(_ entry: Entry, reason: LeaveReason) -> [Action] {
+    private mutating func leave(_ entry: Entry, reason: LeaveReason, now: Instant) -> [Action] {
         forgetHelpers(entry.id)
         entries.removeValue(forKey: entry.id)
         liveness.remove(entry.id)
         rememberDeparture(entry)
         var actions: [Action] = [.report(.unregistered(entry))]
-        for other in subscribers { if let notice = departure(entry, reason: reason, to: other) { actions.append(notice) } }
+        actions += departed(entry, reason: reason, notifying: classicSubscribers, now: now)
+        updateRosterScope(now: now)
         return actions
     }
 
+    /// Tells the roster that `entry` (already stored, its version taken) changed: its feeds,
+    /// and the classic clients when its public endpoint is new to them.
+    private mutating func published(_ entry: Entry, publicEndpointChanged: Bool, now: Instant) -> [Action] {
+        roster.changed(entry.id, .present, now: now)
+        guard publicEndpointChanged else { return [] }
+        var actions: [Action] = []
+        for recipient in classicSubscribers where recipient.id != entry.id { actions += announceClassic(entry, to: recipient) }
+        return actions
+    }
+
+    /// Tells the roster and `recipients` (classic) that `entry` (already removed) is gone.
+    private mutating func departed(_ entry: Entry, reason: LeaveReason, notifying recipients: [Entry], now: Instant) -> [Action] {
+        let version = roster.nextVersion()
+        roster.changed(entry.id, .absent(version: version, reason: reason, publicEndpoint: entry.publicEndpoint), now: now)
+        sortedIDs.remove(entry.id)
+        return recipients.compactMap { departureClassic(entry, reason: reason, to: $0) }
+    }
+
+    /// A natchat/2 client's (new) session: its roster feed starts over, or it has none.
+    private mutating func startFeed(_ entry: Entry, now: Instant) {
+        guard entry.dialect == .extended, entry.subscribed else {
+            roster.unsubscribe(entry.id)
+            return
+        }
+        let table = entries
+        roster.subscribe(entry.id, everyone: { table.entries.sorted { $0.sequence < $1.sequence }.map(\.id) }, now: now)
+    }
+
+    private mutating func updateRosterScope(now: Instant) {
+        let table = entries
+        roster.updateScope(registered: entries.count, everyone: { table.entries.sorted { $0.sequence < $1.sequence }.map(\.id) },
+                           now: now)
+    }
+
+    /// The roster datagrams due at `now` (call at ``rosterDeadline``).
+    public mutating func flushRoster(now: Instant) -> [Action] {
+        let table = entries
+        let deltas = roster.flush(now: now, registered: table.count, sizeOf: { id, note in
+            switch note {
+            case .present:
+                guard let entry = table[id] else { return 0 }
+                return 20 + id.rawValue.utf8.count + 6 * entry.privateEndpoints.count + (entry.keys == nil ? 0 : 64)
+            case .absent:
+                return 18 + id.rawValue.utf8.count
+            }
+        }, record: { subscriber, id, note in
+            switch note {
+            case .present:
+                guard let entry = table[id], let recipient = table[subscriber] else { return nil }
+                return .present(RosterEntry(info: Self.peerInfo(entry, for: recipient), order: entry.sequence, version: entry.version))
+            case .absent(let version, let reason, let endpoint):
+                return .absent(id, version: version, reason: reason, publicEndpoint: endpoint)
+            }
+        })
+        return deltas.compactMap { subscriber, delta in
+            table[subscriber].map { .sendExtended(.roster(delta), to: $0.publicEndpoint) }
+        }
+    }
+
+    private mutating func allowQuery(_ id: ClientID, now: Instant) -> Bool {
+        let rate = configuration.queriesPerSecond
+        var bucket = queryBuckets[id] ?? TokenBucket(rate: rate, burst: rate * 2, now: now)
+        defer { queryBuckets[id] = bucket }
+        return bucket.take(now: now)
+    }
+
+    /// One page of the IDs starting with `prefix`, sorted, as many as fit a datagram.
+    private func listPage(query: UInt32, prefix: String, offset: UInt32, limit: UInt16) -> ExtendedMessage {
+        let start: Int
+        let total: Int
+        if prefix.isEmpty {
+            start = 0
+            total = sortedIDs.count
+        } else {
+            start = sortedIDs.rank { $0.rawValue >= prefix }
+            total = max(0, sortedIDs.rank { $0.rawValue >= prefix && !$0.rawValue.hasPrefix(prefix) } - start)
+        }
+        let skip = min(Int(offset), total)
+        var budget = RosterPublisher.datagramBudget
+        var listed: [ListEntry] = []
+        for id in sortedIDs.elements(from: start + skip, limit: min(Int(limit), ListEntry.maxPerDatagram, total - skip)) {
+            guard let entry = entries[id] else { continue }
+            budget -= 9 + id.rawValue.utf8.count
+            guard budget >= 0 else { break }
+            listed.append(ListEntry(id: id, publicEndpoint: entry.publicEndpoint, natKind: entry.natKind, dialect: entry.dialect))
+        }
+        return .listPage(query: query, total: UInt32(clamping: total), offset: UInt32(skip), entries: listed)
+    }
+
     private mutating func store(_ entry: Entry) {
-        if entry.subscribed { subscriberIDs.insert(entry.id) } else { subscriberIDs.remove(entry.id) }
+        if entry.dialect == .classic, entry.subscribed {
+            classicSubscriberIDs.insert(entry.id)
+        } else {
+            classicSubscriberIDs.remove(entry.id)
+        }
         if let old = entries[entry.id], old.publicEndpoint != entry.publicEndpoint, extendedByEndpoint[old.publicEndpoint] == entry.id {
             extendedByEndpoint[old.publicEndpoint] = nil
         }
@@ -706,48 +879,46 @@ public struct Registry: Sendable {
     }
 
     private mutating func forgetHelpers(_ id: ClientID) {
-        subscriberIDs.remove(id)
+        classicSubscriberIDs.remove(id)
+        roster.unsubscribe(id)
+        queryBuckets[id] = nil
         if let entry = entries[id], extendedByEndpoint[entry.publicEndpoint] == id { extendedByEndpoint[entry.publicEndpoint] = nil }
         punch.forget(id)
         relayLimiter.forget(id)
     }
 
-    private func registeredMessage(_ entry: Entry) -> Action {
+    private func registeredMessage(to endpoint: Endpoint, nonce: Token128, cookie: Token128) -> Action {
         let millis = UInt32(clamping: configuration.keepAliveInterval.nanosecondsClamped / 1_000_000)
-        return .sendExtended(.registered(serverKey: Array(serverKey.publicKey.rawRepresentation), publicEndpoint: entry.publicEndpoint,
-                                         keepAliveMillis: millis, alternatePort: configuration.alternatePort, nonce: entry.nonce),
-                             to: entry.publicEndpoint)
+        return .sendExtended(.registered(serverKey: Array(serverKey.publicKey.rawRepresentation), publicEndpoint: endpoint,
+                                         keepAliveMillis: millis, alternatePort: configuration.alternatePort, nonce: nonce,
+                                         cookie: cookie),
+                             to: endpoint)
     }
 
-    /// The list `recipient` should get: everyone registered (itself too when `includingSelf`).
-    private func listMessages(for recipient: Entry, includingSelf: Bool) -> [Action] {
+    /// The list a classic `recipient` gets: everyone registered (itself too when `includingSelf`).
+    private func classicList(for recipient: Entry, includingSelf: Bool) -> [Action] {
         guard recipient.subscribed else { return [] }
         var actions: [Action] = []
         for entry in clients where includingSelf || entry.id != recipient.id {
-            actions += announce(entry, to: recipient)
+            actions += announceClassic(entry, to: recipient)
         }
         return actions
     }
 
-    /// Tells `recipient` about `entry`, in the recipient's dialect (nothing to a client that
-    /// did not subscribe to the roster).
-    private func announce(_ entry: Entry, to recipient: Entry) -> [Action] {
-        guard recipient.subscribed else { return [] }
-        switch recipient.dialect {
-        case .classic:
-            var actions: [Action] = [.send(.peer(entry.id, entry.publicEndpoint), to: recipient.publicEndpoint)]
-            if configuration.sameNATRule.isSameNAT(recipient.position, entry.position) {
-                actions.append(.send(.peerPrivate(entry.id, entry.privateAddress), to: recipient.publicEndpoint))
-            }
-            return actions
-        case .extended:
-            return [.sendExtended(.peer(peerInfo(entry, for: recipient)), to: recipient.publicEndpoint)]
+    /// Tells classic `recipient` about `entry`: its line, and its private address when the
+    /// seed's rule puts the two behind one NAT.
+    private func announceClassic(_ entry: Entry, to recipient: Entry) -> [Action] {
+        guard recipient.subscribed, recipient.dialect == .classic else { return [] }
+        var actions: [Action] = [.send(.peer(entry.id, entry.publicEndpoint), to: recipient.publicEndpoint)]
+        if configuration.sameNATRule.isSameNAT(recipient.position, entry.position) {
+            actions.append(.send(.peerPrivate(entry.id, entry.privateAddress), to: recipient.publicEndpoint))
         }
+        return actions
     }
 
     /// What `recipient` may know of `entry`: private endpoints only as a same-NAT hint
     /// (the same public address), since they are probed, not trusted.
-    private func peerInfo(_ entry: Entry, for recipient: Entry) -> PeerInfo {
+    static func peerInfo(_ entry: Entry, for recipient: Entry) -> PeerInfo {
         // The array is built only for the hint (a roster for 100 000 clients would otherwise
         // build one per peer).
         var privates: [Endpoint] = []
@@ -761,16 +932,11 @@ public struct Registry: Sendable {
                         natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys)
     }
 
-    private func departure(_ entry: Entry, reason: LeaveReason, to recipient: Entry) -> Action? {
-        guard recipient.subscribed else { return nil }
-        switch recipient.dialect {
-        case .classic:
-            let message: ClassicMessage = reason == .offline
-                ? .offline(entry.id, entry.publicEndpoint) : .unregistered(entry.id, entry.publicEndpoint)
-            return .send(message, to: recipient.publicEndpoint)
-        case .extended:
-            return .sendExtended(.peerLeft(entry.id, reason: reason, publicEndpoint: entry.publicEndpoint), to: recipient.publicEndpoint)
-        }
+    private func departureClassic(_ entry: Entry, reason: LeaveReason, to recipient: Entry) -> Action? {
+        guard recipient.subscribed, recipient.dialect == .classic else { return nil }
+        let message: ClassicMessage = reason == .offline
+            ? .offline(entry.id, entry.publicEndpoint) : .unregistered(entry.id, entry.publicEndpoint)
+        return .send(message, to: recipient.publicEndpoint)
     }
 
     private func refuse(_ id: ClientID, from source: Endpoint, _ refusal: Refusal, dialect: Dialect) -> [Action] {

@@ -49,6 +49,8 @@ public final class RendezvousService: DatagramDriver {
         public var refused = 0
         public var registrations = 0
         public var evictions = 0
+        /// Roster datagrams sent to natchat/2 subscribers (retransmissions included).
+        public var rosterDeltas = 0
     }
 
     // The service runs on one event loop and never calls out while it mutates these (its
@@ -69,7 +71,8 @@ public final class RendezvousService: DatagramDriver {
     public init(configuration: Configuration, validator: any AddressValidator = HMACAddressValidator(), logger: Logger,
                 now: Instant = SystemClock().now(), printLine: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
-        self.registry = Registry(configuration: configuration.registry, validator: validator, now: now)
+        self.registry = Registry(configuration: configuration.registry, validator: validator, now: now,
+                                 rosterEpoch: UInt32.random(in: 1...UInt32.max))
         self.sources = SourceGuard(configuration: configuration.sources)
         self.logger = logger
         self.printLine = printLine
@@ -122,15 +125,31 @@ public final class RendezvousService: DatagramDriver {
             return
         }
         if nextSweep == nil, registry.count > 0 { nextSweep = now + configuration.sweepInterval }
+        flushRosterIfDue(now: now, output: &output)
     }
 
     public func timeout(now: Instant, output: inout DatagramOutput) {
-        guard let due = nextSweep, now >= due else { return }
-        perform(registry.sweep(now: now), now: now, output: &output)
-        nextSweep = registry.count > 0 ? now + configuration.sweepInterval : nil
+        if let due = nextSweep, now >= due {
+            perform(registry.sweep(now: now), now: now, output: &output)
+            nextSweep = registry.count > 0 ? now + configuration.sweepInterval : nil
+        }
+        flushRosterIfDue(now: now, output: &output)
     }
 
-    public func nextDeadline() -> Instant? { nextSweep }
+    public func nextDeadline() -> Instant? {
+        switch (nextSweep, registry.rosterDeadline) {
+        case (let sweep?, let roster?): min(sweep, roster)
+        case (let sweep, let roster): sweep ?? roster
+        }
+    }
+
+    /// Sends the roster deltas that are due (the feeds coalesce: this is cheap when early).
+    private func flushRosterIfDue(now: Instant, output: inout DatagramOutput) {
+        guard let due = registry.rosterDeadline, now >= due else { return }
+        let actions = registry.flushRoster(now: now)
+        counters.rosterDeltas += actions.count
+        perform(actions, now: now, output: &output)
+    }
 
     private func admitRegistration(from source: Endpoint, countsTowardsTotal: Bool = true, now: Instant) -> Bool {
         guard sources.allowRegistration(from: source, countsTowardsTotal: countsTowardsTotal, now: now) else {

@@ -39,7 +39,7 @@ struct ExtendedKeepAliveServiceTests {
         let registration = SessionCrypto.signedRegistration(id: alice, cookie: cookie, privateEndpoints: [], natKind: .endpointIndependent,
                                                             identity: identity, subscribe: false)
         let answer = try #require(send(service, registration, at: .zero).first)
-        guard case .registered(let serverKey, _, _, _, let nonce) = try ExtendedMessage.decode(answer.1),
+        guard case .registered(let serverKey, _, _, _, let nonce, _) = try ExtendedMessage.decode(answer.1),
               let key = SessionCrypto.sessionKey(privateKey: identity.agreement, peerPublicKey: serverKey, cookie: cookie,
                                                  nonce: nonce, id: alice)
         else { throw WireError.malformed("not registered") }
