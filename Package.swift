@@ -19,6 +19,7 @@ let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio
 let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto")
+let deque: Target.Dependency = .product(name: "DequeModule", package: "swift-collections")
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
 
 let package = Package(
@@ -37,6 +38,7 @@ let package = Package(
         .library(name: "Identity", targets: ["Identity"]),
         .library(name: "Delivery", targets: ["Delivery"]),
         .library(name: "Relay", targets: ["Relay"]),
+        .library(name: "Roster", targets: ["Roster"]),
         .library(name: "Registry", targets: ["Registry"]),
         .library(name: "ChatRouter", targets: ["ChatRouter"]),
         .library(name: "Transport", targets: ["Transport"]),
@@ -49,6 +51,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
     ],
     targets: [
         module("MonotonicTime"),
@@ -61,8 +64,9 @@ let package = Package(
         module("HolePunch", ["Wire", "MonotonicTime"]),
         module("Delivery", ["Wire", "MonotonicTime"]),
         module("Relay", ["Wire", "MonotonicTime"]),
-        module("Registry", ["Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Relay", "Identity", crypto]),
-        module("ChatRouter", ["Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", crypto]),
+        module("Roster", ["Wire", "MonotonicTime", deque]),
+        module("Registry", ["Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Relay", "Identity", "Roster", crypto]),
+        module("ChatRouter", ["Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster", crypto]),
         module("Transport", ["Wire", "MonotonicTime", nioCore, nioPosix, logging]),
         // A small C shim over GNU readline (Debian: libreadline-dev). readline's state is C
         // globals, so the shim keeps every access to them in C and the Swift side calls it
@@ -70,7 +74,7 @@ let package = Package(
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
         module("RendezvousServer", ["Wire", "STUN", "Registry", "MonotonicTime", "Transport", crypto, nioCore, logging]),
-        module("ChatClient", ["Wire", "STUN", "ChatRouter", "HolePunch", "Delivery", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", "Identity", crypto, nioCore, logging]),
+        module("ChatClient", ["Wire", "STUN", "ChatRouter", "Roster", "HolePunch", "Delivery", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", "Identity", crypto, nioCore, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Relay", "Wire", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
         .executableTarget(name: "natchat", dependencies: ["ChatClient", "AddressDiscovery", "LineEditor", "Wire", "MonotonicTime", argumentParser, logging],
@@ -80,18 +84,19 @@ let package = Package(
         tests("Wire", ["Wire"]),
         tests("NATGrouping", ["NATGrouping", "Wire"]),
         tests("KeepAlive", ["KeepAlive", "MonotonicTime"]),
-        tests("Registry", ["Registry", "TestSupport", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Relay", crypto]),
-        tests("ChatRouter", ["ChatRouter", "TestSupport", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", crypto]),
+        tests("Registry", ["Registry", "TestSupport", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Relay", "Roster", crypto]),
+        tests("ChatRouter", ["ChatRouter", "TestSupport", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", "Roster", crypto]),
         tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Wire", "STUN", "MonotonicTime"]),
         tests("Transport", ["Transport", "Wire", "MonotonicTime", nioCore, nioEmbedded]),
         tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Wire", "MonotonicTime", "STUN", "Identity", nioCore, logging, crypto]),
-        tests("ChatClient", ["ChatClient", "TestSupport", "Wire", "MonotonicTime", "Transport", nioCore, logging]),
+        tests("ChatClient", ["ChatClient", "TestSupport", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),
         tests("MonotonicTime", ["MonotonicTime"]),
         tests("STUN", ["STUN", "TestSupport", "Wire"]),
         tests("HolePunch", ["HolePunch", "TestSupport", "Wire", "MonotonicTime"]),
         tests("Delivery", ["Delivery", "Wire", "MonotonicTime"]),
         tests("Relay", ["Relay", "MonotonicTime", "Wire"]),
+        tests("Roster", ["Roster", "TestSupport", "Wire", "MonotonicTime"]),
         tests("Identity", ["Identity", "TestSupport", "Wire", crypto]),
     ]
 )

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import AddressDiscovery
+import Dispatch
 import Identity
 import LineEditor
 import Logging
@@ -85,6 +86,10 @@ public enum ChatClientRunner {
         return max(5, Int(size.ws_row) - 3)
     }
 
+    /// How long Tab waits for peer IDs (past the server's roster limit they come from the
+    /// server; the service falls back to the peers it holds when the server is slower).
+    static let completionWait = DispatchTimeInterval.milliseconds(2500)
+
     /// Runs the client; returns the process exit status.
     public static func run(_ options: Options, logger: Logger) -> Int32 {
         let interactive = options.interactive ?? standardStreamsAreTerminals()
@@ -111,7 +116,6 @@ public enum ChatClientRunner {
             listPageSize: interactive ? listPageSize() : ChatClientService.Configuration.defaultListPageSize)
         let sinks = ChatClientService.Sinks(
             display: { console.show($0) },
-            peersChanged: { console.setCompletionPeers($0) },
             registrationRefused: { _ in
                 refused.store(true, ordering: .relaxed)
                 console.stop()
@@ -133,6 +137,20 @@ public enum ChatClientRunner {
             service.start(now: now, output: &output)
         }
         TerminationSignal.onSignal { _ in console.stop() }
+        // Tab asks the service on its event loop (and, past the server's roster limit, the
+        // service asks the server): the console's thread waits for the answer, briefly.
+        console.setPeerCompletion { prefix in
+            let answer = Mutex<[String]?>(nil)
+            let answered = DispatchSemaphore(value: 0)
+            host.perform { service, output, now in
+                service.completePeerIDs(prefix: prefix, now: now, output: &output) { ids in
+                    answer.withLock { $0 = ids }
+                    answered.signal()
+                }
+            }
+            _ = answered.wait(timeout: .now() + completionWait)
+            return answer.withLock { $0 } ?? []
+        }
 
         console.run { line in
             let command: Command?

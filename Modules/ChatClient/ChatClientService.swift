@@ -7,6 +7,7 @@ import Logging
 import MonotonicTime
 import NATGrouping
 import NIOCore
+import Roster
 import STUN
 import Transport
 import Wire
@@ -68,19 +69,21 @@ public final class ChatClientService: DatagramDriver {
     public struct Sinks: Sendable {
         /// A line for the user.
         public var display: @Sendable (String) -> Void
-        /// The other peers' IDs changed (for Tab completion).
-        public var peersChanged: @Sendable ([String]) -> Void
         /// The server refused our registration: the client cannot go on.
         public var registrationRefused: @Sendable (String) -> Void
 
         public init(display: @escaping @Sendable (String) -> Void,
-                    peersChanged: @escaping @Sendable ([String]) -> Void = { _ in },
                     registrationRefused: @escaping @Sendable (String) -> Void = { _ in }) {
             self.display = display
-            self.peersChanged = peersChanged
             self.registrationRefused = registrationRefused
         }
     }
+
+    /// How many peers a listing (the first roster, a resynchronisation) shows as
+    /// `* ID joined` lines before it sums the rest up in one line.
+    public static let joinLinesPerListing = 20
+    /// Most IDs one Tab completion offers.
+    public static let completionLimit = 200
 
     /// Which dialect the session speaks.
     public enum Mode: Hashable, Sendable {
@@ -109,11 +112,26 @@ public final class ChatClientService: DatagramDriver {
     /// The cookie of the registration in flight (it salts the session key).
     private var registrationCookie: Token128?
     private var random = SystemRandomNumberGenerator()
-    /// The IDs in each peer table, in list order and sorted, updated as peers join and leave.
+    /// The classic peer table's IDs, in list order and sorted, updated as peers join and leave.
     private var classicIndex: RosterIndex
-    private var extendedIndex: RosterIndex
-    /// Another peer joined or left while handling a datagram: completion must hear about it.
-    private var rosterChanged = false
+    /// The time of the datagram, timer or command being handled (events drained from the
+    /// router are handled at that time).
+    private var lastNow = Instant.zero
+    /// Listing joins shown and not shown since the roster last synced.
+    private var listingJoinsShown = 0
+    private var listingJoinsHidden = 0
+    /// `@show_list` pages and Tab completions waiting for the server (past its roster limit).
+    private var pendingListings: [UInt32: PendingListing] = [:]
+    private var pendingCompletions: [UInt32: (prefix: String, answer: @Sendable ([String]) -> Void)] = [:]
+
+    /// A `@show_list` page being gathered from the server's answers.
+    private struct PendingListing {
+        var prefix: String?
+        var page: Int
+        var pageSize: Int
+        var entries: [ListEntry] = []
+        var total = 0
+    }
     /// Datagrams that decoded to nothing, for diagnostics.
     public private(set) var malformedCount = 0
 
@@ -125,7 +143,6 @@ public final class ChatClientService: DatagramDriver {
         keepAlive = KeepAliveSchedule(interval: configuration.keepAliveInterval)
         registrationBackoff = configuration.registrationRetry
         classicIndex = RosterIndex(selfID: configuration.id)
-        extendedIndex = RosterIndex(selfID: configuration.id)
     }
 
     /// Whether the server has confirmed the registration (in either dialect).
@@ -156,9 +173,10 @@ public final class ChatClientService: DatagramDriver {
     /// Carries out one typed command; returns `false` when the client should quit.
     @discardableResult
     public func handle(_ command: Command, now: Instant, output: inout DatagramOutput) -> Bool {
+        lastNow = now
         switch command {
         case .showList(let prefix, let page):
-            showList(prefix: prefix, page: page)
+            showList(prefix: prefix, page: page, now: now, output: &output)
         case .chat(let to, let text):
             chat(to: to, text: text, now: now, output: &output)
         case .help:
@@ -176,10 +194,11 @@ public final class ChatClientService: DatagramDriver {
         leaving = true
         keepAlive.stop()
         registrationRetryAt = nil
-        if mode == .extended, var session = extended {
+        if mode == .extended, extended != nil {
             let id = configuration.id
-            output.send(session.sessionMessage { .exit(id: id, counter: $0, tag: .zero) }, to: configuration.server)
-            extended = session
+            if let bytes = extended?.sessionMessage({ .exit(id: id, counter: $0, tag: .zero) }) {
+                output.send(bytes, to: configuration.server)
+            }
         } else {
             output.send(ClassicMessage.unregister(configuration.id).encode(), to: configuration.server)
         }
@@ -189,16 +208,9 @@ public final class ChatClientService: DatagramDriver {
 
     public func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         guard !leaving else { return }
+        lastNow = now
         let bytes = payload.readableBytesView
-        let modeBefore = mode
-        defer {
-            flushExtended(output: &output)
-            let names = index(for: mode).completionNames
-            if rosterChanged || (mode != modeBefore && names != index(for: modeBefore).completionNames) {
-                rosterChanged = false
-                sinks.peersChanged(names)
-            }
-        }
+        defer { flushExtended(output: &output) }
         if STUN.looksLikeSTUN(bytes) {
             if let message = try? STUN.decode(Array(bytes)), probe?.receive(message, from: source) == true {
                 finishProbeIfDone(now: now, output: &output)
@@ -250,8 +262,10 @@ public final class ChatClientService: DatagramDriver {
             output.send(SessionCrypto.signedRegistration(id: configuration.id, cookie: cookie, privateEndpoints: [privateEndpoint],
                                                          natKind: natKind, identity: configuration.identity),
                         to: configuration.server)
-        case .registered(let serverKey, let endpoint, let keepAliveMillis, let alternatePort, let nonce) where fromServer:
-            guard let cookie = registrationCookie,
+        case .registered(let serverKey, let endpoint, let keepAliveMillis, let alternatePort, let nonce, let echoed) where fromServer:
+            // Only the answer to our latest registration: an earlier one's answer, arriving
+            // late, names a session the server has already replaced.
+            guard let cookie = registrationCookie, echoed == cookie,
                   let sessionKey = SessionCrypto.sessionKey(privateKey: configuration.identity.agreement, peerPublicKey: serverKey,
                                                             cookie: cookie, nonce: nonce, id: configuration.id)
             else { return }
@@ -259,10 +273,13 @@ public final class ChatClientService: DatagramDriver {
             lastServerAnswer = now
             registrationRetryAt = nil
             let firstSession = extended == nil
-            if var session = extended {
-                // The same session acknowledged again (a repeated registration): keep counting.
-                if !session.usesSessionKey(sessionKey) { session.resetSession(sessionKey: sessionKey) }
-                extended = session
+            if extended != nil {
+                // The same session acknowledged again (a duplicated answer): keep counting.
+                if extended?.usesSessionKey(sessionKey) == false {
+                    extended?.resetSession(sessionKey: sessionKey)
+                    listingJoinsShown = 0
+                    listingJoinsHidden = 0
+                }
             } else {
                 extended = ExtendedRouter(selfID: configuration.id, server: configuration.server, identity: configuration.identity,
                                           sessionKey: sessionKey, firstMessageID: random.next() >> 1,
@@ -300,7 +317,7 @@ public final class ChatClientService: DatagramDriver {
                 registrationBackoff = configuration.registrationRetry
                 sendRegistration(now: now, output: &output)
             }
-        case .peer, .peerLeft, .punch, .relayed:
+        case .roster, .lookupResult, .listPage, .punch, .relayed:
             guard fromServer else { return }
             lastServerAnswer = now
             extended?.handleServerMessage(message, now: now)
@@ -315,6 +332,7 @@ public final class ChatClientService: DatagramDriver {
 
     public func timeout(now: Instant, output: inout DatagramOutput) {
         guard !leaving else { return }
+        lastNow = now
         if let retryAt = registrationRetryAt, now >= retryAt, !refused {
             sendRegistration(now: now, output: &output)
         }
@@ -326,7 +344,7 @@ public final class ChatClientService: DatagramDriver {
             probe = activeProbe
             finishProbeIfDone(now: now, output: &output)
         }
-        if mode == .extended, let last = lastServerAnswer, now - last > keepAlive.interval * 3 + .seconds(1),
+        if mode == .extended, let last = lastServerAnswer, now - last >= keepAlive.interval * 3 + .seconds(1),
            registrationRetryAt == nil {
             // Three keep-alives unanswered: the server restarted or the path to it broke.
             sinks.display("* the server stopped answering; registering again")
@@ -349,33 +367,41 @@ public final class ChatClientService: DatagramDriver {
 
     // MARK: - Commands
 
-    /// The index of the peer table that `mode` uses.
-    private func index(for mode: Mode) -> RosterIndex {
-        mode == .extended ? extendedIndex : classicIndex
-    }
-
-    /// Prints page `page` of the roster (of the IDs starting with `prefix`), in the order it
-    /// has always been listed: in natchat/2 our own line, then the peers as announced; in
-    /// classic mode the server's order. Only the page's lines are built.
-    private func showList(prefix: String?, page: Int) {
+    /// Prints page `page` of the roster (of the IDs starting with `prefix`). In classic mode
+    /// and in natchat/2 while the client holds the whole roster, from the copy held, in the
+    /// order it has always been listed: in natchat/2 our own line, then the peers as
+    /// announced; in classic mode the server's order. Past the server's roster limit the
+    /// page is asked of the server, sorted by ID.
+    private func showList(prefix: String?, page: Int, now: Instant, output: inout DatagramOutput) {
         let pageSize = configuration.listPageSize
         if mode == .extended, let session = extended {
-            let index = extendedIndex
+            guard session.roster.scope == .complete else {
+                let offset = max(0, (max(1, page) - 1).multipliedReportingOverflow(by: pageSize).partialValue)
+                if let query = extended?.listIDs(prefix: prefix ?? "", offset: offset, limit: pageSize, now: now) {
+                    pendingListings[query] = PendingListing(prefix: prefix, page: page, pageSize: pageSize)
+                }
+                flushExtended(output: &output)
+                return
+            }
             let selfID = configuration.id
-            let listing = ListPage.make(count: index.count + 1, id: { $0 == 0 ? selfID : index[$0 - 1] },
-                                        prefix: prefix, page: page, pageSize: pageSize)
-            for position in listing.positions {
-                if position == 0 {
-                    sinks.display("\(selfID) \(publicEndpoint.current.map { "\($0)" } ?? "?") (you; NAT: \(natKind))")
-                    continue
+            let roster = session.roster
+            if let prefix {
+                let ids = [selfID] + roster.listedIDs
+                let listing = ListPage.make(count: ids.count, id: { ids[$0] }, prefix: prefix, page: page, pageSize: pageSize)
+                for position in listing.positions { displayListLine(id: ids[position], session: session) }
+                if let footer = listing.footer { sinks.display(footer) }
+                return
+            }
+            // Without a prefix only the page's own entries are read from the roster: position
+            // 0 is our own line, position p > 0 the roster's (p - 1)-th peer.
+            let listing = ListPage.make(count: roster.count + 1, id: { _ in selfID }, prefix: nil, page: page, pageSize: pageSize)
+            if let first = listing.positions.first {
+                let peers = roster.listed(from: max(0, first - 1), limit: listing.positions.count)
+                for position in listing.positions {
+                    let peerIndex = position - 1 - max(0, first - 1)
+                    guard position == 0 || peers.indices.contains(peerIndex) else { continue }
+                    displayListLine(id: position == 0 ? selfID : peers[peerIndex], session: session)
                 }
-                let id = index[position - 1]
-                guard let info = session.peer(id), let path = session.path(to: id) else {
-                    logger.warning("roster index lists an unknown peer", metadata: ["id": "\(id)"])
-                    continue
-                }
-                let pathText = info.dialect == .classic ? "classic" : "\(path)"
-                sinks.display("\(info.id) \(info.publicEndpoint) \(pathText)")
             }
             if let footer = listing.footer { sinks.display(footer) }
             return
@@ -396,26 +422,78 @@ public final class ChatClientService: DatagramDriver {
         if let footer = listing.footer { sinks.display(footer) }
     }
 
+    /// One `@show_list` line of the natchat/2 roster.
+    private func displayListLine(id: ClientID, session: ExtendedRouter) {
+        if id == configuration.id {
+            sinks.display("\(id) \(publicEndpoint.current.map { "\($0)" } ?? "?") (you; NAT: \(natKind))")
+            return
+        }
+        guard let info = session.peer(id), let path = session.path(to: id) else {
+            logger.warning("roster lists an unknown peer", metadata: ["id": "\(id)"])
+            return
+        }
+        sinks.display("\(info.id) \(info.publicEndpoint) \(info.dialect == .classic ? "classic" : "\(path)")")
+    }
+
+    /// Shows a page the server sent (past its roster limit), asking for the rest of it when
+    /// one datagram did not hold it all.
+    private func showListed(query: UInt32, total: Int, offset: Int, entries: [ListEntry], now: Instant) {
+        guard var pending = pendingListings.removeValue(forKey: query) else { return }
+        pending.entries += entries
+        pending.total = total
+        let first = max(0, (max(1, pending.page) - 1).multipliedReportingOverflow(by: pending.pageSize).partialValue)
+        let wanted = max(0, min(pending.pageSize, total - first))
+        if pending.entries.count < wanted, !entries.isEmpty,
+           let next = extended?.listIDs(prefix: pending.prefix ?? "", offset: first + pending.entries.count,
+                                        limit: wanted - pending.entries.count, now: now) {
+            pendingListings[next] = pending
+            return
+        }
+        for entry in pending.entries {
+            if entry.id == configuration.id {
+                sinks.display("\(entry.id) \(publicEndpoint.current.map { "\($0)" } ?? "?") (you; NAT: \(natKind))")
+                continue
+            }
+            let path = entry.dialect == .classic ? "classic" : "\(extended?.path(to: entry.id) ?? PathAgent.Path.none)"
+            sinks.display("\(entry.id) \(entry.publicEndpoint) \(path)")
+        }
+        if let footer = ListPage.footer(total: total, shown: pending.entries.count, first: first, prefix: pending.prefix,
+                                        page: max(1, pending.page), size: pending.pageSize) {
+            sinks.display(footer)
+        }
+    }
+
+    /// Peer IDs starting with `prefix` for Tab completion, sorted: from the roster held, or,
+    /// past the server's roster limit, from the server (when it does not answer in time, from
+    /// the peers held). `answer` is called once, on this service's event loop.
+    public func completePeerIDs(prefix: String, now: Instant, output: inout DatagramOutput,
+                                answer: @escaping @Sendable ([String]) -> Void) {
+        let limit = Self.completionLimit
+        switch mode {
+        case .negotiating:
+            answer([])
+        case .classic:
+            answer(Array(classicIndex.completionNames.lazy.filter { $0.hasPrefix(prefix) }.prefix(limit)))
+        case .extended:
+            guard let session = extended else { return answer([]) }
+            if session.roster.scope == .complete {
+                return answer(session.roster.completions(of: prefix, limit: limit).map(\.rawValue))
+            }
+            // Within the console's wait, so that a silent server still gives the peers held.
+            if let query = extended?.listIDs(prefix: prefix, offset: 0, limit: limit, within: .seconds(2), now: now) {
+                pendingCompletions[query] = (prefix, answer)
+            }
+            flushExtended(output: &output)
+        }
+    }
+
     private func chat(to id: ClientID, text: String, now: Instant, output: inout DatagramOutput) {
-        if mode == .extended, var session = extended {
-            guard let info = session.peer(id) else {
-                sinks.display("There is no \(id) in registration list.")
-                return
-            }
-            if info.dialect == .classic {
-                // Classic peers cannot answer checks: the seed's same-NAT rule decides, as it did.
-                let privateAddress = classicSameNATAddress(of: info)
-                let destination = privateAddress.map { Endpoint(address: $0, port: configuration.peerPrivatePort) }
-                    ?? info.publicEndpoint
-                output.send(ClassicMessage.chat(from: configuration.id, text: text).encode(), to: destination)
-                return
-            }
+        if mode == .extended, extended != nil {
             do {
-                try session.sendChat(to: id, text: text, now: now)
+                try extended?.sendChat(to: id, text: text, now: now)
             } catch {
                 sinks.display("* cannot send to \(id): too many messages waiting for acknowledgement")
             }
-            extended = session
             flushExtended(output: &output)
             return
         }
@@ -425,6 +503,14 @@ public final class ChatClientService: DatagramDriver {
         case .failure(.unknownPeer(let id)):
             sinks.display("There is no \(id) in registration list.")
         }
+    }
+
+    /// Sends a chat to a classic peer the natchat/2 roster holds: classic peers cannot answer
+    /// checks, so the seed's same-NAT rule picks the address, as it did.
+    private func sendClassicChat(to info: PeerInfo, text: String, output: inout DatagramOutput) {
+        let destination = classicSameNATAddress(of: info).map { Endpoint(address: $0, port: configuration.peerPrivatePort) }
+            ?? info.publicEndpoint
+        output.send(ClassicMessage.chat(from: configuration.id, text: text).encode(), to: destination)
     }
 
     // MARK: - Internals
@@ -446,12 +532,12 @@ public final class ChatClientService: DatagramDriver {
     }
 
     private func sendKeepAlive(now: Instant, output: inout DatagramOutput) {
-        if mode == .extended, var session = extended {
+        if mode == .extended, extended != nil {
             let id = configuration.id
             let kind = natKind
-            output.send(session.sessionMessage { .keepAlive(id: id, natKind: kind, counter: $0, tag: .zero) },
-                        to: configuration.server)
-            extended = session
+            if let bytes = extended?.sessionMessage({ .keepAlive(id: id, natKind: kind, counter: $0, tag: .zero) }) {
+                output.send(bytes, to: configuration.server)
+            }
         } else {
             output.send(ClassicMessage.keepAlive(configuration.id).encode(), to: configuration.server)
         }
@@ -483,10 +569,10 @@ public final class ChatClientService: DatagramDriver {
     }
 
     private func flushExtended(output: inout DatagramOutput) {
-        while let transmit = extended?.pollTransmit() { output.send(transmit.bytes, to: transmit.destination) }
-        while let event = extended?.pollEvent() {
-            trackExtendedRoster(event)
-            show(event)
+        while true {
+            while let transmit = extended?.pollTransmit() { output.send(transmit.bytes, to: transmit.destination) }
+            guard let event = extended?.pollEvent() else { return }
+            handle(event, output: &output)
         }
     }
 
@@ -495,30 +581,32 @@ public final class ChatClientService: DatagramDriver {
     private func trackClassicRoster(after message: ClassicMessage) {
         switch message {
         case .peer(let id, _):
-            if router.peer(id) != nil, classicIndex.add(id), id != configuration.id { rosterChanged = true }
+            if router.peer(id) != nil { classicIndex.add(id) }
         case .unregistered(let id, _), .offline(let id, _):
-            if router.peer(id) == nil, classicIndex.remove(id), id != configuration.id { rosterChanged = true }
+            if router.peer(id) == nil { classicIndex.remove(id) }
         default:
             break
         }
     }
 
-    /// Mirrors in `extendedIndex` a join or leave: the extended table adds a peer only with
-    /// `.joined` and removes one only with `.left`.
-    private func trackExtendedRoster(_ event: ExtendedRouter.Event) {
+    private func handle(_ event: ExtendedRouter.Event, output: inout DatagramOutput) {
         switch event {
-        case .joined(let info):
-            if extendedIndex.add(info.id) { rosterChanged = true }
-        case .left(let id, _, _):
-            if extendedIndex.remove(id) { rosterChanged = true }
-        default:
-            break
-        }
-    }
-
-    private func show(_ event: ExtendedRouter.Event) {
-        switch event {
-        case .joined(let info):
+        case .joined(let info, let arrival):
+            switch arrival {
+            case .registered:
+                break
+            case .listed:
+                // A listing (the roster on registering, or again after a gap) is shown in part:
+                // past a screenful the rest is summed up when it is whole.
+                guard listingJoinsShown < Self.joinLinesPerListing else {
+                    listingJoinsHidden += 1
+                    return
+                }
+                listingJoinsShown += 1
+            case .answered:
+                // The user asked (a chat to it), or it contacted us: no news to announce.
+                return
+            }
             sinks.display("* \(info.id) joined (\(info.publicEndpoint))\(info.dialect == .classic ? " [classic]" : "")")
             if info.dialect == .classic, let address = classicSameNATAddress(of: info) {
                 sinks.display("* \(info.id) is behind the same NAT (private \(address))")
@@ -527,12 +615,42 @@ public final class ChatClientService: DatagramDriver {
             logger.debug("peer updated", metadata: ["id": "\(info.id)", "public": "\(info.publicEndpoint)"])
         case .left(let id, let reason, let endpoint):
             sinks.display("* \(id) is \(reason == .offline ? "off-line" : "unregistered") \(endpoint)")
+        case .rosterScopeChanged(.interest, let registered):
+            sinks.display("* \(registered) clients are registered: the list is no longer followed; @show_list and Tab ask the server")
+        case .rosterScopeChanged(.complete, let registered):
+            sinks.display("* \(registered) clients are registered: following the whole list again")
+        case .rosterSynced:
+            if listingJoinsHidden > 0 {
+                sinks.display("* and \(listingJoinsHidden) more online; @show_list lists them")
+            }
+            listingJoinsShown = 0
+            listingJoinsHidden = 0
         case .chat(let from, let text, _):
             sinks.display("From \(from) [\(text)]")
         case .delivered(let to, _, _):
             sinks.display("* delivered to \(to)")
-        case .undelivered(let to, let text):
+        case .undelivered(let to, let text, .serverSilent):
+            sinks.display("* NOT delivered to \(to): \"\(text)\" (the server did not answer whether \(to) is registered)")
+        case .undelivered(let to, let text, _):
             sinks.display("* NOT delivered to \(to): \"\(text)\"")
+        case .noSuchPeer(let id, _):
+            sinks.display("There is no \(id) in registration list.")
+        case .lookupPending(let id):
+            sinks.display("* the server has not answered yet whether \(id) is registered; still asking")
+        case .classicChatDue(let info, let text):
+            sendClassicChat(to: info, text: text, output: &output)
+        case .listAnswered(let query, let total, let offset, let entries):
+            if let completion = pendingCompletions.removeValue(forKey: query) {
+                completion.answer(entries.map(\.id.rawValue).filter { $0 != configuration.id.rawValue && $0.hasPrefix(completion.prefix) })
+            } else {
+                showListed(query: query, total: total, offset: offset, entries: entries, now: lastNow)
+            }
+        case .listUnanswered(let query):
+            if let completion = pendingCompletions.removeValue(forKey: query) {
+                completion.answer(extended?.roster.completions(of: completion.prefix, limit: Self.completionLimit).map(\.rawValue) ?? [])
+            } else if pendingListings.removeValue(forKey: query) != nil {
+                sinks.display("* the server did not answer @show_list; try again")
+            }
         case .pathChanged(let id, let path):
             sinks.display("* path to \(id): \(path)")
         case .keyChanged(let id):

@@ -38,7 +38,8 @@ struct ListPage: Hashable, Sendable {
                         footer: footer(total: total, shown: positions.count, first: first, prefix: prefix, page: requested, size: size))
     }
 
-    private static func footer(total: Int, shown: Int, first: Int, prefix: String?, page: Int, size: Int) -> String? {
+    /// The line under a page: `first` is the index of its first entry among `total`.
+    static func footer(total: Int, shown: Int, first: Int, prefix: String?, page: Int, size: Int) -> String? {
         let pages = max(1, total / size + (total % size == 0 ? 0 : 1))
         let matching = prefix.map { " starting with \($0)" } ?? ""
         if total == 0, let prefix { return "-- no ID starts with \(prefix) --" }

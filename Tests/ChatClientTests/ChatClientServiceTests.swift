@@ -4,6 +4,7 @@ import Identity
 import Logging
 import MonotonicTime
 import NIOCore
+import Roster
 import Synchronization
 import Transport
 import Wire
@@ -18,12 +19,10 @@ private let stranger = ep("192.0.2.66:6666")
 
 /// Collects what the service tells the user, from any thread.
 private final class Recorder: Sendable {
-    private let state = Mutex<(lines: [String], peers: [[String]], refusals: [String])>(([], [], []))
+    private let state = Mutex<(lines: [String], refusals: [String])>(([], []))
     var lines: [String] { state.withLock { $0.lines } }
-    var peers: [[String]] { state.withLock { $0.peers } }
     var refusals: [String] { state.withLock { $0.refusals } }
     func display(_ line: String) { state.withLock { $0.lines.append(line) } }
-    func peersChanged(_ ids: [String]) { state.withLock { $0.peers.append(ids) } }
     func refused(_ text: String) { state.withLock { $0.refusals.append(text) } }
     func takeLines() -> [String] { state.withLock { s in defer { s.lines.removeAll() }; return s.lines } }
 }
@@ -42,9 +41,7 @@ private struct Client {
             offerExtended: offerExtended, listPageSize: listPageSize)
         service = ChatClientService(
             configuration: configuration,
-            sinks: .init(display: { recorder.display($0) },
-                         peersChanged: { recorder.peersChanged($0) },
-                         registrationRefused: { recorder.refused($0) }),
+            sinks: .init(display: { recorder.display($0) }, registrationRefused: { recorder.refused($0) }),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
     }
 
@@ -104,6 +101,28 @@ private struct Client {
         client.receive("alice@private:10.0.0.5", at: at(0))
         return client
     }
+}
+
+/// What Tab offers for `prefix` when the answer comes at once (from the roster held).
+private func completions(_ service: ChatClientService, _ prefix: String, at now: Instant = at(5)) -> [String]? {
+    let answer = Mutex<[String]?>(nil)
+    var output = DatagramOutput()
+    service.completePeerIDs(prefix: prefix, now: now, output: &output) { ids in answer.withLock { $0 = ids } }
+    return answer.withLock { $0 }
+}
+
+/// A roster datagram from the server with `records` (versions from `version` up).
+private func rosterDelta(_ sequence: UInt32, _ records: [RosterRecord], synced: Bool = false, scope: RosterScope = .complete,
+                         registered: UInt32 = 0) -> ExtendedMessage {
+    .roster(RosterDelta(epoch: 1, sequence: sequence, version: records.map(\.version).max() ?? 0, registered: registered,
+                        scope: scope, synced: synced, records: records))
+}
+
+private let someKeys = IdentityKey().publicKeys
+
+private func present(_ name: String, _ endpoint: Endpoint, version: UInt64, order: UInt64? = nil) -> RosterRecord {
+    .present(RosterEntry(info: PeerInfo(id: id(name), publicEndpoint: endpoint, keys: someKeys), order: order ?? version,
+                         version: version))
 }
 
 private func same(_ actual: [(Endpoint, String)], _ expected: [(Endpoint, String)]) -> Bool {
@@ -189,13 +208,15 @@ struct ChatClientRegistrationTests {
         #expect(client.recorder.lines == ["* registered as alice (public 203.0.113.7:40001); no other clients online"])
     }
 
-    @Test func peersChangedIsReportedForCompletion() {
+    @Test func completionFollowsTheClassicRoster() {
         let client = Client.registered()
-        #expect(client.recorder.peers == [["bob"], ["bob", "carol"]])
+        #expect(completions(client.service, "") == ["bob", "carol"])
         client.receive("aaron 192.0.2.1:1", at: at(1))
         client.receive("carol is off-line 198.51.100.9:50000", at: at(2))
         client.receive("aaron@private:10.0.0.9", at: at(3)) // no change to the ID list
-        #expect(client.recorder.peers == [["bob"], ["bob", "carol"], ["aaron", "bob", "carol"], ["aaron", "bob"]])
+        #expect(completions(client.service, "") == ["aaron", "bob"])
+        #expect(completions(client.service, "b") == ["bob"])
+        #expect(completions(client.service, "z") == [])
     }
 
     @Test func refusalStopsTheRetries() {
@@ -403,8 +424,7 @@ private struct ExtendedClient {
                                                             identity: identity, offerExtended: true, listPageSize: listPageSize)
         service = ChatClientService(
             configuration: configuration,
-            sinks: .init(display: { recorder.display($0) }, peersChanged: { recorder.peersChanged($0) },
-                         registrationRefused: { recorder.refused($0) }),
+            sinks: .init(display: { recorder.display($0) }, registrationRefused: { recorder.refused($0) }),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
     }
 
@@ -414,9 +434,10 @@ private struct ExtendedClient {
                                  nonce: nonce, id: Self.alice)!
     }
 
-    func registered(nonce: Token128) -> ExtendedMessage {
+    /// The server's answer to the registration that echoed `cookie`.
+    func registered(nonce: Token128, cookie: Token128) -> ExtendedMessage {
         .registered(serverKey: serverKey.publicKeys.agreement, publicEndpoint: A, keepAliveMillis: 10_000, alternatePort: 0,
-                    nonce: nonce)
+                    nonce: nonce, cookie: cookie)
     }
 
     func start(at now: Instant) -> [(Endpoint, [UInt8])] {
@@ -473,7 +494,7 @@ private struct ExtendedClient {
         } else {
             Issue.record("no registration: \(registration.map(\.1))")
         }
-        client.receive(client.registered(nonce: nonce), at: at(0))
+        client.receive(client.registered(nonce: nonce, cookie: cookie), at: at(0))
         #expect(client.service.mode == .extended)
         #expect(client.service.isRegistered)
         #expect(client.recorder.lines.first == "* registered as alice (public 203.0.113.7:40001); natchat/2, key \(client.identity.fingerprint)")
@@ -510,7 +531,7 @@ struct ChatClientExtendedSessionTests {
         #expect(client.service.isRegistered)
         // The server repeats its answer to the same registration (same nonce): the session
         // goes on with the same key and counter, silently.
-        #expect(ExtendedClient.extended(client.receive(client.registered(nonce: nonce1), at: at(12))).isEmpty)
+        #expect(ExtendedClient.extended(client.receive(client.registered(nonce: nonce1, cookie: cookie1), at: at(12))).isEmpty)
         #expect(client.recorder.lines == [])
         let next = try #require(ExtendedClient.keepAlives(client.timeout(at: at(22))).last)
         #expect(next.counter == lastCounter + 1)
@@ -553,7 +574,7 @@ struct ChatClientExtendedSessionTests {
             Issue.record("no registration"); return
         }
         #expect(echoed == cookie2)
-        client.receive(client.registered(nonce: nonce2), at: at(12))
+        client.receive(client.registered(nonce: nonce2, cookie: cookie2), at: at(12))
         #expect(client.recorder.takeLines() == ["* registered again as alice (public 203.0.113.7:40001)"])
         let at20 = client.timeout(at: at(20))
         #expect(offers(at20).isEmpty) // no more retries
@@ -581,7 +602,7 @@ struct ChatClientExtendedSessionTests {
         _ = client.recorder.takeLines()
         #expect(!client.receive(.unknownSession(ExtendedClient.alice, echo: oldTag), at: at(11)).isEmpty)
         _ = client.receive(.challenge(cookie: cookie2), at: at(11))
-        client.receive(client.registered(nonce: nonce2), at: at(11))
+        client.receive(client.registered(nonce: nonce2, cookie: cookie2), at: at(11))
         #expect(client.recorder.takeLines() == ["* the server lost our session; registering again",
                                                 "* registered again as alice (public 203.0.113.7:40001)"])
         let late = client.receive(.unknownSession(ExtendedClient.alice, echo: oldTag), at: at(12))
@@ -590,16 +611,100 @@ struct ChatClientExtendedSessionTests {
         #expect(client.recorder.lines == [])
     }
 
-    @Test func peersChangedFollowsJoinsAndLeaves() {
+    @Test func completionFollowsRosterDeltas() {
         let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
-        #expect(client.recorder.peers == [])
-        client.receive(.peer(PeerInfo(id: id("carol"), publicEndpoint: C)), at: at(1))
-        client.receive(.peer(PeerInfo(id: id("bob"), publicEndpoint: B)), at: at(1))
-        client.receive(.peer(PeerInfo(id: id("bob"), publicEndpoint: A)), at: at(2)) // moved: same IDs
-        client.receive(.peer(PeerInfo(id: id("dave"), publicEndpoint: A)), from: stranger, at: at(2)) // not from the server
-        client.receive(.peerLeft(id("carol"), reason: .offline, publicEndpoint: C), at: at(3))
-        client.receive(.peerLeft(id("carol"), reason: .offline, publicEndpoint: C), at: at(3)) // gone already
-        #expect(client.recorder.peers == [["carol"], ["bob", "carol"], ["bob"]])
+        #expect(completions(client.service, "") == [])
+        client.receive(rosterDelta(1, [present("carol", C, version: 1), present("bob", B, version: 2)]), at: at(1))
+        client.receive(rosterDelta(2, [present("bob", A, version: 3)]), at: at(2)) // moved: same IDs
+        client.receive(rosterDelta(3, [present("dave", A, version: 4)]), from: stranger, at: at(2)) // not from the server
+        #expect(completions(client.service, "") == ["bob", "carol"])
+        let gone = rosterDelta(4, [.absent(id("carol"), version: 5, reason: .offline, publicEndpoint: C)])
+        client.receive(gone, at: at(3))
+        client.receive(gone, at: at(3)) // gone already
+        #expect(completions(client.service, "") == ["bob"])
+        // Before the feed said it is whole, joins are the listing (shown, up to a screenful).
+        #expect(client.recorder.takeLines().filter { $0.contains("carol") }
+                == ["* carol joined (198.51.100.9:50000)", "* carol is off-line 198.51.100.9:50000"])
+    }
+
+    /// Every roster datagram is acknowledged (with the bitmap of those before it), under the
+    /// session, to the server.
+    @Test func rosterDeltasAreAcknowledged() throws {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        let key = client.sessionKey(cookie: cookie1, nonce: nonce1)
+        var acks: [(UInt32, UInt64)] = []
+        for sequence: UInt32 in [1, 3, 2] {
+            for (destination, message, bytes) in ExtendedClient.extended(client.receive(rosterDelta(sequence, []), at: at(1))) {
+                guard case .rosterAck(_, let largest, let received, _, _) = message else { continue }
+                #expect(destination == S)
+                #expect(SessionCrypto.verifyAuthenticated(bytes, key: key))
+                acks.append((largest, received))
+            }
+        }
+        #expect(acks.map(\.0) == [1, 3, 3])
+        #expect(acks.map(\.1) == [0, 0b10, 0b11])
+    }
+
+    /// A chat to an ID the roster does not hold asks the server; it goes out only when the
+    /// server answers, and only the server's "no" is reported as "There is no".
+    @Test func chatToAnUnknownIDAsksTheServerFirst() throws {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        _ = client.recorder.takeLines()
+        var output = DatagramOutput()
+        #expect(client.service.handle(.chat(to: id("bob"), text: "hi"), now: at(1), output: &output))
+        let asked = ExtendedClient.extended(ExtendedClient.raw(output))
+        guard case .lookup(_, let query, let peer, _, _)? = asked.first?.1 else {
+            Issue.record("no look-up: \(asked.map(\.1))"); return
+        }
+        #expect(peer == id("bob") && asked.count == 1)
+        #expect(client.recorder.lines.isEmpty, "nothing is decided on the client's say-so")
+        // Unanswered: asked again with backoff, and the user is told after 3 s.
+        let again = ExtendedClient.extended(client.timeout(at: at(1) + .milliseconds(400)))
+        #expect(again.contains { if case .lookup(_, query, id("bob"), _, _) = $0.1 { true } else { false } })
+        _ = client.timeout(at: at(4))
+        #expect(client.recorder.takeLines() == ["* the server has not answered yet whether bob is registered; still asking"])
+        // The server says bob is registered: the chat goes out (to the relay first).
+        let bob = IdentityKey()
+        let entry = RosterEntry(info: PeerInfo(id: id("bob"), publicEndpoint: B, keys: bob.publicKeys), order: 3, version: 9)
+        let sent = ExtendedClient.extended(client.receive(.lookupResult(query: query, epoch: 1, version: 9, peer: id("bob"), found: entry),
+                                                          at: at(5)))
+        #expect(sent.contains { if case .relay(_, id("bob"), _, _, _) = $0.1 { true } else { false } })
+        #expect(sent.contains { if case .connect(_, id("bob"), _, _) = $0.1 { true } else { false } })
+        #expect(!client.recorder.lines.contains { $0.hasPrefix("There is no") })
+
+        // An ID the server does not know: "There is no" only then.
+        var second = DatagramOutput()
+        _ = client.service.handle(.chat(to: id("zed"), text: "anyone?"), now: at(6), output: &second)
+        guard case .lookup(_, let zedQuery, _, _, _)? = ExtendedClient.extended(ExtendedClient.raw(second)).first?.1 else {
+            Issue.record("no look-up for zed"); return
+        }
+        _ = client.recorder.takeLines()
+        client.receive(.lookupResult(query: zedQuery, epoch: 1, version: 10, peer: id("zed"), found: nil), at: at(6))
+        #expect(client.recorder.takeLines() == ["There is no zed in registration list."])
+        // An answer to a question not asked (or asked again since) changes nothing.
+        client.receive(.lookupResult(query: zedQuery, epoch: 1, version: 10, peer: id("zed"), found: nil), at: at(6))
+        #expect(client.recorder.lines.isEmpty)
+    }
+
+    /// When the server never answers, the chat is reported undelivered at its deadline,
+    /// saying why; the look-up stops.
+    @Test func silentServerMeansNotDeliveredAtTheDeadline() {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        var output = DatagramOutput()
+        _ = client.service.handle(.chat(to: id("bob"), text: "hello?"), now: at(1), output: &output)
+        var lookups = 1
+        var now = at(1)
+        for _ in 0..<10_000 {
+            guard let deadline = client.service.nextDeadline(), deadline <= at(40) else { break }
+            now = max(now, deadline)
+            lookups += ExtendedClient.extended(client.timeout(at: now)).filter { if case .lookup = $0.1 { true } else { false } }.count
+        }
+        #expect(client.service.nextDeadline().map { $0 > at(40) } ?? true, "timers never settled")
+        let lines = client.recorder.takeLines()
+        #expect(lines.contains("* NOT delivered to bob: \"hello?\" (the server did not answer whether bob is registered)"))
+        #expect(!lines.contains { $0.hasPrefix("There is no") })
+        // 400 ms doubling to 2 s for 30 s: about 17 tries, then no more.
+        #expect((10...20).contains(lookups), "\(lookups) look-ups")
     }
 
     @Test func unknownSessionBeforeAnySessionMessageIsIgnored() {
@@ -746,7 +851,10 @@ struct ChatClientShowListPageTests {
         func endpoint(_ i: Int) -> Endpoint {
             Endpoint(address: IPv4Address(10, 1, UInt8(i / 256), UInt8(i % 256)), port: 4000)
         }
-        for i in 0..<count { client.receive(.peer(PeerInfo(id: id("peer\(i)"), publicEndpoint: endpoint(i))), at: at(1)) }
+        for start in stride(from: 0, to: count, by: 10) {
+            let records = (start..<min(count, start + 10)).map { present("peer\($0)", endpoint($0), version: UInt64($0 + 1)) }
+            client.receive(rosterDelta(UInt32(start / 10 + 1), records), at: at(1))
+        }
         _ = client.recorder.takeLines()
         func show(_ command: Command) -> [String] {
             var output = DatagramOutput()
@@ -774,9 +882,9 @@ struct ChatClientShowListPageTests {
         #expect(Array(ones[100..<150].prefix(12)) == Array(189...199) + [1000])
 
         // Leaves close the gaps; the numbers follow.
-        for i in 0..<10 {
-            client.receive(.peerLeft(id("peer\(i)"), reason: .unregistered, publicEndpoint: endpoint(i)), at: at(3))
-        }
+        client.receive(rosterDelta(1_000, (0..<10).map {
+            .absent(id("peer\($0)"), version: UInt64(20_000 + $0), reason: .unregistered, publicEndpoint: endpoint($0))
+        }), at: at(3))
         _ = client.recorder.takeLines()
         #expect(show(.showList()) == [selfLine] + peerLines(10..<59)
             + ["-- 1-50 of 9991; @show_list 2 for the next page, @show_list <prefix> to filter --"])
