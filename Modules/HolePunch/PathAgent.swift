@@ -8,15 +8,27 @@ import Wire
 /// from ``nextDeadline``.
 ///
 /// - Every candidate (private endpoints, the public endpoint the server saw, and any
-///   address a valid ping came from) is checked with a ping carrying a transaction ID,
-///   both IDs and the pair token; the first pong whose source is the pinged endpoint makes
-///   that endpoint the path (a private one replaces a public one if it verifies later).
+///   address a valid ping came from) is checked with a ping carrying a fresh transaction
+///   ID, both IDs and the pair token. A pong counts only when it answers one of our own
+///   outstanding checks and comes from the endpoint that check went to; each transaction
+///   counts once.
+/// - A candidate becomes the path after ``Configuration/confirmationsToSelect`` (2) answered
+///   checks: after the first pong a follow-up check goes to that endpoint at once, and its
+///   pong selects it. This holds for the first direct path, for going back to direct after
+///   the relay, and for switching to a better kind while direct (private beats public).
 /// - Checks repeat with backoff until a round deadline. A failed round leaves the peer on
 ///   the relay and asks the server for another round after a cool-down (growing), and only
 ///   while someone is still talking to the peer.
-/// - On a direct path, keep-alive pings hold the NAT mappings; three missed in a row (or a
-///   suspicion from unacknowledged chat plus two quick misses) lose the path: back to the
-///   relay and punching starts again.
+/// - On a direct path the agent keeps *consent* in the manner of RFC 7675: consent checks
+///   every ``Configuration/keepAliveInterval`` hold the NAT mappings open, and only a pong
+///   answering one of them refreshes the path's liveness. A check unanswered for
+///   ``Configuration/keepAliveAnswerTimeout`` makes the path suspect: checks then go out
+///   every ``Configuration/suspectCheckInterval`` until one is answered. The path is lost
+///   (back to the relay, punching starts again) only when no check was answered for
+///   ``Configuration/consentTimeout`` *and* the last ``Configuration/missesToLosePath``
+///   checks in a row went unanswered. Nothing the peer sends unasked (a ping, a chat, an
+///   ack) refreshes consent: any of those could be a captured datagram re-sent from the
+///   peer's address, whereas a pong to a fresh transaction cannot be prepared in advance.
 /// - When both NATs make punching hopeless (see ``PunchFeasibility``) only private
 ///   candidates are checked and the peer stays on the relay.
 public struct PathAgent: Sendable {
@@ -78,9 +90,43 @@ public struct PathAgent: Sendable {
         public var firstCheckInterval: Duration = .milliseconds(100)
         public var maxCheckInterval: Duration = .milliseconds(800)
         public var roundDuration: Duration = .seconds(6)
+        /// How often a direct path is checked while checks are answered (RFC 7675's Tr). The
+        /// checks also hold the NAT mappings open: Linux keeps an idle UDP entry 30 s.
         public var keepAliveInterval: Duration = .seconds(5)
+        /// A check unanswered this long is a miss, and the path becomes suspect. Round trips
+        /// between peers are far shorter; 1.5 s leaves room for a busy peer or a slow link.
         public var keepAliveAnswerTimeout: Duration = .milliseconds(1500)
-        public var missesToLosePath = 3
+        /// How often a suspect path is checked (several checks may be outstanding; any
+        /// answered one restores consent). 500 ms puts 18 checks into the consent window
+        /// (one at 5 s, then 6.5, 7, … 14.5 s after the last answer); see ``consentTimeout``
+        /// for what that buys. It costs two small datagrams a second, and only until a check
+        /// is answered.
+        public var suspectCheckInterval: Duration = .milliseconds(500)
+        /// A direct path is given up only when no check was answered for this long (RFC
+        /// 7675's consent timeout, which is 30 s there) *and* the last ``missesToLosePath``
+        /// checks in a row went unanswered.
+        ///
+        /// 15 s because chat does not wait for the verdict: retransmissions alternate
+        /// between the direct path and the relay, so a path that died costs each message one
+        /// retransmission timeout (400 ms) until it is given up, and the sooner it is, the
+        /// sooner a new round can find a working one. It is three keep-alive intervals.
+        ///
+        /// False loss: a check's round trip crosses both hosts' edges twice, so with loss
+        /// *p* on each edge it fails with probability 1 − (1 − *p*)⁴. A working path is lost
+        /// only when all 18 checks of a window fail: at 20 % per edge that is
+        /// 0.59¹⁸ ≈ 7.6 × 10⁻⁵ per keep-alive interval, about once in 18 hours per direction
+        /// (with a check every second instead, 10 checks: 0.59¹⁰ ≈ 0.5 %, one flap every
+        /// 16 minutes; the earlier rule of three misses in a row: 0.59³ ≈ 21 %, several a
+        /// minute). At 10 % per edge it is ≈ 5 × 10⁻⁹.
+        public var consentTimeout: Duration = .seconds(15)
+        /// At least this many checks in a row must have gone unanswered before the path is
+        /// lost, however long the silence: after a process sleep or a stalled timer the
+        /// path is checked again before it is given up, not dropped on the clock alone.
+        public var missesToLosePath = 5
+        /// Answered checks to one endpoint before it becomes the path (two: one pong may be
+        /// a fluke of a path that is about to fail, and with the follow-up check sent at once
+        /// the second costs one round trip).
+        public var confirmationsToSelect = 2
         /// Cool-downs between failed rounds (the last repeats). Longer than a NAT's UDP
         /// conntrack timeout (30 s on Linux): a stray entry that a check left on a NAT
         /// without a WAN firewall must expire before the next round, whose first mover is
@@ -102,10 +148,31 @@ public struct PathAgent: Sendable {
         /// Asked the server for a round; waiting for its punch message.
         case awaitingPunch(since: Instant)
         case punching(round: UInt32, startAt: Instant, deadline: Instant, nextCheck: Instant, interval: Duration)
-        case connected(lastHeard: Instant, nextPing: Instant, misses: Int, awaitingSince: Instant?)
+        case connected(Consent)
         case coolingDown(until: Instant)
         /// Punching cannot work between these NATs (and no private candidate answered).
         case relayOnly
+    }
+
+    /// Consent to send on the direct path (RFC 7675), kept while ``Phase/connected(_:)``.
+    struct Consent: Hashable, Sendable {
+        /// When a pong last answered one of our checks to the path (or the path was selected).
+        var lastConsent: Instant
+        /// When the next check to the path goes out.
+        var nextCheck: Instant
+        /// When the last check to the path went out.
+        var lastCheck: Instant?
+        /// Send times of the checks to the path sent since the last answer and not yet missed.
+        var pending: [Instant] = []
+        /// Checks in a row that went unanswered for ``Configuration/keepAliveAnswerTimeout``.
+        var misses = 0
+        /// Checking every ``Configuration/suspectCheckInterval`` until an answer comes.
+        var suspect = false
+
+        init(now: Instant, nextCheck: Instant) {
+            lastConsent = now
+            self.nextCheck = nextCheck
+        }
     }
 
     public let selfID: ClientID
@@ -117,6 +184,8 @@ public struct PathAgent: Sendable {
     private var candidates: [Candidate] = []
     private var outstanding: [UInt64: (endpoint: Endpoint, sentAt: Instant)] = [:]
     private var lastTriggered: [Endpoint: Instant] = [:]
+    /// Answered checks per endpoint that is not (yet) the path, towards ``Configuration/confirmationsToSelect``.
+    private var confirmations: [Endpoint: Int] = [:]
     private var nextTransaction: UInt64
     private var failedRounds = 0
     private var lastInterest: Instant?
@@ -193,21 +262,21 @@ public struct PathAgent: Sendable {
 
     /// A ping from the peer that the caller verified (addressed to us, from the peer, with a
     /// valid tag) arrived from `source`: answer it, and check `source` back.
+    ///
+    /// A ping never refreshes consent on the direct path, even from its endpoint: a ping
+    /// captured earlier and re-sent with the peer's address as its source verifies just
+    /// as well, so it proves nothing about the path now. Only our own checks' pongs do.
     public mutating func handlePing(transaction: UInt64, from source: Endpoint, now: Instant) {
         armed = true
         transmits.append((.pong(transaction: transaction, observed: source), source))
         // At most one triggered check per source per check interval: without this, two
         // sources that both work would trigger checks at each other for ever.
         let checkPending = lastTriggered[source].map { now - $0 < configuration.firstCheckInterval } ?? false
-        if case .connected(_, let nextPing, let misses, let awaiting) = phase {
-            if directEndpoint == source {
-                phase = .connected(lastHeard: now, nextPing: nextPing, misses: misses, awaitingSince: awaiting)
-                return
-            }
+        if case .connected = phase {
+            if directEndpoint == source { return }
             // Already direct elsewhere: check this source back only if it would be a better
             // path and no check to it is in flight (else two working paths ping-pong forever).
-            let kind = candidates.first(where: { $0.endpoint == source })?.kind ?? .peerReflexive
-            if case .direct(_, let currentKind) = path, kind > currentKind, !checkPending {
+            if case .direct(_, let currentKind) = path, kind(of: source) > currentKind, !checkPending {
                 triggerCheck(to: source, now: now)
             }
             return
@@ -221,42 +290,63 @@ public struct PathAgent: Sendable {
         if case .coolingDown = phase { startImplicitRound(now: now) }
     }
 
-    /// A pong the caller verified arrived from `source`.
+    /// A pong the caller verified arrived from `source`. It counts only if it answers one
+    /// of our outstanding checks (each transaction once; a replay of an answered one does
+    /// nothing), sent to `source` no longer than ``Configuration/consentTimeout`` ago.
     public mutating func handlePong(transaction: UInt64, from source: Endpoint, now: Instant) {
-        guard let sent = outstanding.removeValue(forKey: transaction), sent.endpoint == source else { return }
-        let kind = candidates.first(where: { $0.endpoint == source })?.kind ?? .peerReflexive
-        switch phase {
-        case .connected(let heard, let nextPing, let misses, let awaiting):
-            if let current = directEndpoint, current != source {
-                guard case .direct(_, let currentKind) = path, kind > currentKind else {
-                    // A pong on another path says nothing about the current one: keep counting its misses.
-                    phase = .connected(lastHeard: heard, nextPing: nextPing, misses: misses, awaitingSince: awaiting)
-                    return
+        guard let sent = outstanding.removeValue(forKey: transaction), sent.endpoint == source,
+              now - sent.sentAt <= configuration.consentTimeout
+        else { return }
+        let kind = kind(of: source)
+        if case .connected(var consent) = phase {
+            if source == directEndpoint {
+                // Fresh proof that the path works: consent restored.
+                consent.lastConsent = now
+                consent.misses = 0
+                consent.pending = []
+                if consent.suspect {
+                    consent.suspect = false
+                    consent.nextCheck = (consent.lastCheck ?? now) + configuration.keepAliveInterval
                 }
-                setPath(.direct(source, kind))
+                phase = .connected(consent)
+                return
             }
-            phase = .connected(lastHeard: now, nextPing: nextPing, misses: 0, awaitingSince: nil)
-        default:
-            setPath(.direct(source, kind))
+            // A pong on another path says nothing about the current one; it may select a
+            // better one (once confirmed).
+            guard case .direct(_, let currentKind) = path, kind > currentKind, confirm(source, now: now) else { return }
+            select(source, kind: kind, now: now)
+            return
+        }
+        if source == directEndpoint {
+            // Punching again while still direct (the peer asked for a round): its path is
+            // answering, so it stays; no change to show.
             failedRounds = 0
-            phase = .connected(lastHeard: now, nextPing: now + configuration.keepAliveInterval, misses: 0, awaitingSince: nil)
+            phase = .connected(Consent(now: now, nextCheck: now + configuration.keepAliveInterval))
+            return
         }
+        guard confirm(source, now: now) else { return }
+        failedRounds = 0
+        select(source, kind: kind, now: now)
     }
 
-    /// Traffic from the peer arrived on the direct path (a chat, an ack): it is alive.
-    public mutating func noteHeard(from source: Endpoint, now: Instant) {
-        guard case .connected(_, let nextPing, _, _) = phase, directEndpoint == source else { return }
-        phase = .connected(lastHeard: now, nextPing: nextPing, misses: 0, awaitingSince: nil)
-    }
+    /// Traffic from the peer (a chat, an ack) arrived from `source`.
+    ///
+    /// Deliberately does nothing for the path: such a datagram may be a capture re-sent
+    /// with a spoofed source, so it is no proof that the path works now (RFC 7675 refreshes
+    /// consent only with answers to its own checks, and so does this agent). Kept so that
+    /// callers can report traffic without knowing that.
+    public mutating func noteHeard(from source: Endpoint, now: Instant) {}
 
-    /// A chat sent on the direct path went unacknowledged: check the path now.
+    /// A chat sent on the direct path went unacknowledged: start checking the path now and
+    /// every ``Configuration/suspectCheckInterval`` until a check is answered. The bounds
+    /// for losing the path stay as they are: a retransmission is no proof of loss (the
+    /// chat or its ack may just have been dropped).
     public mutating func suspectPath(now: Instant) {
-        guard case .connected(let heard, _, let misses, let awaiting) = phase else { return }
-        if awaiting == nil {
-            phase = .connected(lastHeard: heard, nextPing: now, misses: max(misses, configuration.missesToLosePath - 2),
-                               awaitingSince: nil)
-            runTimers(now: now)
-        }
+        guard case .connected(var consent) = phase, !consent.suspect else { return }
+        consent.suspect = true
+        consent.nextCheck = consent.lastCheck.map { max(now, $0 + configuration.suspectCheckInterval) } ?? now
+        phase = .connected(consent)
+        runTimers(now: now)
     }
 
     /// The peer left or the server session was lost: forget everything.
@@ -265,6 +355,7 @@ public struct PathAgent: Sendable {
         armed = false
         candidates = []
         outstanding = [:]
+        confirmations = [:]
         failedRounds = 0
         if path != .none { setPath(.none) }
     }
@@ -278,8 +369,11 @@ public struct PathAgent: Sendable {
         case .idle, .relayOnly: nil
         case .awaitingPunch(let since): since + .seconds(3)
         case .punching(_, _, let deadline, let nextCheck, _): min(deadline, nextCheck)
-        case .connected(_, let nextPing, _, let awaiting):
-            awaiting.map { min($0 + configuration.keepAliveAnswerTimeout, nextPing) } ?? nextPing
+        case .connected(let consent):
+            [consent.nextCheck,
+             consent.pending.first.map { $0 + configuration.keepAliveAnswerTimeout },
+             consent.misses >= configuration.missesToLosePath ? consent.lastConsent + configuration.consentTimeout : nil]
+                .compactMap { $0 }.min()
         case .coolingDown(let until): until
         }
     }
@@ -326,28 +420,27 @@ public struct PathAgent: Sendable {
             for candidate in candidates { sendCheck(to: candidate.endpoint, now: now) }
             let next = min(interval * 3 / 2, configuration.maxCheckInterval)
             phase = .punching(round: round, startAt: startAt, deadline: deadline, nextCheck: now + interval, interval: next)
-        case .connected(let heard, let nextPing, let misses, let awaiting):
-            var misses = misses
-            var awaiting = awaiting
-            if let since = awaiting, now >= since + configuration.keepAliveAnswerTimeout {
-                misses += 1
-                awaiting = nil
-                if misses >= configuration.missesToLosePath {
-                    losePath(now: now)
-                    return
+        case .connected(var consent):
+            while let sentAt = consent.pending.first, now >= sentAt + configuration.keepAliveAnswerTimeout {
+                consent.pending.removeFirst()
+                consent.misses += 1
+                if !consent.suspect {
+                    // Missed one: check often until one is answered.
+                    consent.suspect = true
+                    consent.nextCheck = consent.lastCheck.map { max(now, $0 + configuration.suspectCheckInterval) } ?? now
                 }
-                // Missed one: check again soon rather than a whole interval later.
-                phase = .connected(lastHeard: heard, nextPing: now, misses: misses, awaitingSince: nil)
-                runTimers(now: now)
+            }
+            if consent.misses >= configuration.missesToLosePath, now >= consent.lastConsent + configuration.consentTimeout {
+                losePath(now: now)
                 return
             }
-            if awaiting == nil, now >= nextPing, let endpoint = directEndpoint {
+            if now >= consent.nextCheck, let endpoint = directEndpoint {
                 sendCheck(to: endpoint, now: now)
-                phase = .connected(lastHeard: heard, nextPing: now + configuration.keepAliveInterval, misses: misses,
-                                   awaitingSince: now)
-                return
+                consent.pending.append(now)
+                consent.lastCheck = now
+                consent.nextCheck = now + (consent.suspect ? configuration.suspectCheckInterval : configuration.keepAliveInterval)
             }
-            phase = .connected(lastHeard: heard, nextPing: nextPing, misses: misses, awaitingSince: awaiting)
+            phase = .connected(consent)
         case .coolingDown(let until):
             guard now >= until else { return }
             if let interest = lastInterest, now - interest <= configuration.interestWindow {
@@ -356,6 +449,30 @@ public struct PathAgent: Sendable {
                 phase = .idle
             }
         }
+    }
+
+    private func kind(of endpoint: Endpoint) -> CandidateKind {
+        candidates.first(where: { $0.endpoint == endpoint })?.kind ?? .peerReflexive
+    }
+
+    /// Counts an answered check to `endpoint`; `true` once it has enough to be selected.
+    /// Before that, a follow-up check goes to it at once.
+    private mutating func confirm(_ endpoint: Endpoint, now: Instant) -> Bool {
+        let count = (confirmations[endpoint] ?? 0) + 1
+        guard count >= configuration.confirmationsToSelect else {
+            if confirmations.count > 32 { confirmations.removeAll() }
+            confirmations[endpoint] = count
+            sendCheck(to: endpoint, now: now)
+            return false
+        }
+        confirmations[endpoint] = nil
+        return true
+    }
+
+    /// Makes `endpoint` the path, with fresh consent.
+    private mutating func select(_ endpoint: Endpoint, kind: CandidateKind, now: Instant) {
+        setPath(.direct(endpoint, kind))
+        phase = .connected(Consent(now: now, nextCheck: now + configuration.keepAliveInterval))
     }
 
     private mutating func triggerCheck(to endpoint: Endpoint, now: Instant) {
@@ -379,6 +496,7 @@ public struct PathAgent: Sendable {
     private mutating func failRound(round: UInt32, now: Instant) {
         events.append(.roundFailed(round: round))
         outstanding.removeAll()
+        confirmations.removeAll()
         if hopeless {
             phase = .relayOnly
         } else {
@@ -392,6 +510,7 @@ public struct PathAgent: Sendable {
 
     private mutating func losePath(now: Instant) {
         outstanding.removeAll()
+        confirmations.removeAll()
         candidates.removeAll { $0.kind == .peerReflexive }
         setPath(.relayed)
         failedRounds = 0

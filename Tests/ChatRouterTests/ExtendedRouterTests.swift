@@ -421,8 +421,11 @@ struct ExtendedRouterEndToEndTests {
         #expect(world.chats(bob).map(\.text) == ["via relay"])
         #expect(world.chats(bob).first?.route == .relayed)
         #expect(world.takeEvents(alice).contains(.delivered(to: bob, messageID: 1_001, attempts: 2)))
-        // Suspicion at 0.4 s plus two quick misses (1.9 s, 3.4 s): lost by 3.4 s.
-        world.run(until: ms(4_000))
+        // Suspicion at 0.4 s starts checks every 500 ms, but the path is given up only at
+        // the consent timeout: 15 s after the last answered check (0 s).
+        world.run(until: ms(14_999))
+        #expect(world.routers[alice]!.path(to: bob) == .direct(B, .publicEndpoint))
+        world.run(until: ms(15_000))
         let pathEvents = world.takeEvents(alice).filter { if case .pathChanged = $0 { true } else { false } }
         #expect(pathEvents == [.pathChanged(bob, .relayed)])
         #expect(world.routers[alice]!.path(to: bob) == .relayed)
