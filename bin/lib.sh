@@ -1,5 +1,8 @@
+# shellcheck shell=bash
 # Shared helpers for bin/ scripts (sourced, not run).
-# Finds the repository root, the Swift toolchain, and installs Debian packages when root.
+# Finds the repository root, the Swift toolchain, installs Debian packages when root, and
+# keeps the release build of natchat and natchat-server current for bin/natchat and
+# bin/start-server.
 
 NATCHAT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -31,8 +34,51 @@ need_packages() {
     return 1
 }
 
+# need_readline: GNU readline's headers, which natchat (the shell) links against.
+need_readline() {
+    need_packages "test -f /usr/include/readline/readline.h" libreadline-dev
+}
+
 # newest_source_mtime: the newest modification time (epoch seconds) of the sources a build reads.
 newest_source_mtime() {
     find "$NATCHAT_ROOT/Package.swift" "$NATCHAT_ROOT/Modules" "$NATCHAT_ROOT/Apps" -type f \
         -printf '%T@\n' 2>/dev/null | sort -n | tail -1 | cut -d. -f1
+}
+
+# The release binaries bin/natchat and bin/start-server run, built together.
+NATCHAT_RELEASE_DIR="$NATCHAT_ROOT/.build/release"
+NATCHAT_RELEASE_PRODUCTS=(natchat natchat-server)
+
+# release_build_stale: true when either release binary is missing or older than the newest
+# file under Package.swift, Modules/ or Apps/.
+release_build_stale() {
+    local newest product binary
+    newest="$(newest_source_mtime)"
+    for product in "${NATCHAT_RELEASE_PRODUCTS[@]}"; do
+        binary="$NATCHAT_RELEASE_DIR/$product"
+        if [ ! -x "$binary" ] || [ "${newest:-0}" -gt "$(stat -c %Y "$binary")" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# ensure_release_build: when release_build_stale, builds both products in one
+# `swift build -c release` (so whichever wrapper runs first builds for the other), with
+# all output on stderr. Needs the toolchain and libreadline-dev (installed when root).
+ensure_release_build() {
+    release_build_stale || return 0
+    find_swift || return 1
+    need_readline || return 1
+    echo "natchat: building natchat and natchat-server (release); the first build takes a few minutes..." >&2
+    swift build -c release --package-path "$NATCHAT_ROOT" >&2 || {
+        echo "natchat: the release build failed (see above)" >&2; return 1; }
+    # A build may relink neither binary (a file touched but unchanged) or only one (a change
+    # to a module only the other uses). It succeeded, so both are current: mark them so, or
+    # every run would build again. (The next `swift build -c release` relinks them: seconds.)
+    if release_build_stale; then
+        local product
+        for product in "${NATCHAT_RELEASE_PRODUCTS[@]}"; do touch "$NATCHAT_RELEASE_DIR/$product"; done
+    fi
+    echo "natchat: build done" >&2
 }
