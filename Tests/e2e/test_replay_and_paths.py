@@ -1,4 +1,5 @@
-"""Replays and path stability (issue 12) on the real-NAT testbed (Tests/testbed, needs root).
+"""Replays and path stability (issue 12), and the roster under loss (issue 13), on the
+real-NAT testbed (Tests/testbed, needs root).
 
 1. test_1_replay_keeps_nobody_alive: alice (behind cone NAT A, keep-alive every 2 s) and bob
    (behind cone NAT B) register with a server run with --keepalive-timeout 15
@@ -15,6 +16,13 @@
    "* path to <peer>:" lines per client during the lossy minute, and no path change shown
    that is undone within 1 s (a change the user sees must hold); every chat shown exactly
    once by its addressee and acknowledged ("* delivered to") within 30 s of the last one.
+3. test_3_chat_right_after_registration_loss (issue 13): test_security_faults'
+   test_1_loss_20pct without the settling wait, with the loss on (20 % both ways on NATs A,
+   B, C, D) before the clients start, so the roster travels lossy too.  Chatting starts as
+   soon as a1, b1, c1 and d1 have printed "* registered as": 10 chats each way per pair
+   (a1-b1 cone, c1-d1 symmetric); every text shown exactly once by its addressee, one
+   "* delivered to" per chat within 40 s, and no "There is no <peer> in registration list."
+   for the (registered) peer.
 
 Numbers are printed in "=== ... ===" blocks.  Everything runs in testbed namespaces and is
 killed by PID when the testbed closes (unittest cleanups close the raw and packet sockets
@@ -279,6 +287,96 @@ class PathStabilityTest(Base):
               f'(a1 after {direct["a1"][1] - t_loss:.2f} s, b1 after {direct["b1"][1] - t_loss:.2f} s), '
               f'then {n} chats over {t_last - t0:.0f} s, alternating ===\n' + '\n'.join(rows), flush=True)
         fail_with(self, 'paths under loss', failures, server, *c.values())
+
+
+# --------------------------------------------------------------------------- 3: roster under loss (issue 13)
+
+
+class RosterUnderLossTest(Base):
+    LOSS, PER_DIR, REG_BOUND, BOUND, SETTLE = 0.2, 10, 40.0, 40.0, 3.0
+    NATS = {'A': 'cone', 'B': 'cone', 'C': 'symmetric', 'D': 'symmetric'}
+    HOSTS = {'a1': ('A', '192.168.1.2'), 'b1': ('B', '192.168.1.2'),
+             'c1': ('C', '10.0.0.2'), 'd1': ('D', '10.0.0.2')}
+
+    def test_3_chat_right_after_registration_loss(self):
+        tb = self.enterContext(Testbed(nats=self.NATS, hosts=self.HOSTS, public_hosts={'srv': S.SERVER_IP}))
+        server = S.Server(tb)
+        for nat in self.NATS:
+            tb.set_loss(nat, self.LOSS)               # before anyone registers: the roster travels lossy
+        t_start = time.monotonic()
+        c = {h: S.Client(tb, h, extra=IDENT) for h in self.HOSTS}
+        regs = {}
+        for h, x in c.items():
+            hit = x.wait_registered(max(0.1, t_start + self.REG_BOUND - time.monotonic()))
+            if hit is not None:
+                regs[h] = hit[1]
+        if len(regs) != len(c):
+            fail_with(self, 'chat right after registration (setup)',
+                      [f'{h}: not registered within {self.REG_BOUND:.0f} s under {self.LOSS:.0%} loss'
+                       for h in c if h not in regs], server, *c.values())
+        t_first = time.monotonic()                    # no settling wait: chat now
+        known = {h: sorted(o for o in c if o != h and x.count(r'\* ' + o + r' joined \(.*'))
+                 for h, x in c.items()}
+        pairs = [('a1', 'b1'), ('c1', 'd1')]
+        tag = uuid.uuid4().hex[:6]
+        marks = {h: x.mark() for h, x in c.items()}
+        sent = []
+        for i in range(self.PER_DIR):
+            for x, y in pairs:
+                for s, r in ((x, y), (y, x)):
+                    text = f'early-{tag}-{s}-to-{r}-{i:02d}'
+                    c[s].chat(r, text)
+                    sent.append((s, r, text))
+            time.sleep(0.2)
+        t_last = time.monotonic()
+        directions = [(s, r) for x, y in pairs for s, r in ((x, y), (y, x))]
+        done_at = {}
+        for _ in range(1000):
+            for s, r in directions:
+                if (s, r) not in done_at and \
+                        c[s].count(re.escape(f'* delivered to {r}'), since=marks[s]) >= self.PER_DIR:
+                    done_at[(s, r)] = time.monotonic() - t_first
+            if len(done_at) == len(directions) or time.monotonic() > t_last + self.BOUND:
+                break
+            time.sleep(0.25)
+        time.sleep(self.SETTLE)                       # late duplicates would show up here
+        for nat in self.NATS:
+            tb.set_loss(nat, 0)
+
+        failures = []
+        unknown = {}
+        for s, r in directions:
+            lines = c[s].find_all(re.escape(f'There is no {r} in registration list.'), since=marks[s])
+            if lines:
+                unknown[(s, r)] = [round(t - t_first, 2) for _, t, _, _ in lines]
+                failures.append(f'{s}: "There is no {r} in registration list." {len(lines)}x for a registered '
+                                f'peer (at {unknown[(s, r)]} s after the first chat)')
+        for s, r, text in sent:
+            n = chat_shown(c[r], s, text)
+            if n != 1:
+                failures.append(f'{s} -> {r} {text!r}: shown {n}x by {r} (expected exactly once)')
+            leaks = [h for h in c if h not in (s, r) and c[h].count(re.escape(text), since=marks[h], search=True)]
+            if leaks:
+                failures.append(f'{s} -> {r} {text!r}: also shown by {leaks}')
+            if c[s].count(re.escape(f'* NOT delivered to {r}: "{text}"'), since=marks[s]):
+                failures.append(f'{s} -> {r} {text!r}: sender printed NOT delivered')
+        rows = []
+        for s, r in directions:
+            n = c[s].count(re.escape(f'* delivered to {r}'), since=marks[s])
+            shown = sum(chat_shown(c[r], s, t) for s2, r2, t in sent if (s2, r2) == (s, r))
+            rows.append(f'{s:>3} -> {r:<3} delivered {n:2d}/{self.PER_DIR}  all acknowledged after '
+                        f'{done_at.get((s, r), float("nan")):6.2f} s  shown {shown}/{self.PER_DIR}  '
+                        f'"There is no {r}" {len(unknown.get((s, r), []))}x')
+            if n != self.PER_DIR:
+                failures.append(f'{s} -> {r}: "* delivered to {r}" printed {n}x for {self.PER_DIR} chats '
+                                f'within {self.BOUND:.0f} s of the last @chat')
+        print(f'\n=== {self.LOSS:.0%} loss on NATs A, B, C, D from before registration; chat right after '
+              f'registering: {self.PER_DIR} chats each way, a1<->b1 (cone) and c1<->d1 (symmetric) ===\n'
+              f'registered after ' + ', '.join(f'{h} {t - t_start:.2f} s' for h, t in regs.items())
+              + f'; first chat {t_first - t_start:.2f} s after the start\n'
+              f'peers each client had printed "joined" for at the first chat: {known}\n' + '\n'.join(rows),
+              flush=True)
+        fail_with(self, 'chat right after registration under loss', failures, server, *c.values())
 
 
 if __name__ == '__main__':
