@@ -266,3 +266,94 @@ def describe(payload):
     if payload[:2] in (b'\x00\x01', b'\x01\x01'):
         return f'<STUN {len(payload)}B>'
     return payload.decode('utf-8', 'replace')
+
+
+# --------------------------------------------------------------------------- capture and replay
+
+
+def datagrams_from(sniffer, src, since=0.0, until=None):
+    """What `sniffer` saw arrive from src = (ip, port) or (ip, None), oldest first:
+    dicts {t, src, sport, dst, dport, payload} (incoming packets only; `until` exclusive)."""
+    return [p for p in sniffer.select(since=since, src=src)
+            if not p['out'] and (until is None or p['t'] < until)]
+
+
+def kinds(datagrams):
+    """{kind: count} for captured datagrams: the natchat/2 type name, 'offer' for a classic
+    registration carrying the natchat/2 offer, 'STUN', or 'classic'."""
+    out = {}
+    for p in datagrams:
+        payload = p['payload'] if isinstance(p, dict) else p
+        k = ext_type(payload)
+        if k is None:
+            d = describe(payload)
+            k = 'STUN' if d.startswith('<STUN') else ('offer' if d.endswith(' natchat/2') else 'classic')
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+class Replayer:
+    """Re-sends captured datagrams with their captured (forged) source addresses, round
+    after round, from a raw socket in namespace `ns` (see RawSender), in a thread.
+
+    datagrams: dicts from datagrams_from() (src, sport, dst, dport, payload are used), sent
+    in that order, `gap` s apart.  A round starts every `interval` s until `duration` s
+    have passed or `max_rounds` rounds were sent.  rounds: monotonic start time of each
+    round; sent: datagrams sent in total.  Use as a context manager or call stop()."""
+
+    def __init__(self, ns, datagrams, interval=2.0, duration=75.0, gap=0.005, max_rounds=1000):
+        self.datagrams = [((p['src'], p['sport']), (p['dst'], p['dport']), p['payload']) for p in datagrams]
+        self.interval, self.duration, self.gap, self.max_rounds = interval, duration, gap, max_rounds
+        self.raw = RawSender(ns)
+        self.rounds = []
+        self.errors = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f'replay-{ns}', daemon=True)
+
+    def start(self):
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @property
+    def sent(self):
+        return self.raw.sent
+
+    def _run(self):
+        end = self.started + self.duration
+        for i in range(self.max_rounds):
+            t = time.monotonic()
+            if t >= end or self._stop.is_set():
+                break
+            self.rounds.append(t)
+            for src, dst, payload in self.datagrams:
+                try:
+                    self.raw.send(src, dst, payload)
+                except OSError as e:          # recorded, reported by the test
+                    self.errors.append(f'{src} -> {dst}: {e}')
+                if self._stop.wait(self.gap):
+                    return
+            nxt = self.started + (i + 1) * self.interval
+            if self._stop.wait(max(0.0, min(nxt, end) - time.monotonic())):
+                break
+
+    def wait(self, timeout):
+        """Block until the replay period is over (or timeout); True when it is."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def close(self):
+        self.stop()
+        self.raw.close()
