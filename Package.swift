@@ -87,7 +87,7 @@ let package = Package(
         tests("Registry", ["Registry", "TestSupport", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Relay", "Roster", crypto]),
         tests("ChatRouter", ["ChatRouter", "TestSupport", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", "Roster", crypto]),
         tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Wire", "STUN", "MonotonicTime"]),
-        tests("Transport", ["Transport", "Wire", "MonotonicTime", nioCore, nioEmbedded]),
+        tests("Transport", ["Transport", "Wire", "MonotonicTime", nioCore, nioEmbedded, nioPosix, logging]),
         tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Wire", "MonotonicTime", "STUN", "Identity", nioCore, logging, crypto]),
         tests("ChatClient", ["ChatClient", "TestSupport", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),

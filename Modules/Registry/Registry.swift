@@ -817,9 +817,11 @@ public struct Registry: Sendable {
             switch note {
             case .present:
                 guard let entry = table[id] else { return 0 }
-                return 20 + id.rawValue.utf8.count + 6 * entry.privateEndpoints.count + (entry.keys == nil ? 0 : 64)
+                // kind, peerInfo (ID, endpoint, endpoints, NAT kind, dialect, key flag, keys), order, version
+                return 1 + (1 + id.rawValue.utf8.count) + 6 + (1 + 6 * entry.privateEndpoints.count) + 3
+                    + (entry.keys == nil ? 0 : 64) + 16
             case .absent:
-                return 18 + id.rawValue.utf8.count
+                return 1 + (1 + id.rawValue.utf8.count) + 8 + 1 + 6
             }
         }, record: { subscriber, id, note in
             switch note {

@@ -113,11 +113,14 @@ public enum DatagramSocketOptions {
     /// Datagrams read per `recvmmsg`.
     public static var vectorReadCount: Int { 64 }
 
-    /// `bootstrap` with natchat's options: address reuse, socket buffers of
-    /// `receiveBufferBytes`, a bounded write queue, and vector reads of ``vectorReadCount``.
+    /// `bootstrap` with natchat's options: socket buffers of `receiveBufferBytes`, a bounded
+    /// write queue, and vector reads of ``vectorReadCount``.
+    ///
+    /// No `SO_REUSEADDR`: UDP has no TIME_WAIT to wait out, and with it a second server (or
+    /// shell) on a port already in use would bind without an error and silently share, or
+    /// steal, the first one's datagrams. Without it the second one fails to bind and says so.
     public static func apply(to bootstrap: DatagramBootstrap, receiveBufferBytes: Int = 1 << 20) -> DatagramBootstrap {
         bootstrap
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferBytes))
             .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(receiveBufferBytes))
             .channelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))

@@ -42,6 +42,11 @@ private func identity(_ seed: UInt8) -> IdentityKey {
 }
 
 private let keys: [ClientID: IdentityKey] = [alice: identity(1), bob: identity(2), carol: identity(3)]
+
+/// A member's identity: the fixed ones above, else one derived from its name.
+private func identity(of member: ClientID) -> IdentityKey {
+    keys[member] ?? identity(UInt8(truncatingIfNeeded: member.rawValue.utf8.reduce(10) { $0 &+ Int($1) }))
+}
 private let mallory = identity(9)
 
 /// One datagram on the wire.
@@ -91,7 +96,7 @@ private struct World {
     func owner(of endpoint: Endpoint) -> ClientID? { endpoints.first { $0.value == endpoint }?.key }
 
     mutating func join(_ member: ClientID, at endpoint: Endpoint, natKind: NATKind = .none) {
-        let key = keys[member]!
+        let key = identity(of: member)
         let cookie = FakeValidator().cookie(for: endpoint, now: now)
         let challenge = registry.receive(.register(member, privateAddress: endpoint.address, offers: [ExtendedMessage.offer]),
                                          from: endpoint, now: now)
@@ -516,5 +521,70 @@ struct ExtendedRouterServerSessionTests {
         #expect(router.sentRecently(tag: tag))
         // The previous session's tags are gone: a late unknownSession about it is not ours.
         for bytes in old { #expect(!router.sentRecently(tag: Token128(bytes: bytes.suffix(16)))) }
+    }
+}
+
+/// A seeded coin for lossy links, shared by the closures that decide what is dropped.
+private final class Coin: @unchecked Sendable {
+    private var generator: SplitMix64
+    init(seed: UInt64) { generator = SplitMix64(state: seed) }
+    func lands(_ probability: Double) -> Bool { Double(generator.next() % 10_000) < probability * 10_000 }
+}
+
+@Suite("ExtendedRouter roster under loss")
+struct ExtendedRouterRosterLossTests {
+    private static let members: [(ClientID, Endpoint)] = (0..<8).map { index in
+        (id("m\(index)"), Endpoint(address: IPv4Address(198, 51, 100, UInt8(10 + index)), port: 4_000))
+    }
+
+    /// Eight clients join one after another while 40 % of the roster datagrams and of their
+    /// acknowledgements are lost: resent on the feed's timer, every roster is whole within a
+    /// few seconds (virtual), and holds exactly the others.
+    @Test(arguments: [0.0, 0.2, 0.4])
+    func rostersConvergeUnderLoss(loss: Double) {
+        let coin = Coin(seed: 11)
+        var world = World([])
+        world.dropFromServer = { _, message in
+            if case .roster = message { return coin.lands(loss) }
+            return false
+        }
+        world.drop = { _, destination, message in
+            if destination == S, case .rosterAck = message { return coin.lands(loss) }
+            return false
+        }
+        for (index, member) in Self.members.enumerated() {
+            world.now = ms(Int64(index) * 10)
+            world.join(member.0, at: member.1)
+        }
+        world.run(until: ms(10_000))
+        let everyone = Set(Self.members.map(\.0))
+        for (member, _) in Self.members {
+            let roster = world.routers[member]!.roster
+            #expect(Set(roster.listedIDs) == everyone.subtracting([member]), "\(member) at \(loss)")
+            #expect(roster.isSynced, "\(member) at \(loss)")
+        }
+    }
+
+    /// bob's registration never reaches alice's roster (every roster datagram to her is
+    /// lost), yet her chat to him right away is not refused: she asks, and it is delivered.
+    @Test func aChatToAPeerNotYetHeldIsNotRefused() throws {
+        var world = World([(alice, A)])
+        world.dropFromServer = { recipient, message in
+            if recipient == alice, case .roster = message { return true }
+            return false
+        }
+        world.join(bob, at: B)
+        _ = world.takeEvents(alice)
+        #expect(world.routers[alice]!.roster.peer(bob) == nil)
+        try world.send("are you there already?", from: alice, to: bob)
+        world.run(until: ms(2_000))
+        let events = world.takeEvents(alice)
+        #expect(!events.contains { if case .noSuchPeer = $0 { true } else { false } })
+        #expect(events.contains { if case .delivered(bob, _, _) = $0 { true } else { false } })
+        #expect(world.chats(bob).map(\.text) == ["are you there already?"])
+        // And an ID nobody holds is refused, on the server's word.
+        try world.send("hello?", from: alice, to: id("nobody"))
+        world.run(until: ms(3_000))
+        #expect(world.takeEvents(alice).contains(.noSuchPeer(id("nobody"), text: "hello?")))
     }
 }

@@ -1170,3 +1170,118 @@ struct RelayInPlaceTests {
         #expect(fast.registry.entry(for: alice)?.lastCounter == 5)
     }
 }
+
+@Suite("Registry roster feeds")
+struct RosterFeedRegistryTests {
+    private static func classicEndpoint(_ index: Int) -> Endpoint {
+        Endpoint(address: IPv4Address(192, 0, 2, UInt8(1 + index / 250)), port: UInt16(1_000 + index % 250))
+    }
+
+    /// 100 clients join within 10 ms: the subscriber gets them in a few full datagrams, not
+    /// one datagram per join, and the last partial one only after the coalescing interval.
+    @Test func joinsAreCoalesced() throws {
+        var server = Server(configuration: .init())
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        _ = server.rosterSent(at: at(0), acking: [alice])
+        var datagrams = 0, records = 0
+        for index in 0..<100 {
+            let now = at(1) + .microseconds(Int64(index) * 100)
+            _ = server.registerClassic(id("c\(index)"), ip("10.9.0.1"), from: Self.classicEndpoint(index), at: now)
+            for case .sendExtended(.roster(let delta), A) in server.registry.flushRoster(now: now) {
+                datagrams += 1
+                records += delta.records.count
+                _ = server.receiveBytes(server.sessionBytes(alice) {
+                    .rosterAck(id: alice, largest: delta.sequence, received: .max, counter: $0, tag: .zero)
+                }, from: A, at: now)
+            }
+        }
+        // The first join went at once (the feed was idle); full datagrams went as they filled.
+        #expect(datagrams >= 8 && datagrams <= 14, "\(datagrams) datagrams for \(records) records")
+        #expect(records < 100)
+        // The rest waits for the 50 ms interval after the last datagram, then goes.
+        let due = try #require(server.registry.rosterDeadline)
+        #expect(due > at(1) + .microseconds(9_900) && due <= at(1) + .milliseconds(60))
+        let rest = server.rosterSent(at: due, acking: [alice])[A] ?? []
+        #expect(records + rest.count == 100)
+    }
+
+    /// Past the roster limit a join reaches only the subscribers that asked about the
+    /// newcomer: none here, so a join costs no roster datagram at all, whatever the count.
+    @Test func pastTheLimitJoinsReachOnlyInterestedSubscribers() throws {
+        var server = Server(configuration: .init(rosterLimit: 5, rosterFeed: .init(flushInterval: .zero)))
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        for index in 0..<10 {
+            _ = server.registerClassic(id("c\(index)"), ip("10.9.0.1"), from: Self.classicEndpoint(index), at: at(1))
+        }
+        #expect(server.registry.rosterScope == .interest)
+        // The switch was announced (an empty interest-scope feed), then nothing more.
+        var sent = server.rosterSent(at: at(1), acking: [alice])[A] ?? []
+        _ = sent
+        for index in 10..<30 {
+            _ = server.registerClassic(id("c\(index)"), ip("10.9.0.1"), from: Self.classicEndpoint(index), at: at(2))
+        }
+        sent = server.rosterSent(at: at(2), acking: [alice])[A] ?? []
+        #expect(sent.isEmpty)
+        // alice asks about c25: found, and from then on she hears of c25 (and only c25).
+        let lookup = server.sessionBytes(alice) { .lookup(id: alice, query: 7, peer: id("c25"), counter: $0, tag: .zero) }
+        let answer = server.receiveBytes(lookup, from: A, at: at(3))
+        guard case .sendExtended(.lookupResult(7, _, _, id("c25"), let found?), A)? = answer.first else {
+            Issue.record("no answer: \(answer)"); return
+        }
+        #expect(found.info.publicEndpoint == Self.classicEndpoint(25))
+        _ = server.registry.receive(.unregister(id("c25")), from: Self.classicEndpoint(25), now: at(4))
+        _ = server.registry.receive(.unregister(id("c26")), from: Self.classicEndpoint(26), now: at(4))
+        #expect(server.announced(at: at(4), to: A, acking: [alice]) == [.absent(id("c25"), .unregistered, Self.classicEndpoint(25))])
+    }
+
+    /// A look-up of an ID nobody holds says so, with the roster version.
+    @Test func lookUpOfAnUnknownID() {
+        var server = Server.withThree()
+        let lookup = server.sessionBytes(alice) { .lookup(id: alice, query: 1, peer: id("zed"), counter: $0, tag: .zero) }
+        let answer = server.receiveBytes(lookup, from: A, at: at(1))
+        #expect(answer.count == 1)
+        if case .sendExtended(.lookupResult(1, 1, let version, id("zed"), nil), A)? = answer.first {
+            #expect(version >= 3)
+        } else {
+            Issue.record("unexpected answer \(answer)")
+        }
+        // Replayed: no answer.
+        #expect(server.receiveBytes(lookup, from: A, at: at(2)) == [.report(.ignoredExtended(from: A, .replayed))])
+    }
+
+    /// List queries page through the sorted IDs by prefix, with the total.
+    @Test func listQueriesPageThroughSortedIDs() throws {
+        var server = Server.withThree()
+        for (index, name) in ["bo", "boris", "bobby", "zed"].enumerated() {
+            _ = server.registerClassic(id(name), ip("10.9.0.1"), from: Self.classicEndpoint(index), at: at(1))
+        }
+        func page(_ prefix: String, offset: UInt32, limit: UInt16) -> (total: UInt32, ids: [String]) {
+            let bytes = server.sessionBytes(carol) {
+                .listQuery(id: carol, query: 9, prefix: prefix, offset: offset, limit: limit, counter: $0, tag: .zero)
+            }
+            guard case .sendExtended(.listPage(9, let total, _, let entries), C)? = server.receiveBytes(bytes, from: C, at: at(2)).first
+            else { return (0, []) }
+            return (total, entries.map(\.id.rawValue))
+        }
+        #expect(page("", offset: 0, limit: 3) == (7, ["alice", "bo", "bob"]))
+        #expect(page("", offset: 5, limit: 3) == (7, ["carol", "zed"]))
+        #expect(page("bo", offset: 0, limit: 10) == (4, ["bo", "bob", "bobby", "boris"]))
+        #expect(page("bo", offset: 2, limit: 1) == (4, ["bobby"]))
+        #expect(page("bob", offset: 0, limit: 10) == (2, ["bob", "bobby"]))
+        #expect(page("x", offset: 0, limit: 10) == (0, []))
+        #expect(page("zed", offset: 5, limit: 10) == (1, []))
+    }
+
+    /// More than 40 look-ups at once from one client: the rest are dropped (20/s, burst 40).
+    @Test func queriesAreRateLimited() {
+        var server = Server.withThree()
+        var answered = 0, limited = 0
+        for query in 0..<60 {
+            let bytes = server.sessionBytes(alice) { .lookup(id: alice, query: UInt32(query), peer: carol, counter: $0, tag: .zero) }
+            let actions = server.receiveBytes(bytes, from: A, at: at(1))
+            if case .sendExtended(.lookupResult, A)? = actions.first { answered += 1 }
+            if actions == [.report(.ignoredExtended(from: A, .queryRateLimited))] { limited += 1 }
+        }
+        #expect(answered == 40 && limited == 20)
+    }
+}
