@@ -1,0 +1,81 @@
+import Wire
+
+extension Registry {
+    /// The registered clients, dense: entries in fixed-size chunks (filled in order, so
+    /// memory follows the number of clients, and never moved, so growing leaves no old
+    /// storage behind in the heap) and a dictionary from ID to position. A removal moves the
+    /// last entry into the hole. (A dictionary of entries would write all of its slots, 1.3
+    /// to 2.7 per client, each the size of an entry; one growing array would leave its old
+    /// buffers in the heap, about as much again.)
+    struct ClientTable: Sendable {
+        static var chunkSize: Int { 1024 }
+        private var chunks: [[Entry]] = []
+        /// Chunks allocated, the spare included (for tests of the spare rule).
+        var chunkCount: Int { chunks.count }
+        private var positions: [ClientID: Int] = [:]
+        private(set) var count = 0
+
+        /// Every entry, in storage order.
+        var entries: FlattenSequence<[[Entry]]> { chunks.joined() }
+
+        subscript(id: ClientID) -> Entry? { positions[id].map { self[position: $0] } }
+
+        /// Adds `entry`, or replaces the one with its ID (keyed by the entry itself, so an
+        /// entry can never be filed under another ID).
+        mutating func store(_ entry: Entry) {
+            if let position = positions[entry.id] {
+                self[position: position] = entry
+            } else {
+                append(entry)
+            }
+        }
+
+        /// Where `id`'s entry is, if registered (valid until the next removal).
+        func position(of id: ClientID) -> Int? { positions[id] }
+
+        /// Where the entry whose ID is exactly `idBytes` (as received, not validated) is.
+        func position(idBytes: UnsafeRawBufferPointer) -> Int? {
+            guard let position = positions[ClientID(lookingUp: idBytes)],
+                  self[position: position].id.rawValue.utf8.elementsEqual(idBytes)
+            else { return nil }
+            return position
+        }
+
+        subscript(position position: Int) -> Entry {
+            get { chunks[position / Self.chunkSize][position % Self.chunkSize] }
+            set { chunks[position / Self.chunkSize][position % Self.chunkSize] = newValue }
+        }
+
+        /// Records the counter of an accepted datagram in place (the per-datagram write).
+        mutating func setLastCounter(_ counter: UInt64, at position: Int) {
+            chunks[position / Self.chunkSize][position % Self.chunkSize].lastCounter = counter
+        }
+
+        private mutating func append(_ entry: Entry) {
+            let chunk = count / Self.chunkSize
+            if chunk == chunks.count {
+                var storage: [Entry] = []
+                storage.reserveCapacity(Self.chunkSize)
+                chunks.append(storage)
+            }
+            chunks[chunk].append(entry)
+            positions[entry.id] = count
+            count += 1
+        }
+
+        @discardableResult
+        mutating func removeValue(forKey id: ClientID) -> Entry? {
+            guard let position = positions.removeValue(forKey: id) else { return nil }
+            count -= 1
+            let last = chunks[count / Self.chunkSize].removeLast()
+            // One emptied chunk is kept as a spare, so that a count going back and forth
+            // across a chunk boundary does not allocate and free a chunk each time.
+            if count % Self.chunkSize == 0, chunks.count > count / Self.chunkSize + 1 { chunks.removeLast() }
+            guard position < count else { return last }
+            let removed = self[position: position]
+            self[position: position] = last
+            positions[last.id] = position
+            return removed
+        }
+    }
+}

@@ -1,0 +1,221 @@
+import Identity
+import MonotonicTime
+import NATGrouping
+import Wire
+
+// The natchat/2 dialect: signed registration (fresh or not), session messages, punch
+// requests, relay, roster acknowledgements, look-ups and list queries.
+
+extension Registry {
+    /// Handles one decoded extended datagram that arrived from `source` at `now`; `bytes`
+    /// is the datagram as received (its tag or signature covers it).
+    public mutating func receive<G: RandomNumberGenerator>(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint,
+                                                           now: Instant, random: inout G) -> [Action] {
+        switch message {
+        case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let signature, let subscribe):
+            guard let issued = validator.issueTime(of: cookie, for: source, now: now) else {
+                return [.report(.ignoredExtended(from: source, .badCookie))]
+            }
+            guard SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature) else {
+                return [.report(.ignoredExtended(from: source, .badSignature))]
+            }
+            switch freshness(ofRegistration: id, keys: keys, cookieIssuedAt: issued, from: source) {
+            case .fresh:
+                break
+            case .repeated:
+                // The registration this session began with, again (a duplicate, or captured
+                // and replayed): nothing is touched and nothing answered. A client whose answer
+                // was lost asks for a new challenge, whose cookie is fresh.
+                return [.report(.ignoredExtended(from: source, .repeatedRegistration))]
+            case .replayed:
+                return [.report(.ignoredExtended(from: source, .replayed))]
+            }
+            let nonce = Token128.random(using: &random)
+            guard let sessionKey = SessionCrypto.sessionKey(privateKey: serverKey, peerPublicKey: keys.agreement,
+                                                            cookie: cookie, nonce: nonce, id: id)
+            else { return [.report(.ignoredExtended(from: source, .badSignature))] }
+            let privateAddress = privateEndpoints.first?.address ?? source.address
+            let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
+                                 sessionKey: sessionKey, keys: keys, cookieIssuedAt: issued,
+                                 privateEndpoints: privateEndpoints, natKind: natKind, subscribed: subscribe)
+            let answer = registeredMessage(to: source, nonce: nonce, cookie: cookie)
+            if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
+                // The key holder itself, from a new address (restarted behind a new mapping): it
+                // proves the key, so the registration moves rather than being refused.
+                var moved = newcomer
+                moved.sequence = holder.sequence
+                moved.version = roster.nextVersion()
+                store(moved)
+                liveness.touch(id, now: now)
+                startFeed(moved, now: now)
+                var actions: [Action] = [.report(.moved(moved, from: holder.publicEndpoint)), answer]
+                actions += published(moved, publicEndpointChanged: true, now: now)
+                return actions
+            }
+            return register(newcomer, answer: answer, now: now)
+        case .keepAlive(let id, let natKind, let counter, let tag):
+            guard var entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            var actions: [Action] = []
+            let previous = entry.publicEndpoint
+            let changed = previous != source || entry.natKind != natKind
+            entry.publicEndpoint = source
+            entry.natKind = natKind
+            if changed { entry.version = roster.nextVersion() }
+            store(entry)
+            if previous != source {
+                actions.append(.report(.moved(entry, from: previous)))
+            }
+            actions.append(.sendExtended(.keepAliveAck(publicEndpoint: source), to: source))
+            if changed { actions += published(entry, publicEndpointChanged: previous != source, now: now) }
+            return actions
+        case .exit(let id, let counter, _):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return [.report(.ignoredExtended(from: source, .badTag))]
+            }
+            return leave(entry, reason: .unregistered, now: now)
+        case .connect(let id, let peerID, let counter, let tag):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            guard let peer = entries[peerID], peer.dialect == .extended, peerID != id else {
+                return [.report(.ignoredExtended(from: source, .peerUnavailable))]
+            }
+            // Both talk to each other now: each hears of the other's changes at any roster size.
+            roster.noteInterest(of: id, in: peerID)
+            roster.noteInterest(of: peerID, in: id)
+            let instructions = punch.connect(id, to: peerID, now: now, random: &random)
+            var actions: [Action] = []
+            for instruction in instructions {
+                guard let recipient = entries[instruction.recipient], let other = entries[instruction.peer] else { continue }
+                let message = ExtendedMessage.punch(peer: Self.peerInfo(other, for: recipient), round: instruction.round,
+                                                    delayMillis: UInt32(clamping: instruction.delay.nanosecondsClamped / 1_000_000))
+                actions.append(.sendExtended(message, to: recipient.publicEndpoint))
+            }
+            actions.append(.report(.punchRound(entry.id, peer.id, round: instructions.first?.round ?? 0)))
+            return actions
+        case .relay(let id, let to, let payload, let counter, let tag):
+            guard session(id, counter: counter, bytes: bytes) != nil else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            guard let peer = entries[to], peer.dialect == .extended else {
+                return [.report(.ignoredExtended(from: source, .peerUnavailable))]
+            }
+            guard relayLimiter.allow(id, bytes: payload.count, now: now) else {
+                return [.report(.ignoredExtended(from: source, .relayRateLimited))]
+            }
+            return [.sendExtended(.relayed(from: id, payload: payload), to: peer.publicEndpoint),
+                    .report(.relayed(from: id, to: to, bytes: payload.count))]
+        case .rosterAck(let id, let largest, let received, let counter, let tag):
+            guard session(id, counter: counter, bytes: bytes) != nil else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            roster.acknowledge(id, largest: largest, received: received, now: now)
+            return []
+        case .lookup(let id, let query, let peerID, let counter, let tag):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
+            // Interest even in a client not registered (yet): when it comes, the asker hears.
+            roster.noteInterest(of: id, in: peerID)
+            let found = entries[peerID].map { RosterEntry(info: Self.peerInfo($0, for: entry), order: $0.sequence, version: $0.version) }
+            return [.sendExtended(.lookupResult(query: query, epoch: roster.epoch, version: roster.version, peer: peerID, found: found),
+                                  to: entry.publicEndpoint)]
+        case .listQuery(let id, let query, let prefix, let offset, let limit, let counter, let tag):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
+            return [.sendExtended(listPage(query: query, prefix: prefix, offset: offset, limit: limit), to: entry.publicEndpoint)]
+        case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
+             .unknownSession, .ping, .pong, .chat, .chatAck:
+            return [.report(.ignoredExtended(from: source, .notForServer))]
+        }
+    }
+
+    /// What a signed registration with a valid cookie proves.
+    enum RegistrationFreshness {
+        /// A cookie issued after the one of the ID's current or last session: a new session.
+        case fresh
+        /// The very registration the holder's current session began with.
+        case repeated
+        /// An older cookie: captured and replayed, or overtaken by a newer session.
+        case replayed
+    }
+
+    func freshness(ofRegistration id: ClientID, keys: PublicKeys, cookieIssuedAt issued: Instant,
+                           from source: Endpoint) -> RegistrationFreshness {
+        if let holder = entries[id] {
+            // Another key (or a classic holder) is for the ID-binding rules to decide.
+            guard holder.dialect == .extended, holder.keys == keys else { return .fresh }
+            if issued > holder.cookieIssuedAt { return .fresh }
+            // A cookie is bound to its address: the same issue time from the holder's
+            // endpoint is the same cookie.
+            if issued == holder.cookieIssuedAt, holder.publicEndpoint == source { return .repeated }
+            return .replayed
+        }
+        if let departed = departedCookies[id], issued <= departed { return .replayed }
+        return .fresh
+    }
+
+    /// Remembers the cookie time of a departing extended client's session (see ``departedCookies``).
+    mutating func rememberDeparture(_ entry: Entry) {
+        // Bounded like the table itself; past that, a replay could bring back a departed ID
+        // until its cookie expires (a cookie lifetime at most).
+        guard entry.dialect == .extended, departedCookies.count < configuration.maxClients else { return }
+        departedCookies[entry.id] = max(entry.cookieIssuedAt, departedCookies[entry.id] ?? entry.cookieIssuedAt)
+    }
+
+    /// The answer to a session message that did not pass: a valid tag with a stale counter
+    /// is a replay and gets nothing; anything else (no such session, a tag that does not
+    /// verify: the server restarted) gets ``ExtendedMessage/unknownSession(_:echo:)``
+    /// echoing the tag, which only the real sender recognises.
+    func sessionRefusal(_ id: ClientID, tag: Token128, bytes: [UInt8], source: Endpoint) -> [Action] {
+        if let entry = entries[id], let mac = entry.sessionMAC, SessionCrypto.verifyAuthenticated(bytes, mac: mac) {
+            return [.report(.ignoredExtended(from: source, .replayed))]
+        }
+        return [.sendExtended(.unknownSession(id, echo: tag), to: source)]
+    }
+
+    /// The extended entry for `id` when `bytes` carry a valid tag under its session key and
+    /// a fresh counter (which is then recorded).
+    mutating func session(_ id: ClientID, counter: UInt64, bytes: [UInt8]) -> Entry? {
+        guard var entry = entries[id], entry.dialect == .extended, let mac = entry.sessionMAC,
+              SessionCrypto.verifyAuthenticated(bytes, mac: mac), counter > entry.lastCounter
+        else { return nil }
+        entry.lastCounter = counter
+        store(entry)
+        return entry
+    }
+
+    func registeredMessage(to endpoint: Endpoint, nonce: Token128, cookie: Token128) -> Action {
+        let millis = UInt32(clamping: configuration.keepAliveInterval.nanosecondsClamped / 1_000_000)
+        return .sendExtended(.registered(serverKey: Array(serverKey.publicKey.rawRepresentation), publicEndpoint: endpoint,
+                                         keepAliveMillis: millis, alternatePort: configuration.alternatePort, nonce: nonce,
+                                         cookie: cookie),
+                             to: endpoint)
+    }
+
+    /// What `recipient` may know of `entry`: private endpoints only as a same-NAT hint
+    /// (the same public address), since they are probed, not trusted.
+    static func peerInfo(_ entry: Entry, for recipient: Entry) -> PeerInfo {
+        // The array is built only for the hint (a roster for 100 000 clients would otherwise
+        // build one per peer).
+        var privates: [Endpoint] = []
+        if entry.publicEndpoint.address == recipient.publicEndpoint.address {
+            privates = entry.privateEndpoints
+            if privates.isEmpty, entry.dialect == .classic {
+                privates = [Endpoint(address: entry.privateAddress, port: CandidateOrder.classicClientPort)]
+            }
+        }
+        return PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: privates,
+                        natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys)
+    }
+}
