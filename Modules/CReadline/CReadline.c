@@ -12,6 +12,7 @@ typedef struct {
 } word_list;
 
 static word_list commands;
+static word_list peer_argument_commands;
 static natchat_rl_peer_source peer_source;
 static void *peer_source_context;
 static char *pending_line;
@@ -37,13 +38,14 @@ static void set_list(word_list *list, const char *const *words, int count) {
 
 void natchat_rl_set_commands(const char *const *words, int count) { set_list(&commands, words, count); }
 
+void natchat_rl_set_peer_argument_commands(const char *const *words, int count) {
+    set_list(&peer_argument_commands, words, count);
+}
+
 void natchat_rl_set_peer_source(natchat_rl_peer_source source, void *context) {
     peer_source = source;
     peer_source_context = source ? context : NULL;
 }
-
-/* Commands whose first argument is a peer ID, each with the space that ends it. */
-static const char *const peer_commands[] = { "@chat ", "@show_list " };
 
 typedef enum { COMPLETE_NOTHING, COMPLETE_COMMAND, COMPLETE_PEER } completion_kind;
 
@@ -51,12 +53,16 @@ static completion_kind kind_for(const char *line, int start) {
     int i = 0;
     while (i < start && line[i] == ' ') i++;
     if (i == start) return COMPLETE_COMMAND; /* completing the first word */
-    for (size_t c = 0; c < sizeof peer_commands / sizeof peer_commands[0]; c++) {
-        size_t length = strlen(peer_commands[c]);
-        if (strncmp(line + i, peer_commands[c], length) != 0) continue;
+    for (int c = 0; c < peer_argument_commands.count; c++) {
+        const char *word = peer_argument_commands.words[c];
+        size_t length = strlen(word);
+        /* readline splits words at spaces only, so an empty word or one holding a space
+           can never be the first word: it is ignored. */
+        if (length == 0 || strchr(word, ' ')) continue;
+        if (strncmp(line + i, word, length) != 0 || line[i + (int)length] != ' ') continue;
         int j = i + (int)length;
         while (j < start && line[j] == ' ') j++;
-        /* Past the peer ID (@chat's text, @show_list's page): nothing to complete. */
+        /* Past the peer ID (e.g. @chat's text, @show_list's page): nothing to complete. */
         return j == start ? COMPLETE_PEER : COMPLETE_NOTHING;
     }
     return COMPLETE_NOTHING;

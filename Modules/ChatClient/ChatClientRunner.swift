@@ -94,7 +94,8 @@ public enum ChatClientRunner {
     public static func run(_ options: Options, logger: Logger) -> Int32 {
         let interactive = options.interactive ?? standardStreamsAreTerminals()
         let console: any Console = interactive
-            ? ReadlineConsole(prompt: "\(options.id)> ", commands: Command.names, historyPath: options.historyPath)
+            ? ReadlineConsole(prompt: "\(options.id)> ", commands: Command.names,
+                              peerArgumentCommands: Command.peerArgumentNames, historyPath: options.historyPath)
             : PlainConsole()
         let refused = Atomic<Bool>(false)
         var identity = IdentityKey()

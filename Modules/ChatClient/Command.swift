@@ -10,7 +10,16 @@ public enum Command: Hashable, Sendable {
     case help
 
     /// The commands, for `@help` and Tab completion.
-    public static let names = ["@show_list", "@chat", "@exit", "@help"]
+    public static let names = table.map(\.name)
+
+    /// The commands whose first argument is a peer ID (`@show_list`'s ID prefix, `@chat`'s
+    /// recipient): Tab completes that word from the roster.
+    public static let peerArgumentNames = table.filter(\.takesPeerID).map(\.name)
+
+    /// Each command word, in `@help` order, and whether its first argument is a peer ID.
+    private static let table: [(name: String, takesPeerID: Bool)] = [
+        ("@show_list", true), ("@chat", true), ("@exit", false), ("@help", false),
+    ]
 
     /// Why a typed line is not a command.
     public enum ParseError: Error, Hashable, Sendable, CustomStringConvertible {

@@ -19,9 +19,10 @@ public protocol Console: Sendable {
     func run(onLine: (String) -> LineDisposition)
     /// Prints one line (or several, separated by newlines) for the user.
     func show(_ text: String)
-    /// Where Tab finds peer IDs for the word right after `@chat ` or `@show_list `: called on
-    /// the console's own thread with the typed prefix, it returns the matching IDs in the order
-    /// to offer them (it may block briefly, e.g. while a server answers).
+    /// Where Tab finds peer IDs for the word right after a command that takes one (for
+    /// ``ReadlineConsole``, its `peerArgumentCommands`): called on the console's own thread
+    /// with the typed prefix, it returns the matching IDs in the order to offer them (it may
+    /// block briefly, e.g. while a server answers).
     func setPeerCompletion(_ provider: @escaping @Sendable (String) -> [String])
     /// Makes ``run(onLine:)`` return soon.
     func stop()

@@ -7,7 +7,7 @@ import CReadline
 import Synchronization
 
 /// The interactive console: GNU readline line editing, persistent bounded history, Tab
-/// completion of commands and of peer IDs after `@chat ` and `@show_list `, and lines from
+/// completion of commands and of peer IDs after the commands that take one, and lines from
 /// the network printed above the prompt with the half-typed line restored.
 ///
 /// readline's state is process-wide C globals, so every readline call happens on the one
@@ -22,6 +22,7 @@ public final class ReadlineConsole: Console {
 
     private let prompt: String
     private let commands: [String]
+    private let peerArgumentCommands: [String]
     private let historyPath: String?
     private let historyLimit: Int
     private let pending = Mutex(Pending())
@@ -31,11 +32,18 @@ public final class ReadlineConsole: Console {
 
     /// - Parameters:
     ///   - commands: words Tab completes at the start of a line.
+    ///   - peerArgumentCommands: the commands whose first argument is a peer ID (natchat's
+    ///     shell passes `Command.peerArgumentNames`: `@show_list` and `@chat`). When the
+    ///     line starts with one of these words and a space, Tab completes the next word from
+    ///     the provider set with ``setPeerCompletion(_:)``; words after it complete nothing.
+    ///     Empty: no word completes to a peer ID.
     ///   - historyPath: where history is kept across runs (`nil`: not kept).
     ///   - historyLimit: most history lines kept in the file.
-    public init(prompt: String = "> ", commands: [String], historyPath: String?, historyLimit: Int = 1000) {
+    public init(prompt: String = "> ", commands: [String], peerArgumentCommands: [String],
+                historyPath: String?, historyLimit: Int = 1000) {
         self.prompt = prompt
         self.commands = commands
+        self.peerArgumentCommands = peerArgumentCommands
         self.historyPath = historyPath
         self.historyLimit = historyLimit
         var fds: [Int32] = [-1, -1]
@@ -58,9 +66,9 @@ public final class ReadlineConsole: Console {
     }
 
     /// Replaces the peer-ID provider (from any thread; the next Tab uses it). Tab calls it on
-    /// the thread running ``run(onLine:)`` with the typed prefix of the word right after
-    /// `@chat ` or `@show_list `; while it blocks, readline shows nothing and queued lines
-    /// wait. IDs it returns that do not start with the prefix are not offered.
+    /// the thread running ``run(onLine:)`` with the typed prefix of the word right after one
+    /// of the console's `peerArgumentCommands`; while it blocks, readline shows nothing and
+    /// queued lines wait. IDs it returns that do not start with the prefix are not offered.
     public func setPeerCompletion(_ provider: @escaping @Sendable (String) -> [String]) {
         peerSource.set(provider)
     }
@@ -72,7 +80,7 @@ public final class ReadlineConsole: Console {
 
     public func run(onLine: (String) -> LineDisposition) {
         if let historyPath { _ = natchat_rl_history_load(historyPath) }
-        withCStrings(commands) { natchat_rl_set_commands($0, Int32(commands.count)) }
+        setCompletionWords(commands: commands, peerArgumentCommands: peerArgumentCommands)
         natchat_rl_install(prompt)
         defer {
             natchat_rl_remove()
@@ -83,7 +91,8 @@ public final class ReadlineConsole: Console {
 
     /// Tab completion as this console's readline would compute it, without a terminal (tests).
     func completionCandidates(line: String, start: Int, text: String) -> [String] {
-        Completion.candidates(line: line, start: start, text: text, commands: commands, source: peerSource)
+        Completion.candidates(line: line, start: start, text: text, commands: commands,
+                              peerArgumentCommands: peerArgumentCommands, source: peerSource)
     }
 
     private func readLines(onLine: (String) -> LineDisposition) {
@@ -142,8 +151,9 @@ public final class ReadlineConsole: Console {
 }
 
 /// Tab completion candidates, as readline sees them: for the word at `start` (a UTF-8 byte
-/// offset) with prefix `text` in `line`. Commands complete the first word; peer IDs complete
-/// the word right after `@chat ` (the peer ID) or `@show_list ` (the ID prefix). Nothing
+/// offset) with prefix `text` in `line`. `commands` complete the first word; peer IDs
+/// complete the word right after one of `peerArgumentCommands` followed by a space (in
+/// natchat's shell, `@chat ` for the peer ID and `@show_list ` for the ID prefix). Nothing
 /// completes later words (the chat text, the page number), and there is no fallback to
 /// file names. The first element is the longest common prefix (readline's convention),
 /// followed by the matches (commands in list order, peer IDs in the provider's order); no
@@ -152,9 +162,16 @@ public final class ReadlineConsole: Console {
 /// These run the shim's C code on the calling thread and set its process-wide completion
 /// state, so call them one at a time and not while a ``ReadlineConsole`` runs.
 public enum Completion {
+    /// The `peerArgumentCommands` the `candidates` functions use when given none: natchat's
+    /// shell's (`@chat`, `@show_list`), so callers written before the list was a parameter
+    /// (the benchmarks) complete as they did. A console is always given its list.
+    public static let defaultPeerArgumentCommands = ["@chat", "@show_list"]
+
     /// Peer IDs from `peers`: those that start with the typed prefix, in list order.
-    public static func candidates(line: String, start: Int, text: String, commands: [String], peers: [String]) -> [String] {
-        candidates(line: line, start: start, text: text, commands: commands) { prefix in
+    public static func candidates(line: String, start: Int, text: String, commands: [String],
+                                  peerArgumentCommands: [String] = defaultPeerArgumentCommands,
+                                  peers: [String]) -> [String] {
+        candidates(line: line, start: start, text: text, commands: commands, peerArgumentCommands: peerArgumentCommands) { prefix in
             peers.filter { $0.utf8.starts(with: prefix.utf8) }
         }
     }
@@ -162,12 +179,15 @@ public enum Completion {
     /// Peer IDs from `peerCompletion`, asked with the typed prefix only when the word being
     /// completed is a peer ID (as ``Console/setPeerCompletion(_:)``'s provider is).
     public static func candidates(line: String, start: Int, text: String, commands: [String],
+                                  peerArgumentCommands: [String] = defaultPeerArgumentCommands,
                                   peerCompletion: @escaping @Sendable (String) -> [String]) -> [String] {
-        candidates(line: line, start: start, text: text, commands: commands, source: PeerCompletionSource(peerCompletion))
+        candidates(line: line, start: start, text: text, commands: commands, peerArgumentCommands: peerArgumentCommands,
+                   source: PeerCompletionSource(peerCompletion))
     }
 
-    static func candidates(line: String, start: Int, text: String, commands: [String], source: PeerCompletionSource) -> [String] {
-        withCStrings(commands) { natchat_rl_set_commands($0, Int32(commands.count)) }
+    static func candidates(line: String, start: Int, text: String, commands: [String], peerArgumentCommands: [String],
+                           source: PeerCompletionSource) -> [String] {
+        setCompletionWords(commands: commands, peerArgumentCommands: peerArgumentCommands)
         guard let array = source.installed({ natchat_rl_candidates(line, Int32(start), text) }) else { return [] }
         defer { natchat_rl_free_candidates(array) }
         var result: [String] = []
@@ -178,6 +198,12 @@ public enum Completion {
         }
         return result
     }
+}
+
+/// Hands both word lists to the shim (which copies them); on the thread that owns readline.
+private func setCompletionWords(commands: [String], peerArgumentCommands: [String]) {
+    withCStrings(commands) { natchat_rl_set_commands($0, Int32(commands.count)) }
+    withCStrings(peerArgumentCommands) { natchat_rl_set_peer_argument_commands($0, Int32(peerArgumentCommands.count)) }
 }
 
 private func withCStrings(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>?) -> Void) {

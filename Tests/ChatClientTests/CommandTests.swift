@@ -103,6 +103,12 @@ struct CommandParseTests {
             #expect(Command.helpText.contains(name), "\(name) missing from the help text")
         }
     }
+
+    @Test func peerArgumentNames() {
+        // The ReadlineConsole completes the word after these from the roster.
+        #expect(Command.peerArgumentNames == ["@show_list", "@chat"])
+        #expect(Command.peerArgumentNames.allSatisfy(Command.names.contains))
+    }
 }
 
 @Suite("Command.parse grapheme boundaries")

@@ -8,10 +8,13 @@ import Testing
 @testable import LineEditor
 
 private let commands = ["@show_list", "@chat", "@exit", "@help"]
+/// natchat's shell's commands whose first argument is a peer ID (ChatClient's `Command.peerArgumentNames`).
+private let peerArgumentCommands = ["@chat", "@show_list"]
 private let peers = ["alice", "bob", "bobby", "한국어"]
 
-private func complete(_ line: String, start: Int, _ text: String, commands: [String] = commands, peers: [String] = peers) -> [String] {
-    Completion.candidates(line: line, start: start, text: text, commands: commands, peers: peers)
+private func complete(_ line: String, start: Int, _ text: String, commands: [String] = commands,
+                      peerArgumentCommands: [String] = peerArgumentCommands, peers: [String] = peers) -> [String] {
+    Completion.candidates(line: line, start: start, text: text, commands: commands, peerArgumentCommands: peerArgumentCommands, peers: peers)
 }
 
 // The command words and the peer source live in C globals (readline's model), so these
@@ -174,8 +177,11 @@ private final class RecordingProvider: Sendable {
     }
 }
 
-private func complete(_ line: String, start: Int, _ text: String, provider: @escaping @Sendable (String) -> [String]) -> [String] {
-    Completion.candidates(line: line, start: start, text: text, commands: commands, peerCompletion: provider)
+private func complete(_ line: String, start: Int, _ text: String, commands: [String] = commands,
+                      peerArgumentCommands: [String] = peerArgumentCommands,
+                      provider: @escaping @Sendable (String) -> [String]) -> [String] {
+    Completion.candidates(line: line, start: start, text: text, commands: commands, peerArgumentCommands: peerArgumentCommands,
+                          peerCompletion: provider)
 }
 
 private func filtering(_ ids: [String]) -> @Sendable (String) -> [String] {
@@ -258,8 +264,10 @@ extension CompletionTests {
             }
         }
         let source = PeerCompletionSource(provider)
-        #expect(Completion.candidates(line: "@chat b", start: 6, text: "b", commands: commands, source: source) == ["bob", "bob"])
-        #expect(Completion.candidates(line: "@chat b", start: 6, text: "b", commands: commands, source: source) == ["bobby", "bobby"])
+        #expect(Completion.candidates(line: "@chat b", start: 6, text: "b", commands: commands,
+                                      peerArgumentCommands: peerArgumentCommands, source: source) == ["bob", "bob"])
+        #expect(Completion.candidates(line: "@chat b", start: 6, text: "b", commands: commands,
+                                      peerArgumentCommands: peerArgumentCommands, source: source) == ["bobby", "bobby"])
         #expect(answers.withLock { $0 } == 2)
     }
 
@@ -272,7 +280,7 @@ extension CompletionTests {
     }
 
     @Test func readlineConsoleUsesTheProviderSetLast() async {
-        let console = ReadlineConsole(commands: commands, historyPath: nil)
+        let console = ReadlineConsole(commands: commands, peerArgumentCommands: peerArgumentCommands, historyPath: nil)
         // No provider yet: no peer is offered, commands still are.
         #expect(console.completionCandidates(line: "@chat b", start: 6, text: "b") == [])
         #expect(console.completionCandidates(line: "@e", start: 0, text: "@e") == ["@exit", "@exit"])
@@ -291,6 +299,123 @@ extension CompletionTests {
         let recorder = RecordingProvider(filtering(peers))
         PlainConsole().setPeerCompletion(recorder.provider)
         #expect(recorder.prefixes.isEmpty)
+    }
+}
+
+// The commands whose first argument is a peer ID come from the caller (natchat's shell
+// passes its command table's); nothing about @chat or @show_list is built in.
+extension CompletionTests {
+    private static let ircCommands = ["/msg", "/quit", "/who", "/whois"]
+
+    private func irc(_ line: String, start: Int, _ text: String, peerArgumentCommands: [String] = ["/msg"]) -> [String] {
+        complete(line, start: start, text, commands: Self.ircCommands, peerArgumentCommands: peerArgumentCommands)
+    }
+
+    @Test func customPeerArgumentCommand() {
+        #expect(irc("/msg ", start: 5, "") == ["", "alice", "bob", "bobby", "한국어"])
+        #expect(irc("/msg b", start: 5, "b") == ["bob", "bob", "bobby"])
+        #expect(irc("/msg 한", start: 5, "한") == ["한국어", "한국어"])
+        #expect(irc("  /msg   a", start: 9, "a") == ["alice", "alice"])
+        #expect(irc("/msg z", start: 5, "z") == [])
+        // Its first word still completes as a command, and nothing follows the peer ID.
+        #expect(irc("/", start: 0, "/") == ["/", "/msg", "/quit", "/who", "/whois"])
+        #expect(irc("/m", start: 0, "/m") == ["/msg", "/msg"])
+        #expect(irc("/msg", start: 0, "/msg") == ["/msg", "/msg"])
+        #expect(irc("/msg bob ", start: 9, "") == [])
+        #expect(irc("/msg bob b", start: 9, "b") == [])
+    }
+
+    @Test func onlyTheGivenCommandsTakeAPeer() {
+        // natchat's own commands are not special to a console configured without them.
+        #expect(irc("@chat ", start: 6, "") == [])
+        #expect(irc("@chat b", start: 6, "b") == [])
+        #expect(irc("@show_list b", start: 11, "b") == [])
+        // Nor are the other commands in the list, nor words that merely start with /msg.
+        #expect(irc("/who b", start: 5, "b") == [])
+        #expect(irc("/quit b", start: 6, "b") == [])
+        #expect(irc("/msgs b", start: 6, "b") == [])
+        #expect(irc("/ms b", start: 4, "b") == [])
+        #expect(irc("msg b", start: 4, "b") == [])
+    }
+
+    @Test func providerIsAskedOnlyAfterTheGivenCommands() {
+        let recorder = RecordingProvider(filtering(peers))
+        let ask: (String, Int, String) -> [String] = { line, start, text in
+            complete(line, start: start, text, commands: Self.ircCommands, peerArgumentCommands: ["/msg"], provider: recorder.provider)
+        }
+        #expect(ask("@chat b", 6, "b") == [])
+        #expect(ask("/who b", 5, "b") == [])
+        #expect(recorder.prefixes.isEmpty)
+        #expect(ask("/msg bo", 5, "bo") == ["bob", "bob", "bobby"])
+        #expect(recorder.prefixes == ["bo"])
+    }
+
+    @Test func severalPeerArgumentCommands() {
+        let both = ["/msg", "/whois"]
+        #expect(irc("/msg b", start: 5, "b", peerArgumentCommands: both) == ["bob", "bob", "bobby"])
+        #expect(irc("/whois a", start: 7, "a", peerArgumentCommands: both) == ["alice", "alice"])
+        #expect(irc("/who a", start: 5, "a", peerArgumentCommands: both) == [])
+        // A command that is a prefix of another: each matches only as a whole word.
+        let nested = ["/who", "/whois"]
+        #expect(irc("/who a", start: 5, "a", peerArgumentCommands: nested) == ["alice", "alice"])
+        #expect(irc("/whois a", start: 7, "a", peerArgumentCommands: nested) == ["alice", "alice"])
+        #expect(irc("/whoi a", start: 6, "a", peerArgumentCommands: nested) == [])
+    }
+
+    @Test func noPeerArgumentCommands() {
+        let recorder = RecordingProvider(filtering(peers))
+        #expect(complete("@chat b", start: 6, "b", peerArgumentCommands: [], provider: recorder.provider) == [])
+        #expect(complete("@show_list ", start: 11, "", peerArgumentCommands: [], provider: recorder.provider) == [])
+        #expect(complete("@c", start: 0, "@c", peerArgumentCommands: [], provider: recorder.provider) == ["@chat", "@chat"])
+        #expect(recorder.prefixes.isEmpty)
+    }
+
+    @Test func wordsThatCanNeverBeAFirstWordAreIgnored() {
+        // readline splits words at spaces: an empty word or one holding a space never matches.
+        #expect(irc(" b", start: 1, "b", peerArgumentCommands: [""]) == [])
+        #expect(irc("/msg b", start: 5, "b", peerArgumentCommands: ["", "/msg"]) == ["bob", "bob", "bobby"])
+        #expect(irc("/a b c", start: 5, "c", peerArgumentCommands: ["/a b"]) == [])
+        #expect(irc("/a b ", start: 5, "", peerArgumentCommands: ["/a b"]) == [])
+        #expect(irc("/a b", start: 3, "b", peerArgumentCommands: ["/a b"]) == [])
+    }
+
+    @Test func nonASCIICommandWord() {
+        // `start` is a byte offset: "@대화 " is 8 bytes.
+        let words = ["@대화", "@끝"]
+        #expect(complete("@대화 b", start: 8, "b", commands: words, peerArgumentCommands: ["@대화"]) == ["bob", "bob", "bobby"])
+        #expect(complete("@끝 b", start: 5, "b", commands: words, peerArgumentCommands: ["@대화"]) == [])
+    }
+
+    @Test func peerArgumentCommandsAreReplacedOnEachCall() {
+        #expect(irc("/msg b", start: 5, "b") == ["bob", "bob", "bobby"])
+        #expect(complete("/msg b", start: 5, "b") == [])
+        #expect(complete("@chat b", start: 6, "b") == ["bob", "bob", "bobby"])
+        #expect(irc("@chat b", start: 6, "b") == [])
+    }
+
+    @Test func defaultIsNatchatsShell() {
+        // Callers that pass no list (the benchmarks) complete after @chat and @show_list.
+        #expect(Completion.defaultPeerArgumentCommands == ["@chat", "@show_list"])
+        #expect(Completion.candidates(line: "@chat b", start: 6, text: "b", commands: [], peers: peers) == ["bob", "bob", "bobby"])
+        #expect(Completion.candidates(line: "@show_list a", start: 11, text: "a", commands: [], peers: peers) == ["alice", "alice"])
+        #expect(Completion.candidates(line: "/msg a", start: 5, text: "a", commands: [], peers: peers) == [])
+        #expect(Completion.candidates(line: "@chat b", start: 6, text: "b", commands: [], peerCompletion: filtering(peers))
+            == ["bob", "bob", "bobby"])
+    }
+
+    @Test func readlineConsoleWithCustomCommands() {
+        let console = ReadlineConsole(prompt: "irc> ", commands: Self.ircCommands, peerArgumentCommands: ["/msg"], historyPath: nil)
+        console.setPeerCompletion(filtering(peers))
+        #expect(console.completionCandidates(line: "/msg b", start: 5, text: "b") == ["bob", "bob", "bobby"])
+        #expect(console.completionCandidates(line: "/msg bob hi", start: 9, text: "hi") == [])
+        #expect(console.completionCandidates(line: "@chat b", start: 6, text: "b") == [])
+        #expect(console.completionCandidates(line: "@", start: 0, text: "@") == [])
+        #expect(console.completionCandidates(line: "/w", start: 0, text: "/w") == ["/who", "/who", "/whois"])
+        // Without the list no word completes to a peer, whatever the provider holds.
+        let plain = ReadlineConsole(commands: commands, peerArgumentCommands: [], historyPath: nil)
+        plain.setPeerCompletion(filtering(peers))
+        #expect(plain.completionCandidates(line: "@chat b", start: 6, text: "b") == [])
+        #expect(plain.completionCandidates(line: "@c", start: 0, text: "@c") == ["@chat", "@chat"])
     }
 }
 

@@ -4,9 +4,9 @@
 /* natchat's shim over GNU readline's callback interface.
  *
  * readline keeps its state in C globals. Every function here must be called from one
- * thread (LineEditor's terminal thread). The shim owns the command words, the peer-ID
- * source and the line the callback handler produced, so Swift never touches a readline
- * global. */
+ * thread (LineEditor's terminal thread). The shim owns the command words, the commands
+ * whose first argument is a peer ID, the peer-ID source and the line the callback handler
+ * produced, so Swift never touches a readline global. */
 
 #include <stddef.h>
 
@@ -32,14 +32,22 @@ void natchat_rl_print_above(const char *text);
  * copied. */
 void natchat_rl_set_commands(const char *const *words, int count);
 
-/* Where peer IDs come from: asked with the typed prefix of the word right after "@chat "
- * or "@show_list " (the peer ID, the ID prefix; nothing after it is completed), a source
- * returns the matching IDs in the order to offer them, as a malloc'ed NULL-terminated
- * array of malloc'ed strings (the shim takes and frees it), or NULL for none. Words that
- * do not start with the prefix are dropped. It is called on the calling thread, from
- * natchat_rl_candidates and so from natchat_rl_read_char when Tab is pressed, and may
- * block (readline shows nothing meanwhile); it must not call back into this shim.
- * `context` is passed back as is. A NULL source (the initial state) completes no peer. */
+/* Replaces the commands whose first argument is a peer ID (natchat's shell passes "@chat"
+ * and "@show_list"): each is a command word, matched when it is the line's first word and
+ * a space follows it; the word right after it completes from the peer source. Strings are
+ * copied. Empty words and words holding a space (never a first word) are ignored. None at
+ * first: no word completes from the peer source. */
+void natchat_rl_set_peer_argument_commands(const char *const *words, int count);
+
+/* Where peer IDs come from: asked with the typed prefix of the word right after a
+ * peer-argument command (see natchat_rl_set_peer_argument_commands; nothing after that
+ * word is completed), a source returns the matching IDs in the order to offer them, as a
+ * malloc'ed NULL-terminated array of malloc'ed strings (the shim takes and frees it), or
+ * NULL for none. Words that do not start with the prefix are dropped. It is called on the
+ * calling thread, from natchat_rl_candidates and so from natchat_rl_read_char when Tab is
+ * pressed, and may block (readline shows nothing meanwhile); it must not call back into
+ * this shim. `context` is passed back as is. A NULL source (the initial state) completes
+ * no peer. */
 typedef char **(*natchat_rl_peer_source)(const char *prefix, void *context);
 void natchat_rl_set_peer_source(natchat_rl_peer_source source, void *context);
 
@@ -49,7 +57,7 @@ void natchat_rl_set_peer_source(natchat_rl_peer_source source, void *context);
  * element is the longest common prefix of the matches (never cut inside a UTF-8
  * character), followed by the matches (commands in list order, peer IDs in the source's
  * order), or NULL when nothing matches. The peer source is asked only when the word is a
- * peer ID, with `text` as the prefix. */
+ * peer ID (the one right after a peer-argument command), with `text` as the prefix. */
 char **natchat_rl_candidates(const char *line, int start, const char *text);
 
 /* History: load from `path`, add a line, save keeping at most `max_entries`. */
