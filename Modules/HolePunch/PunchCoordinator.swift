@@ -1,7 +1,7 @@
 import MonotonicTime
 import Wire
 
-/// The server's side of hole punching: one pair token per pair of clients, and rounds.
+/// The server's side of hole punching: numbered rounds per pair of clients.
 ///
 /// When either client of a pair asks to connect, both are told to punch at once (the
 /// caller sends the two ``Instruction``s together). Rounds after the first alternate which
@@ -22,7 +22,6 @@ public struct PunchCoordinator: Sendable {
     public struct Instruction: Hashable, Sendable {
         public var recipient: ClientID
         public var peer: ClientID
-        public var pairToken: Token128
         public var round: UInt32
         public var delay: Duration
     }
@@ -37,7 +36,6 @@ public struct PunchCoordinator: Sendable {
     }
 
     struct PairState: Sendable {
-        var token: Token128
         var round: UInt32
         var lastRoundAt: Instant
     }
@@ -52,10 +50,9 @@ public struct PunchCoordinator: Sendable {
     public var pairCount: Int { pairs.count }
 
     /// `requester` asks to reach `peer`: the instructions for both (the requester first).
-    public mutating func connect<G: RandomNumberGenerator>(_ requester: ClientID, to peer: ClientID, now: Instant,
-                                                           random: inout G) -> [Instruction] {
+    public mutating func connect(_ requester: ClientID, to peer: ClientID, now: Instant) -> [Instruction] {
         let key = PairKey(requester, peer)
-        var state = pairs[key] ?? PairState(token: .random(using: &random), round: 0, lastRoundAt: now - configuration.sameRoundWindow * 2)
+        var state = pairs[key] ?? PairState(round: 0, lastRoundAt: now - configuration.sameRoundWindow * 2)
         if now - state.lastRoundAt >= configuration.sameRoundWindow || state.round == 0 {
             state.round += 1
             state.lastRoundAt = now
@@ -72,8 +69,8 @@ public struct PunchCoordinator: Sendable {
             if state.round % 2 == 0 { secondDelay = configuration.secondMoverDelay } else { firstDelay = configuration.secondMoverDelay }
         }
         let delayFor = { (id: ClientID) in id == key.first ? firstDelay : secondDelay }
-        return [Instruction(recipient: requester, peer: peer, pairToken: state.token, round: state.round, delay: delayFor(requester)),
-                Instruction(recipient: peer, peer: requester, pairToken: state.token, round: state.round, delay: delayFor(peer))]
+        return [Instruction(recipient: requester, peer: peer, round: state.round, delay: delayFor(requester)),
+                Instruction(recipient: peer, peer: requester, round: state.round, delay: delayFor(peer))]
     }
 
     /// Forgets every pair `id` is in (it left).

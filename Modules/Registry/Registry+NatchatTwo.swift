@@ -87,7 +87,7 @@ extension Registry {
             // Both talk to each other now: each hears of the other's changes at any roster size.
             roster.noteInterest(of: id, in: peerID)
             roster.noteInterest(of: peerID, in: id)
-            let instructions = punch.connect(id, to: peerID, now: now, random: &random)
+            let instructions = punch.connect(id, to: peerID, now: now)
             var actions: [Action] = []
             for instruction in instructions {
                 guard let recipient = entries[instruction.recipient], let other = entries[instruction.peer] else { continue }

@@ -2,7 +2,6 @@ import Testing
 import HolePunch
 import MonotonicTime
 import Wire
-import TestSupport
 
 private func id(_ text: String) -> ClientID { try! ClientID(text) }
 private func ms(_ milliseconds: Int64) -> Instant { Instant.zero + .milliseconds(milliseconds) }
@@ -42,45 +41,38 @@ struct PunchFeasibilityTests {
 struct PunchCoordinatorTests {
     @Test func firstRoundBothAtOnce() {
         var coordinator = PunchCoordinator()
-        var random = SplitMix64(seed: 1)
-        let instructions = coordinator.connect(bob, to: alice, now: ms(0), random: &random)
+        let instructions = coordinator.connect(bob, to: alice, now: ms(0))
         #expect(instructions.count == 2)
         #expect(instructions.map(\.recipient) == [bob, alice])
         #expect(instructions.map(\.peer) == [alice, bob])
         #expect(instructions.map(\.round) == [1, 1])
         #expect(instructions.map(\.delay) == [.zero, .zero])
-        #expect(instructions[0].pairToken == instructions[1].pairToken)
-        #expect(instructions[0].pairToken != .zero)
         #expect(coordinator.pairCount == 1)
     }
 
-    @Test func sameTokenReusedPerPairAndRoundsAdvanceOnlyAfterTheWindow() {
+    @Test func roundsAdvanceOnlyAfterTheWindow() {
         var coordinator = PunchCoordinator()
-        var random = SplitMix64(seed: 2)
-        let first = coordinator.connect(alice, to: bob, now: ms(0), random: &random)
+        _ = coordinator.connect(alice, to: bob, now: ms(0))
         // Within the 2 s window (either side asking): the same round.
-        let again = coordinator.connect(bob, to: alice, now: ms(1_999), random: &random)
+        let again = coordinator.connect(bob, to: alice, now: ms(1_999))
         #expect(again.map(\.round) == [1, 1])
         #expect(again.map(\.recipient) == [bob, alice])
-        #expect(again[0].pairToken == first[0].pairToken)
         // A request inside the window does not extend it.
-        let second = coordinator.connect(alice, to: bob, now: ms(2_000), random: &random)
+        let second = coordinator.connect(alice, to: bob, now: ms(2_000))
         #expect(second.map(\.round) == [2, 2])
-        #expect(second[0].pairToken == first[0].pairToken)
-        #expect(coordinator.connect(alice, to: bob, now: ms(3_999), random: &random).map(\.round) == [2, 2])
-        #expect(coordinator.connect(alice, to: bob, now: ms(4_000), random: &random).map(\.round) == [3, 3])
-        #expect(coordinator.connect(bob, to: alice, now: ms(60_000), random: &random).map(\.round) == [4, 4])
+        #expect(coordinator.connect(alice, to: bob, now: ms(3_999)).map(\.round) == [2, 2])
+        #expect(coordinator.connect(alice, to: bob, now: ms(4_000)).map(\.round) == [3, 3])
+        #expect(coordinator.connect(bob, to: alice, now: ms(60_000)).map(\.round) == [4, 4])
         #expect(coordinator.pairCount == 1)
     }
 
     @Test func laterRoundsAlternateWhoWaits() {
         var coordinator = PunchCoordinator()
-        var random = SplitMix64(seed: 3)
         var delays: [[ClientID: Duration]] = []
         for round in 0..<5 {
             let requester = round % 2 == 0 ? bob : alice
             let peer = requester == bob ? alice : bob
-            let instructions = coordinator.connect(requester, to: peer, now: ms(Int64(round) * 2_000), random: &random)
+            let instructions = coordinator.connect(requester, to: peer, now: ms(Int64(round) * 2_000))
             #expect(instructions.map(\.round) == [UInt32(round + 1), UInt32(round + 1)])
             delays.append(Dictionary(uniqueKeysWithValues: instructions.map { ($0.recipient, $0.delay) }))
         }
@@ -99,43 +91,37 @@ struct PunchCoordinatorTests {
         configuration.sameRoundWindow = .seconds(10)
         configuration.secondMoverDelay = .milliseconds(250)
         var coordinator = PunchCoordinator(configuration: configuration)
-        var random = SplitMix64(seed: 4)
-        _ = coordinator.connect(alice, to: bob, now: ms(0), random: &random)
-        #expect(coordinator.connect(alice, to: bob, now: ms(9_999), random: &random).map(\.round) == [1, 1])
-        let second = coordinator.connect(alice, to: bob, now: ms(10_000), random: &random)
+        _ = coordinator.connect(alice, to: bob, now: ms(0))
+        #expect(coordinator.connect(alice, to: bob, now: ms(9_999)).map(\.round) == [1, 1])
+        let second = coordinator.connect(alice, to: bob, now: ms(10_000))
         #expect(second.map(\.round) == [2, 2])
         #expect(second.map(\.delay) == [.zero, .milliseconds(250)])
     }
 
     @Test func pairsAreIndependent() {
         var coordinator = PunchCoordinator()
-        var random = SplitMix64(seed: 5)
-        let ab = coordinator.connect(alice, to: bob, now: ms(0), random: &random)
-        let ac = coordinator.connect(alice, to: carol, now: ms(0), random: &random)
-        #expect(ab[0].pairToken != ac[0].pairToken)
+        _ = coordinator.connect(alice, to: bob, now: ms(0))
+        let ac = coordinator.connect(alice, to: carol, now: ms(0))
         #expect(ac.map(\.round) == [1, 1])
-        #expect(coordinator.connect(carol, to: alice, now: ms(5_000), random: &random).map(\.round) == [2, 2])
-        #expect(coordinator.connect(bob, to: alice, now: ms(5_000), random: &random).map(\.round) == [2, 2])
+        #expect(coordinator.connect(carol, to: alice, now: ms(5_000)).map(\.round) == [2, 2])
+        #expect(coordinator.connect(bob, to: alice, now: ms(5_000)).map(\.round) == [2, 2])
         #expect(coordinator.pairCount == 2)
     }
 
     @Test func forgetDropsEveryPairOfTheClient() {
         var coordinator = PunchCoordinator()
-        var random = SplitMix64(seed: 6)
-        let ab = coordinator.connect(alice, to: bob, now: ms(0), random: &random)
-        _ = coordinator.connect(alice, to: carol, now: ms(0), random: &random)
-        let bc = coordinator.connect(bob, to: carol, now: ms(0), random: &random)
-        _ = coordinator.connect(alice, to: bob, now: ms(3_000), random: &random) // round 2
+        _ = coordinator.connect(alice, to: bob, now: ms(0))
+        _ = coordinator.connect(alice, to: carol, now: ms(0))
+        _ = coordinator.connect(bob, to: carol, now: ms(0))
+        _ = coordinator.connect(alice, to: bob, now: ms(3_000)) // round 2
         #expect(coordinator.pairCount == 3)
         coordinator.forget(alice)
         #expect(coordinator.pairCount == 1)
-        // alice comes back: a fresh pair, round 1, a new token.
-        let fresh = coordinator.connect(alice, to: bob, now: ms(3_500), random: &random)
+        // alice comes back: a fresh pair, round 1.
+        let fresh = coordinator.connect(alice, to: bob, now: ms(3_500))
         #expect(fresh.map(\.round) == [1, 1])
-        #expect(fresh[0].pairToken != ab[0].pairToken)
         // bob–carol kept its state.
-        let kept = coordinator.connect(carol, to: bob, now: ms(3_500), random: &random)
-        #expect(kept[0].pairToken == bc[0].pairToken)
+        let kept = coordinator.connect(carol, to: bob, now: ms(3_500))
         #expect(kept.map(\.round) == [2, 2])
         coordinator.forget(id("nobody"))
         #expect(coordinator.pairCount == 2)
@@ -145,16 +131,14 @@ struct PunchCoordinatorTests {
         var configuration = PunchCoordinator.Configuration()
         configuration.maxPairs = 2
         var coordinator = PunchCoordinator(configuration: configuration)
-        var random = SplitMix64(seed: 7)
-        let ab = coordinator.connect(alice, to: bob, now: ms(0), random: &random)
-        let ac = coordinator.connect(alice, to: carol, now: ms(1_000), random: &random)
-        _ = coordinator.connect(bob, to: carol, now: ms(2_000), random: &random)
+        _ = coordinator.connect(alice, to: bob, now: ms(0))
+        _ = coordinator.connect(alice, to: carol, now: ms(1_000))
+        _ = coordinator.connect(bob, to: carol, now: ms(2_000))
         #expect(coordinator.pairCount == 2)
-        // alice–bob was the oldest: forgotten (new token, round 1); alice–carol kept.
-        let acAgain = coordinator.connect(alice, to: carol, now: ms(2_500), random: &random)
-        #expect(acAgain[0].pairToken == ac[0].pairToken)
-        let abAgain = coordinator.connect(alice, to: bob, now: ms(2_600), random: &random)
-        #expect(abAgain[0].pairToken != ab[0].pairToken)
+        // alice–bob was the oldest: forgotten (round 1 again); alice–carol kept (round 2).
+        let acAgain = coordinator.connect(alice, to: carol, now: ms(3_000))
+        #expect(acAgain.map(\.round) == [2, 2])
+        let abAgain = coordinator.connect(alice, to: bob, now: ms(3_100))
         #expect(abAgain.map(\.round) == [1, 1])
     }
 }
