@@ -4,7 +4,10 @@
 //
 // Properties checked on every input:
 // - no decoder traps (a crash is a libFuzzer finding);
-// - whatever decodes re-encodes to bytes that decode to the same message.
+// - whatever decodes re-encodes to bytes that decode to the same message;
+// - the in-place keep-alive and relay readers accept exactly what the decoder accepts
+//   (except the ID's characters, which they do not check: an ID with a forbidden character
+//   is the one input they may take and the decoder refuse).
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
@@ -12,8 +15,24 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     if let message = try? ClassicMessage.decode(bytes) {
         guard (try? ClassicMessage.decode(message.encode())) == message else { fatalError("classic round trip: \(message)") }
     }
-    if let message = try? ExtendedMessage.decode(bytes) {
-        guard (try? ExtendedMessage.decode(message.encode())) == message else { fatalError("extended round trip: \(message)") }
+    if let datagram = try? ExtendedDatagram.decode(bytes) {
+        guard (try? ExtendedDatagram.decode(datagram.encode())) == datagram else { fatalError("extended round trip: \(datagram)") }
+        // The in-place readers accept exactly what the decoder accepts, for their kinds.
+        bytes.withUnsafeBytes { raw in
+            if case .keepAlive = datagram.message, ExtendedMessage.KeepAliveFrame(raw) == nil { fatalError("keep-alive frame refused") }
+            if case .relay = datagram.message, ExtendedMessage.RelayFrame(raw) == nil { fatalError("relay frame refused") }
+        }
+    } else {
+        // A frame the decoder refuses can only be one whose ID breaks the ID rules.
+        bytes.withUnsafeBytes { raw in
+            if let frame = ExtendedMessage.KeepAliveFrame(raw), (try? ClientID(utf8: frame.idBytes)) != nil {
+                fatalError("keep-alive frame the decoder refuses")
+            }
+            if let frame = ExtendedMessage.RelayFrame(raw), (try? ClientID(utf8: frame.idBytes)) != nil,
+               (try? ClientID(utf8: frame.toBytes)) != nil {
+                fatalError("relay frame the decoder refuses")
+            }
+        }
     }
     if let message = try? STUN.decode(bytes) {
         switch message {

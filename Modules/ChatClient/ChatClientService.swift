@@ -199,7 +199,7 @@ public final class ChatClientService: DatagramDriver {
         registrationRetryAt = nil
         if mode == .extended, extended != nil {
             let id = configuration.id
-            if let bytes = extended?.sessionMessage({ .exit(id: id, counter: $0, tag: .zero) }) {
+            if let bytes = extended?.sessionMessage(.exit(id: id)) {
                 output.send(bytes, to: configuration.server)
             }
         } else {
@@ -541,7 +541,7 @@ public final class ChatClientService: DatagramDriver {
         if mode == .extended, extended != nil {
             let id = configuration.id
             let kind = natKind
-            if let bytes = extended?.sessionMessage({ .keepAlive(id: id, natKind: kind, counter: $0, tag: .zero) }) {
+            if let bytes = extended?.sessionMessage(.keepAlive(id: id, natKind: kind)) {
                 output.send(bytes, to: configuration.server)
             }
         } else {

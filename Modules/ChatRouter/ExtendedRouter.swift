@@ -180,9 +180,8 @@ public struct ExtendedRouter: Sendable {
             let changes = roster.apply(delta)
             if let (largest, received) = roster.acknowledgement {
                 let selfID = self.selfID
-                transmits.append(Transmit(bytes: sessionMessage {
-                    .rosterAck(id: selfID, largest: largest, received: received, counter: $0, tag: .zero)
-                }, destination: server))
+                transmits.append(Transmit(bytes: sessionMessage(.rosterAck(id: selfID, largest: largest, received: received)),
+                                          destination: server))
             }
             apply(changes, now: now)
         case .lookupResult(let query, let epoch, let version, let peer, let found):
@@ -224,11 +223,11 @@ public struct ExtendedRouter: Sendable {
     /// authenticates under that pair's key.
     public mutating func handlePeerMessage(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint, now: Instant) {
         switch message {
-        case .ping(let from, let to, let transaction, _):
+        case .ping(let from, let to, let transaction):
             guard verifyTag(bytes, from: from, to: to, now: now) else { return }
             links[from]?.agent.handlePing(transaction: transaction, from: source, now: now)
             drainAgent(from, now: now)
-        case .pong(let from, let to, let transaction, _, _):
+        case .pong(let from, let to, let transaction, _):
             guard verifyTag(bytes, from: from, to: to, now: now) else { return }
             links[from]?.agent.handlePong(transaction: transaction, from: source, now: now)
             drainAgent(from, now: now)
@@ -236,7 +235,7 @@ public struct ExtendedRouter: Sendable {
             guard let text = openChat(sealed, from: from, to: to, messageID: messageID, now: now) else { return }
             links[from]?.agent.noteHeard(from: source, now: now)
             receiveChat(from: from, messageID: messageID, text: text, route: .direct(source), now: now)
-        case .chatAck(let from, let to, let messageID, _):
+        case .chatAck(let from, let to, let messageID):
             guard verifyTag(bytes, from: from, to: to, now: now) else { return }
             links[from]?.agent.noteHeard(from: source, now: now)
             acknowledge(messageID, from: from)
@@ -427,9 +426,7 @@ public struct ExtendedRouter: Sendable {
                     continue
                 }
                 let (selfID, query) = (self.selfID, lookup.query)
-                transmits.append(Transmit(bytes: sessionMessage {
-                    .lookup(id: selfID, query: query, peer: id, counter: $0, tag: .zero)
-                }, destination: server))
+                transmits.append(Transmit(bytes: sessionMessage(.lookup(id: selfID, query: query, peer: id)), destination: server))
                 lookup.nextSend = now + lookup.interval
                 lookup.interval = min(lookup.interval * 2, queries.maxRetry)
             }
@@ -444,10 +441,10 @@ public struct ExtendedRouter: Sendable {
             }
             guard now >= request.nextSend else { continue }
             let selfID = self.selfID
-            transmits.append(Transmit(bytes: sessionMessage {
-                .listQuery(id: selfID, query: query, prefix: request.prefix, offset: UInt32(clamping: request.offset),
-                           limit: UInt16(clamping: request.limit), counter: $0, tag: .zero)
-            }, destination: server))
+            transmits.append(Transmit(bytes: sessionMessage(.listQuery(id: selfID, query: query, prefix: request.prefix,
+                                                                       offset: UInt32(clamping: request.offset),
+                                                                       limit: UInt16(clamping: request.limit))),
+                                      destination: server))
             request.nextSend = now + request.interval
             request.interval = min(request.interval * 2, queries.maxRetry)
             lists[query] = request
@@ -490,7 +487,7 @@ public struct ExtendedRouter: Sendable {
         case .chat(let innerFrom, let to, let messageID, let sealed) where innerFrom == from:
             guard let text = openChat(sealed, from: from, to: to, messageID: messageID, now: now) else { return }
             receiveChat(from: from, messageID: messageID, text: text, route: .relayed, now: now)
-        case .chatAck(let innerFrom, let to, let messageID, _) where innerFrom == from:
+        case .chatAck(let innerFrom, let to, let messageID) where innerFrom == from:
             guard verifyTag(bytes, from: from, to: to, now: now) else { return }
             acknowledge(messageID, from: from)
         default:
@@ -500,7 +497,7 @@ public struct ExtendedRouter: Sendable {
 
     private mutating func receiveChat(from: ClientID, messageID: UInt64, text: String, route: Route, now: Instant) {
         guard let key = links[from]?.pairKey else { return }
-        let ack = SessionCrypto.authenticated(.chatAck(from: selfID, to: from, messageID: messageID, tag: .zero), key: key)
+        let ack = SessionCrypto.sealed(.chatAck(from: selfID, to: from, messageID: messageID), key: key)
         switch route {
         case .direct(let source): transmits.append(Transmit(bytes: ack, destination: source))
         case .relayed: sendViaRelay(ack, to: from)
@@ -534,7 +531,7 @@ public struct ExtendedRouter: Sendable {
 
     private mutating func sendViaRelay(_ payload: [UInt8], to peer: ClientID) {
         let selfID = self.selfID
-        let bytes = sessionMessage { .relay(id: selfID, to: peer, payload: payload, counter: $0, tag: .zero) }
+        let bytes = sessionMessage(.relay(id: selfID, to: peer, payload: payload))
         transmits.append(Transmit(bytes: bytes, destination: server))
     }
 
@@ -545,9 +542,9 @@ public struct ExtendedRouter: Sendable {
     }
 
     /// Encodes a client→server message with the next counter and its tag under the session key.
-    public mutating func sessionMessage(_ make: (UInt64) -> ExtendedMessage) -> [UInt8] {
+    public mutating func sessionMessage(_ message: ExtendedMessage) -> [UInt8] {
         counter += 1
-        let bytes = SessionCrypto.authenticated(make(counter), key: sessionKey)
+        let bytes = SessionCrypto.sealed(message, counter: counter, key: sessionKey)
         recentTags.append(Token128(bytes: bytes.suffix(16)))
         if recentTags.count > 32 { recentTags.removeFirst(recentTags.count - 32) }
         return bytes
@@ -557,15 +554,15 @@ public struct ExtendedRouter: Sendable {
         guard var link = links[id] else { return }
         if link.agent.pollConnectRequest() {
             let selfID = self.selfID
-            let bytes = sessionMessage { .connect(id: selfID, peer: id, counter: $0, tag: .zero) }
+            let bytes = sessionMessage(.connect(id: selfID, peer: id))
             transmits.append(Transmit(bytes: bytes, destination: server))
         }
         while let (check, destination) = link.agent.pollTransmit() {
             let message: ExtendedMessage = switch check {
-            case .ping(let transaction): .ping(from: selfID, to: id, transaction: transaction, tag: .zero)
-            case .pong(let transaction, let observed): .pong(from: selfID, to: id, transaction: transaction, observed: observed, tag: .zero)
+            case .ping(let transaction): .ping(from: selfID, to: id, transaction: transaction)
+            case .pong(let transaction, let observed): .pong(from: selfID, to: id, transaction: transaction, observed: observed)
             }
-            transmits.append(Transmit(bytes: SessionCrypto.authenticated(message, key: link.pairKey), destination: destination))
+            transmits.append(Transmit(bytes: SessionCrypto.sealed(message, key: link.pairKey), destination: destination))
         }
         while let event = link.agent.pollEvent() {
             if case .pathChanged(let path) = event { events.append(.pathChanged(id, path)) }

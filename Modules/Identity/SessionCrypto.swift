@@ -50,12 +50,24 @@ public enum SessionCrypto {
         self.tag(bytes, key: key).constantTimeEquals(tag)
     }
 
-    /// Encodes `message` with its trailing tag computed under `key`.
-    public static func authenticated(_ message: ExtendedMessage, key: KeyBytes) -> [UInt8] {
+    /// A client→server session message as sent: `message`, then `counter` and the tag under
+    /// the session key over everything before the tag. (`message`'s kind must be a session
+    /// kind; ``ExtendedMessage/Authentication``.)
+    public static func sealed(_ message: ExtendedMessage, counter: UInt64, key: KeyBytes) -> [UInt8] {
+        var w = WireWriter(capacity: 96)
+        w.raw(message.encode())
+        w.u64(counter)
+        let tag = tag(w.bytes, key: key)
+        w.u64(tag.high)
+        w.u64(tag.low)
+        return w.bytes
+    }
+
+    /// A peer message as sent: `message`, then the tag under the pair key over it.
+    public static func sealed(_ message: ExtendedMessage, key: KeyBytes) -> [UInt8] {
         var bytes = message.encode()
-        guard let tagLength = ExtendedMessage.trailerLength(ofEncoded: bytes), tagLength == 16 else { return bytes }
-        let tag = tag(bytes[..<(bytes.count - 16)], key: key)
-        bytes.replaceSubrange((bytes.count - 16)..., with: tag.bytes)
+        let tag = tag(bytes, key: key)
+        bytes += tag.bytes
         return bytes
     }
 
@@ -86,14 +98,10 @@ public enum SessionCrypto {
     /// Encodes a registration signed by `identity`.
     public static func signedRegistration(id: ClientID, cookie: Token128, privateEndpoints: [Endpoint], natKind: NATKind,
                                           identity: IdentityKey, subscribe: Bool = true) -> [UInt8] {
-        let unsigned = ExtendedMessage.register(id: id, cookie: cookie, privateEndpoints: privateEndpoints, natKind: natKind,
-                                                keys: identity.publicKeys, signature: Array(repeating: 0, count: 64),
-                                                subscribe: subscribe)
-        var bytes = unsigned.encode()
-        let signed = bytes[..<(bytes.count - 64)]
-        guard let signature = try? identity.signing.signature(for: Array(signed)) else { return bytes }
-        bytes.replaceSubrange((bytes.count - 64)..., with: Array(signature))
-        return bytes
+        let bytes = ExtendedMessage.register(id: id, cookie: cookie, privateEndpoints: privateEndpoints, natKind: natKind,
+                                             keys: identity.publicKeys, subscribe: subscribe).encode()
+        guard let signature = try? identity.signing.signature(for: bytes) else { return bytes }
+        return bytes + Array(signature)
     }
 
     /// Whether the encoded registration `bytes` is signed by the signing key it carries.

@@ -7,12 +7,18 @@ import Wire
 // requests, relay, roster acknowledgements, look-ups and list queries.
 
 extension Registry {
-    /// Handles one decoded extended datagram that arrived from `source` at `now`; `bytes`
+    /// Handles one decoded natchat/2 datagram that arrived from `source` at `now`; `bytes`
     /// is the datagram as received (its tag or signature covers it).
-    public mutating func receive<G: RandomNumberGenerator>(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint,
+    public mutating func receive<G: RandomNumberGenerator>(_ datagram: ExtendedDatagram, bytes: [UInt8], from source: Endpoint,
                                                            now: Instant, random: inout G) -> [Action] {
-        switch message {
-        case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let signature, let subscribe):
+        // The decoder gives every session kind its counter and tag, a registration its signature.
+        let counter = datagram.trailer.counter ?? 0
+        let tag = datagram.trailer.tag ?? .zero
+        switch datagram.message {
+        case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let subscribe):
+            guard case .signature(let signature) = datagram.trailer else {
+                return [.report(.ignoredExtended(from: source, .badSignature))]
+            }
             guard let issued = validator.issueTime(of: cookie, for: source, now: now) else {
                 return [.report(.ignoredExtended(from: source, .badCookie))]
             }
@@ -53,7 +59,7 @@ extension Registry {
                 return actions
             }
             return register(newcomer, answer: answer, now: now)
-        case .keepAlive(let id, let natKind, let counter, let tag):
+        case .keepAlive(let id, let natKind):
             guard var entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
@@ -71,12 +77,12 @@ extension Registry {
             actions.append(.sendExtended(.keepAliveAck(publicEndpoint: source), to: source))
             if changed { actions += published(entry, publicEndpointChanged: previous != source, now: now) }
             return actions
-        case .exit(let id, let counter, _):
+        case .exit(let id):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return [.report(.ignoredExtended(from: source, .badTag))]
             }
             return leave(entry, reason: .unregistered, now: now)
-        case .connect(let id, let peerID, let counter, let tag):
+        case .connect(let id, let peerID):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
@@ -97,7 +103,7 @@ extension Registry {
             }
             actions.append(.report(.punchRound(entry.id, peer.id, round: instructions.first?.round ?? 0)))
             return actions
-        case .relay(let id, let to, let payload, let counter, let tag):
+        case .relay(let id, let to, let payload):
             guard session(id, counter: counter, bytes: bytes) != nil else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
@@ -109,14 +115,14 @@ extension Registry {
             }
             return [.sendExtended(.relayed(from: id, payload: payload), to: peer.publicEndpoint),
                     .report(.relayed(from: id, to: to, bytes: payload.count))]
-        case .rosterAck(let id, let largest, let received, let counter, let tag):
+        case .rosterAck(let id, let largest, let received):
             guard session(id, counter: counter, bytes: bytes) != nil else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
             liveness.touch(id, now: now)
             roster.acknowledge(id, largest: largest, received: received, now: now)
             return []
-        case .lookup(let id, let query, let peerID, let counter, let tag):
+        case .lookup(let id, let query, let peerID):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
@@ -127,7 +133,7 @@ extension Registry {
             let found = entries[peerID].map { RosterEntry(info: Self.peerInfo($0, for: entry), order: $0.sequence, version: $0.version) }
             return [.sendExtended(.lookupResult(query: query, epoch: roster.epoch, version: roster.version, peer: peerID, found: found),
                                   to: entry.publicEndpoint)]
-        case .listQuery(let id, let query, let prefix, let offset, let limit, let counter, let tag):
+        case .listQuery(let id, let query, let prefix, let offset, let limit):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }

@@ -101,9 +101,9 @@ public final class RendezvousService: DatagramDriver {
         do {
             if ExtendedMessage.looksExtended(bytes) {
                 let raw = Array(bytes)
-                let message = try ExtendedMessage.decode(raw)
-                if case .register = message, !admitRegistration(from: source, countsTowardsTotal: false, now: now) { return }
-                perform(registry.receive(message, bytes: raw, from: source, now: now, random: &random), now: now, output: &output)
+                let datagram = try ExtendedDatagram.decode(raw)
+                if case .register = datagram.message, !admitRegistration(from: source, countsTowardsTotal: false, now: now) { return }
+                perform(registry.receive(datagram, bytes: raw, from: source, now: now, random: &random), now: now, output: &output)
             } else {
                 let message = try ClassicMessage.decode(bytes)
                 if case .register(_, _, let offers) = message {

@@ -1,4 +1,4 @@
-/// A little-endian-free (network order) byte writer for the binary dialects.
+/// A big-endian (network order) byte writer for the binary dialects.
 public struct WireWriter: Sendable {
     public private(set) var bytes: [UInt8]
 
@@ -39,19 +39,27 @@ public struct WireWriter: Sendable {
     public mutating func clientID(_ id: ClientID) { shortBytes(Array(id.rawValue.utf8)) }
 }
 
-/// Reads what ``WireWriter`` wrote; every read throws ``WireError/malformed(_:)`` when the
-/// datagram is cut short, never traps.
+/// Reads what ``WireWriter`` wrote, in place: a cursor over bytes it does not own (valid
+/// while they are, as inside `withUnsafeBytes`). It never copies unless asked to (``array(_:_:)``,
+/// ``clientID()``), never allocates on success, and never traps: a datagram cut short or
+/// a field out of its bounds throws ``WireError/malformed(_:)``.
+///
+/// It is the one reading of every field of the binary dialects: the full decoders and the
+/// server's in-place readers of its commonest datagrams (``ExtendedMessage/KeepAliveFrame``,
+/// ``ExtendedMessage/RelayFrame``) go through the same methods.
 public struct WireReader {
-    private let bytes: [UInt8]
+    public let bytes: UnsafeRawBufferPointer
     public private(set) var offset: Int
 
-    public init(_ bytes: [UInt8], offset: Int = 0) {
+    public init(_ bytes: UnsafeRawBufferPointer, offset: Int = 0) {
         self.bytes = bytes
         self.offset = offset
     }
 
     public var remaining: Int { bytes.count - offset }
     public var isAtEnd: Bool { offset >= bytes.count }
+    /// The bytes read so far.
+    public var consumed: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[..<offset]) }
 
     public mutating func u8(_ field: StaticString = "byte") throws(WireError) -> UInt8 {
         guard offset < bytes.count else { throw .malformed("truncated \(field)") }
@@ -60,34 +68,42 @@ public struct WireReader {
     }
 
     public mutating func u16(_ field: StaticString = "u16") throws(WireError) -> UInt16 {
-        let high = try u8(field)
-        let low = try u8(field)
-        return UInt16(high) << 8 | UInt16(low)
+        guard remaining >= 2 else { throw .malformed("truncated \(field)") }
+        defer { offset += 2 }
+        return UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
     }
 
     public mutating func u32(_ field: StaticString = "u32") throws(WireError) -> UInt32 {
-        let high = try u16(field)
-        let low = try u16(field)
-        return UInt32(high) << 16 | UInt32(low)
+        guard remaining >= 4 else { throw .malformed("truncated \(field)") }
+        defer { offset += 4 }
+        return UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
     }
 
     public mutating func u64(_ field: StaticString = "u64") throws(WireError) -> UInt64 {
-        let high = try u32(field)
-        let low = try u32(field)
-        return UInt64(high) << 32 | UInt64(low)
+        guard remaining >= 8 else { throw .malformed("truncated \(field)") }
+        defer { offset += 8 }
+        return UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 
-    public mutating func raw(_ count: Int, _ field: StaticString = "bytes") throws(WireError) -> [UInt8] {
+    /// The next `count` bytes, in place.
+    public mutating func raw(_ count: Int, _ field: StaticString = "bytes") throws(WireError) -> UnsafeRawBufferPointer {
         guard count >= 0, remaining >= count else { throw .malformed("truncated \(field)") }
         defer { offset += count }
-        return Array(bytes[offset..<offset + count])
+        return UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count])
     }
 
-    public mutating func shortBytes(_ field: StaticString = "bytes") throws(WireError) -> [UInt8] {
+    /// The next `count` bytes, copied.
+    public mutating func array(_ count: Int, _ field: StaticString = "bytes") throws(WireError) -> [UInt8] {
+        Array(try raw(count, field))
+    }
+
+    /// One length byte, then that many bytes (in place).
+    public mutating func shortBytes(_ field: StaticString = "bytes") throws(WireError) -> UnsafeRawBufferPointer {
         try raw(Int(try u8(field)), field)
     }
 
-    public mutating func longBytes(_ field: StaticString = "bytes") throws(WireError) -> [UInt8] {
+    /// Two length bytes, then that many bytes (in place).
+    public mutating func longBytes(_ field: StaticString = "bytes") throws(WireError) -> UnsafeRawBufferPointer {
         try raw(Int(try u16(field)), field)
     }
 
@@ -97,14 +113,29 @@ public struct WireReader {
         return Endpoint(address: IPv4Address(bits: address), port: port)
     }
 
+    /// A client ID's bytes as received, with only its length checked (1–32): what the
+    /// in-place readers compare with registered IDs.
+    public mutating func clientIDBytes() throws(WireError) -> UnsafeRawBufferPointer {
+        let bytes = try shortBytes("client ID")
+        guard bytes.count >= 1, bytes.count <= ClientID.maxUTF8Length else { throw .malformed("bad client ID length") }
+        return bytes
+    }
+
+    /// A client ID, checked against the ID rules.
     public mutating func clientID() throws(WireError) -> ClientID {
-        let raw = try shortBytes("client ID")
-        guard let text = String(validating: raw, as: UTF8.self) else { throw .invalidUTF8 }
-        return try ClientID(text)
+        try ClientID(utf8: try shortBytes("client ID"))
     }
 
     /// Throws unless every byte was read: trailing garbage is an error, not ignored.
     public func expectEnd() throws(WireError) {
         guard isAtEnd else { throw .malformed("\(remaining) trailing bytes") }
+    }
+}
+
+extension ClientID {
+    /// An ID from its UTF-8 bytes, checked against the rules.
+    public init(utf8 bytes: UnsafeRawBufferPointer) throws(WireError) {
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw .invalidUTF8 }
+        try self.init(text)
     }
 }

@@ -177,11 +177,12 @@ struct SessionCryptoTests {
         #expect(Token128(bytes: [UInt8]()) == .zero)
     }
 
-    @Test func authenticatedMessages() throws {
-        let message = ExtendedMessage.keepAlive(id: alice, natKind: .endpointIndependent, counter: 9, tag: .zero)
-        let bytes = SessionCrypto.authenticated(message, key: key)
-        #expect(bytes.count == message.encode().count)
-        #expect(Array(bytes.dropLast(16)) == Array(message.encode().dropLast(16)))
+    @Test func sealedSessionMessages() throws {
+        let message = ExtendedMessage.keepAlive(id: alice, natKind: .endpointIndependent)
+        let bytes = SessionCrypto.sealed(message, counter: 9, key: key)
+        // The message, the counter, then the tag over both.
+        #expect(bytes.count == message.encode().count + 24)
+        #expect(Array(bytes.prefix(message.encode().count)) == message.encode())
         #expect(Token128(bytes: bytes.suffix(16)) == SessionCrypto.tag(bytes.dropLast(16), key: key))
         #expect(SessionCrypto.verifyAuthenticated(bytes, key: key))
         #expect(!SessionCrypto.verifyAuthenticated(bytes, key: otherKey))
@@ -190,16 +191,24 @@ struct SessionCryptoTests {
             tampered[index] ^= 0x80
             #expect(!SessionCrypto.verifyAuthenticated(tampered, key: key), "byte \(index)")
         }
-        guard case .keepAlive(_, _, let counter, let tag) = try ExtendedMessage.decode(bytes) else {
-            Issue.record("not a keep-alive"); return
-        }
+        let datagram = try ExtendedDatagram.decode(bytes)
+        #expect(datagram.message == message)
+        guard case .session(let counter, let tag) = datagram.trailer else { Issue.record("no session trailer"); return }
         #expect(counter == 9)
         #expect(tag != .zero)
-        // Messages without a tag trailer are left alone and never verify.
+        // A message without a tag trailer never verifies.
         let challenge = ExtendedMessage.challenge(cookie: Token128(high: 1, low: 2))
-        #expect(SessionCrypto.authenticated(challenge, key: key) == challenge.encode())
         #expect(!SessionCrypto.verifyAuthenticated(challenge.encode(), key: key))
         #expect(!SessionCrypto.verifyAuthenticated(Array(bytes.suffix(16)), key: key))
+    }
+
+    @Test func sealedPeerMessages() throws {
+        let message = ExtendedMessage.ping(from: alice, to: try ClientID("bob"), transaction: 5)
+        let bytes = SessionCrypto.sealed(message, key: key)
+        #expect(bytes.count == message.encode().count + 16)
+        #expect(SessionCrypto.verifyAuthenticated(bytes, key: key))
+        #expect(!SessionCrypto.verifyAuthenticated(bytes, key: otherKey))
+        #expect(try ExtendedDatagram.decode(bytes) == ExtendedDatagram(message, trailer: .pair(tag: Token128(bytes: bytes.suffix(16)))))
     }
 
     @Test func signedRegistration() throws {
@@ -207,8 +216,9 @@ struct SessionCryptoTests {
         let cookie = Token128(high: 0xC00C, low: 0x1E)
         let bytes = SessionCrypto.signedRegistration(id: alice, cookie: cookie, privateEndpoints: [ep("10.0.0.5:10081")],
                                                      natKind: .endpointIndependent, identity: me)
-        guard case .register(let decodedID, let decodedCookie, let endpoints, let kind, let keys, let signature, let subscribe)
-                = try ExtendedMessage.decode(bytes) else {
+        let datagram = try ExtendedDatagram.decode(bytes)
+        guard case .register(let decodedID, let decodedCookie, let endpoints, let kind, let keys, let subscribe) = datagram.message,
+              case .signature(let signature) = datagram.trailer else {
             Issue.record("not a registration"); return
         }
         #expect(decodedID == alice)

@@ -122,35 +122,35 @@ private struct Server {
     }
 
     mutating func receiveBytes(_ bytes: [UInt8], from source: Endpoint, at now: Instant) -> [Registry.Action] {
-        guard let message = try? ExtendedMessage.decode(bytes) else {
+        guard let datagram = try? ExtendedDatagram.decode(bytes) else {
             Issue.record("undecodable datagram")
             return []
         }
-        return registry.receive(message, bytes: bytes, from: source, now: now, random: &random)
+        return registry.receive(datagram, bytes: bytes, from: source, now: now, random: &random)
     }
 
     /// Encodes a session message of `clientID` with its next counter (or `counter`) and a tag
     /// under its session key (or `key`).
     mutating func sessionBytes(_ clientID: ClientID, counter: UInt64? = nil, key: KeyBytes? = nil,
-                               _ make: (UInt64) -> ExtendedMessage) -> [UInt8] {
+                               _ message: ExtendedMessage) -> [UInt8] {
         let value = counter ?? (counters[clientID, default: 0] + 1)
         counters[clientID] = max(counters[clientID, default: 0], value)
-        return SessionCrypto.authenticated(make(value), key: key ?? sessionKeys[clientID]!)
+        return SessionCrypto.sealed(message, counter: value, key: key ?? sessionKeys[clientID]!)
     }
 
     mutating func keepAlive(_ clientID: ClientID, natKind: NATKind = .endpointIndependent, counter: UInt64? = nil,
                             from source: Endpoint, at now: Instant) -> [Registry.Action] {
-        receiveBytes(sessionBytes(clientID, counter: counter) { .keepAlive(id: clientID, natKind: natKind, counter: $0, tag: .zero) },
+        receiveBytes(sessionBytes(clientID, counter: counter, .keepAlive(id: clientID, natKind: natKind)),
                      from: source, at: now)
     }
 
     mutating func connect(_ clientID: ClientID, to peer: ClientID, from source: Endpoint, at now: Instant) -> [Registry.Action] {
-        receiveBytes(sessionBytes(clientID) { .connect(id: clientID, peer: peer, counter: $0, tag: .zero) }, from: source, at: now)
+        receiveBytes(sessionBytes(clientID, .connect(id: clientID, peer: peer)), from: source, at: now)
     }
 
     mutating func relay(_ clientID: ClientID, to peer: ClientID, _ payload: [UInt8], from source: Endpoint,
                         at now: Instant) -> [Registry.Action] {
-        receiveBytes(sessionBytes(clientID) { .relay(id: clientID, to: peer, payload: payload, counter: $0, tag: .zero) },
+        receiveBytes(sessionBytes(clientID, .relay(id: clientID, to: peer, payload: payload)),
                      from: source, at: now)
     }
 
@@ -165,9 +165,7 @@ private struct Server {
                 sent[destination, default: []] += delta.records
                 guard let client = registry.clients.first(where: { $0.publicEndpoint == destination })?.id,
                       acking.contains(client), sessionKeys[client] != nil else { continue }
-                _ = receiveBytes(sessionBytes(client) {
-                    .rosterAck(id: client, largest: delta.sequence, received: 0, counter: $0, tag: .zero)
-                }, from: destination, at: now)
+                _ = receiveBytes(sessionBytes(client, .rosterAck(id: client, largest: delta.sequence, received: 0)), from: destination, at: now)
             }
         }
         return sent
@@ -291,11 +289,12 @@ struct ExtendedRegistrationTests {
         badSignature[badSignature.count - 1] ^= 0x01
         #expect(server.receiveBytes(badSignature, from: A, at: at(0)) == [.report(.ignoredExtended(from: A, .badSignature))])
         // Someone else's keys with alice's signature.
-        guard case .register(_, _, let endpoints, let kind, _, let signature, _) = try ExtendedMessage.decode(good) else {
+        let goodDatagram = try ExtendedDatagram.decode(good)
+        guard case .register(_, _, let endpoints, let kind, _, _) = goodDatagram.message else {
             Issue.record("not a registration"); return
         }
-        let swapped = ExtendedMessage.register(id: alice, cookie: cookie, privateEndpoints: endpoints, natKind: kind,
-                                               keys: malloryKey.publicKeys, signature: signature).encode()
+        let swapped = ExtendedDatagram(.register(id: alice, cookie: cookie, privateEndpoints: endpoints, natKind: kind,
+                                                 keys: malloryKey.publicKeys), trailer: goodDatagram.trailer).encode()
         #expect(server.receiveBytes(swapped, from: A, at: at(0)) == [.report(.ignoredExtended(from: A, .badSignature))])
         // A signed field altered after signing (the private endpoint).
         var altered = good
@@ -439,7 +438,7 @@ struct ExtendedSessionTests {
 
     @Test func replayedOrOldCountersAreRefused() {
         var server = Server.withThree()
-        let bytes = server.sessionBytes(alice, counter: 5) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
+        let bytes = server.sessionBytes(alice, counter: 5, .keepAlive(id: alice, natKind: .endpointIndependent))
         #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
         // A valid tag with a used counter is a replay: nothing is sent back.
         #expect(server.receiveBytes(bytes, from: A, at: at(2)) == [.report(.ignoredExtended(from: A, .replayed))])
@@ -455,25 +454,19 @@ struct ExtendedSessionTests {
 
     @Test func badTagIsRefused() {
         var server = Server.withThree()
-        var bytes = server.sessionBytes(alice) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
+        var bytes = server.sessionBytes(alice, .keepAlive(id: alice, natKind: .endpointIndependent))
         bytes[bytes.count - 1] ^= 0x01
         // The refusal echoes the refused message's tag (only its real sender knows it).
         #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(bytes)), to: A)])
         #expect(tag(bytes) != .zero)
         // Tagged under another client's session key.
-        let wrongKey = server.sessionBytes(alice, counter: 2, key: server.sessionKeys[carol]) {
-            .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero)
-        }
+        let wrongKey = server.sessionBytes(alice, counter: 2, key: server.sessionKeys[carol], .keepAlive(id: alice, natKind: .endpointIndependent))
         #expect(server.receiveBytes(wrongKey, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(wrongKey)), to: A)])
         // A classic client has no session.
-        let classic = server.sessionBytes(bob, counter: 1, key: server.sessionKeys[alice]) {
-            .keepAlive(id: bob, natKind: .unknown, counter: $0, tag: .zero)
-        }
+        let classic = server.sessionBytes(bob, counter: 1, key: server.sessionKeys[alice], .keepAlive(id: bob, natKind: .unknown))
         #expect(server.receiveBytes(classic, from: B, at: at(1)) == [.sendExtended(.unknownSession(bob, echo: tag(classic)), to: B)])
         // Unknown ID.
-        let unknown = server.sessionBytes(id("zed"), counter: 1, key: server.sessionKeys[alice]) {
-            .keepAlive(id: id("zed"), natKind: .unknown, counter: $0, tag: .zero)
-        }
+        let unknown = server.sessionBytes(id("zed"), counter: 1, key: server.sessionKeys[alice], .keepAlive(id: id("zed"), natKind: .unknown))
         #expect(server.receiveBytes(unknown, from: X, at: at(1)) == [.sendExtended(.unknownSession(id("zed"), echo: tag(unknown)), to: X)])
         #expect(server.registry.entry(for: alice)?.lastCounter == 0)
     }
@@ -481,7 +474,7 @@ struct ExtendedSessionTests {
     @Test func onlyValidKeepAlivesKeepTheClientAlive() {
         var server = Server.withThree()
         _ = server.keepAlive(alice, from: A, at: at(20))
-        var bad = server.sessionBytes(carol) { .keepAlive(id: carol, natKind: .endpointDependent, counter: $0, tag: .zero) }
+        var bad = server.sessionBytes(carol, .keepAlive(id: carol, natKind: .endpointDependent))
         bad[bad.count - 1] ^= 0x01
         _ = server.receiveBytes(bad, from: C, at: at(20))
         // bob (classic) and carol (bad tag only) were last heard at 0, alice at 20.
@@ -548,7 +541,7 @@ struct ExtendedSessionTests {
         let nonce = try #require(server.nonces[alice])
         let key = try #require(server.sessionKeys[alice])
         #expect(first.first == registeredMessage(A, nonce: nonce))
-        let oldKeepAlive = server.sessionBytes(alice, counter: 1) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
+        let oldKeepAlive = server.sessionBytes(alice, counter: 1, .keepAlive(id: alice, natKind: .endpointIndependent))
         #expect(server.receiveBytes(oldKeepAlive, from: A, at: at(1)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
         _ = server.keepAlive(alice, counter: 2, from: A, at: at(2))
         let entry = try #require(server.registry.entry(for: alice))
@@ -586,9 +579,9 @@ struct ExtendedSessionTests {
                                                             natKind: .endpointIndependent, identity: aliceKey)
         // The registration above was made with this very datagram's cookie at 0 (withThree).
         var captured: [[UInt8]] = [registration]
-        captured.append(server.sessionBytes(alice) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) })
-        captured.append(server.sessionBytes(alice) { .connect(id: alice, peer: carol, counter: $0, tag: .zero) })
-        captured.append(server.sessionBytes(alice) { .relay(id: alice, to: carol, payload: [1, 2, 3], counter: $0, tag: .zero) })
+        captured.append(server.sessionBytes(alice, .keepAlive(id: alice, natKind: .endpointIndependent)))
+        captured.append(server.sessionBytes(alice, .connect(id: alice, peer: carol)))
+        captured.append(server.sessionBytes(alice, .relay(id: alice, to: carol, payload: [1, 2, 3])))
         for (index, bytes) in captured.dropFirst().enumerated() {
             _ = server.receiveBytes(bytes, from: A, at: at(Int64(index + 1)))
         }
@@ -660,7 +653,7 @@ struct ExtendedSessionTests {
         let cookie = try #require(server.cookies[alice])
         let registration = SessionCrypto.signedRegistration(id: alice, cookie: cookie, privateEndpoints: alicePrivate,
                                                             natKind: .endpointIndependent, identity: aliceKey)
-        let exit = server.sessionBytes(alice) { .exit(id: alice, counter: $0, tag: .zero) }
+        let exit = server.sessionBytes(alice, .exit(id: alice))
         _ = server.receiveBytes(exit, from: A, at: at(1))
         #expect(versionless(server.registry.entry(for: alice)) == nil)
         #expect(server.receiveBytes(registration, from: A, at: at(59)) == [.report(.ignoredExtended(from: A, .replayed))])
@@ -681,7 +674,7 @@ struct ExtendedSessionTests {
         let firstCookie = try #require(server.cookies[alice])
         let firstNonce = try #require(server.nonces[alice])
         let firstKey = try #require(server.sessionKeys[alice])
-        let oldKeepAlive = server.sessionBytes(alice, counter: 3) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
+        let oldKeepAlive = server.sessionBytes(alice, counter: 3, .keepAlive(id: alice, natKind: .endpointIndependent))
         #expect(server.receiveBytes(oldKeepAlive, from: A, at: at(1)) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
 
         // 12 s later the validator hands out another cookie to the same address.
@@ -700,9 +693,7 @@ struct ExtendedSessionTests {
         // The old session's messages are worthless now, whatever their counter.
         #expect(server.receiveBytes(oldKeepAlive, from: A, at: at(13))
                 == [.sendExtended(.unknownSession(alice, echo: tag(oldKeepAlive)), to: A)])
-        let oldHigher = server.sessionBytes(alice, counter: 50, key: firstKey) {
-            .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero)
-        }
+        let oldHigher = server.sessionBytes(alice, counter: 50, key: firstKey, .keepAlive(id: alice, natKind: .endpointIndependent))
         #expect(server.receiveBytes(oldHigher, from: X, at: at(13)) == [.sendExtended(.unknownSession(alice, echo: tag(oldHigher)), to: X)])
         #expect(versionless(server.registry.entry(for: alice)) == entry)
         // The new one counts from 1.
@@ -719,12 +710,12 @@ struct ExtendedSessionTests {
         let firstKey = try #require(server.sessionKeys[alice])
         let firstNonce = try #require(server.nonces[alice])
         let captured = (1...3).map { counter in
-            server.sessionBytes(alice, counter: UInt64(counter)) { .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero) }
+            server.sessionBytes(alice, counter: UInt64(counter), .keepAlive(id: alice, natKind: .endpointIndependent))
         }
         for (index, bytes) in captured.enumerated() {
             #expect(server.receiveBytes(bytes, from: A, at: at(Int64(index + 1))) == [.sendExtended(.keepAliveAck(publicEndpoint: A), to: A)])
         }
-        let exit = server.sessionBytes(alice) { .exit(id: alice, counter: $0, tag: .zero) }
+        let exit = server.sessionBytes(alice, .exit(id: alice))
         #expect(server.receiveBytes(exit, from: A, at: at(4)).first.map { if case .report(.unregistered) = $0 { true } else { false } } == true)
         #expect(versionless(server.registry.entry(for: alice)) == nil)
 
@@ -785,7 +776,7 @@ struct ExtendedSessionTests {
         #expect(server.registry.entry(for: alice)?.sessionMAC == moved.sessionMAC)
         #expect(server.registry.count == 3)
         // The old session is gone.
-        let stale = server.sessionBytes(alice, counter: 99, key: oldKey) { .keepAlive(id: alice, natKind: .unknown, counter: $0, tag: .zero) }
+        let stale = server.sessionBytes(alice, counter: 99, key: oldKey, .keepAlive(id: alice, natKind: .unknown))
         #expect(server.receiveBytes(stale, from: A, at: at(6)) == [.sendExtended(.unknownSession(alice, echo: tag(stale)), to: A)])
         #expect(server.keepAlive(alice, from: X, at: at(6)) == [.sendExtended(.keepAliveAck(publicEndpoint: X), to: X)])
     }
@@ -835,11 +826,11 @@ struct ExtendedSessionTests {
 
     @Test func extendedExitAndEviction() throws {
         var server = Server.withThree()
-        var badExit = server.sessionBytes(alice) { .exit(id: alice, counter: $0, tag: .zero) }
+        var badExit = server.sessionBytes(alice, .exit(id: alice))
         badExit[badExit.count - 2] ^= 0x10
         #expect(server.receiveBytes(badExit, from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .badTag))])
         #expect(server.registry.entry(for: alice) != nil)
-        let exit = server.sessionBytes(alice) { .exit(id: alice, counter: $0, tag: .zero) }
+        let exit = server.sessionBytes(alice, .exit(id: alice))
         var before = try #require(server.registry.entry(for: alice))
         before.lastCounter = 2 // the exit's own counter is recorded before it leaves
         _ = server.rosterSent(at: at(1)) // carol's first listing, left unacknowledged
@@ -865,14 +856,17 @@ struct ExtendedSessionTests {
         var server = Server.withThree()
         let messages: [ExtendedMessage] = [
             .challenge(cookie: .zero), .unknownSession(alice, echo: Token128(high: 1, low: 2)), .keepAliveAck(publicEndpoint: A),
-            .ping(from: alice, to: carol, transaction: 1, tag: .zero),
+            .ping(from: alice, to: carol, transaction: 1),
             .chat(from: alice, to: carol, messageID: 1, sealed: Array(repeating: 0, count: 16)),
             .relayed(from: alice, payload: [1]), .listPage(query: 1, total: 0, offset: 0, entries: []),
             .roster(RosterDelta(epoch: 1, sequence: 1, version: 1, registered: 1, scope: .complete, synced: true, records: [])),
             .lookupResult(query: 1, epoch: 1, version: 1, peer: alice, found: nil),
         ]
         for message in messages {
-            #expect(server.receiveBytes(message.encode(), from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .notForServer))])
+            // A peer check carries its pair tag; the server ignores it all the same.
+            let trailer: ExtendedDatagram.Trailer = message.authentication == .pair ? .pair(tag: .zero) : .none
+            let bytes = ExtendedDatagram(message, trailer: trailer).encode()
+            #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .notForServer))])
         }
     }
 }
@@ -916,11 +910,11 @@ struct ExtendedPunchRelayTests {
         for peer in [bob, alice, id("zed")] { // classic, itself, unknown
             #expect(server.connect(alice, to: peer, from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .peerUnavailable))])
         }
-        var forged = server.sessionBytes(alice) { .connect(id: alice, peer: carol, counter: $0, tag: .zero) }
+        var forged = server.sessionBytes(alice, .connect(id: alice, peer: carol))
         forged[forged.count - 1] ^= 0x01
         #expect(server.receiveBytes(forged, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(forged)), to: A)])
         // A valid connect replayed: dropped without an answer, and no punch round.
-        let connect = server.sessionBytes(alice) { .connect(id: alice, peer: carol, counter: $0, tag: .zero) }
+        let connect = server.sessionBytes(alice, .connect(id: alice, peer: carol))
         #expect(server.receiveBytes(connect, from: A, at: at(1)).last == .report(.punchRound(alice, carol, round: 1)))
         #expect(server.receiveBytes(connect, from: A, at: at(2)) == [.report(.ignoredExtended(from: A, .replayed))])
         #expect(server.receiveBytes(connect, from: X, at: at(2)) == [.report(.ignoredExtended(from: X, .replayed))])
@@ -940,13 +934,11 @@ struct ExtendedPunchRelayTests {
         #expect(server.relay(alice, to: bob, payload, from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .peerUnavailable))])
         #expect(server.relay(alice, to: id("zed"), payload, from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .peerUnavailable))])
         // Replays and forgeries are not forwarded.
-        let bytes = server.sessionBytes(alice) { .relay(id: alice, to: carol, payload: payload, counter: $0, tag: .zero) }
+        let bytes = server.sessionBytes(alice, .relay(id: alice, to: carol, payload: payload))
         _ = server.receiveBytes(bytes, from: A, at: at(1))
         #expect(server.receiveBytes(bytes, from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .replayed))])
         // Another client cannot relay in alice's name (it has no session key of hers).
-        let impersonation = server.sessionBytes(carol, key: server.sessionKeys[carol]) {
-            .relay(id: alice, to: carol, payload: payload, counter: $0, tag: .zero)
-        }
+        let impersonation = server.sessionBytes(carol, key: server.sessionKeys[carol], .relay(id: alice, to: carol, payload: payload))
         #expect(server.receiveBytes(impersonation, from: C, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(impersonation)), to: C)])
     }
 
@@ -976,7 +968,7 @@ struct KeepAliveInPlaceTests {
 
     private func keepAliveBytes(_ server: inout Server, _ clientID: ClientID, natKind: NATKind = .endpointIndependent,
                                 counter: UInt64? = nil) -> [UInt8] {
-        server.sessionBytes(clientID, counter: counter) { .keepAlive(id: clientID, natKind: natKind, counter: $0, tag: .zero) }
+        server.sessionBytes(clientID, counter: counter, .keepAlive(id: clientID, natKind: natKind))
     }
 
     @Test func aValidKeepAliveFromTheRegisteredEndpointIsAcknowledgedInPlace() throws {
@@ -1002,9 +994,7 @@ struct KeepAliveInPlaceTests {
         // A changed NAT kind: the general path announces it.
         cases.append(("NAT kind", keepAliveBytes(&server, alice, natKind: .endpointDependent, counter: 11), A))
         // A tag under another key, a flipped tag bit, a cut datagram, trailing garbage.
-        cases.append(("wrong key", server.sessionBytes(alice, counter: 12, key: KeyBytes(Array(repeating: 1, count: 32))) {
-            .keepAlive(id: alice, natKind: .endpointIndependent, counter: $0, tag: .zero)
-        }, A))
+        cases.append(("wrong key", server.sessionBytes(alice, counter: 12, key: KeyBytes(Array(repeating: 1, count: 32)), .keepAlive(id: alice, natKind: .endpointIndependent)), A))
         var flipped = keepAliveBytes(&server, alice, counter: 13)
         flipped[flipped.count - 1] ^= 0x80
         cases.append(("flipped tag", flipped, A))
@@ -1013,11 +1003,11 @@ struct KeepAliveInPlaceTests {
         cases.append(("trailing", good + [0], A))
         // carol's keep-alive sent from alice's endpoint, and one for an ID nobody holds.
         cases.append(("other ID", keepAliveBytes(&server, carol, counter: 5), A))
-        cases.append(("unknown", SessionCrypto.authenticated(.keepAlive(id: erin, natKind: .unknown, counter: 1, tag: .zero),
-                                                             key: KeyBytes(Array(repeating: 2, count: 32))), A))
+        cases.append(("unknown", SessionCrypto.sealed(.keepAlive(id: erin, natKind: .unknown), counter: 1,
+                                                      key: KeyBytes(Array(repeating: 2, count: 32))), A))
         // A classic client's endpoint, and a datagram that is not a keep-alive at all.
         cases.append(("classic endpoint", keepAliveBytes(&server, alice, counter: 15), B))
-        cases.append(("connect", server.sessionBytes(alice, counter: 16) { .connect(id: alice, peer: carol, counter: $0, tag: .zero) }, A))
+        cases.append(("connect", server.sessionBytes(alice, counter: 16, .connect(id: alice, peer: carol)), A))
         for (name, bytes, source) in cases {
             #expect(!inPlace(&server, bytes, from: source, at: at(1)), "\(name)")
             #expect(server.registry.entry(for: alice) == before, "\(name)")
@@ -1051,7 +1041,7 @@ struct KeepAliveInPlaceTests {
     @Test func theInPlacePathsFindAnEntryMovedByALeave() throws {
         var server = Server.withThree()
         _ = server.register(erin, IdentityKey(), from: E, privateEndpoints: [], natKind: .endpointIndependent, at: at(1))
-        let exit = server.sessionBytes(alice) { .exit(id: alice, counter: $0, tag: .zero) }
+        let exit = server.sessionBytes(alice, .exit(id: alice))
         let actions = server.receiveBytes(exit, from: A, at: at(2))
         #expect(actions.contains { if case .report(.unregistered(let entry)) = $0 { entry.id == alice } else { false } })
         #expect(versionless(server.registry.entry(for: alice)) == nil)
@@ -1060,7 +1050,7 @@ struct KeepAliveInPlaceTests {
         #expect(server.registry.entry(for: erin)?.lastCounter == 5)
         #expect(inPlace(&server, keepAliveBytes(&server, carol, natKind: .endpointDependent, counter: 6), from: C, at: at(3)))
         #expect(server.registry.entry(for: carol)?.lastCounter == 6)
-        let relay = server.sessionBytes(erin, counter: 7) { .relay(id: erin, to: carol, payload: [9], counter: $0, tag: .zero) }
+        let relay = server.sessionBytes(erin, counter: 7, .relay(id: erin, to: carol, payload: [9]))
         let decision = relay.withUnsafeBytes { raw in
             ExtendedMessage.RelayFrame(raw).map { server.registry.forwardRelay($0, from: E, now: at(4)) }
         }
@@ -1090,7 +1080,7 @@ struct KeepAliveInPlaceTests {
 struct RelayInPlaceTests {
     private func relayBytes(_ server: inout Server, _ clientID: ClientID, to peer: ClientID, _ payload: [UInt8],
                             counter: UInt64? = nil, key: KeyBytes? = nil) -> [UInt8] {
-        server.sessionBytes(clientID, counter: counter, key: key) { .relay(id: clientID, to: peer, payload: payload, counter: $0, tag: .zero) }
+        server.sessionBytes(clientID, counter: counter, key: key, .relay(id: clientID, to: peer, payload: payload))
     }
 
     private func inPlace(_ server: inout Server, _ bytes: [UInt8], from source: Endpoint, at now: Instant) -> Registry.RelayDecision? {
@@ -1190,9 +1180,7 @@ struct RosterFeedRegistryTests {
             for case .sendExtended(.roster(let delta), A) in server.registry.flushRoster(now: now) {
                 datagrams += 1
                 records += delta.records.count
-                _ = server.receiveBytes(server.sessionBytes(alice) {
-                    .rosterAck(id: alice, largest: delta.sequence, received: .max, counter: $0, tag: .zero)
-                }, from: A, at: now)
+                _ = server.receiveBytes(server.sessionBytes(alice, .rosterAck(id: alice, largest: delta.sequence, received: .max)), from: A, at: now)
             }
         }
         // The first join went at once (the feed was idle); full datagrams went as they filled.
@@ -1223,7 +1211,7 @@ struct RosterFeedRegistryTests {
         sent = server.rosterSent(at: at(2), acking: [alice])[A] ?? []
         #expect(sent.isEmpty)
         // alice asks about c25: found, and from then on she hears of c25 (and only c25).
-        let lookup = server.sessionBytes(alice) { .lookup(id: alice, query: 7, peer: id("c25"), counter: $0, tag: .zero) }
+        let lookup = server.sessionBytes(alice, .lookup(id: alice, query: 7, peer: id("c25")))
         let answer = server.receiveBytes(lookup, from: A, at: at(3))
         guard case .sendExtended(.lookupResult(7, _, _, id("c25"), let found?), A)? = answer.first else {
             Issue.record("no answer: \(answer)"); return
@@ -1237,7 +1225,7 @@ struct RosterFeedRegistryTests {
     /// A look-up of an ID nobody holds says so, with the roster version.
     @Test func lookUpOfAnUnknownID() {
         var server = Server.withThree()
-        let lookup = server.sessionBytes(alice) { .lookup(id: alice, query: 1, peer: id("zed"), counter: $0, tag: .zero) }
+        let lookup = server.sessionBytes(alice, .lookup(id: alice, query: 1, peer: id("zed")))
         let answer = server.receiveBytes(lookup, from: A, at: at(1))
         #expect(answer.count == 1)
         if case .sendExtended(.lookupResult(1, 1, let version, id("zed"), nil), A)? = answer.first {
@@ -1256,9 +1244,7 @@ struct RosterFeedRegistryTests {
             _ = server.registerClassic(id(name), ip("10.9.0.1"), from: Self.classicEndpoint(index), at: at(1))
         }
         func page(_ prefix: String, offset: UInt32, limit: UInt16) -> (total: UInt32, ids: [String]) {
-            let bytes = server.sessionBytes(carol) {
-                .listQuery(id: carol, query: 9, prefix: prefix, offset: offset, limit: limit, counter: $0, tag: .zero)
-            }
+            let bytes = server.sessionBytes(carol, .listQuery(id: carol, query: 9, prefix: prefix, offset: offset, limit: limit))
             guard case .sendExtended(.listPage(9, let total, _, let entries), C)? = server.receiveBytes(bytes, from: C, at: at(2)).first
             else { return (0, []) }
             return (total, entries.map(\.id.rawValue))
@@ -1277,7 +1263,7 @@ struct RosterFeedRegistryTests {
         var server = Server.withThree()
         var answered = 0, limited = 0
         for query in 0..<60 {
-            let bytes = server.sessionBytes(alice) { .lookup(id: alice, query: UInt32(query), peer: carol, counter: $0, tag: .zero) }
+            let bytes = server.sessionBytes(alice, .lookup(id: alice, query: UInt32(query), peer: carol))
             let actions = server.receiveBytes(bytes, from: A, at: at(1))
             if case .sendExtended(.lookupResult, A)? = actions.first { answered += 1 }
             if actions == [.report(.ignoredExtended(from: A, .queryRateLimited))] { limited += 1 }

@@ -47,7 +47,7 @@ struct ExtendedKeepAliveServiceTests {
     }
 
     static func keepAlive(_ counter: UInt64, natKind: NATKind = .endpointIndependent, key: KeyBytes) -> [UInt8] {
-        SessionCrypto.authenticated(.keepAlive(id: alice, natKind: natKind, counter: counter, tag: .zero), key: key)
+        SessionCrypto.sealed(.keepAlive(id: alice, natKind: natKind), counter: counter, key: key)
     }
 
     @Test func aKeepAliveIsAcknowledgedInPlaceWithTheEncodersBytes() throws {

@@ -5,10 +5,10 @@ import Wire
     @Test func readsTheFieldsDecodeReads() throws {
         for idText in ["a", "alice", String(repeating: "z", count: ClientID.maxUTF8Length), "동현"] {
             let id = try ClientID(idText)
-            let message = ExtendedMessage.keepAlive(id: id, natKind: .endpointDependent, counter: 0x0102_0304_0506_0708,
-                                                    tag: Token128(high: 0xAA, low: 0xBB))
-            let bytes = message.encode()
-            #expect(try ExtendedMessage.decode(bytes) == message)
+            let datagram = ExtendedDatagram(.keepAlive(id: id, natKind: .endpointDependent),
+                                            trailer: .session(counter: 0x0102_0304_0506_0708, tag: Token128(high: 0xAA, low: 0xBB)))
+            let bytes = datagram.encode()
+            #expect(try ExtendedDatagram.decode(bytes) == datagram)
             bytes.withUnsafeBytes { raw in
                 guard let frame = ExtendedMessage.KeepAliveFrame(raw) else { Issue.record("no frame for \(idText)"); return }
                 #expect(Array(frame.idBytes) == Array(idText.utf8))
@@ -21,7 +21,7 @@ import Wire
     }
 
     @Test func refusesEverythingThatIsNotOneWholeKeepAlive() throws {
-        let good = ExtendedMessage.keepAlive(id: try ClientID("alice"), natKind: .none, counter: 1, tag: .zero).encode()
+        let good = ExtendedDatagram(.keepAlive(id: try ClientID("alice"), natKind: .none), trailer: .session(counter: 1, tag: .zero)).encode()
         var variants: [[UInt8]] = [[], Array(good.prefix(3)), Array(good.dropLast()), good + [0]]
         for (index, value) in [(0, UInt8(0xFD)), (1, 2), (2, 0x03), (3, 0), (3, 6), (3, 200), (9, 99)] {
             var bad = good
@@ -60,10 +60,10 @@ import Wire
         for (from, to, payload) in [("a", "b", [UInt8]()), ("alice", "carol", Array("hello".utf8)),
                                     ("동현", String(repeating: "z", count: ClientID.maxUTF8Length),
                                      Array(repeating: 0xAB, count: ExtendedMessage.maxRelayPayload))] {
-            let message = ExtendedMessage.relay(id: try ClientID(from), to: try ClientID(to), payload: payload, counter: 77,
-                                                tag: Token128(high: 1, low: 2))
-            let bytes = message.encode()
-            #expect(try ExtendedMessage.decode(bytes) == message)
+            let datagram = ExtendedDatagram(.relay(id: try ClientID(from), to: try ClientID(to), payload: payload),
+                                            trailer: .session(counter: 77, tag: Token128(high: 1, low: 2)))
+            let bytes = datagram.encode()
+            #expect(try ExtendedDatagram.decode(bytes) == datagram)
             bytes.withUnsafeBytes { raw in
                 guard let frame = ExtendedMessage.RelayFrame(raw) else { Issue.record("no frame for \(from)"); return }
                 #expect(Array(frame.idBytes) == Array(from.utf8))
@@ -87,8 +87,8 @@ import Wire
     }
 
     @Test func refusesWhatDecodeRefuses() throws {
-        let good = ExtendedMessage.relay(id: try ClientID("alice"), to: try ClientID("bob"), payload: [1, 2, 3], counter: 1,
-                                         tag: .zero).encode()
+        let good = ExtendedDatagram(.relay(id: try ClientID("alice"), to: try ClientID("bob"), payload: [1, 2, 3]),
+                                    trailer: .session(counter: 1, tag: .zero)).encode()
         var variants: [[UInt8]] = [[], Array(good.prefix(5)), Array(good.dropLast()), good + [0]]
         // Bad kind, zero-length IDs, a payload length past the end.
         for (index, value) in [(2, UInt8(0x02)), (3, 0), (9, 0), (13, 9)] {
@@ -96,9 +96,9 @@ import Wire
             bad[index] = value
             variants.append(bad)
         }
-        let tooLong = ExtendedMessage.relay(id: try ClientID("a"), to: try ClientID("b"),
-                                            payload: Array(repeating: 0, count: ExtendedMessage.maxRelayPayload + 1), counter: 1,
-                                            tag: .zero).encode()
+        let tooLong = ExtendedDatagram(.relay(id: try ClientID("a"), to: try ClientID("b"),
+                                              payload: Array(repeating: 0, count: ExtendedMessage.maxRelayPayload + 1)),
+                                       trailer: .session(counter: 1, tag: .zero)).encode()
         variants.append(tooLong)
         for bytes in variants {
             #expect((try? ExtendedMessage.decode(bytes)) == nil || bytes == good)

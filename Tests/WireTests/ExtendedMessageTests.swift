@@ -16,79 +16,91 @@ private let cookieX = Token128(high: 0xDEAD_BEEF_0000_0001, low: 0xFFFF_FFFF_FFF
 private let fullPeer = PeerInfo(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"),
                                 privateEndpoints: [ep("10.0.0.6:10081"), ep("192.168.1.6:5000")],
                                 natKind: .endpointDependent, dialect: .extended, keys: keysB)
+/// A message and the trailer its kind calls for, for the round-trip and rejection lists.
+private func plain(_ message: ExtendedMessage) -> ExtendedDatagram { ExtendedDatagram(message) }
+private func session(_ message: ExtendedMessage, _ counter: UInt64, _ tag: Token128) -> ExtendedDatagram {
+    ExtendedDatagram(message, trailer: .session(counter: counter, tag: tag))
+}
+private func pair(_ message: ExtendedMessage, _ tag: Token128) -> ExtendedDatagram { ExtendedDatagram(message, trailer: .pair(tag: tag)) }
+private func signed(_ message: ExtendedMessage, _ signature: [UInt8]) -> ExtendedDatagram {
+    ExtendedDatagram(message, trailer: .signature(signature))
+}
+
 private let classicPeer = PeerInfo(id: id("carol"), publicEndpoint: ep("198.51.100.9:50000"), privateEndpoints: [],
                                    natKind: .unknown, dialect: .classic, keys: nil)
 
 @Suite("ExtendedMessage round trip")
 struct ExtendedRoundTripTests {
-    static let messages: [ExtendedMessage] = [
-        .register(id: id("alice"), cookie: cookieX, privateEndpoints: [ep("10.0.0.5:10081")], natKind: .endpointIndependent,
-                  keys: keysA, signature: signature),
-        .register(id: id("한국어"), cookie: .zero, privateEndpoints: [], natKind: .unknown, keys: keysB, signature: signature),
-        .register(id: id("a"), cookie: cookieX,
+    static let messages: [ExtendedDatagram] = [
+        signed(.register(id: id("alice"), cookie: cookieX, privateEndpoints: [ep("10.0.0.5:10081")], natKind: .endpointIndependent,
+                  keys: keysA), signature),
+        signed(.register(id: id("한국어"), cookie: .zero, privateEndpoints: [], natKind: .unknown, keys: keysB), signature),
+        signed(.register(id: id("a"), cookie: cookieX,
                   privateEndpoints: [ep("10.0.0.1:1"), ep("10.0.0.2:2"), ep("10.0.0.3:3"), ep("255.255.255.255:65535")],
-                  natKind: .none, keys: keysA, signature: signature),
-        .keepAlive(id: id("alice"), natKind: .endpointDependent, counter: 1, tag: tagX),
-        .keepAlive(id: id("alice"), natKind: .none, counter: .max, tag: .zero),
-        .exit(id: id("alice"), counter: 42, tag: tagX),
-        .connect(id: id("alice"), peer: id("bob"), counter: 7, tag: tagX),
-        .relay(id: id("alice"), to: id("bob"), payload: [0xFE, 1, 0x83, 0, 0], counter: 9, tag: tagX),
-        .relay(id: id("alice"), to: id("bob"), payload: [], counter: 0, tag: .zero),
-        .relay(id: id("alice"), to: id("bob"), payload: Array(repeating: 0x55, count: ExtendedMessage.maxRelayPayload),
-               counter: 3, tag: tagX),
-        .challenge(cookie: cookieX),
-        .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
-                    keepAliveMillis: 10_000, alternatePort: 10_082, nonce: cookieX),
-        .registered(serverKey: (0..<32).map { UInt8($0) }, publicEndpoint: ep("1.2.3.4:5"), keepAliveMillis: .max, alternatePort: 0),
-        .registered(serverKey: Array(repeating: 0xFF, count: 32), publicEndpoint: ep("255.255.255.255:65535"), keepAliveMillis: 0,
-                    alternatePort: .max, nonce: Token128(high: .max, low: .max)),
-        .refused(text: "registration refused: ID bob - the ID is in use from another address"),
-        .refused(text: ""),
-        .refused(text: "tab\tand 안녕 👋"),
-        .refused(text: String(repeating: "x", count: ExtendedMessage.maxTextBytes)),
-        .roster(RosterDelta(epoch: 7, sequence: 1, version: 42, registered: 3, scope: .complete, synced: false, records: [
+                  natKind: .none, keys: keysA), signature),
+        session(.keepAlive(id: id("alice"), natKind: .endpointDependent), 1, tagX),
+        session(.keepAlive(id: id("alice"), natKind: .none), .max, .zero),
+        session(.exit(id: id("alice")), 42, tagX),
+        session(.connect(id: id("alice"), peer: id("bob")), 7, tagX),
+        session(.relay(id: id("alice"), to: id("bob"), payload: [0xFE, 1, 0x83, 0, 0]), 9, tagX),
+        session(.relay(id: id("alice"), to: id("bob"), payload: []), 0, .zero),
+        session(.relay(id: id("alice"), to: id("bob"), payload: Array(repeating: 0x55, count: ExtendedMessage.maxRelayPayload)), 3, tagX),
+        plain(.challenge(cookie: cookieX)),
+        plain(.registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
+                    keepAliveMillis: 10_000, alternatePort: 10_082, nonce: cookieX)),
+        plain(.registered(serverKey: (0..<32).map { UInt8($0) }, publicEndpoint: ep("1.2.3.4:5"), keepAliveMillis: .max, alternatePort: 0)),
+        plain(.registered(serverKey: Array(repeating: 0xFF, count: 32), publicEndpoint: ep("255.255.255.255:65535"), keepAliveMillis: 0,
+                    alternatePort: .max, nonce: Token128(high: .max, low: .max))),
+        plain(.refused(text: "registration refused: ID bob - the ID is in use from another address")),
+        plain(.refused(text: "")),
+        plain(.refused(text: "tab\tand 안녕 👋")),
+        plain(.refused(text: String(repeating: "x", count: ExtendedMessage.maxTextBytes))),
+        plain(.roster(RosterDelta(epoch: 7, sequence: 1, version: 42, registered: 3, scope: .complete, synced: false, records: [
             .present(RosterEntry(info: fullPeer, order: 0, version: 40)),
             .present(RosterEntry(info: classicPeer, order: .max, version: 41)),
             .absent(id("bob"), version: 42, reason: .unregistered, publicEndpoint: ep("203.0.113.7:40002")),
             .absent(id("carol"), version: 39, reason: .offline, publicEndpoint: ep("203.0.113.7:40003")),
-        ])),
-        .roster(RosterDelta(epoch: .max, sequence: .max, version: .max, registered: 100_000, scope: .interest, synced: true, records: [])),
-        .rosterAck(id: id("alice"), largest: 9, received: 0b1011, counter: 4, tag: tagX),
-        .lookup(id: id("alice"), query: 3, peer: id("한국어"), counter: 5, tag: tagX),
-        .lookupResult(query: 3, epoch: 7, version: 99, peer: classicPeer.id, found: RosterEntry(info: classicPeer, order: 2, version: 98)),
-        .lookupResult(query: .max, epoch: 0, version: 0, peer: id("nobody"), found: nil),
-        .listQuery(id: id("alice"), query: 4, prefix: "", offset: 0, limit: 50, counter: 6, tag: tagX),
-        .listQuery(id: id("alice"), query: 5, prefix: "bé", offset: .max, limit: .max, counter: 7, tag: tagX),
-        .listPage(query: 4, total: 100_000, offset: 50, entries: [
+        ]))),
+        plain(.roster(RosterDelta(epoch: .max, sequence: .max, version: .max, registered: 100_000, scope: .interest, synced: true, records: []))),
+        session(.rosterAck(id: id("alice"), largest: 9, received: 0b1011), 4, tagX),
+        session(.lookup(id: id("alice"), query: 3, peer: id("한국어")), 5, tagX),
+        plain(.lookupResult(query: 3, epoch: 7, version: 99, peer: classicPeer.id, found: RosterEntry(info: classicPeer, order: 2, version: 98))),
+        plain(.lookupResult(query: .max, epoch: 0, version: 0, peer: id("nobody"), found: nil)),
+        session(.listQuery(id: id("alice"), query: 4, prefix: "", offset: 0, limit: 50), 6, tagX),
+        session(.listQuery(id: id("alice"), query: 5, prefix: "bé", offset: .max, limit: .max), 7, tagX),
+        plain(.listPage(query: 4, total: 100_000, offset: 50, entries: [
             ListEntry(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), natKind: .endpointDependent, dialect: .extended),
             ListEntry(id: id("carol"), publicEndpoint: ep("198.51.100.2:1"), natKind: .unknown, dialect: .classic),
-        ]),
-        .listPage(query: 5, total: 0, offset: 0, entries: []),
-        .punch(peer: fullPeer, round: 1, delayMillis: 0),
-        .punch(peer: classicPeer, round: .max, delayMillis: 800),
-        .relayed(from: id("alice"), payload: [1, 2, 3]),
-        .relayed(from: id("alice"), payload: []),
-        .keepAliveAck(publicEndpoint: ep("192.0.2.99:33333")),
-        .unknownSession(id("alice")),
-        .unknownSession(id("alice"), echo: tagX),
-        .unknownSession(id("한국어"), echo: Token128(high: .max, low: 1)),
-        .ping(from: id("alice"), to: id("bob"), transaction: 0x1234_5678_9ABC_DEF0, tag: tagX),
-        .pong(from: id("bob"), to: id("alice"), transaction: 1, observed: ep("203.0.113.7:40001"), tag: tagX),
-        .chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 40)),
-        .chat(from: id("alice"), to: id("bob"), messageID: 0, sealed: Array(repeating: 7, count: ExtendedMessage.maxTextBytes + 16)),
-        .chatAck(from: id("bob"), to: id("alice"), messageID: 99, tag: tagX),
+        ])),
+        plain(.listPage(query: 5, total: 0, offset: 0, entries: [])),
+        plain(.punch(peer: fullPeer, round: 1, delayMillis: 0)),
+        plain(.punch(peer: classicPeer, round: .max, delayMillis: 800)),
+        plain(.relayed(from: id("alice"), payload: [1, 2, 3])),
+        plain(.relayed(from: id("alice"), payload: [])),
+        plain(.keepAliveAck(publicEndpoint: ep("192.0.2.99:33333"))),
+        plain(.unknownSession(id("alice"))),
+        plain(.unknownSession(id("alice"), echo: tagX)),
+        plain(.unknownSession(id("한국어"), echo: Token128(high: .max, low: 1))),
+        pair(.ping(from: id("alice"), to: id("bob"), transaction: 0x1234_5678_9ABC_DEF0), tagX),
+        pair(.pong(from: id("bob"), to: id("alice"), transaction: 1, observed: ep("203.0.113.7:40001")), tagX),
+        plain(.chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 40))),
+        plain(.chat(from: id("alice"), to: id("bob"), messageID: 0, sealed: Array(repeating: 7, count: ExtendedMessage.maxTextBytes + 16))),
+        pair(.chatAck(from: id("bob"), to: id("alice"), messageID: 99), tagX),
     ]
 
-    @Test("encode then decode gives the same message", arguments: messages)
-    func roundTrip(_ message: ExtendedMessage) throws {
-        let bytes = message.encode()
+    @Test("encode then decode gives the same datagram", arguments: messages)
+    func roundTrip(_ datagram: ExtendedDatagram) throws {
+        let bytes = datagram.encode()
         #expect(bytes.count <= ExtendedMessage.maxDatagramLength)
         #expect(Array(bytes.prefix(2)) == [0xFE, 0x01])
         #expect(ExtendedMessage.looksExtended(bytes))
-        #expect(try ExtendedMessage.decode(bytes) == message)
+        #expect(try ExtendedDatagram.decode(bytes) == datagram)
+        #expect(try ExtendedMessage.decode(bytes) == datagram.message)
         // Decoding a slice with a non-zero start index works the same.
         let padded = [0x00, 0x00] + bytes
-        #expect(try ExtendedMessage.decode(padded[2...]) == message)
+        #expect(try ExtendedDatagram.decode(padded[2...]) == datagram)
+        // The trailer is the one the message's kind calls for, and it is last.
+        #expect(bytes.count - datagram.message.encode().count == datagram.message.authentication.trailerLength)
     }
 
     @Test("every case is covered by the round-trip list")
@@ -101,17 +113,17 @@ struct ExtendedRoundTripTests {
 
     @Test func typeBytes() {
         let expected: [(ExtendedMessage, UInt8)] = [
-            (.exit(id: id("a"), counter: 0, tag: .zero), 0x03),
+            (.exit(id: id("a")), 0x03),
             (.challenge(cookie: .zero), 0x41),
             (.unknownSession(id("a")), 0x49),
-            (.ping(from: id("a"), to: id("b"), transaction: 0, tag: .zero), 0x81),
-            (.chatAck(from: id("a"), to: id("b"), messageID: 0, tag: .zero), 0x84),
+            (.ping(from: id("a"), to: id("b"), transaction: 0), 0x81),
+            (.chatAck(from: id("a"), to: id("b"), messageID: 0), 0x84),
         ]
         for (message, type) in expected { #expect(message.encode()[2] == type, "\(message)") }
     }
 
     @Test func exactLayoutOfAKeepAlive() {
-        let bytes = ExtendedMessage.keepAlive(id: id("ab"), natKind: .endpointIndependent, counter: 0x0102, tag: tagX).encode()
+        let bytes = session(.keepAlive(id: id("ab"), natKind: .endpointIndependent), 0x0102, tagX).encode()
         #expect(bytes == [0xFE, 0x01, 0x02, 2, 0x61, 0x62, 0x02,
                           0, 0, 0, 0, 0, 0, 0x01, 0x02,
                           1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
@@ -160,9 +172,9 @@ struct ExtendedRoundTripTests {
 
     @Test func encoderKeepsAtMostFourPrivateEndpoints() throws {
         let five = (1...5).map { Endpoint(address: IPv4Address(10, 0, 0, UInt8($0)), port: 10081) }
-        let message = ExtendedMessage.register(id: id("a"), cookie: .zero, privateEndpoints: five, natKind: .unknown,
-                                               keys: keysA, signature: signature)
-        guard case .register(_, _, let decoded, _, _, _, _) = try ExtendedMessage.decode(message.encode()) else {
+        let message = signed(.register(id: id("a"), cookie: .zero, privateEndpoints: five, natKind: .unknown,
+                                               keys: keysA), signature)
+        guard case .register(_, _, let decoded, _, _, _) = try ExtendedMessage.decode(message.encode()) else {
             Issue.record("not a register"); return
         }
         #expect(decoded == Array(five.prefix(4)))
@@ -184,36 +196,36 @@ struct ExtendedRoundTripTests {
 
 @Suite("ExtendedMessage rejections")
 struct ExtendedRejectionTests {
-    static let samples: [ExtendedMessage] = [
-        .register(id: id("alice"), cookie: cookieX, privateEndpoints: [ep("10.0.0.5:10081"), ep("10.0.0.9:1")],
-                  natKind: .endpointIndependent, keys: keysA, signature: signature),
-        .keepAlive(id: id("alice"), natKind: .none, counter: 5, tag: tagX),
-        .relay(id: id("alice"), to: id("bob"), payload: [1, 2, 3, 4], counter: 9, tag: tagX),
-        .registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
-                    keepAliveMillis: 10_000, alternatePort: 10_082, nonce: cookieX),
-        .refused(text: "no"),
-        .roster(RosterDelta(epoch: 7, sequence: 1, version: 42, registered: 3, scope: .complete, synced: true, records: [
+    static let samples: [ExtendedDatagram] = [
+        signed(.register(id: id("alice"), cookie: cookieX, privateEndpoints: [ep("10.0.0.5:10081"), ep("10.0.0.9:1")],
+                  natKind: .endpointIndependent, keys: keysA), signature),
+        session(.keepAlive(id: id("alice"), natKind: .none), 5, tagX),
+        session(.relay(id: id("alice"), to: id("bob"), payload: [1, 2, 3, 4]), 9, tagX),
+        plain(.registered(serverKey: Array(repeating: 0x11, count: 32), publicEndpoint: ep("203.0.113.7:40001"),
+                    keepAliveMillis: 10_000, alternatePort: 10_082, nonce: cookieX)),
+        plain(.refused(text: "no")),
+        plain(.roster(RosterDelta(epoch: 7, sequence: 1, version: 42, registered: 3, scope: .complete, synced: true, records: [
             .present(RosterEntry(info: fullPeer, order: 0, version: 40)),
             .absent(id("bob"), version: 42, reason: .offline, publicEndpoint: ep("203.0.113.7:40002")),
-        ])),
-        .rosterAck(id: id("alice"), largest: 9, received: 1, counter: 4, tag: tagX),
-        .lookup(id: id("alice"), query: 3, peer: id("bob"), counter: 5, tag: tagX),
-        .lookupResult(query: 3, epoch: 7, version: 99, peer: id("bob"), found: RosterEntry(info: fullPeer, order: 2, version: 98)),
-        .listQuery(id: id("alice"), query: 5, prefix: "bo", offset: 1, limit: 2, counter: 7, tag: tagX),
-        .listPage(query: 4, total: 10, offset: 5, entries: [
+        ]))),
+        session(.rosterAck(id: id("alice"), largest: 9, received: 1), 4, tagX),
+        session(.lookup(id: id("alice"), query: 3, peer: id("bob")), 5, tagX),
+        plain(.lookupResult(query: 3, epoch: 7, version: 99, peer: id("bob"), found: RosterEntry(info: fullPeer, order: 2, version: 98))),
+        session(.listQuery(id: id("alice"), query: 5, prefix: "bo", offset: 1, limit: 2), 7, tagX),
+        plain(.listPage(query: 4, total: 10, offset: 5, entries: [
             ListEntry(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), natKind: .endpointDependent, dialect: .extended),
-        ]),
-        .punch(peer: fullPeer, round: 2, delayMillis: 800),
-        .relayed(from: id("alice"), payload: [9, 9]),
-        .unknownSession(id("alice"), echo: tagX),
-        .pong(from: id("bob"), to: id("alice"), transaction: 1, observed: ep("203.0.113.7:40001"), tag: tagX),
-        .chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 20)),
-        .chatAck(from: id("bob"), to: id("alice"), messageID: 99, tag: tagX),
+        ])),
+        plain(.punch(peer: fullPeer, round: 2, delayMillis: 800)),
+        plain(.relayed(from: id("alice"), payload: [9, 9])),
+        plain(.unknownSession(id("alice"), echo: tagX)),
+        pair(.pong(from: id("bob"), to: id("alice"), transaction: 1, observed: ep("203.0.113.7:40001")), tagX),
+        plain(.chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 20))),
+        pair(.chatAck(from: id("bob"), to: id("alice"), messageID: 99), tagX),
     ]
 
     @Test("every strict prefix is refused with a WireError", arguments: samples)
-    func everyPrefixIsRefused(_ message: ExtendedMessage) {
-        let bytes = message.encode()
+    func everyPrefixIsRefused(_ datagram: ExtendedDatagram) {
+        let bytes = datagram.encode()
         #expect(extendedError([]) == .empty)
         for length in 1..<bytes.count {
             let error = extendedError(Array(bytes.prefix(length)))
@@ -225,9 +237,9 @@ struct ExtendedRejectionTests {
     }
 
     @Test("a trailing byte is refused", arguments: samples)
-    func trailingByte(_ message: ExtendedMessage) {
-        #expect(extendedError(message.encode() + [0]) == .malformed("1 trailing bytes"))
-        #expect(extendedError(message.encode() + [0xFE, 0x01]) == .malformed("2 trailing bytes"))
+    func trailingByte(_ datagram: ExtendedDatagram) {
+        #expect(extendedError(datagram.encode() + [0]) == .malformed("1 trailing bytes"))
+        #expect(extendedError(datagram.encode() + [0xFE, 0x01]) == .malformed("2 trailing bytes"))
     }
 
     @Test func wrongMagicVersionOrType() {
@@ -256,8 +268,8 @@ struct ExtendedRejectionTests {
 
     @Test func tooManyEndpoints() {
         // register: magic, version, type, ID "a" (2 bytes), cookie (16), endpoint count.
-        var bytes = ExtendedMessage.register(id: id("a"), cookie: cookieX, privateEndpoints: [], natKind: .unknown,
-                                             keys: keysA, signature: signature).encode()
+        var bytes = signed(.register(id: id("a"), cookie: cookieX, privateEndpoints: [], natKind: .unknown,
+                                             keys: keysA), signature).encode()
         let countOffset = 3 + 2 + 16
         #expect(bytes[countOffset] == 0)
         bytes[countOffset] = 5
@@ -276,7 +288,7 @@ struct ExtendedRejectionTests {
     }
 
     @Test func badNATKindDialectAndKeyFlag() {
-        var keepAlive = ExtendedMessage.keepAlive(id: id("a"), natKind: .none, counter: 1, tag: tagX).encode()
+        var keepAlive = session(.keepAlive(id: id("a"), natKind: .none), 1, tagX).encode()
         keepAlive[5] = 4
         #expect(extendedError(keepAlive) == .malformed("unknown NAT kind"))
         keepAlive[5] = 0xFF
@@ -315,8 +327,7 @@ struct ExtendedRejectionTests {
     }
 
     @Test func oversizedPayloadAndText() {
-        let relay = ExtendedMessage.relay(id: id("a"), to: id("b"), payload: Array(repeating: 1, count: ExtendedMessage.maxRelayPayload + 1),
-                                          counter: 1, tag: tagX).encode()
+        let relay = session(.relay(id: id("a"), to: id("b"), payload: Array(repeating: 1, count: ExtendedMessage.maxRelayPayload + 1)), 1, tagX).encode()
         #expect(relay.count <= ExtendedMessage.maxDatagramLength)
         #expect(extendedError(relay) == .malformed("relay payload too long"))
 
@@ -364,23 +375,23 @@ struct ExtendedRejectionTests {
 @Suite("ExtendedMessage trailers and dialect detection")
 struct ExtendedTrailerTests {
     @Test func trailerLengths() {
-        let tagged: [ExtendedMessage] = [
-            .keepAlive(id: id("a"), natKind: .none, counter: 1, tag: tagX),
-            .exit(id: id("a"), counter: 1, tag: tagX),
-            .connect(id: id("a"), peer: id("b"), counter: 1, tag: tagX),
-            .relay(id: id("a"), to: id("b"), payload: [1], counter: 1, tag: tagX),
-            .ping(from: id("a"), to: id("b"), transaction: 1, tag: tagX),
-            .pong(from: id("a"), to: id("b"), transaction: 1, observed: ep("1.2.3.4:5"), tag: tagX),
-            .chatAck(from: id("a"), to: id("b"), messageID: 1, tag: tagX),
+        let tagged: [ExtendedDatagram] = [
+            session(.keepAlive(id: id("a"), natKind: .none), 1, tagX),
+            session(.exit(id: id("a")), 1, tagX),
+            session(.connect(id: id("a"), peer: id("b")), 1, tagX),
+            session(.relay(id: id("a"), to: id("b"), payload: [1]), 1, tagX),
+            pair(.ping(from: id("a"), to: id("b"), transaction: 1), tagX),
+            pair(.pong(from: id("a"), to: id("b"), transaction: 1, observed: ep("1.2.3.4:5")), tagX),
+            pair(.chatAck(from: id("a"), to: id("b"), messageID: 1), tagX),
         ]
-        for message in tagged {
-            let bytes = message.encode()
-            #expect(ExtendedMessage.trailerLength(ofEncoded: bytes) == 16, "\(message)")
+        for datagram in tagged {
+            let bytes = datagram.encode()
+            #expect(ExtendedMessage.trailerLength(ofEncoded: bytes) == 16, "\(datagram)")
             // The tag really is the last 16 bytes.
-            #expect(Array(bytes.suffix(16)) == Array(1...16), "\(message)")
+            #expect(Array(bytes.suffix(16)) == Array(1...16), "\(datagram)")
         }
-        let register = ExtendedMessage.register(id: id("a"), cookie: cookieX, privateEndpoints: [], natKind: .none,
-                                                keys: keysA, signature: signature).encode()
+        let register = signed(.register(id: id("a"), cookie: cookieX, privateEndpoints: [], natKind: .none,
+                                                keys: keysA), signature).encode()
         #expect(ExtendedMessage.trailerLength(ofEncoded: register) == 64)
         #expect(Array(register.suffix(64)) == signature)
 

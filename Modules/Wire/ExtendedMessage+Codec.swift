@@ -1,0 +1,348 @@
+// The natchat/2 message bodies: header (magic, version, kind) and fields, without the
+// trailer that authenticates some kinds (``ExtendedDatagram`` adds and reads it). Every field
+// is read through ``WireReader``, the same reading the in-place frames use.
+
+extension ExtendedMessage {
+    /// The message's bytes without a trailer: a whole datagram for the kinds whose
+    /// ``authentication`` is `.none`; the part a tag or signature covers for the others
+    /// (send those as an ``ExtendedDatagram``).
+    public func encode() -> [UInt8] {
+        var w = WireWriter(capacity: 96)
+        w.u8(Self.magic)
+        w.u8(Self.version)
+        w.u8(kind.rawValue)
+        switch self {
+        case .register(let id, let cookie, let endpoints, let natKind, let keys, let subscribe):
+            w.clientID(id); w.token(cookie); w.endpoints(endpoints); w.u8(natKind.rawValue); w.u8(subscribe ? 1 : 0); w.keys(keys)
+        case .keepAlive(let id, let natKind):
+            w.clientID(id); w.u8(natKind.rawValue)
+        case .exit(let id):
+            w.clientID(id)
+        case .connect(let id, let peer):
+            w.clientID(id); w.clientID(peer)
+        case .relay(let id, let to, let payload):
+            w.clientID(id); w.clientID(to); w.longBytes(payload)
+        case .rosterAck(let id, let largest, let received):
+            w.clientID(id); w.u32(largest); w.u64(received)
+        case .lookup(let id, let query, let peer):
+            w.clientID(id); w.u32(query); w.clientID(peer)
+        case .listQuery(let id, let query, let prefix, let offset, let limit):
+            w.clientID(id); w.u32(query); w.shortBytes(Self.utf8Prefix(prefix, maxBytes: ClientID.maxUTF8Length))
+            w.u32(offset); w.u16(limit)
+        case .challenge(let cookie):
+            w.token(cookie)
+        case .registered(let serverKey, let endpoint, let keepAlive, let alternatePort, let nonce, let cookie):
+            w.fixed(serverKey, 32); w.endpoint(endpoint); w.u32(keepAlive); w.u16(alternatePort); w.token(nonce); w.token(cookie)
+        case .refused(let text):
+            w.longBytes(Self.utf8Prefix(text, maxBytes: Self.maxTextBytes))
+        case .roster(let delta):
+            w.rosterDelta(delta)
+        case .lookupResult(let query, let epoch, let version, let peer, let found):
+            w.u32(query); w.u32(epoch); w.u64(version); w.clientID(peer)
+            if let found {
+                w.u8(1); w.rosterEntry(found)
+            } else {
+                w.u8(0)
+            }
+        case .listPage(let query, let total, let offset, let entries):
+            w.u32(query); w.u32(total); w.u32(offset)
+            let kept = entries.prefix(ListEntry.maxPerDatagram)
+            w.u8(UInt8(kept.count))
+            for entry in kept { w.listEntry(entry) }
+        case .punch(let peer, let round, let delay):
+            w.peerInfo(peer); w.u32(round); w.u32(delay)
+        case .relayed(let from, let payload):
+            w.clientID(from); w.longBytes(payload)
+        case .keepAliveAck(let endpoint):
+            w.endpoint(endpoint)
+        case .unknownSession(let id, let echo):
+            w.clientID(id); w.token(echo)
+        case .ping(let from, let to, let transaction):
+            w.clientID(from); w.clientID(to); w.u64(transaction)
+        case .pong(let from, let to, let transaction, let observed):
+            w.clientID(from); w.clientID(to); w.u64(transaction); w.endpoint(observed)
+        case .chat(let from, let to, let messageID, let sealed):
+            w.clientID(from); w.clientID(to); w.u64(messageID); w.longBytes(sealed)
+        case .chatAck(let from, let to, let messageID):
+            w.clientID(from); w.clientID(to); w.u64(messageID)
+        }
+        return w.bytes
+    }
+
+    /// The longest prefix of `text` that fits `maxBytes` of UTF-8 without splitting a scalar.
+    static func utf8Prefix(_ text: String, maxBytes: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for scalar in text.unicodeScalars {
+            let encoded = Array(String(scalar).utf8)
+            guard bytes.count + encoded.count <= maxBytes else { break }
+            bytes += encoded
+        }
+        return bytes
+    }
+
+    /// Decodes a whole datagram's message, checking (but not verifying) its trailer; see
+    /// ``ExtendedDatagram/decode(_:)`` for the trailer itself.
+    public static func decode<Bytes: Collection<UInt8>>(_ input: Bytes) throws(WireError) -> ExtendedMessage {
+        try ExtendedDatagram.decode(input).message
+    }
+
+    /// Reads the header; the kind it names.
+    static func readHeader(_ r: inout WireReader) throws(WireError) -> Kind {
+        guard try r.u8("magic") == magic else { throw .malformed("not an extended datagram") }
+        guard try r.u8("version") == version else { throw .malformed("unsupported version") }
+        guard let kind = Kind(rawValue: try r.u8("type")) else { throw .malformed("unknown message type") }
+        return kind
+    }
+
+    /// Reads the fields of a message of `kind` (after the header, before the trailer).
+    static func readBody(_ kind: Kind, _ r: inout WireReader) throws(WireError) -> ExtendedMessage {
+        switch kind {
+        case .register:
+            let id = try r.clientID(), cookie = try r.token(), endpoints = try r.endpoints(), natKind = try r.natKind()
+            let flags = try r.u8("flags")
+            guard flags <= 1 else { throw .malformed("unknown registration flags") }
+            return .register(id: id, cookie: cookie, privateEndpoints: endpoints, natKind: natKind, keys: try r.keys(),
+                             subscribe: flags == 1)
+        case .keepAlive:
+            let fields = try KeepAliveFields(&r)
+            return .keepAlive(id: try ClientID(utf8: fields.idBytes), natKind: fields.natKind)
+        case .exit:
+            return .exit(id: try r.clientID())
+        case .connect:
+            return .connect(id: try r.clientID(), peer: try r.clientID())
+        case .relay:
+            let fields = try RelayFields(&r)
+            return .relay(id: try ClientID(utf8: fields.idBytes), to: try ClientID(utf8: fields.toBytes), payload: Array(fields.payload))
+        case .rosterAck:
+            return .rosterAck(id: try r.clientID(), largest: try r.u32(), received: try r.u64())
+        case .lookup:
+            return .lookup(id: try r.clientID(), query: try r.u32(), peer: try r.clientID())
+        case .listQuery:
+            let id = try r.clientID(), query = try r.u32(), prefix = try r.idPrefix()
+            return .listQuery(id: id, query: query, prefix: prefix, offset: try r.u32(), limit: try r.u16())
+        case .challenge:
+            return .challenge(cookie: try r.token())
+        case .registered:
+            return .registered(serverKey: try r.array(32, "server key"), publicEndpoint: try r.endpoint(), keepAliveMillis: try r.u32(),
+                               alternatePort: try r.u16(), nonce: try r.token(), cookie: try r.token())
+        case .refused:
+            return .refused(text: try r.text())
+        case .roster:
+            return .roster(try r.rosterDelta())
+        case .lookupResult:
+            let query = try r.u32(), epoch = try r.u32(), version = try r.u64(), peer = try r.clientID()
+            let found: RosterEntry?
+            switch try r.u8("found flag") {
+            case 0: found = nil
+            case 1: found = try r.rosterEntry()
+            default: throw .malformed("bad found flag")
+            }
+            if let found, found.info.id != peer { throw .malformed("look-up answer names another client") }
+            return .lookupResult(query: query, epoch: epoch, version: version, peer: peer, found: found)
+        case .listPage:
+            let query = try r.u32(), total = try r.u32(), offset = try r.u32()
+            let count = Int(try r.u8("entry count"))
+            guard count <= ListEntry.maxPerDatagram else { throw .malformed("too many list entries") }
+            var entries: [ListEntry] = []
+            for _ in 0..<count { entries.append(try r.listEntry()) }
+            return .listPage(query: query, total: total, offset: offset, entries: entries)
+        case .punch:
+            return .punch(peer: try r.peerInfo(), round: try r.u32(), delayMillis: try r.u32())
+        case .relayed:
+            let from = try r.clientID()
+            let payload = try r.longBytes("payload")
+            guard payload.count <= maxRelayPayload else { throw .malformed("relay payload too long") }
+            return .relayed(from: from, payload: Array(payload))
+        case .keepAliveAck:
+            return .keepAliveAck(publicEndpoint: try r.endpoint())
+        case .unknownSession:
+            return .unknownSession(try r.clientID(), echo: try r.token())
+        case .ping:
+            return .ping(from: try r.clientID(), to: try r.clientID(), transaction: try r.u64())
+        case .pong:
+            return .pong(from: try r.clientID(), to: try r.clientID(), transaction: try r.u64(), observed: try r.endpoint())
+        case .chat:
+            let from = try r.clientID(), to = try r.clientID(), messageID = try r.u64()
+            let sealed = try r.longBytes("sealed text")
+            guard sealed.count <= maxTextBytes + 16 else { throw .malformed("chat too long") }
+            return .chat(from: from, to: to, messageID: messageID, sealed: Array(sealed))
+        case .chatAck:
+            return .chatAck(from: try r.clientID(), to: try r.clientID(), messageID: try r.u64())
+        }
+    }
+}
+
+/// The fields of a keep-alive, read in place: shared by the decoder and the in-place frame.
+struct KeepAliveFields {
+    let idBytes: UnsafeRawBufferPointer
+    let natKind: NATKind
+
+    init(_ r: inout WireReader) throws(WireError) {
+        idBytes = try r.clientIDBytes()
+        natKind = try r.natKind()
+    }
+}
+
+/// The fields of a relay request, read in place: shared by the decoder and the in-place frame.
+struct RelayFields {
+    let idBytes: UnsafeRawBufferPointer
+    let toBytes: UnsafeRawBufferPointer
+    let payload: UnsafeRawBufferPointer
+
+    init(_ r: inout WireReader) throws(WireError) {
+        idBytes = try r.clientIDBytes()
+        toBytes = try r.clientIDBytes()
+        payload = try r.longBytes("payload")
+        guard payload.count <= ExtendedMessage.maxRelayPayload else { throw .malformed("relay payload too long") }
+    }
+}
+
+extension WireWriter {
+    mutating func token(_ token: Token128) { u64(token.high); u64(token.low) }
+
+    mutating func endpoints(_ list: [Endpoint]) {
+        let kept = list.prefix(ExtendedMessage.maxPrivateEndpoints)
+        u8(UInt8(kept.count))
+        for endpoint in kept { self.endpoint(endpoint) }
+    }
+
+    mutating func peerInfo(_ info: PeerInfo) {
+        clientID(info.id)
+        endpoint(info.publicEndpoint)
+        endpoints(info.privateEndpoints)
+        u8(info.natKind.rawValue)
+        u8(info.dialect.rawValue)
+        if let keys = info.keys {
+            u8(1)
+            self.keys(keys)
+        } else {
+            u8(0)
+        }
+    }
+
+    mutating func keys(_ keys: PublicKeys) {
+        fixed(keys.signing, PublicKeys.keyLength)
+        fixed(keys.agreement, PublicKeys.keyLength)
+    }
+
+    mutating func rosterEntry(_ entry: RosterEntry) {
+        peerInfo(entry.info)
+        u64(entry.order)
+        u64(entry.version)
+    }
+
+    mutating func rosterDelta(_ delta: RosterDelta) {
+        u32(delta.epoch); u32(delta.sequence); u64(delta.version); u32(delta.registered); u8(delta.scope.rawValue)
+        u8(delta.synced ? 1 : 0)
+        let kept = delta.records.prefix(RosterDelta.maxRecords)
+        u8(UInt8(kept.count))
+        for record in kept {
+            switch record {
+            case .present(let entry):
+                u8(1); rosterEntry(entry)
+            case .absent(let id, let version, let reason, let endpoint):
+                u8(0); clientID(id); u64(version); u8(reason.rawValue); self.endpoint(endpoint)
+            }
+        }
+    }
+
+    mutating func listEntry(_ entry: ListEntry) {
+        clientID(entry.id); endpoint(entry.publicEndpoint); u8(entry.natKind.rawValue); u8(entry.dialect.rawValue)
+    }
+
+    /// Exactly `count` bytes: cut or zero-padded.
+    mutating func fixed(_ data: [UInt8], _ count: Int) {
+        raw(data.prefix(count))
+        if data.count < count { raw(Array(repeating: 0, count: count - data.count)) }
+    }
+}
+
+extension WireReader {
+    mutating func token() throws(WireError) -> Token128 {
+        Token128(high: try u64("token"), low: try u64("token"))
+    }
+
+    mutating func endpoints() throws(WireError) -> [Endpoint] {
+        let count = Int(try u8("endpoint count"))
+        guard count <= ExtendedMessage.maxPrivateEndpoints else { throw .malformed("too many endpoints") }
+        var list: [Endpoint] = []
+        for _ in 0..<count { list.append(try endpoint()) }
+        return list
+    }
+
+    mutating func natKind() throws(WireError) -> NATKind {
+        guard let kind = NATKind(rawValue: try u8("NAT kind")) else { throw .malformed("unknown NAT kind") }
+        return kind
+    }
+
+    mutating func text() throws(WireError) -> String {
+        let raw = try longBytes("text")
+        guard raw.count <= ExtendedMessage.maxTextBytes else { throw .malformed("text too long") }
+        guard let text = String(validating: raw, as: UTF8.self) else { throw .invalidUTF8 }
+        guard !text.unicodeScalars.contains(where: ClassicMessage.isForbiddenInText) else { throw .controlCharacterInText }
+        return text
+    }
+
+    mutating func peerInfo() throws(WireError) -> PeerInfo {
+        let id = try clientID()
+        let publicEndpoint = try endpoint()
+        let privateEndpoints = try endpoints()
+        let natKind = try natKind()
+        guard let dialect = Dialect(rawValue: try u8("dialect")) else { throw .malformed("unknown dialect") }
+        let keys: PublicKeys?
+        switch try u8("key flag") {
+        case 0: keys = nil
+        case 1: keys = try self.keys()
+        default: throw .malformed("bad key flag")
+        }
+        return PeerInfo(id: id, publicEndpoint: publicEndpoint, privateEndpoints: privateEndpoints, natKind: natKind,
+                        dialect: dialect, keys: keys)
+    }
+
+    mutating func keys() throws(WireError) -> PublicKeys {
+        PublicKeys(signing: try raw(PublicKeys.keyLength, "signing key"), agreement: try raw(PublicKeys.keyLength, "agreement key"))
+    }
+
+    mutating func rosterEntry() throws(WireError) -> RosterEntry {
+        RosterEntry(info: try peerInfo(), order: try u64(), version: try u64())
+    }
+
+    mutating func rosterDelta() throws(WireError) -> RosterDelta {
+        let epoch = try u32(), sequence = try u32(), version = try u64(), registered = try u32()
+        guard let scope = RosterScope(rawValue: try u8("scope")) else { throw .malformed("unknown roster scope") }
+        let synced = try u8("synced flag")
+        guard synced <= 1 else { throw .malformed("bad synced flag") }
+        let count = Int(try u8("record count"))
+        guard count <= RosterDelta.maxRecords else { throw .malformed("too many roster records") }
+        var records: [RosterRecord] = []
+        for _ in 0..<count {
+            switch try u8("record kind") {
+            case 1:
+                records.append(.present(try rosterEntry()))
+            case 0:
+                let id = try clientID(), version = try u64()
+                guard let reason = LeaveReason(rawValue: try u8("reason")) else { throw .malformed("unknown leave reason") }
+                records.append(.absent(id, version: version, reason: reason, publicEndpoint: try endpoint()))
+            default:
+                throw .malformed("unknown roster record kind")
+            }
+        }
+        return RosterDelta(epoch: epoch, sequence: sequence, version: version, registered: registered, scope: scope,
+                           synced: synced == 1, records: records)
+    }
+
+    mutating func listEntry() throws(WireError) -> ListEntry {
+        let id = try clientID(), endpoint = try endpoint(), natKind = try natKind()
+        guard let dialect = Dialect(rawValue: try u8("dialect")) else { throw .malformed("unknown dialect") }
+        return ListEntry(id: id, publicEndpoint: endpoint, natKind: natKind, dialect: dialect)
+    }
+
+    /// The start of an ID (empty allowed), with an ID's rules for what it may contain.
+    mutating func idPrefix() throws(WireError) -> String {
+        let raw = try shortBytes("ID prefix")
+        guard raw.count <= ClientID.maxUTF8Length else { throw .malformed("ID prefix too long") }
+        guard let text = String(validating: raw, as: UTF8.self) else { throw .invalidUTF8 }
+        if !text.isEmpty, let violation = ClientID.violation(in: text) { throw .invalidClientID(violation) }
+        return text
+    }
+}
