@@ -169,18 +169,10 @@ public final class RendezvousService: DatagramDriver {
         output.send(bytes, to: destination)
     }
 
-    /// A STUN Binding request's transaction ID, read with fixed-width loads straight from the
-    /// buffer (the generic collection path costs more than the rest of the answer).
+    /// A STUN Binding request's transaction ID, read in place from the buffer with STUN's
+    /// one header reader.
     static func stunBindingRequest(_ payload: ByteBuffer) -> STUN.TransactionID? {
-        let start = payload.readerIndex
-        guard payload.readableBytes >= STUN.headerLength,
-              let head = payload.getInteger(at: start, as: UInt32.self),
-              head >> 16 == 0x0001, Int(head & 0xFFFF) % 4 == 0, Int(head & 0xFFFF) + STUN.headerLength == payload.readableBytes,
-              payload.getInteger(at: start + 4, as: UInt32.self) == STUN.magicCookie,
-              let high = payload.getInteger(at: start + 8, as: UInt32.self),
-              let low = payload.getInteger(at: start + 12, as: UInt64.self)
-        else { return nil }
-        return STUN.TransactionID(high: high, low: low)
+        payload.withUnsafeReadableBytes { STUN.bindingRequestTransaction($0) }
     }
 
     private func answerSTUN(_ transaction: STUN.TransactionID, from source: Endpoint, output: inout DatagramOutput) {

@@ -6,7 +6,7 @@ import Wire
 public enum STUN {
     public static let magicCookie: UInt32 = 0x2112_A442
     public static let headerLength = 20
-    static let bindingRequestType: UInt16 = 0x0001
+    @usableFromInline static let bindingRequestType: UInt16 = 0x0001
     static let bindingSuccessType: UInt16 = 0x0101
     static let mappedAddress: UInt16 = 0x0001
     static let xorMappedAddress: UInt16 = 0x0020
@@ -42,50 +42,89 @@ public enum STUN {
         case badAttribute
     }
 
-    /// Cheap test used to tell STUN from natchat's dialects on a shared port: top two bits
-    /// zero, a length that fits and is a multiple of 4, and the magic cookie. Inlinable so a
-    /// caller in another module gets it specialised for its collection (generic, it allocated).
+    /// A STUN header (RFC 8489, or RFC 3489's without the magic cookie), read in place.
+    public struct Header: Hashable, Sendable {
+        public let type: UInt16
+        /// The attributes' length.
+        public let length: Int
+        /// Bytes 4–7 are RFC 8489's magic cookie (else this is an RFC 3489 message, whose
+        /// 16-byte transaction ID starts there).
+        public let hasMagicCookie: Bool
+        /// Bytes 8–19: an RFC 8489 message's transaction ID.
+        public let transaction: TransactionID
+
+        /// The one reading of a STUN header, behind every test and decoder here: `nil` unless
+        /// `bytes` hold at least a header, the top two bits are clear, and the length field is
+        /// a multiple of 4 that accounts for exactly the rest of the datagram.
+        @inlinable
+        public init?(_ bytes: UnsafeRawBufferPointer) {
+            guard bytes.count >= STUN.headerLength, bytes[0] & 0xC0 == 0 else { return nil }
+            let head = UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self))
+            let length = Int(head & 0xFFFF)
+            guard length % 4 == 0, STUN.headerLength + length == bytes.count else { return nil }
+            type = UInt16(head >> 16)
+            self.length = length
+            hasMagicCookie = UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) == STUN.magicCookie
+            transaction = TransactionID(high: UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+                                        low: UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: 12, as: UInt64.self)))
+        }
+    }
+
+    /// Reads `bytes` in place when they are contiguous (arrays, slices, NIO's buffer views),
+    /// else from a copy. Inlinable so a caller in another module gets it specialised for its
+    /// collection (generic and unspecialised, such a read allocated).
     @inlinable
-    public static func looksLikeSTUN<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> Bool where Bytes.Index == Int {
-        guard bytes.count >= headerLength else { return false }
-        let start = bytes.startIndex
-        guard bytes[start] & 0xC0 == 0 else { return false }
-        let length = Int(bytes[start + 2]) << 8 | Int(bytes[start + 3])
-        guard length % 4 == 0, headerLength + length == bytes.count else { return false }
-        return bytes[start + 4] == 0x21 && bytes[start + 5] == 0x12 && bytes[start + 6] == 0xA4 && bytes[start + 7] == 0x42
+    static func withRaw<Bytes: Collection<UInt8>, Result>(_ bytes: Bytes, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        if let result = bytes.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return result }
+        return Array(bytes).withUnsafeBytes(body)
+    }
+
+    /// Cheap test used to tell STUN from natchat's dialects on a shared port: a STUN header
+    /// (``Header``) with RFC 8489's magic cookie.
+    @inlinable
+    public static func looksLikeSTUN<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> Bool {
+        withRaw(bytes) { Header($0)?.hasMagicCookie == true }
     }
 
     public static func decode(_ input: [UInt8]) throws(DecodeError) -> Message {
-        guard looksLikeSTUN(input) else { throw .notSTUN }
-        let type = UInt16(input[0]) << 8 | UInt16(input[1])
-        let transaction = TransactionID(
-            high: UInt32(input[8]) << 24 | UInt32(input[9]) << 16 | UInt32(input[10]) << 8 | UInt32(input[11]),
-            low: input[12..<20].reduce(0) { $0 << 8 | UInt64($1) })
-        switch type {
-        case bindingRequestType:
-            return .bindingRequest(transaction)
-        case bindingSuccessType:
-            var offset = headerLength
-            var mapped: Endpoint?
-            var xorMapped: Endpoint?
-            while offset + 4 <= input.count {
-                let attribute = UInt16(input[offset]) << 8 | UInt16(input[offset + 1])
-                let length = Int(input[offset + 2]) << 8 | Int(input[offset + 3])
-                let valueStart = offset + 4
-                guard valueStart + length <= input.count else { throw .truncated }
-                let value = input[valueStart..<valueStart + length]
-                if attribute == xorMappedAddress || attribute == mappedAddress {
-                    if let endpoint = try parseAddress(value, xor: attribute == xorMappedAddress) {
-                        if attribute == xorMappedAddress { xorMapped = endpoint } else { mapped = endpoint }
-                    }
+        let parsed = input.withUnsafeBytes { raw -> Result<Message, DecodeError> in
+            guard let header = Header(raw), header.hasMagicCookie else { return .failure(.notSTUN) }
+            switch header.type {
+            case bindingRequestType:
+                return .success(.bindingRequest(header.transaction))
+            case bindingSuccessType:
+                do throws(DecodeError) {
+                    guard let mapped = try mappedAddress(raw) else { return .success(.other(type: header.type, header.transaction)) }
+                    return .success(.bindingSuccess(header.transaction, mapped: mapped))
+                } catch {
+                    return .failure(error)
                 }
-                offset = valueStart + (length + 3) / 4 * 4
+            default:
+                return .success(.other(type: header.type, header.transaction))
             }
-            guard let result = xorMapped ?? mapped else { return .other(type: type, transaction) }
-            return .bindingSuccess(transaction, mapped: result)
-        default:
-            return .other(type: type, transaction)
         }
+        return try parsed.get()
+    }
+
+    /// The XOR-MAPPED-ADDRESS of a Binding success response, else its MAPPED-ADDRESS.
+    private static func mappedAddress(_ raw: UnsafeRawBufferPointer) throws(DecodeError) -> Endpoint? {
+        var offset = headerLength
+        var mapped: Endpoint?
+        var xorMapped: Endpoint?
+        while offset + 4 <= raw.count {
+            let attribute = UInt16(raw[offset]) << 8 | UInt16(raw[offset + 1])
+            let length = Int(raw[offset + 2]) << 8 | Int(raw[offset + 3])
+            let valueStart = offset + 4
+            guard valueStart + length <= raw.count else { throw .truncated }
+            let value = Array(raw[valueStart..<valueStart + length])[...]
+            if attribute == xorMappedAddress || attribute == mappedAddress {
+                if let endpoint = try parseAddress(value, xor: attribute == xorMappedAddress) {
+                    if attribute == xorMappedAddress { xorMapped = endpoint } else { mapped = endpoint }
+                }
+            }
+            offset = valueStart + (length + 3) / 4 * 4
+        }
+        return xorMapped ?? mapped
     }
 
     private static func parseAddress(_ value: ArraySlice<UInt8>, xor: Bool) throws(DecodeError) -> Endpoint? {
@@ -103,33 +142,28 @@ public enum STUN {
         return Endpoint(address: IPv4Address(bits: address), port: port)
     }
 
-    /// If `bytes` are a Binding request, its transaction ID — read in place, without
-    /// copying or allocating (the server's hot path). Inlinable for the same reason as
-    /// ``looksLikeSTUN(_:)``: unspecialised across modules it made 21 allocations per call.
+    /// If `bytes` are a Binding request, its transaction ID, read in place without copying
+    /// or allocating (the server's hot path).
     @inlinable
-    public static func bindingRequestTransaction<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes) -> TransactionID?
-    where Bytes.Index == Int {
-        guard looksLikeSTUN(bytes) else { return nil }
-        let s = bytes.startIndex
-        guard bytes[s] == 0x00, bytes[s + 1] == 0x01 else { return nil }
-        var high: UInt32 = 0
-        for i in 8..<12 { high = high << 8 | UInt32(bytes[s + i]) }
-        var low: UInt64 = 0
-        for i in 12..<20 { low = low << 8 | UInt64(bytes[s + i]) }
-        return TransactionID(high: high, low: low)
+    public static func bindingRequestTransaction(_ bytes: UnsafeRawBufferPointer) -> TransactionID? {
+        guard let header = Header(bytes), header.hasMagicCookie, header.type == bindingRequestType else { return nil }
+        return header.transaction
+    }
+
+    /// ``bindingRequestTransaction(_:)-(UnsafeRawBufferPointer)`` for any contiguous bytes.
+    @inlinable
+    public static func bindingRequestTransaction<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> TransactionID? {
+        withRaw(bytes) { bindingRequestTransaction($0) }
     }
 
     /// An RFC 3489 ("classic STUN") Binding request has no magic cookie: its transaction ID
     /// is the 16 bytes after the length. Old clients (Debian's `stun`) still send these;
     /// RFC 8489 §12 says a server should answer them, with MAPPED-ADDRESS.
-    public static func legacyBindingRequestID<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes) -> [UInt8]?
-    where Bytes.Index == Int {
-        guard bytes.count >= headerLength, !looksLikeSTUN(bytes) else { return nil }
-        let s = bytes.startIndex
-        guard bytes[s] == 0x00, bytes[s + 1] == 0x01 else { return nil }
-        let length = Int(bytes[s + 2]) << 8 | Int(bytes[s + 3])
-        guard length % 4 == 0, headerLength + length == bytes.count else { return nil }
-        return Array(bytes[(s + 4)..<(s + 20)])
+    public static func legacyBindingRequestID<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> [UInt8]? {
+        withRaw(bytes) { raw in
+            guard let header = Header(raw), !header.hasMagicCookie, header.type == bindingRequestType else { return nil }
+            return Array(raw[4..<20])
+        }
     }
 
     /// The RFC 3489 answer: Binding success with the 16-byte ID and MAPPED-ADDRESS.
