@@ -99,10 +99,10 @@ struct NatchatServer: AsyncParsableCommand {
         sources.totalRegistrationBurst = max(sources.totalRegistrationBurst, registrationsPerSecond * 4)
         let configuration = RendezvousService.Configuration(
             registry: Registry.Configuration(keepAliveTimeout: .fractionalSeconds(keepaliveTimeout),
+                                             sweepInterval: .fractionalSeconds(sweepInterval),
                                              keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),
                                              maxClients: maxClients, acceptClassic: classic == .on, relay: relay,
                                              rosterLimit: rosterLimit),
-            sweepInterval: .fractionalSeconds(sweepInterval),
             sources: sources)
         try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
                                        logger: logger) { line in

@@ -4,8 +4,17 @@ import Wire
 
 /// Finds this socket's public mapping with STUN and, given a second server port, whether
 /// the NAT maps endpoint-independently ("cone") or per destination ("symmetric"), the idea
-/// of RFC 5780. Sans-I/O: it hands out datagrams to send and takes the responses.
-public struct MappingProbe: Sendable {
+/// of RFC 5780. Sans-I/O: ``start(now:)``, ``receive(_:from:)`` and ``handleTimeout(now:)``
+/// return the datagrams to send and, once it knows, the ``Outcome``.
+public struct MappingProbe: Sendable, SansIOCore {
+    /// What the owner should do.
+    public enum Output: Hashable, Sendable {
+        /// Send this Binding request.
+        case send([UInt8], to: Endpoint)
+        /// The probe is over.
+        case settled(Outcome)
+    }
+
     /// What the probe found.
     public struct Outcome: Hashable, Sendable {
         public var kind: NATKind
@@ -47,33 +56,39 @@ public struct MappingProbe: Sendable {
         self.maxAttempts = maxAttempts
     }
 
-    /// When the probe next needs ``poll(now:)``.
+    /// When the probe next needs ``handleTimeout(now:)``.
     public var nextDeadline: Instant? { outcome == nil ? nextSend : nil }
 
-    /// Requests to (re)send now; after the last attempt times out, settles the outcome.
-    public mutating func poll(now: Instant) -> [(bytes: [UInt8], destination: Endpoint)] {
+    /// The first requests.
+    public mutating func start(now: Instant) -> [Output] { handleTimeout(now: now) }
+
+    /// Requests to (re)send now; after the last attempt times out, the outcome.
+    public mutating func handleTimeout(now: Instant) -> [Output] {
         guard outcome == nil else { return [] }
         if let due = nextSend, now < due { return [] }
-        if attempts >= maxAttempts {
-            settle()
-            return []
-        }
+        if attempts >= maxAttempts { return [.settled(settle())] }
         attempts += 1
         nextSend = now + retransmitInterval
-        return targets.filter { $0.mapped == nil }.map { (STUN.bindingRequest($0.transaction), $0.server) }
+        return targets.filter { $0.mapped == nil }.map { .send(STUN.bindingRequest($0.transaction), to: $0.server) }
     }
 
-    /// Takes a STUN response; `true` when it belonged to this probe.
-    public mutating func receive(_ message: STUN.Message, from source: Endpoint) -> Bool {
-        guard case .bindingSuccess(let transaction, let mapped) = message,
+    /// Takes a STUN response: the outcome when it was the last answer awaited; nothing for
+    /// others, and for responses that do not belong to this probe.
+    public mutating func receive(_ message: STUN.Message, from source: Endpoint) -> [Output] {
+        guard outcome == nil, case .bindingSuccess(let transaction, let mapped) = message,
               let index = targets.firstIndex(where: { $0.transaction == transaction && $0.server == source })
-        else { return false }
+        else { return [] }
         targets[index].mapped = mapped
-        if targets.allSatisfy({ $0.mapped != nil }) { settle() }
-        return true
+        return targets.allSatisfy({ $0.mapped != nil }) ? [.settled(settle())] : []
     }
 
-    private mutating func settle() {
+    /// Whether `message` answers one of this probe's requests from `source`.
+    public func isAnswer(_ message: STUN.Message, from source: Endpoint) -> Bool {
+        guard case .bindingSuccess(let transaction, _) = message else { return false }
+        return targets.contains { $0.transaction == transaction && $0.server == source }
+    }
+
+    private mutating func settle() -> Outcome {
         let primary = targets.first?.mapped
         let alternate = targets.count > 1 ? targets[1].mapped : nil
         let kind: NATKind
@@ -84,6 +99,8 @@ public struct MappingProbe: Sendable {
         } else {
             kind = .unknown
         }
-        outcome = Outcome(kind: kind, primaryMapping: primary, alternateMapping: alternate)
+        let settled = Outcome(kind: kind, primaryMapping: primary, alternateMapping: alternate)
+        outcome = settled
+        return settled
     }
 }

@@ -9,10 +9,9 @@ import Wire
 struct ListPage: Hashable, Sendable {
     /// The positions (in list order) of the entries to show, in order.
     var positions: [Int]
-    /// The line after the entries: where this page is and how to get the next one. `nil`
-    /// when the whole list fits one page and no prefix was given: such a list prints as it
-    /// always did.
-    var footer: String?
+    /// The line after the entries (see ``ListFooter``; `nil` when the whole list fits one
+    /// page and no prefix was given).
+    var footer: ListFooter?
 
     /// Page `page` (from 1) of the entries whose ID starts with `prefix` (all when `nil`),
     /// `pageSize` entries a page.
@@ -35,35 +34,7 @@ struct ListPage: Hashable, Sendable {
             if first < count { positions = Array(first..<(first + min(size, count - first))) }
         }
         return ListPage(positions: positions,
-                        footer: footer(total: total, shown: positions.count, first: first, prefix: prefix, page: requested, size: size))
-    }
-
-    /// The line under a page: `first` is the index of its first entry among `total`.
-    static func footer(total: Int, shown: Int, first: Int, prefix: String?, page: Int, size: Int) -> String? {
-        let pages = max(1, total / size + (total % size == 0 ? 0 : 1))
-        let matching = prefix.map { " starting with \($0)" } ?? ""
-        if total == 0, let prefix { return "-- no ID starts with \(prefix) --" }
-        if shown == 0 {
-            let what = prefix == nil ? counted(total, "client") : "\(total)\(matching)"
-            return "-- no page \(page): \(what), \(counted(pages, "page")) of \(size) --"
-        }
-        if prefix == nil, pages == 1 { return nil }
-        let range = shown == 1 ? "\(first + 1)" : "\(first + 1)-\(first + shown)"
-        let position = "\(range) of \(total)\(matching)"
-        let isLast = first + shown >= total
-        switch (prefix, isLast) {
-        case (nil, false):
-            return "-- \(position); @show_list \(page + 1) for the next page, @show_list <prefix> to filter --"
-        case (nil, true):
-            return "-- \(position), the last page; @show_list <prefix> to filter --"
-        case (let prefix?, false):
-            return "-- \(position); @show_list \(prefix) \(page + 1) for the next page --"
-        case (_?, true):
-            return pages == 1 ? "-- \(position) --" : "-- \(position), the last page --"
-        }
-    }
-
-    private static func counted(_ n: Int, _ noun: String) -> String {
-        "\(n) \(noun)\(n == 1 ? "" : "s")"
+                        footer: ListFooter(total: total, shown: positions.count, first: first, prefix: prefix, page: requested,
+                                           pageSize: size))
     }
 }

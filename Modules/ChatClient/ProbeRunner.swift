@@ -22,18 +22,25 @@ public enum ProbeRunner {
         }
 
         func start(now: Instant, output: inout DatagramOutput) {
-            for (bytes, destination) in probe.poll(now: now) { output.send(bytes, to: destination) }
+            run(probe.start(now: now), output: &output)
         }
 
         func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
-            guard let message = try? STUN.decode(Array(payload.readableBytesView)), probe.receive(message, from: source),
-                  let outcome = probe.outcome else { return }
-            finished(outcome)
+            guard let message = try? STUN.decode(Array(payload.readableBytesView)) else { return }
+            run(probe.receive(message, from: source), output: &output)
         }
 
         func timeout(now: Instant, output: inout DatagramOutput) {
-            for (bytes, destination) in probe.poll(now: now) { output.send(bytes, to: destination) }
-            if let outcome = probe.outcome { finished(outcome) }
+            run(probe.handleTimeout(now: now), output: &output)
+        }
+
+        private func run(_ outputs: [MappingProbe.Output], output: inout DatagramOutput) {
+            for item in outputs {
+                switch item {
+                case .send(let bytes, let destination): output.send(bytes, to: destination)
+                case .settled(let outcome): finished(outcome)
+                }
+            }
         }
 
         func nextDeadline() -> Instant? { probe.nextDeadline }

@@ -1,3 +1,4 @@
+import ChatRouter
 import Wire
 
 /// The registered IDs as the shell shows them, kept up to date one join or leave at a time,
@@ -73,5 +74,18 @@ struct RosterIndex: Sendable {
             if sorted[middle] < name { low = middle + 1 } else { high = middle }
         }
         return low
+    }
+
+    /// Mirrors what `message` did to `router`'s peer table (the router has taken it; it
+    /// decided whether the source may change the table).
+    mutating func track(_ message: ClassicMessage, in router: ChatRouter) {
+        switch message {
+        case .peer(let id, _):
+            if router.peer(id) != nil { add(id) }
+        case .unregistered(let id, _), .offline(let id, _):
+            if router.peer(id) == nil { remove(id) }
+        default:
+            break
+        }
     }
 }

@@ -18,10 +18,19 @@ public struct Peer: Hashable, Sendable {
 
 /// The chat client's peer table and its choice of where to send `@chat` (classic dialect).
 ///
-/// Pure state: feed it every decoded datagram with ``receive(_:from:)`` and it answers with
-/// ``Event``s for the user; ask ``route(to:)`` where a chat should go. Control messages
-/// (lists, notices) count only when they come from the server's endpoint.
+/// A sans-I/O core without timers: feed it every decoded datagram with ``receive(_:from:)``
+/// and typed chats with ``chat(to:text:)``; each answers with ``Output``s (datagrams to send,
+/// events for the user). Control messages (lists, notices) count only when they come from
+/// the server's endpoint.
 public struct ChatRouter: Sendable {
+    /// What the owner should do.
+    public enum Output: Hashable, Sendable {
+        /// Send this datagram.
+        case send([UInt8], to: Endpoint)
+        /// Tell the user.
+        case event(Event)
+    }
+
     /// What the user should hear about.
     public enum Event: Hashable, Sendable {
         /// The server listed us: we are registered and it sees us at this endpoint.
@@ -37,6 +46,8 @@ public struct ChatRouter: Sendable {
         case serverNotice(String)
         /// A datagram that changed nothing (from a stranger, or a message meant for the server).
         case ignored(ClassicMessage, from: Endpoint)
+        /// A chat was typed for an ID the server has not listed.
+        case noSuchPeer(ClientID)
     }
 
     /// Why a chat cannot be sent.
@@ -72,15 +83,15 @@ public struct ChatRouter: Sendable {
     public func peer(_ id: ClientID) -> Peer? { peersByID[id] }
 
     /// Handles one decoded datagram from `source`.
-    public mutating func receive(_ message: ClassicMessage, from source: Endpoint) -> [Event] {
+    public mutating func receive(_ message: ClassicMessage, from source: Endpoint) -> [Output] {
         switch message {
         case .chat(let from, let text):
-            return [.chat(from: from, text: text, source: source)]
+            return [.event(.chat(from: from, text: text, source: source))]
         case .peer, .peerPrivate, .unregistered, .offline, .serverNotice:
-            guard source == server else { return [.ignored(message, from: source)] }
-            return controlMessage(message)
+            guard source == server else { return [.event(.ignored(message, from: source))] }
+            return controlMessage(message).map(Output.event)
         case .register, .keepAlive, .unregister:
-            return [.ignored(message, from: source)]
+            return [.event(.ignored(message, from: source))]
         }
     }
 
@@ -101,9 +112,13 @@ public struct ChatRouter: Sendable {
         return .success(candidates.first ?? peer.publicEndpoint)
     }
 
-    /// The datagram and destination for a chat to `id`.
-    public func chat(to id: ClientID, text: String) -> Result<(message: ClassicMessage, destination: Endpoint), RouteError> {
-        route(to: id).map { (ClassicMessage.chat(from: selfID, text: text), $0) }
+    /// Sends a chat to `id` where ``route(to:)`` says; ``Event/noSuchPeer(_:)`` when the
+    /// server has not listed it.
+    public func chat(to id: ClientID, text: String) -> [Output] {
+        switch route(to: id) {
+        case .success(let destination): [.send(ClassicMessage.chat(from: selfID, text: text).encode(), to: destination)]
+        case .failure(.unknownPeer(let id)): [.event(.noSuchPeer(id))]
+        }
     }
 
     private mutating func controlMessage(_ message: ClassicMessage) -> [Event] {

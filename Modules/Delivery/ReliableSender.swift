@@ -3,8 +3,20 @@ import Wire
 
 /// Reliable delivery of chat messages over lossy paths: each message gets an ID, is sent
 /// again with exponential backoff until acknowledged, and is given up after a deadline.
-/// Pure state: the owner sends what ``due(now:)`` returns and reports acks.
-public struct ReliableSender: Sendable {
+/// Pure state: the owner sends what its inputs and ``handleTimeout(now:)`` return.
+public struct ReliableSender: Sendable, SansIOCore {
+    /// What the owner should do.
+    public enum Output: Hashable, Sendable {
+        /// Send (attempt `message.attempts` of) this message.
+        case send(Message)
+        /// The peer acknowledged it.
+        case delivered(Message)
+        /// No acknowledgement before the deadline: given up.
+        case expired(Message)
+        /// Given up because the peer left.
+        case abandoned(Message)
+    }
+
     public struct Configuration: Hashable, Sendable {
         public var initialTimeout: Duration = .milliseconds(400)
         /// Short enough that heavy loss still leaves many tries before the deadline
@@ -46,26 +58,28 @@ public struct ReliableSender: Sendable {
 
     public var count: Int { inFlight.count }
 
-    /// Queues `text` for `peer`; the caller sends attempt 1 at once.
-    public mutating func enqueue(_ text: String, to peer: ClientID, now: Instant) throws(SendError) -> Message {
+    /// Queues `text` for `peer`: attempt 1 goes at once. `firstSent` (default `now`) starts
+    /// the deadline: a message that waited (for a look-up) keeps its own.
+    public mutating func send(_ text: String, to peer: ClientID, firstSent: Instant? = nil,
+                              now: Instant) throws(SendError) -> [Output] {
         guard inFlight.count < configuration.maxInFlight else { throw .tooManyInFlight }
-        let message = Message(id: nextID, peer: peer, text: text, firstSent: now, attempts: 1,
+        let message = Message(id: nextID, peer: peer, text: text, firstSent: firstSent ?? now, attempts: 1,
                               nextRetry: now + configuration.initialTimeout, timeout: configuration.initialTimeout)
         nextID &+= 1
         inFlight[message.id] = message
-        return message
+        return [.send(message)]
     }
 
-    /// The peer acknowledged `id`; returns the message when it was in flight.
-    public mutating func acknowledge(_ id: UInt64, from peer: ClientID) -> Message? {
-        guard let message = inFlight[id], message.peer == peer else { return nil }
+    /// The peer acknowledged `id`: ``Output/delivered(_:)`` when it was in flight.
+    public mutating func acknowledge(_ id: UInt64, from peer: ClientID) -> [Output] {
+        guard let message = inFlight[id], message.peer == peer else { return [] }
         inFlight[id] = nil
-        return message
+        return [.delivered(message)]
     }
 
-    /// Messages to send again now (their attempt counts already raised), and messages
-    /// given up (past the deadline).
-    public mutating func due(now: Instant) -> (retransmit: [Message], expired: [Message]) {
+    /// Messages to send again now (their attempt counts already raised), in message order,
+    /// then messages given up (past the deadline).
+    public mutating func handleTimeout(now: Instant) -> [Output] {
         var retransmit: [Message] = []
         var expired: [Message] = []
         for (id, var message) in inFlight where now >= message.nextRetry || now - message.firstSent >= configuration.deadline {
@@ -80,14 +94,14 @@ public struct ReliableSender: Sendable {
             inFlight[id] = message
             retransmit.append(message)
         }
-        return (retransmit.sorted { $0.id < $1.id }, expired.sorted { $0.id < $1.id })
+        return retransmit.sorted { $0.id < $1.id }.map(Output.send) + expired.sorted { $0.id < $1.id }.map(Output.expired)
     }
 
-    /// Drops every message to `peer` (it left); returns them.
-    public mutating func cancel(peer: ClientID) -> [Message] {
+    /// Drops every message to `peer` (it left): ``Output/abandoned(_:)`` for each, in order.
+    public mutating func cancel(peer: ClientID) -> [Output] {
         let gone = inFlight.values.filter { $0.peer == peer }
         for message in gone { inFlight[message.id] = nil }
-        return gone.sorted { $0.id < $1.id }
+        return gone.sorted { $0.id < $1.id }.map(Output.abandoned)
     }
 
     /// The next retry or give-up time, whichever comes first.

@@ -3,9 +3,9 @@ import Wire
 
 /// The path to one peer and the hole punching that finds it, as a pure state machine in the
 /// style of an ICE agent: feed it the server's punch instruction, verified pings and pongs,
-/// and timeouts; take connectivity checks to send with ``pollTransmit()`` (the owner
-/// encodes and authenticates them), path changes with ``pollEvent()``, and the next wake-up
-/// from ``nextDeadline``.
+/// and timeouts; each input returns what to do (``Output``): connectivity checks to send
+/// (the owner encodes and authenticates them), a punch round to ask the server for, path
+/// changes. ``nextDeadline`` is the next wake-up.
 ///
 /// - Every candidate (private endpoints, the public endpoint the server saw, and any
 ///   address a valid ping came from) is checked with a ping carrying a fresh transaction
@@ -31,7 +31,7 @@ import Wire
 ///   peer's address, whereas a pong to a fresh transaction cannot be prepared in advance.
 /// - When both NATs make punching hopeless (see ``PunchFeasibility``) only private
 ///   candidates are checked and the peer stays on the relay.
-public struct PathAgent: Sendable {
+public struct PathAgent: Sendable, SansIOCore {
     /// How a candidate was learned.
     public enum CandidateKind: Int, Hashable, Sendable, Comparable, CustomStringConvertible {
         case peerReflexive = 0
@@ -78,8 +78,12 @@ public struct PathAgent: Sendable {
         case pong(transaction: UInt64, observed: Endpoint)
     }
 
-    /// Something the owner should know.
-    public enum Event: Hashable, Sendable {
+    /// What the owner should do.
+    public enum Output: Hashable, Sendable {
+        /// Send this check (a ping, or the pong answering one) to this endpoint.
+        case transmit(Check, to: Endpoint)
+        /// Ask the server for a punch round with the peer (a `connect`).
+        case requestRound
         case pathChanged(Path)
         /// A round of checks ended without a verified pair.
         case roundFailed(round: UInt32)
@@ -178,21 +182,20 @@ public struct PathAgent: Sendable {
     public let selfID: ClientID
     public let peerID: ClientID
     public let configuration: Configuration
-    public private(set) var path: Path = .none
-    private(set) var phase: Phase = .idle
-    private var armed = false
-    private var candidates: [Candidate] = []
-    private var outstanding: [UInt64: (endpoint: Endpoint, sentAt: Instant)] = [:]
-    private var lastTriggered: [Endpoint: Instant] = [:]
+    public internal(set) var path: Path = .none
+    var phase: Phase = .idle
+    var armed = false
+    var candidates: [Candidate] = []
+    var outstanding: [UInt64: (endpoint: Endpoint, sentAt: Instant)] = [:]
+    var lastTriggered: [Endpoint: Instant] = [:]
     /// Answered checks per endpoint that is not (yet) the path, towards ``Configuration/confirmationsToSelect``.
-    private var confirmations: [Endpoint: Int] = [:]
-    private var nextTransaction: UInt64
-    private var failedRounds = 0
-    private var lastInterest: Instant?
-    private var wantsConnect = false
-    private var hopeless = false
-    private var transmits: [(check: Check, destination: Endpoint)] = []
-    private var events: [Event] = []
+    var confirmations: [Endpoint: Int] = [:]
+    var nextTransaction: UInt64
+    var failedRounds = 0
+    var lastInterest: Instant?
+    var hopeless = false
+    /// What the input being handled has to say (returned, in order, when it ends).
+    var outputs: [Output] = []
 
     public init(selfID: ClientID, peerID: ClientID, transactionSeed: UInt64, configuration: Configuration = Configuration()) {
         self.selfID = selfID
@@ -216,7 +219,12 @@ public struct PathAgent: Sendable {
     /// Someone wants to talk to the peer: start a round unless one is running, a path
     /// exists, or a cool-down is on. Call ``pollConnectRequest()`` to learn whether to ask
     /// the server.
-    public mutating func noteInterest(now: Instant) {
+    public mutating func noteInterest(now: Instant) -> [Output] {
+        applyNoteInterest(now: now)
+        return takeOutputs()
+    }
+
+    private mutating func applyNoteInterest(now: Instant) {
         lastInterest = now
         switch phase {
         case .idle:
@@ -227,14 +235,13 @@ public struct PathAgent: Sendable {
         if path == .none { setPath(.relayed) }
     }
 
-    /// `true` once per needed `connect` request to the server.
-    public mutating func pollConnectRequest() -> Bool {
-        defer { wantsConnect = false }
-        return wantsConnect
+    /// The server's punch message for this peer: its candidates and the round.
+    public mutating func handlePunch(peer: PeerInfo, round: UInt32, delay: Duration, selfNATKind: NATKind, now: Instant) -> [Output] {
+        applyHandlePunch(peer: peer, round: round, delay: delay, selfNATKind: selfNATKind, now: now)
+        return takeOutputs()
     }
 
-    /// The server's punch message for this peer: its candidates and the round.
-    public mutating func handlePunch(peer: PeerInfo, round: UInt32, delay: Duration, selfNATKind: NATKind, now: Instant) {
+    private mutating func applyHandlePunch(peer: PeerInfo, round: UInt32, delay: Duration, selfNATKind: NATKind, now: Instant) {
         armed = true
         var fresh: [Candidate] = peer.privateEndpoints.map { Candidate(endpoint: $0, kind: .privateEndpoint) }
         hopeless = !PunchFeasibility.canPunch(selfNATKind, peer.natKind)
@@ -266,9 +273,14 @@ public struct PathAgent: Sendable {
     /// A ping never refreshes consent on the direct path, even from its endpoint: a ping
     /// captured earlier and re-sent with the peer's address as its source verifies just
     /// as well, so it proves nothing about the path now. Only our own checks' pongs do.
-    public mutating func handlePing(transaction: UInt64, from source: Endpoint, now: Instant) {
+    public mutating func handlePing(transaction: UInt64, from source: Endpoint, now: Instant) -> [Output] {
+        applyHandlePing(transaction: transaction, from: source, now: now)
+        return takeOutputs()
+    }
+
+    private mutating func applyHandlePing(transaction: UInt64, from source: Endpoint, now: Instant) {
         armed = true
-        transmits.append((.pong(transaction: transaction, observed: source), source))
+        outputs.append(.transmit(.pong(transaction: transaction, observed: source), to: source))
         // At most one triggered check per source per check interval: without this, two
         // sources that both work would trigger checks at each other for ever.
         let checkPending = lastTriggered[source].map { now - $0 < configuration.firstCheckInterval } ?? false
@@ -293,7 +305,12 @@ public struct PathAgent: Sendable {
     /// A pong the caller verified arrived from `source`. It counts only if it answers one
     /// of our outstanding checks (each transaction once; a replay of an answered one does
     /// nothing), sent to `source` no longer than ``Configuration/consentTimeout`` ago.
-    public mutating func handlePong(transaction: UInt64, from source: Endpoint, now: Instant) {
+    public mutating func handlePong(transaction: UInt64, from source: Endpoint, now: Instant) -> [Output] {
+        applyHandlePong(transaction: transaction, from: source, now: now)
+        return takeOutputs()
+    }
+
+    private mutating func applyHandlePong(transaction: UInt64, from source: Endpoint, now: Instant) {
         guard let sent = outstanding.removeValue(forKey: transaction), sent.endpoint == source,
               now - sent.sentAt <= configuration.consentTimeout
         else { return }
@@ -329,19 +346,17 @@ public struct PathAgent: Sendable {
         select(source, kind: kind, now: now)
     }
 
-    /// Traffic from the peer (a chat, an ack) arrived from `source`.
-    ///
-    /// Deliberately does nothing for the path: such a datagram may be a capture re-sent
-    /// with a spoofed source, so it is no proof that the path works now (RFC 7675 refreshes
-    /// consent only with answers to its own checks, and so does this agent). Kept so that
-    /// callers can report traffic without knowing that.
-    public mutating func noteHeard(from source: Endpoint, now: Instant) {}
 
     /// A chat sent on the direct path went unacknowledged: start checking the path now and
     /// every ``Configuration/suspectCheckInterval`` until a check is answered. The bounds
     /// for losing the path stay as they are: a retransmission is no proof of loss (the
     /// chat or its ack may just have been dropped).
-    public mutating func suspectPath(now: Instant) {
+    public mutating func suspectPath(now: Instant) -> [Output] {
+        applySuspectPath(now: now)
+        return takeOutputs()
+    }
+
+    private mutating func applySuspectPath(now: Instant) {
         guard case .connected(var consent) = phase, !consent.suspect else { return }
         consent.suspect = true
         consent.nextCheck = consent.lastCheck.map { max(now, $0 + configuration.suspectCheckInterval) } ?? now
@@ -350,7 +365,12 @@ public struct PathAgent: Sendable {
     }
 
     /// The peer left or the server session was lost: forget everything.
-    public mutating func reset() {
+    public mutating func reset() -> [Output] {
+        applyReset()
+        return takeOutputs()
+    }
+
+    private mutating func applyReset() {
         phase = .idle
         armed = false
         candidates = []
@@ -361,7 +381,10 @@ public struct PathAgent: Sendable {
     }
 
     /// Call at ``nextDeadline``.
-    public mutating func handleTimeout(now: Instant) { runTimers(now: now) }
+    public mutating func handleTimeout(now: Instant) -> [Output] {
+        runTimers(now: now)
+        return takeOutputs()
+    }
 
     /// When the agent next needs ``handleTimeout(now:)``.
     public var nextDeadline: Instant? {
@@ -378,164 +401,14 @@ public struct PathAgent: Sendable {
         }
     }
 
-    public mutating func pollTransmit() -> (check: Check, destination: Endpoint)? {
-        transmits.isEmpty ? nil : transmits.removeFirst()
-    }
-
-    public mutating func pollEvent() -> Event? {
-        events.isEmpty ? nil : events.removeFirst()
-    }
-
-    // MARK: - Internals
-
-    private mutating func requestRound(now: Instant) {
-        wantsConnect = true
-        phase = .awaitingPunch(since: now)
-    }
-
-    private mutating func startImplicitRound(now: Instant) {
-        phase = .punching(round: 0, startAt: now, deadline: now + configuration.roundDuration,
-                          nextCheck: now + configuration.firstCheckInterval, interval: configuration.firstCheckInterval)
-    }
-
-    private mutating func runTimers(now: Instant) {
-        switch phase {
-        case .idle, .relayOnly:
-            return
-        case .awaitingPunch(let since):
-            // The connect request or the punch answer was lost: ask again, while someone
-            // still wants to talk to the peer.
-            guard now >= since + .seconds(3) else { return }
-            if let interest = lastInterest, now - interest <= configuration.interestWindow {
-                requestRound(now: now)
-            } else {
-                phase = .idle
-            }
-        case .punching(let round, let startAt, let deadline, let nextCheck, let interval):
-            if now >= deadline {
-                failRound(round: round, now: now)
-                return
-            }
-            guard now >= startAt, now >= nextCheck else { return }
-            for candidate in candidates { sendCheck(to: candidate.endpoint, now: now) }
-            let next = min(interval * 3 / 2, configuration.maxCheckInterval)
-            phase = .punching(round: round, startAt: startAt, deadline: deadline, nextCheck: now + interval, interval: next)
-        case .connected(var consent):
-            while let sentAt = consent.pending.first, now >= sentAt + configuration.keepAliveAnswerTimeout {
-                consent.pending.removeFirst()
-                consent.misses += 1
-                if !consent.suspect {
-                    // Missed one: check often until one is answered.
-                    consent.suspect = true
-                    consent.nextCheck = consent.lastCheck.map { max(now, $0 + configuration.suspectCheckInterval) } ?? now
-                }
-            }
-            if consent.misses >= configuration.missesToLosePath, now >= consent.lastConsent + configuration.consentTimeout {
-                losePath(now: now)
-                return
-            }
-            if now >= consent.nextCheck, let endpoint = directEndpoint {
-                sendCheck(to: endpoint, now: now)
-                consent.pending.append(now)
-                consent.lastCheck = now
-                consent.nextCheck = now + (consent.suspect ? configuration.suspectCheckInterval : configuration.keepAliveInterval)
-            }
-            phase = .connected(consent)
-        case .coolingDown(let until):
-            guard now >= until else { return }
-            if let interest = lastInterest, now - interest <= configuration.interestWindow {
-                requestRound(now: now)
-            } else {
-                phase = .idle
-            }
-        }
-    }
-
-    private func kind(of endpoint: Endpoint) -> CandidateKind {
-        candidates.first(where: { $0.endpoint == endpoint })?.kind ?? .peerReflexive
-    }
-
-    /// Counts an answered check to `endpoint`; `true` once it has enough to be selected.
-    /// Before that, a follow-up check goes to it at once.
-    private mutating func confirm(_ endpoint: Endpoint, now: Instant) -> Bool {
-        let count = (confirmations[endpoint] ?? 0) + 1
-        guard count >= configuration.confirmationsToSelect else {
-            if confirmations.count > 32 { confirmations.removeAll() }
-            confirmations[endpoint] = count
-            sendCheck(to: endpoint, now: now)
-            return false
-        }
-        confirmations[endpoint] = nil
-        return true
-    }
-
-    /// Makes `endpoint` the path, with fresh consent.
-    private mutating func select(_ endpoint: Endpoint, kind: CandidateKind, now: Instant) {
-        setPath(.direct(endpoint, kind))
-        phase = .connected(Consent(now: now, nextCheck: now + configuration.keepAliveInterval))
-    }
-
-    private mutating func triggerCheck(to endpoint: Endpoint, now: Instant) {
-        if lastTriggered.count > 32 { lastTriggered.removeAll() }
-        lastTriggered[endpoint] = now
-        sendCheck(to: endpoint, now: now)
-    }
-
-    private mutating func sendCheck(to endpoint: Endpoint, now: Instant) {
-        let transaction = nextTransaction
-        nextTransaction &+= 1
-        outstanding[transaction] = (endpoint, now)
-        if outstanding.count > 64 {
-            // Bounded: forget the oldest checks (their pongs would be too late to matter).
-            let oldest = outstanding.min { $0.value.sentAt < $1.value.sentAt }?.key
-            if let oldest { outstanding[oldest] = nil }
-        }
-        transmits.append((.ping(transaction: transaction), endpoint))
-    }
-
-    private mutating func failRound(round: UInt32, now: Instant) {
-        events.append(.roundFailed(round: round))
-        outstanding.removeAll()
-        confirmations.removeAll()
-        if hopeless {
-            phase = .relayOnly
-        } else {
-            let cooldowns = configuration.retryCooldowns
-            let wait = cooldowns.isEmpty ? .seconds(30) : cooldowns[min(failedRounds, cooldowns.count - 1)]
-            failedRounds += 1
-            phase = .coolingDown(until: now + wait)
-        }
-        if path != .relayed { setPath(.relayed) }
-    }
-
-    private mutating func losePath(now: Instant) {
-        outstanding.removeAll()
-        confirmations.removeAll()
-        candidates.removeAll { $0.kind == .peerReflexive }
-        setPath(.relayed)
-        failedRounds = 0
-        requestRound(now: now)
-    }
-
-    private mutating func setPath(_ newPath: Path) {
-        guard newPath != path else { return }
-        path = newPath
-        events.append(.pathChanged(newPath))
-    }
-}
-
-/// Whether hole punching can work between two NATs, from their mapping behaviour.
-///
-/// An endpoint-dependent ("symmetric") NAT gives the peer a port it cannot predict, so a
-/// direct path needs the other side to accept packets from anywhere: only a host without
-/// NAT does. Unknown kinds are given the benefit of the doubt.
-public enum PunchFeasibility {
-    public static func canPunch(_ a: NATKind, _ b: NATKind) -> Bool {
-        switch (a, b) {
-        case (.endpointDependent, .none), (.none, .endpointDependent): true
-        case (.endpointDependent, .unknown), (.unknown, .endpointDependent): true
-        case (.endpointDependent, _), (_, .endpointDependent): false
-        default: true
+    /// The outputs of the input just handled; one round request at most.
+    private mutating func takeOutputs() -> [Output] {
+        defer { outputs.removeAll() }
+        var requested = false
+        return outputs.filter { output in
+            guard output == .requestRound else { return true }
+            defer { requested = true }
+            return !requested
         }
     }
 }

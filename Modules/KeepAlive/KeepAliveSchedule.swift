@@ -2,10 +2,15 @@ import MonotonicTime
 
 /// The client's side of keep-alive: when the next keep-alive is due.
 ///
-/// Call ``start(now:)`` once registered, then ``poll(now:)`` whenever the I/O layer wakes
-/// up; it answers `true` once per interval. ``nextDeadline`` tells the I/O layer when to
-/// wake. Time is always an argument, so the schedule is deterministic under test.
-public struct KeepAliveSchedule: Sendable {
+/// Call ``start(now:)`` once registered, then ``handleTimeout(now:)`` at ``nextDeadline``;
+/// it answers ``Output/keepAliveDue`` once per interval. Time is always an argument, so the
+/// schedule is deterministic under test.
+public struct KeepAliveSchedule: Sendable, SansIOCore {
+    public enum Output: Hashable, Sendable {
+        /// Send a keep-alive now.
+        case keepAliveDue
+    }
+
     /// Time between keep-alives (10 s in the classic protocol).
     public var interval: Duration
     /// When the next keep-alive is due, or `nil` before ``start(now:)``.
@@ -21,13 +26,13 @@ public struct KeepAliveSchedule: Sendable {
     /// Stops it (after `@exit`).
     public mutating func stop() { nextDeadline = nil }
 
-    /// Whether a keep-alive is due at `now`. When it is, the next one is scheduled one
-    /// interval later; if the process slept through several intervals only one is sent.
-    public mutating func poll(now: Instant) -> Bool {
-        guard let deadline = nextDeadline, now >= deadline else { return false }
+    /// A keep-alive when one is due at `now`; the next one is then scheduled one interval
+    /// later (if the process slept through several intervals, only one is sent).
+    public mutating func handleTimeout(now: Instant) -> [Output] {
+        guard let deadline = nextDeadline, now >= deadline else { return [] }
         var next = deadline + interval
         if next <= now { next = now + interval }
         nextDeadline = next
-        return true
+        return [.keepAliveDue]
     }
 }

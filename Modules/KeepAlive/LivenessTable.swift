@@ -5,15 +5,19 @@ import MonotonicTime
 ///
 /// A client is expired when it has been silent for *strictly more* than ``timeout``
 /// (the seed's `time() - last > 30`): silent for exactly the timeout, it survives that
-/// sweep. ``expire(now:)`` costs time in proportion to the entries it looks at, not to the
-/// table: touches are queued in time order and stale queue entries are skipped lazily.
+/// sweep. ``handleTimeout(now:)`` (the sweep: it returns the expired keys) costs time in
+/// proportion to the entries it looks at, not to the table: touches are queued in time order
+/// and stale queue entries are skipped lazily.
 ///
 /// The queue is bounded by the number of keys, not by how often they are touched: once it
 /// holds more than twice as many entries as there are keys (plus a constant), the stale
 /// ones (a key's older touches) are dropped in one pass that keeps the order. Without that,
 /// a client sending keep-alives as fast as it could would grow it by an entry per datagram
 /// for a whole timeout (at 170 000 keep-alives a second, 120 MB).
-public struct LivenessTable<Key: Hashable & Sendable>: Sendable {
+public struct LivenessTable<Key: Hashable & Sendable>: Sendable, SansIOCore {
+    /// A key silent for more than the timeout (removed from the table).
+    public typealias Output = Key
+
     /// How long a client may stay silent.
     public var timeout: Duration
 
@@ -51,7 +55,7 @@ public struct LivenessTable<Key: Hashable & Sendable>: Sendable {
     /// Queued touches, stale ones included (for tests of the bound).
     var queuedCount: Int { queue.count - queueHead }
 
-    /// Keeps only each key's latest touch, in queue order: the entries ``expire(now:)`` would
+    /// Keeps only each key's latest touch, in queue order: the entries ``handleTimeout(now:)`` would
     /// not skip. Amortised over the appends since the last pass, a constant per touch.
     private mutating func dropStaleQueueEntries() {
         var kept = 0
@@ -68,8 +72,15 @@ public struct LivenessTable<Key: Hashable & Sendable>: Sendable {
         lastHeard[key] = nil
     }
 
+    /// When the oldest queued touch passes the timeout (it may be a key touched again since:
+    /// then that wake-up expires nothing and the next is later).
+    public var nextDeadline: Instant? {
+        guard queueHead < queue.count else { return nil }
+        return queue[queueHead].heard + timeout + .nanoseconds(1)
+    }
+
     /// Removes and returns every key silent for more than the timeout at `now`, oldest first.
-    public mutating func expire(now: Instant) -> [Key] {
+    public mutating func handleTimeout(now: Instant) -> [Key] {
         var expired: [Key] = []
         while queueHead < queue.count {
             let entry = queue[queueHead]

@@ -59,6 +59,9 @@ extension Registry {
             firstPrivateEndpoint == other.firstPrivateEndpoint && otherPrivateEndpoints == other.otherPrivateEndpoints
         }
 
+        /// How many private endpoints it reported (without building the array).
+        public var privateEndpointCount: Int { firstPrivateEndpoint == nil ? 0 : 1 + otherPrivateEndpoints.count }
+
         /// Private endpoints an extended client reported.
         public var privateEndpoints: [Endpoint] {
             get {

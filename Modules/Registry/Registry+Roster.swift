@@ -14,29 +14,36 @@ extension Registry {
             return
         }
         let table = entries
-        roster.subscribe(entry.id, everyone: { table.entries.sorted { $0.sequence < $1.sequence }.map(\.id) }, now: now)
+        roster.subscribe(entry.id, everyone: { Self.everyone(table) }, sizeOf: { table[$0].map(Self.recordSize) }, now: now)
     }
 
     mutating func updateRosterScope(now: Instant) {
         let table = entries
-        roster.updateScope(registered: entries.count, everyone: { table.entries.sorted { $0.sequence < $1.sequence }.map(\.id) },
+        roster.updateScope(registered: entries.count, everyone: { Self.everyone(table) }, sizeOf: { table[$0].map(Self.recordSize) },
                            now: now)
     }
 
-    /// The roster datagrams due at `now` (call at ``rosterDeadline``).
+    /// Every registered client in registration order, with the size of its roster record.
+    private static func everyone(_ table: ClientTable) -> [(ClientID, Int)] {
+        table.entries.sorted { $0.sequence < $1.sequence }.map { ($0.id, recordSize($0)) }
+    }
+
+    /// About how many bytes a client's present record takes (its private endpoints counted
+    /// even when a recipient does not get them): kind, peer info (ID, endpoint, private
+    /// endpoints, NAT kind, dialect, key flag, keys), order, version.
+    static func recordSize(_ entry: Entry) -> Int {
+        1 + (1 + entry.id.rawValue.utf8.count) + 6 + (1 + 6 * entry.privateEndpointCount) + 3 + (entry.keys == nil ? 0 : 64) + 16
+    }
+
+    /// The size of a departed client's record: kind, ID, version, reason, endpoint.
+    static func absentRecordSize(_ id: ClientID) -> Int {
+        1 + (1 + id.rawValue.utf8.count) + 8 + 1 + 6
+    }
+
+    /// The roster datagrams due at `now` (``handleTimeout(now:)`` sends them when due).
     public mutating func flushRoster(now: Instant) -> [Action] {
         let table = entries
-        let deltas = roster.flush(now: now, registered: table.count, sizeOf: { id, note in
-            switch note {
-            case .present:
-                guard let entry = table[id] else { return 0 }
-                // kind, peerInfo (ID, endpoint, endpoints, NAT kind, dialect, key flag, keys), order, version
-                return 1 + (1 + id.rawValue.utf8.count) + 6 + (1 + 6 * entry.privateEndpoints.count) + 3
-                    + (entry.keys == nil ? 0 : 64) + 16
-            case .absent:
-                return 1 + (1 + id.rawValue.utf8.count) + 8 + 1 + 6
-            }
-        }, record: { subscriber, id, note in
+        let deltas = roster.handleTimeout(now: now, registered: table.count, record: { subscriber, id, note in
             switch note {
             case .present:
                 guard let entry = table[id], let recipient = table[subscriber] else { return nil }
@@ -69,7 +76,7 @@ extension Registry {
             total = max(0, sortedIDs.rank { $0.rawValue >= prefix && !$0.rawValue.hasPrefix(prefix) } - start)
         }
         let skip = min(Int(offset), total)
-        var budget = RosterPublisher.datagramBudget
+        var budget = roster.datagramBudget
         var listed: [ListEntry] = []
         for id in sortedIDs.elements(from: start + skip, limit: min(Int(limit), ListEntry.maxPerDatagram, total - skip)) {
             guard let entry = entries[id] else { continue }

@@ -11,7 +11,7 @@ extension Registry {
         if !departedCookies.isEmpty {
             departedCookies = departedCookies.filter { now - $0.value <= lifetime }
         }
-        let expired = liveness.expire(now: now)
+        let expired = liveness.handleTimeout(now: now)
         guard !expired.isEmpty else { return [] }
         var actions: [Action] = []
         var gone: [Entry] = []
@@ -83,7 +83,8 @@ extension Registry {
         for recipient in classicSubscribers where !(recipient.id == id && newcomer.dialect == .extended) {
             actions += announceClassic(newcomer, to: recipient)
         }
-        roster.changed(id, .present, now: now)
+        roster.changed(id, .present, size: Self.recordSize(newcomer), now: now)
+        if nextSweep == nil { nextSweep = now + configuration.sweepInterval }
         if newcomer.dialect == .extended { startFeed(newcomer, now: now) }
         updateRosterScope(now: now)
         return actions
@@ -103,7 +104,7 @@ extension Registry {
     /// Tells the roster that `entry` (already stored, its version taken) changed: its feeds,
     /// and the classic clients when its public endpoint is new to them.
     mutating func published(_ entry: Entry, publicEndpointChanged: Bool, now: Instant) -> [Action] {
-        roster.changed(entry.id, .present, now: now)
+        roster.changed(entry.id, .present, size: Self.recordSize(entry), now: now)
         guard publicEndpointChanged else { return [] }
         var actions: [Action] = []
         for recipient in classicSubscribers where recipient.id != entry.id { actions += announceClassic(entry, to: recipient) }
@@ -113,7 +114,8 @@ extension Registry {
     /// Tells the roster and `recipients` (classic) that `entry` (already removed) is gone.
     mutating func departed(_ entry: Entry, reason: LeaveReason, notifying recipients: [Entry], now: Instant) -> [Action] {
         let version = roster.nextVersion()
-        roster.changed(entry.id, .absent(version: version, reason: reason, publicEndpoint: entry.publicEndpoint), now: now)
+        roster.changed(entry.id, .absent(version: version, reason: reason, publicEndpoint: entry.publicEndpoint),
+                       size: Self.absentRecordSize(entry.id), now: now)
         sortedIDs.remove(entry.id)
         return recipients.compactMap { departureClassic(entry, reason: reason, to: $0) }
     }

@@ -52,11 +52,14 @@ import Wire
 ///   Session messages are fresh when their counter is higher than the last accepted one.
 /// - A client silent for strictly more than the keep-alive timeout is evicted at the next
 ///   sweep; everyone left is told it is off-line.
-public struct Registry: Sendable {
+public struct Registry: Sendable, SansIOCore {
     /// Limits and rules.
     public struct Configuration: Sendable {
         /// How long a client may stay silent before eviction (30 s classic).
         public var keepAliveTimeout: Duration
+        /// How often silent clients are swept out (10 s classic): a client is evicted at the
+        /// first sweep after it has been silent for more than the timeout.
+        public var sweepInterval: Duration
         /// The keep-alive interval the server asks extended clients for.
         public var keepAliveInterval: Duration
         /// The same-NAT rule used to decide who gets whose private address.
@@ -79,11 +82,13 @@ public struct Registry: Sendable {
         /// Look-ups and list queries one client may make per second (twice as many at once).
         public var queriesPerSecond: Double
 
-        public init(keepAliveTimeout: Duration = .seconds(30), keepAliveInterval: Duration = .seconds(10),
+        public init(keepAliveTimeout: Duration = .seconds(30), sweepInterval: Duration = .seconds(10),
+                    keepAliveInterval: Duration = .seconds(10),
                     sameNATRule: SameNATRule = .classic, maxClients: Int = 100_000, acceptClassic: Bool = true,
                     alternatePort: UInt16 = 0, relay: RelayLimiter<ClientID>.Configuration = .init(),
                     punch: PunchCoordinator.Configuration = .init(), rosterLimit: Int = 1000, rosterInterestLimit: Int = 256,
                     rosterFeed: RosterFeedConfiguration = .init(), queriesPerSecond: Double = 20) {
+            self.sweepInterval = sweepInterval
             self.rosterLimit = rosterLimit
             self.rosterInterestLimit = rosterInterestLimit
             self.rosterFeed = rosterFeed
@@ -176,6 +181,8 @@ public struct Registry: Sendable {
     /// their cookies cannot pass any more.
     var departedCookies: [ClientID: Instant] = [:]
     var nextSequence: UInt64 = 0
+    /// When the next sweep is due (`nil` while nobody has registered since the last emptied one).
+    var nextSweep: Instant?
     var punch: PunchCoordinator
     var relayLimiter: RelayLimiter<ClientID>
     let validator: any AddressValidator
@@ -220,6 +227,26 @@ public struct Registry: Sendable {
 
     /// When ``flushRoster(now:)`` is next due (`nil`: no feed has anything to send).
     public var rosterDeadline: Instant? { roster.nextDeadline }
+
+    /// When ``handleTimeout(now:)`` is next needed: the next sweep or roster datagram.
+    public var nextDeadline: Instant? {
+        switch (nextSweep, roster.nextDeadline) {
+        case (let sweep?, let feed?): min(sweep, feed)
+        case (let sweep, let feed): sweep ?? feed
+        }
+    }
+
+    /// What is due at `now`: the sweep for silent clients (every ``Configuration/sweepInterval``
+    /// while anyone is registered) and the roster datagrams.
+    public mutating func handleTimeout(now: Instant) -> [Action] {
+        var actions: [Action] = []
+        if let due = nextSweep, now >= due {
+            actions += sweep(now: now)
+            nextSweep = entries.count > 0 ? now + configuration.sweepInterval : nil
+        }
+        if let due = roster.nextDeadline, now >= due { actions += flushRoster(now: now) }
+        return actions
+    }
 
     /// The entry for `id`, if registered.
     public func entry(for id: ClientID) -> Entry? { entries[id] }

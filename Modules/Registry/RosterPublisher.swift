@@ -46,7 +46,7 @@ struct RosterPublisher: Sendable {
     private var watchers: [ClientID: Set<ClientID>] = [:]
     /// Feeds that may have something to send or resend.
     private var busy: Set<ClientID> = []
-    /// When ``flush(now:build:)`` is next due; recomputed at each flush.
+    /// When ``handleTimeout(now:registered:record:)`` is next due; recomputed at each one.
     private(set) var nextDeadline: Instant?
 
     init(configuration: Configuration, epoch: UInt32) {
@@ -65,15 +65,19 @@ struct RosterPublisher: Sendable {
     }
 
     /// Starts (or restarts, for a new session) `subscriber`'s feed: everything in scope
-    /// is marked for it. `everyone` lists the registered clients.
-    mutating func subscribe(_ subscriber: ClientID, everyone: () -> [ClientID], now: Instant) {
+    /// is marked for it.
+    /// `everyone` lists the registered clients with their records' sizes, `sizeOf` one's.
+    mutating func subscribe(_ subscriber: ClientID, everyone: () -> [(ClientID, Int)], sizeOf: (ClientID) -> Int?, now: Instant) {
         var feed = feeds[subscriber] ?? RosterFeed(configuration: configuration.feed)
         feed.reset()
         switch scope {
         case .complete:
-            for id in everyone() where id != subscriber { feed.mark(id, .present) }
+            for (id, size) in everyone() where id != subscriber { feed.mark(id, .present, size: size) }
         case .interest:
-            for id in interests[subscriber] ?? [] { feed.mark(id, .present) }
+            for id in interests[subscriber] ?? [] {
+                guard let size = sizeOf(id) else { continue }
+                feed.mark(id, .present, size: size)
+            }
         }
         feeds[subscriber] = feed
         wake(subscriber, now: now)
@@ -89,13 +93,14 @@ struct RosterPublisher: Sendable {
         }
     }
 
-    /// `id` changed (took a version): every feed that must hear of it is marked.
-    mutating func changed(_ id: ClientID, _ note: Note, now: Instant) {
+    /// `id` changed (took a version): every feed that must hear of it is marked. `size`: its
+    /// record's size.
+    mutating func changed(_ id: ClientID, _ note: Note, size: Int, now: Instant) {
         switch scope {
         case .complete:
-            for subscriber in Array(feeds.keys) where subscriber != id { mark(subscriber, id, note, now: now) }
+            for subscriber in Array(feeds.keys) where subscriber != id { mark(subscriber, id, note, size: size, now: now) }
         case .interest:
-            for subscriber in watchers[id] ?? [] where subscriber != id { mark(subscriber, id, note, now: now) }
+            for subscriber in watchers[id] ?? [] where subscriber != id { mark(subscriber, id, note, size: size, now: now) }
         }
     }
 
@@ -126,7 +131,7 @@ struct RosterPublisher: Sendable {
 
     /// Sets the scope for `registered` clients; on a change every feed starts over in the
     /// new scope.
-    mutating func updateScope(registered: Int, everyone: () -> [ClientID], now: Instant) {
+    mutating func updateScope(registered: Int, everyone: () -> [(ClientID, Int)], sizeOf: (ClientID) -> Int?, now: Instant) {
         let wanted: RosterScope
         switch scope {
         case .complete: wanted = registered > configuration.limit ? .interest : .complete
@@ -135,14 +140,14 @@ struct RosterPublisher: Sendable {
         guard wanted != scope else { return }
         scope = wanted
         let all = wanted == .complete ? everyone() : []
-        for subscriber in Array(feeds.keys) { subscribe(subscriber, everyone: { all }, now: now) }
+        for subscriber in Array(feeds.keys) { subscribe(subscriber, everyone: { all }, sizeOf: sizeOf, now: now) }
     }
 
     /// The datagrams due at `now`: for each, the subscriber and the delta, built by `build`
     /// from the changes the feed chose (`build` returns `nil` for a change it cannot
     /// describe any more, which is then left out).
-    mutating func flush(now: Instant, registered: Int, sizeOf: (ClientID, Note) -> Int,
-                        record: (ClientID, ClientID, Note) -> RosterRecord?) -> [(ClientID, RosterDelta)] {
+    mutating func handleTimeout(now: Instant, registered: Int,
+                                record: (ClientID, ClientID, Note) -> RosterRecord?) -> [(ClientID, RosterDelta)] {
         var out: [(ClientID, RosterDelta)] = []
         var next: Instant?
         for subscriber in Array(busy) {
@@ -150,12 +155,7 @@ struct RosterPublisher: Sendable {
                 busy.remove(subscriber)
                 continue
             }
-            while true {
-                var budget = Self.datagramBudget
-                guard let batch = feed.poll(now: now, admitting: { id, note in
-                    budget -= sizeOf(id, note)
-                    return budget >= 0
-                }) else { break }
+            for batch in feed.handleTimeout(now: now) {
                 let records = batch.items.compactMap { record(subscriber, $0.id, $0.note) }
                 out.append((subscriber, RosterDelta(epoch: epoch, sequence: batch.sequence, version: version,
                                                     registered: UInt32(clamping: registered), scope: scope, synced: batch.synced,
@@ -172,12 +172,11 @@ struct RosterPublisher: Sendable {
         return out
     }
 
-    /// Bytes of records in one roster datagram: 1 200 keeps it under IPv6's 1 280-byte
-    /// minimum MTU with headers.
-    static let datagramBudget = 1200 - 26
+    /// Bytes of records in one roster datagram (see ``RosterFeedConfiguration/datagramBudget``).
+    var datagramBudget: Int { configuration.feed.datagramBudget }
 
-    private mutating func mark(_ subscriber: ClientID, _ id: ClientID, _ note: Note, now: Instant) {
-        feeds[subscriber]?.mark(id, note)
+    private mutating func mark(_ subscriber: ClientID, _ id: ClientID, _ note: Note, size: Int, now: Instant) {
+        feeds[subscriber]?.mark(id, note, size: size)
         wake(subscriber, now: now)
     }
 

@@ -16,16 +16,13 @@ import Wire
 public final class RendezvousService: DatagramDriver {
     /// Server settings.
     public struct Configuration: Sendable {
+        /// The registry's settings, its sweep interval among them.
         public var registry: Registry.Configuration
-        /// How often silent clients are swept out (10 s classic).
-        public var sweepInterval: Duration
         /// Anti-amplification and per-address registration limits.
         public var sources: SourceGuard.Configuration
 
-        public init(registry: Registry.Configuration = .init(), sweepInterval: Duration = .seconds(10),
-                    sources: SourceGuard.Configuration = .init()) {
+        public init(registry: Registry.Configuration = .init(), sources: SourceGuard.Configuration = .init()) {
             self.registry = registry
-            self.sweepInterval = sweepInterval
             self.sources = sources
         }
     }
@@ -61,7 +58,6 @@ public final class RendezvousService: DatagramDriver {
     private let configuration: Configuration
     private let printLine: @Sendable (String) -> Void
     private let logger: Logger
-    private var nextSweep: Instant?
     private var random = SystemRandomNumberGenerator()
     private var sources: SourceGuard
 
@@ -124,32 +120,16 @@ public final class RendezvousService: DatagramDriver {
             }
             return
         }
-        if nextSweep == nil, registry.count > 0 { nextSweep = now + configuration.sweepInterval }
-        flushRosterIfDue(now: now, output: &output)
+        // A registration's roster change is due at once: send it in the same turn (the sweep
+        // waits for its timer).
+        if let due = registry.rosterDeadline, now >= due { perform(registry.flushRoster(now: now), now: now, output: &output) }
     }
 
     public func timeout(now: Instant, output: inout DatagramOutput) {
-        if let due = nextSweep, now >= due {
-            perform(registry.sweep(now: now), now: now, output: &output)
-            nextSweep = registry.count > 0 ? now + configuration.sweepInterval : nil
-        }
-        flushRosterIfDue(now: now, output: &output)
+        perform(registry.handleTimeout(now: now), now: now, output: &output)
     }
 
-    public func nextDeadline() -> Instant? {
-        switch (nextSweep, registry.rosterDeadline) {
-        case (let sweep?, let roster?): min(sweep, roster)
-        case (let sweep, let roster): sweep ?? roster
-        }
-    }
-
-    /// Sends the roster deltas that are due (the feeds coalesce: this is cheap when early).
-    private func flushRosterIfDue(now: Instant, output: inout DatagramOutput) {
-        guard let due = registry.rosterDeadline, now >= due else { return }
-        let actions = registry.flushRoster(now: now)
-        counters.rosterDeltas += actions.count
-        perform(actions, now: now, output: &output)
-    }
+    public func nextDeadline() -> Instant? { registry.nextDeadline }
 
     private func admitRegistration(from source: Endpoint, countsTowardsTotal: Bool = true, now: Instant) -> Bool {
         guard sources.allowRegistration(from: source, countsTowardsTotal: countsTowardsTotal, now: now) else {
@@ -224,6 +204,7 @@ public final class RendezvousService: DatagramDriver {
             case .send(let message, let destination):
                 send(message.encode(), to: destination, classic: configuration.registry.acceptClassic, now: now, output: &output)
             case .sendExtended(let message, let destination):
+                if case .roster = message { counters.rosterDeltas += 1 }
                 send(message.encode(), to: destination, classic: false, now: now, output: &output)
             case .report(let event):
                 report(event)

@@ -3,9 +3,9 @@ import MonotonicTime
 
 /// One subscriber's reliable, coalesced stream of roster changes, on the server: which
 /// clients changed since the subscriber last heard, which datagrams are in flight, what to
-/// send again. A sans-I/O core: the owner marks changes (``mark(_:_:now:)``), takes
-/// datagrams to send (``poll(now:admitting:)``), reports acknowledgements
-/// (``acknowledge(largest:received:now:)``) and wakes it at ``nextDeadline``.
+/// send again. A sans-I/O core: the owner marks changes (``mark(_:_:size:)``), reports
+/// acknowledgements (``acknowledge(largest:received:now:)``), and at ``nextDeadline`` takes
+/// the datagrams due from ``handleTimeout(now:)``.
 ///
 /// - It holds *which* clients changed, not what they changed to: a datagram is built from
 ///   the registry's state when it is sent, so a client that changed five times in a burst is
@@ -24,7 +24,7 @@ import MonotonicTime
 /// - ``Batch/synced`` tells the subscriber its copy is whole: nothing is waiting and nothing
 ///   else is in flight. Until a synced datagram is acknowledged after a reset, an empty one
 ///   is sent for the purpose.
-public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable {
+public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable, SansIOCore {
     public typealias Configuration = RosterFeedConfiguration
 
     /// One datagram to send.
@@ -36,13 +36,14 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable {
 
     private struct InFlight {
         var items: [(id: ID, note: Note)]
+        var sizes: [Int]
         var sentAt: Instant
         var synced: Bool
     }
 
     public let configuration: Configuration
     private var waitingOrder: Deque<ID> = []
-    private var waiting: [ID: Note] = [:]
+    private var waiting: [ID: (note: Note, size: Int)] = [:]
     private var inFlight: [UInt32: InFlight] = [:]
     /// The newest datagram in flight that carries each client.
     private var carriedBy: [ID: UInt32] = [:]
@@ -64,9 +65,11 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable {
     /// a synced datagram acknowledged).
     public var isIdle: Bool { waiting.isEmpty && inFlight.isEmpty && !needsSyncedNotice }
 
-    /// `id` changed (`note`: what a record of it needs that the owner's table may no longer hold).
-    public mutating func mark(_ id: ID, _ note: Note) {
-        if waiting.updateValue(note, forKey: id) == nil { waitingOrder.append(id) }
+    /// `id` changed. `note`: what a record of it needs that the owner's table may no longer
+    /// hold; `size`: about how many bytes its record takes (datagrams are filled up to
+    /// ``RosterFeedConfiguration/datagramBudget``).
+    public mutating func mark(_ id: ID, _ note: Note, size: Int) {
+        if waiting.updateValue((note, size), forKey: id) == nil { waitingOrder.append(id) }
     }
 
     /// Starts over (a new session, or a new scope): forgets what is in flight and waiting,
@@ -82,7 +85,7 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable {
         needsSyncedNotice = true
     }
 
-    /// When ``poll(now:admitting:)`` next has something to do; `nil` when the feed is idle.
+    /// When ``handleTimeout(now:)`` next has something to do; `nil` when the feed is idle.
     public var nextDeadline: Instant? {
         var deadline: Instant?
         if let oldest = inFlight.values.lazy.map(\.sentAt).min() { deadline = oldest + retransmitTimeout }
@@ -93,33 +96,42 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable {
         return deadline
     }
 
-    /// The next datagram to send now, if one is due: it takes waiting changes in the order
-    /// they were marked while `admitting` accepts them (the owner stops it when the datagram
-    /// is full). Call until `nil`. Timed-out datagrams are declared lost first.
-    public mutating func poll(now: Instant, admitting: (ID, Note) -> Bool) -> Batch? {
+    /// The datagrams due now: timed-out ones are declared lost first, then waiting changes go
+    /// in the order they were marked, as many to a datagram as fit its budget.
+    public mutating func handleTimeout(now: Instant) -> [Batch] {
         expireTimedOut(now: now)
+        var batches: [Batch] = []
+        while let batch = nextBatch(now: now) { batches.append(batch) }
+        return batches
+    }
+
+    private mutating func nextBatch(now: Instant) -> Batch? {
         guard inFlight.count < configuration.window else { return nil }
         let syncedNoticeDue = needsSyncedNotice && inFlight.isEmpty && waiting.isEmpty
         guard !waiting.isEmpty || syncedNoticeDue else { return nil }
         if waiting.count < configuration.fullBatch, let lastSent, now < lastSent + configuration.flushInterval { return nil }
         var items: [(id: ID, note: Note)] = []
+        var sizes: [Int] = []
+        var budget = configuration.datagramBudget
         while let id = waitingOrder.first {
-            guard let note = waiting[id] else {
+            guard let change = waiting[id] else {
                 waitingOrder.removeFirst()
                 continue
             }
+            budget -= change.size
             // The first change is always taken, so a feed can never stall on one record.
-            if !admitting(id, note), !items.isEmpty { break }
+            if budget < 0, !items.isEmpty { break }
             waitingOrder.removeFirst()
             waiting[id] = nil
-            items.append((id, note))
+            items.append((id, change.note))
+            sizes.append(change.size)
         }
         guard !items.isEmpty || syncedNoticeDue else { return nil }
         let sequence = nextSequence
         nextSequence &+= 1
         let synced = waiting.isEmpty && inFlight.isEmpty
         for item in items { carriedBy[item.id] = sequence }
-        inFlight[sequence] = InFlight(items: items, sentAt: now, synced: synced)
+        inFlight[sequence] = InFlight(items: items, sizes: sizes, sentAt: now, synced: synced)
         lastSent = now
         return Batch(sequence: sequence, items: items, synced: synced)
     }
@@ -162,9 +174,9 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable {
     /// change already waiting wins over the lost note.
     private mutating func declareLost(_ sequence: UInt32) {
         guard let datagram = inFlight.removeValue(forKey: sequence) else { return }
-        for item in datagram.items where carriedBy[item.id] == sequence {
+        for (index, item) in datagram.items.enumerated() where carriedBy[item.id] == sequence {
             carriedBy[item.id] = nil
-            if waiting[item.id] == nil { mark(item.id, item.note) }
+            if waiting[item.id] == nil { mark(item.id, item.note, size: datagram.sizes[index]) }
         }
     }
 }
@@ -183,15 +195,19 @@ public struct RosterFeedConfiguration: Hashable, Sendable {
     public var reorderThreshold: UInt32
     /// Waiting changes that make a full datagram (sent without waiting for the interval).
     public var fullBatch: Int
+    /// Bytes of records in one datagram: 1 174 keeps a roster datagram (26 bytes of header)
+    /// under IPv6's 1 280-byte minimum MTU with the IP and UDP headers.
+    public var datagramBudget: Int
 
     public init(flushInterval: Duration = .milliseconds(50), initialRetransmitTimeout: Duration = .milliseconds(300),
                 maxRetransmitTimeout: Duration = .seconds(3), window: Int = 16, reorderThreshold: UInt32 = 3,
-                fullBatch: Int = 8) {
+                fullBatch: Int = 8, datagramBudget: Int = 1174) {
         self.flushInterval = flushInterval
         self.initialRetransmitTimeout = initialRetransmitTimeout
         self.maxRetransmitTimeout = maxRetransmitTimeout
         self.window = max(1, window)
         self.reorderThreshold = max(1, reorderThreshold)
         self.fullBatch = max(1, fullBatch)
+        self.datagramBudget = max(1, datagramBudget)
     }
 }

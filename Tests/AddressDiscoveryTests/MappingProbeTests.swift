@@ -27,7 +27,10 @@ private struct Harness {
 
     /// Polls and returns the destinations, recording each request's transaction.
     mutating func poll(_ now: Instant) -> [Endpoint] {
-        probe.poll(now: now).map { request in
+        probe.handleTimeout(now: now).compactMap { output -> (bytes: [UInt8], destination: Endpoint)? in
+            if case .send(let bytes, let destination) = output { return (bytes, destination) }
+            return nil
+        }.map { request in
             guard case .bindingRequest(let transaction)? = try? STUN.decode(request.bytes) else {
                 Issue.record("not a binding request: \(request.bytes)")
                 return request.destination
@@ -40,8 +43,18 @@ private struct Harness {
         }
     }
 
+    /// Whether the probe neither recognises `message` as an answer nor acts on it.
+    mutating func takesNothing(_ message: STUN.Message, from source: Endpoint) -> Bool {
+        !probe.isAnswer(message, from: source) && probe.receive(message, from: source).isEmpty
+    }
+
+    /// Answers the request sent to `server`; `true` when the probe took it as its own.
     mutating func answer(_ server: Endpoint, mapped: Endpoint, from source: Endpoint? = nil) -> Bool {
-        probe.receive(.bindingSuccess(transactions[server]!, mapped: mapped), from: source ?? server)
+        let message = STUN.Message.bindingSuccess(transactions[server]!, mapped: mapped)
+        let taken = probe.isAnswer(message, from: source ?? server)
+        let outputs = probe.receive(message, from: source ?? server)
+        if let outcome = probe.outcome { #expect(outputs == [.settled(outcome)] || outputs.isEmpty) }
+        return taken
     }
 }
 
@@ -151,14 +164,14 @@ struct MappingProbeTests {
         let primaryTransaction = harness.transactions[primary]!
         let alternateTransaction = harness.transactions[alternate]!
         // Right transaction, wrong source (a third party, or the other server port).
-        #expect(harness.probe.receive(.bindingSuccess(primaryTransaction, mapped: mappedA), from: endpoint("192.0.2.66:10080")) == false)
-        #expect(harness.probe.receive(.bindingSuccess(primaryTransaction, mapped: mappedA), from: alternate) == false)
+        do { let refused = harness.takesNothing(.bindingSuccess(primaryTransaction, mapped: mappedA), from: endpoint("192.0.2.66:10080")); #expect(refused) }
+        do { let refused = harness.takesNothing(.bindingSuccess(primaryTransaction, mapped: mappedA), from: alternate); #expect(refused) }
         // Right source, wrong transaction.
-        #expect(harness.probe.receive(.bindingSuccess(STUN.TransactionID(high: 1, low: 2), mapped: mappedA), from: primary) == false)
-        #expect(harness.probe.receive(.bindingSuccess(alternateTransaction, mapped: mappedA), from: primary) == false)
+        do { let refused = harness.takesNothing(.bindingSuccess(STUN.TransactionID(high: 1, low: 2), mapped: mappedA), from: primary); #expect(refused) }
+        do { let refused = harness.takesNothing(.bindingSuccess(alternateTransaction, mapped: mappedA), from: primary); #expect(refused) }
         // Not a success response.
-        #expect(harness.probe.receive(.bindingRequest(primaryTransaction), from: primary) == false)
-        #expect(harness.probe.receive(.other(type: 0x0111, primaryTransaction), from: primary) == false)
+        do { let refused = harness.takesNothing(.bindingRequest(primaryTransaction), from: primary); #expect(refused) }
+        do { let refused = harness.takesNothing(.other(type: 0x0111, primaryTransaction), from: primary); #expect(refused) }
         #expect(harness.probe.outcome == nil)
         // Nothing was taken: both servers are still retried.
         #expect(harness.poll(ms(300)) == [primary, alternate])

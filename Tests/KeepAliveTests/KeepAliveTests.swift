@@ -11,8 +11,8 @@ struct KeepAliveScheduleTests {
         var schedule = KeepAliveSchedule()
         #expect(schedule.interval == .seconds(10))
         #expect(schedule.nextDeadline == nil)
-        #expect(schedule.poll(now: at(0)) == false)
-        #expect(schedule.poll(now: at(1_000)) == false)
+        #expect(schedule.handleTimeout(now: at(0)).isEmpty)
+        #expect(schedule.handleTimeout(now: at(1_000)).isEmpty)
         #expect(schedule.nextDeadline == nil)
     }
 
@@ -20,10 +20,10 @@ struct KeepAliveScheduleTests {
         var schedule = KeepAliveSchedule(interval: .seconds(10))
         schedule.start(now: at(5))
         #expect(schedule.nextDeadline == at(15))
-        #expect(schedule.poll(now: at(5)) == false)
-        #expect(schedule.poll(now: at(15) - nanosecond) == false)
+        #expect(schedule.handleTimeout(now: at(5)).isEmpty)
+        #expect(schedule.handleTimeout(now: at(15) - nanosecond).isEmpty)
         #expect(schedule.nextDeadline == at(15))
-        #expect(schedule.poll(now: at(15)) == true)
+        #expect(schedule.handleTimeout(now: at(15)) == [.keepAliveDue])
         #expect(schedule.nextDeadline == at(25))
     }
 
@@ -34,7 +34,7 @@ struct KeepAliveScheduleTests {
         // Poll every 250 ms for 60 s.
         for step in 0...240 {
             let now = Instant.zero + .milliseconds(250 * step)
-            if schedule.poll(now: now) { sentAt.append(now.nanoseconds / 1_000_000) }
+            if !schedule.handleTimeout(now: now).isEmpty { sentAt.append(now.nanoseconds / 1_000_000) }
         }
         #expect(sentAt == [10_000, 20_000, 30_000, 40_000, 50_000, 60_000])
         #expect(schedule.nextDeadline == at(70))
@@ -43,16 +43,16 @@ struct KeepAliveScheduleTests {
     @Test func secondPollAtSameInstantIsNotDue() {
         var schedule = KeepAliveSchedule(interval: .seconds(10))
         schedule.start(now: at(0))
-        #expect(schedule.poll(now: at(10)) == true)
-        #expect(schedule.poll(now: at(10)) == false)
-        #expect(schedule.poll(now: at(20) - nanosecond) == false)
-        #expect(schedule.poll(now: at(20)) == true)
+        #expect(schedule.handleTimeout(now: at(10)) == [.keepAliveDue])
+        #expect(schedule.handleTimeout(now: at(10)).isEmpty)
+        #expect(schedule.handleTimeout(now: at(20) - nanosecond).isEmpty)
+        #expect(schedule.handleTimeout(now: at(20)) == [.keepAliveDue])
     }
 
     @Test func lateWakeKeepsTheCadence() {
         var schedule = KeepAliveSchedule(interval: .seconds(10))
         schedule.start(now: at(0))
-        #expect(schedule.poll(now: at(13)) == true)
+        #expect(schedule.handleTimeout(now: at(13)) == [.keepAliveDue])
         // Still less than one interval late: the next stays on the original grid.
         #expect(schedule.nextDeadline == at(20))
     }
@@ -60,11 +60,11 @@ struct KeepAliveScheduleTests {
     @Test func sleepingThroughSeveralIntervalsSendsOne() {
         var schedule = KeepAliveSchedule(interval: .seconds(10))
         schedule.start(now: at(0))
-        #expect(schedule.poll(now: at(75)) == true)
-        #expect(schedule.poll(now: at(75)) == false)
+        #expect(schedule.handleTimeout(now: at(75)) == [.keepAliveDue])
+        #expect(schedule.handleTimeout(now: at(75)).isEmpty)
         #expect(schedule.nextDeadline == at(85))
-        #expect(schedule.poll(now: at(84)) == false)
-        #expect(schedule.poll(now: at(85)) == true)
+        #expect(schedule.handleTimeout(now: at(84)).isEmpty)
+        #expect(schedule.handleTimeout(now: at(85)) == [.keepAliveDue])
         #expect(schedule.nextDeadline == at(95))
     }
 
@@ -72,9 +72,9 @@ struct KeepAliveScheduleTests {
         var schedule = KeepAliveSchedule(interval: .seconds(10))
         schedule.start(now: at(0))
         // deadline 10, now 20: next on the grid would be 20 (<= now), so it moves to 30.
-        #expect(schedule.poll(now: at(20)) == true)
+        #expect(schedule.handleTimeout(now: at(20)) == [.keepAliveDue])
         #expect(schedule.nextDeadline == at(30))
-        #expect(schedule.poll(now: at(20)) == false)
+        #expect(schedule.handleTimeout(now: at(20)).isEmpty)
     }
 
     @Test func stop() {
@@ -82,12 +82,12 @@ struct KeepAliveScheduleTests {
         schedule.start(now: at(0))
         schedule.stop()
         #expect(schedule.nextDeadline == nil)
-        #expect(schedule.poll(now: at(10)) == false)
-        #expect(schedule.poll(now: at(1_000)) == false)
+        #expect(schedule.handleTimeout(now: at(10)).isEmpty)
+        #expect(schedule.handleTimeout(now: at(1_000)).isEmpty)
         // and it can be restarted
         schedule.start(now: at(1_000))
         #expect(schedule.nextDeadline == at(1_010))
-        #expect(schedule.poll(now: at(1_010)) == true)
+        #expect(schedule.handleTimeout(now: at(1_010)) == [.keepAliveDue])
     }
 
     @Test func restartMovesTheDeadline() {
@@ -95,14 +95,14 @@ struct KeepAliveScheduleTests {
         schedule.start(now: at(0))
         schedule.start(now: at(7))
         #expect(schedule.nextDeadline == at(17))
-        #expect(schedule.poll(now: at(10)) == false)
+        #expect(schedule.handleTimeout(now: at(10)).isEmpty)
     }
 
     @Test func subSecondInterval() {
         var schedule = KeepAliveSchedule(interval: .milliseconds(300))
         schedule.start(now: .zero)
-        #expect(schedule.poll(now: Instant.zero + .milliseconds(299)) == false)
-        #expect(schedule.poll(now: Instant.zero + .milliseconds(300)) == true)
+        #expect(schedule.handleTimeout(now: Instant.zero + .milliseconds(299)).isEmpty)
+        #expect(schedule.handleTimeout(now: Instant.zero + .milliseconds(300)) == [.keepAliveDue])
         #expect(schedule.nextDeadline == Instant.zero + .milliseconds(600))
     }
 }
@@ -121,7 +121,7 @@ struct LivenessTableTests {
         var table = LivenessTable<String>(timeout: .seconds(30))
         table.touch("a", now: at(0))
         #expect(table.isExpired("a", now: at(30)) == false)
-        #expect(table.expire(now: at(30)) == [])
+        #expect(table.handleTimeout(now: at(30)) == [])
         #expect(table.count == 1)
         #expect(table.lastHeard("a") == at(0))
     }
@@ -130,11 +130,11 @@ struct LivenessTableTests {
         var table = LivenessTable<String>(timeout: .seconds(30))
         table.touch("a", now: at(0))
         #expect(table.isExpired("a", now: at(30) + nanosecond) == true)
-        #expect(table.expire(now: at(30) + nanosecond) == ["a"])
+        #expect(table.handleTimeout(now: at(30) + nanosecond) == ["a"])
         #expect(table.count == 0)
         #expect(table.lastHeard("a") == nil)
         #expect(table.isExpired("a", now: at(100)) == false) // gone, so not "expired"
-        #expect(table.expire(now: at(100)) == [])
+        #expect(table.handleTimeout(now: at(100)) == [])
     }
 
     @Test func touchRefreshes() {
@@ -143,10 +143,10 @@ struct LivenessTableTests {
         table.touch("a", now: at(20))
         #expect(table.lastHeard("a") == at(20))
         #expect(table.isExpired("a", now: at(31)) == false)
-        #expect(table.expire(now: at(31)) == [])
-        #expect(table.expire(now: at(50)) == [])
+        #expect(table.handleTimeout(now: at(31)) == [])
+        #expect(table.handleTimeout(now: at(50)) == [])
         #expect(table.count == 1)
-        #expect(table.expire(now: at(50) + nanosecond) == ["a"])
+        #expect(table.handleTimeout(now: at(50) + nanosecond) == ["a"])
     }
 
     @Test func touchWithAnOlderInstantIsIgnored() {
@@ -155,8 +155,8 @@ struct LivenessTableTests {
         table.touch("a", now: at(10))
         table.touch("a", now: at(20))
         #expect(table.lastHeard("a") == at(20))
-        #expect(table.expire(now: at(50)) == [])
-        #expect(table.expire(now: at(50) + nanosecond) == ["a"])
+        #expect(table.handleTimeout(now: at(50)) == [])
+        #expect(table.handleTimeout(now: at(50) + nanosecond) == ["a"])
     }
 
     @Test func remove() {
@@ -167,7 +167,7 @@ struct LivenessTableTests {
         #expect(table.count == 1)
         #expect(table.lastHeard("a") == nil)
         #expect(table.isExpired("a", now: at(100)) == false)
-        #expect(table.expire(now: at(100)) == ["b"])
+        #expect(table.handleTimeout(now: at(100)) == ["b"])
         table.remove("nobody") // harmless
         #expect(table.count == 0)
     }
@@ -178,16 +178,16 @@ struct LivenessTableTests {
         table.touch("a", now: at(2))
         table.touch("b", now: at(3))
         table.touch("c", now: at(4)) // c is now the newest
-        #expect(table.expire(now: at(32)) == [])
-        #expect(table.expire(now: at(32) + nanosecond) == ["a"])
-        #expect(table.expire(now: at(40)) == ["b", "c"])
+        #expect(table.handleTimeout(now: at(32)) == [])
+        #expect(table.handleTimeout(now: at(32) + nanosecond) == ["a"])
+        #expect(table.handleTimeout(now: at(40)) == ["b", "c"])
         #expect(table.count == 0)
     }
 
     @Test func sameInstantKeepsTouchOrder() {
         var table = LivenessTable<Int>(timeout: .seconds(30))
         for key in [5, 3, 9, 1] { table.touch(key, now: at(0)) }
-        #expect(table.expire(now: at(31)) == [5, 3, 9, 1])
+        #expect(table.handleTimeout(now: at(31)) == [5, 3, 9, 1])
     }
 
     @Test func manyEntries() {
@@ -198,18 +198,18 @@ struct LivenessTableTests {
         for key in 0..<2_500 { table.touch(key, now: at(10)) }
         #expect(table.count == 5_000)
         // at 32.5 s: key 2500 (heard at 2.5 s) is silent exactly 30 s; keys below were refreshed.
-        #expect(table.expire(now: at(32) + .milliseconds(500)) == [])
+        #expect(table.handleTimeout(now: at(32) + .milliseconds(500)) == [])
         // at 35 s: keys 2500..<5000 (heard at 2.500..4.999 s, never refreshed) have been
         // silent for more than 30 s; the refreshed ones have not.
-        #expect(table.expire(now: at(35)) == Array(2_500..<5_000))
+        #expect(table.handleTimeout(now: at(35)) == Array(2_500..<5_000))
         #expect(table.count == 2_500)
-        #expect(table.expire(now: at(40)) == [])
-        #expect(table.expire(now: at(40) + nanosecond) == Array(0..<2_500))
+        #expect(table.handleTimeout(now: at(40)) == [])
+        #expect(table.handleTimeout(now: at(40) + nanosecond) == Array(0..<2_500))
         #expect(table.count == 0)
         // the table still works after its queue was compacted
         table.touch(7, now: at(100))
-        #expect(table.expire(now: at(130)) == [])
-        #expect(table.expire(now: at(131)) == [7])
+        #expect(table.handleTimeout(now: at(130)) == [])
+        #expect(table.handleTimeout(now: at(131)) == [7])
     }
 
     @Test func aKeyTouchedWithoutPauseKeepsTheQueueBounded() {
@@ -223,10 +223,10 @@ struct LivenessTableTests {
         // 50 000 touches within one timeout; the queue holds at most twice the keys plus the slack.
         #expect(table.queuedCount <= 2 * table.count + LivenessTable<String>.compactionSlack + 1)
         // Expiry is unchanged: quiet goes 30 s after its touch, flood 30 s after its last one.
-        #expect(table.expire(now: .zero + .seconds(30)).isEmpty)
-        #expect(table.expire(now: .zero + .seconds(30) + .nanoseconds(1)) == ["quiet"])
-        #expect(table.expire(now: now + .seconds(30)).isEmpty)
-        #expect(table.expire(now: now + .seconds(30) + .nanoseconds(1)) == ["flood"])
+        #expect(table.handleTimeout(now: .zero + .seconds(30)).isEmpty)
+        #expect(table.handleTimeout(now: .zero + .seconds(30) + .nanoseconds(1)) == ["quiet"])
+        #expect(table.handleTimeout(now: now + .seconds(30)).isEmpty)
+        #expect(table.handleTimeout(now: now + .seconds(30) + .nanoseconds(1)) == ["flood"])
         #expect(table.count == 0)
     }
 
@@ -238,9 +238,9 @@ struct LivenessTableTests {
         }
         // The last round touched key k at 9 900 + k ms: they expire one by one, in that order.
         let last = Instant.zero + .milliseconds(9_900)
-        #expect(table.expire(now: last + .seconds(10)).isEmpty)
-        #expect(table.expire(now: last + .seconds(10) + .milliseconds(49) + .nanoseconds(1)) == Array(0...49))
-        #expect(table.expire(now: last + .seconds(11)) == Array(50..<100))
+        #expect(table.handleTimeout(now: last + .seconds(10)).isEmpty)
+        #expect(table.handleTimeout(now: last + .seconds(10) + .milliseconds(49) + .nanoseconds(1)) == Array(0...49))
+        #expect(table.handleTimeout(now: last + .seconds(11)) == Array(50..<100))
     }
 
     @Test func readdAfterRemove() {
@@ -251,9 +251,9 @@ struct LivenessTableTests {
         #expect(table.count == 1)
         #expect(table.lastHeard("a") == at(20))
         // The stale queue entry from t=0 must not evict the re-added key.
-        #expect(table.expire(now: at(31)) == [])
+        #expect(table.handleTimeout(now: at(31)) == [])
         #expect(table.count == 1)
-        #expect(table.expire(now: at(50) + nanosecond) == ["a"])
+        #expect(table.handleTimeout(now: at(50) + nanosecond) == ["a"])
     }
 
     @Test func readdAtTheSameInstantAfterRemove() {
@@ -262,24 +262,24 @@ struct LivenessTableTests {
         table.remove("a")
         table.touch("a", now: at(0))
         #expect(table.count == 1)
-        #expect(table.expire(now: at(31)) == ["a"]) // reported once, not twice
+        #expect(table.handleTimeout(now: at(31)) == ["a"]) // reported once, not twice
         #expect(table.count == 0)
     }
 
     @Test func readdAfterExpiry() {
         var table = LivenessTable<String>(timeout: .seconds(30))
         table.touch("a", now: at(0))
-        #expect(table.expire(now: at(31)) == ["a"])
+        #expect(table.handleTimeout(now: at(31)) == ["a"])
         table.touch("a", now: at(40))
         #expect(table.lastHeard("a") == at(40))
-        #expect(table.expire(now: at(70)) == [])
-        #expect(table.expire(now: at(71)) == ["a"])
+        #expect(table.handleTimeout(now: at(70)) == [])
+        #expect(table.handleTimeout(now: at(71)) == ["a"])
     }
 
     @Test func customTimeout() {
         var table = LivenessTable<String>(timeout: .milliseconds(1_500))
         table.touch("a", now: .zero)
-        #expect(table.expire(now: Instant.zero + .milliseconds(1_500)) == [])
-        #expect(table.expire(now: Instant.zero + .milliseconds(1_500) + nanosecond) == ["a"])
+        #expect(table.handleTimeout(now: Instant.zero + .milliseconds(1_500)) == [])
+        #expect(table.handleTimeout(now: Instant.zero + .milliseconds(1_500) + nanosecond) == ["a"])
     }
 }

@@ -175,7 +175,7 @@ struct RendezvousServiceTests {
     }
 
     @Test func sweepRunsOnlyAtOrAfterTheDeadline() {
-        let server = Harness(.init(sweepInterval: .seconds(60)))
+        let server = Harness(.init(registry: .init(sweepInterval: .seconds(60))))
         server.receive("alice 10.0.0.5", from: A, at: at(0))
         server.receive("carol 10.9.0.7", from: C, at: at(0))
         server.receive("carol@keepalive", from: C, at: at(40))

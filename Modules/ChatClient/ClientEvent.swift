@@ -1,0 +1,129 @@
+import ChatRouter
+import ClientSession
+import HolePunch
+import Wire
+
+/// What the chat client has to tell its user, typed: the shell turns each into the lines
+/// people read (``ShellFormatter``); another front end (a GUI, a bot, a test) reads the
+/// values themselves.
+public enum ClientEvent: Hashable, Sendable {
+    /// The server confirmed the registration.
+    case registered(ClientID, publicEndpoint: Endpoint, RegisteredDialect)
+    /// A new natchat/2 session replaced one that was lost.
+    case registeredAgain(ClientID, publicEndpoint: Endpoint)
+    /// The session was lost; the client registers again.
+    case registeringAgain(ClientSession.Loss)
+    /// The server now sees us at another endpoint.
+    case publicEndpointChanged(Endpoint)
+    /// A notice from the server (a refusal, a warning).
+    case serverNotice(String)
+    /// The server refused the registration: the client cannot go on (the notice came first).
+    case registrationRefused(String)
+    /// The mapping probe classified our NAT.
+    case natClassified(NATKind)
+
+    /// A peer joined. `classicPeer`: it speaks the seed's dialect while we speak natchat/2.
+    case joined(ClientID, publicEndpoint: Endpoint, classicPeer: Bool)
+    /// A peer is behind our NAT, at this private address.
+    case sameNAT(ClientID, privateAddress: IPv4Address)
+    /// A peer's public endpoint changed (classic dialect).
+    case moved(ClientID, Endpoint)
+    case left(ClientID, LeaveReason, Endpoint)
+    /// After a listing's first screenful of joins: how many more joined.
+    case moreOnline(Int)
+    /// The server follows another part of the roster for us (natchat/2, past its limit).
+    case rosterScopeChanged(RosterScope, registered: Int)
+
+    case chat(from: ClientID, text: String, origin: ChatOrigin)
+    case delivered(to: ClientID)
+    case undelivered(to: ClientID, text: String, reason: ExtendedRouter.UndeliveredReason)
+    /// The server says no client of this ID is registered.
+    case noSuchPeer(ClientID)
+    /// A look-up for a waiting chat is slow; the client keeps asking.
+    case lookupPending(ClientID)
+    /// Too many chats are waiting for acknowledgement: this one was not sent.
+    case tooManyInFlight(to: ClientID)
+    case pathChanged(ClientID, PathAgent.Path)
+    /// The server announced other keys for a peer than those pinned (ignored).
+    case keyChanged(ClientID)
+
+    /// One line of `@show_list`.
+    case listEntry(ListLine)
+    /// The line under a `@show_list` page.
+    case listFooter(ListFooter)
+    /// `@show_list` before any client is listed.
+    case listEmpty
+    /// The server did not answer a `@show_list` page in time.
+    case listUnanswered
+    /// `@help`.
+    case help
+}
+
+/// How the server confirmed the registration.
+public enum RegisteredDialect: Hashable, Sendable {
+    /// natchat/2, with our identity key's fingerprint.
+    case natchat2(keyFingerprint: String)
+    /// The seed's protocol, and the other clients it listed.
+    case classic(online: [ClientID])
+}
+
+/// What vouches for a chat's sender.
+public enum ChatOrigin: Hashable, Sendable {
+    /// Authenticated under the pair key (natchat/2), and how it travelled.
+    case authenticated(ExtendedRouter.Route)
+    /// A classic peer's chat while we speak natchat/2: nothing proves who sent it.
+    case unverifiedClassicPeer
+    /// A chat in a classic session (the seed's protocol proves nothing, as it always did).
+    case classicSession
+}
+
+/// One `@show_list` entry.
+public enum ListLine: Hashable, Sendable {
+    /// A client the seed's server listed.
+    case classic(ClientID, Endpoint)
+    /// Our own line (natchat/2): the endpoint the server sees, our NAT's kind.
+    case own(ClientID, Endpoint?, NATKind)
+    /// A natchat/2 roster entry and the path to it (`nil`: a classic peer).
+    case peer(ClientID, Endpoint, PathAgent.Path?)
+}
+
+/// The line under a `@show_list` page: where the page is among the entries (of those
+/// starting with `prefix`), and how to get the next one.
+public struct ListFooter: Hashable, Sendable {
+    public var total: Int
+    public var shown: Int
+    /// The index of the page's first entry among `total`.
+    public var first: Int
+    public var prefix: String?
+    public var page: Int
+    public var pageSize: Int
+
+    /// `nil` when the whole list fits one page and no prefix was given: such a list prints
+    /// as it always did, without a footer.
+    public init?(total: Int, shown: Int, first: Int, prefix: String?, page: Int, pageSize: Int) {
+        self.total = total
+        self.shown = shown
+        self.first = first
+        self.prefix = prefix
+        self.page = page
+        self.pageSize = max(1, pageSize)
+        if prefix == nil, shown > 0, pages == 1 { return nil }
+    }
+
+    /// Pages of `pageSize` the entries fill (at least one).
+    public var pages: Int { max(1, total / pageSize + (total % pageSize == 0 ? 0 : 1)) }
+}
+
+/// What the client noticed that is for the log, not the user.
+public enum Diagnostic: Hashable, Sendable {
+    /// A datagram decoded to nothing.
+    case malformed(from: Endpoint, reason: String)
+    /// A datagram that changed nothing.
+    case ignored(from: Endpoint, what: String)
+    /// A datagram claiming to be from a peer failed authentication.
+    case forged(claimedFrom: ClientID)
+    /// A peer's record changed (natchat/2).
+    case peerUpdated(ClientID, publicEndpoint: Endpoint)
+    /// The roster listed a peer it does not hold (a bug if it ever happens).
+    case rosterListsUnknownPeer(ClientID)
+}

@@ -1,0 +1,117 @@
+import Wire
+
+/// The shell's words: turns each ``ClientEvent`` into the lines the user reads. The only
+/// place the chat client's text is written, so a front end with other words (or another
+/// language) replaces this and nothing else.
+public enum ShellFormatter {
+    /// The lines for `event` (none for an event the shell does not print).
+    public static func lines(for event: ClientEvent) -> [String] {
+        line(for: event).map { [$0] } ?? []
+    }
+
+    static func line(for event: ClientEvent) -> String? {
+        switch event {
+        case .registered(let id, let endpoint, .natchat2(let fingerprint)):
+            "* registered as \(id) (public \(endpoint)); natchat/2, key \(fingerprint)"
+        case .registered(let id, let endpoint, .classic(let others)):
+            "* registered as \(id) (public \(endpoint)); "
+                + (others.isEmpty ? "no other clients online" : "online: \(others.map(\.rawValue).joined(separator: " "))")
+        case .registeredAgain(let id, let endpoint):
+            "* registered again as \(id) (public \(endpoint))"
+        case .registeringAgain(.unknownSession):
+            "* the server lost our session; registering again"
+        case .registeringAgain(.serverSilent):
+            "* the server stopped answering; registering again"
+        case .publicEndpointChanged(let endpoint):
+            "* the server now sees you at \(endpoint)"
+        case .serverNotice(let text):
+            "From server [\(text)]"
+        case .registrationRefused:
+            nil
+        case .natClassified(let kind):
+            "* NAT: \(kind)"
+        case .joined(let id, let endpoint, let classicPeer):
+            "* \(id) joined (\(endpoint))\(classicPeer ? " [classic]" : "")"
+        case .sameNAT(let id, let address):
+            "* \(id) is behind the same NAT (private \(address))"
+        case .moved(let id, let endpoint):
+            "* \(id) moved to \(endpoint)"
+        case .left(let id, let reason, let endpoint):
+            "* \(id) is \(reason == .offline ? "off-line" : "unregistered") \(endpoint)"
+        case .moreOnline(let count):
+            "* and \(count) more online; @show_list lists them"
+        case .rosterScopeChanged(.interest, let registered):
+            "* \(registered) clients are registered: the list is no longer followed; @show_list and Tab ask the server"
+        case .rosterScopeChanged(.complete, let registered):
+            "* \(registered) clients are registered: following the whole list again"
+        case .chat(let from, let text, let origin):
+            "From \(from) [\(text)]\(origin == .unverifiedClassicPeer ? " (unverified: classic client)" : "")"
+        case .delivered(let to):
+            "* delivered to \(to)"
+        case .undelivered(let to, let text, .serverSilent):
+            "* NOT delivered to \(to): \"\(text)\" (the server did not answer whether \(to) is registered)"
+        case .undelivered(let to, let text, _):
+            "* NOT delivered to \(to): \"\(text)\""
+        case .noSuchPeer(let id):
+            "There is no \(id) in registration list."
+        case .lookupPending(let id):
+            "* the server has not answered yet whether \(id) is registered; still asking"
+        case .tooManyInFlight(let id):
+            "* cannot send to \(id): too many messages waiting for acknowledgement"
+        case .pathChanged(let id, let path):
+            "* path to \(id): \(path)"
+        case .keyChanged(let id):
+            "!!! WARNING: the server announced a different key for \(id); keeping the key pinned at first sight. "
+                + "Someone may be impersonating \(id)."
+        case .listEntry(let entry):
+            line(for: entry)
+        case .listFooter(let footer):
+            line(for: footer)
+        case .listEmpty:
+            "(no registered clients yet)"
+        case .listUnanswered:
+            "* the server did not answer @show_list; try again"
+        case .help:
+            Command.helpText
+        }
+    }
+
+    static func line(for entry: ListLine) -> String {
+        switch entry {
+        case .classic(let id, let endpoint):
+            ClassicMessage.peer(id, endpoint).text
+        case .own(let id, let endpoint, let natKind):
+            "\(id) \(endpoint.map { "\($0)" } ?? "?") (you; NAT: \(natKind))"
+        case .peer(let id, let endpoint, let path):
+            "\(id) \(endpoint) \(path.map { "\($0)" } ?? "classic")"
+        }
+    }
+
+    /// Where the page is and how to get the next one.
+    static func line(for footer: ListFooter) -> String {
+        let (total, shown, first, page, size) = (footer.total, footer.shown, footer.first, footer.page, footer.pageSize)
+        let matching = footer.prefix.map { " starting with \($0)" } ?? ""
+        if total == 0, let prefix = footer.prefix { return "-- no ID starts with \(prefix) --" }
+        if shown == 0 {
+            let what = footer.prefix == nil ? counted(total, "client") : "\(total)\(matching)"
+            return "-- no page \(page): \(what), \(counted(footer.pages, "page")) of \(size) --"
+        }
+        let range = shown == 1 ? "\(first + 1)" : "\(first + 1)-\(first + shown)"
+        let position = "\(range) of \(total)\(matching)"
+        let isLast = first + shown >= total
+        switch (footer.prefix, isLast) {
+        case (nil, false):
+            return "-- \(position); @show_list \(page + 1) for the next page, @show_list <prefix> to filter --"
+        case (nil, true):
+            return "-- \(position), the last page; @show_list <prefix> to filter --"
+        case (let prefix?, false):
+            return "-- \(position); @show_list \(prefix) \(page + 1) for the next page --"
+        case (_?, true):
+            return footer.pages == 1 ? "-- \(position) --" : "-- \(position), the last page --"
+        }
+    }
+
+    private static func counted(_ n: Int, _ noun: String) -> String {
+        "\(n) \(noun)\(n == 1 ? "" : "s")"
+    }
+}
