@@ -116,6 +116,8 @@ public struct ClientSession: Sendable, SansIOCore {
     }
 
     enum State: Hashable, Sendable {
+        /// Not started.
+        case idle
         /// Offering registration (and natchat/2, if configured); challenged once the cookie came.
         case registering(Attempt)
         /// Registered with a server that speaks the seed's protocol.
@@ -138,14 +140,14 @@ public struct ClientSession: Sendable, SansIOCore {
     public init(configuration: Configuration) {
         self.configuration = configuration
         keepAlive = KeepAliveSchedule(interval: configuration.keepAliveInterval)
-        state = .registering(Attempt(nextAttempt: .zero, backoff: configuration.registrationRetry))
+        state = .idle
     }
 
     // MARK: - What it knows
 
     public var dialect: Dialect {
         switch state {
-        case .registering, .refused, .left: .negotiating
+        case .idle, .registering, .refused, .left: .negotiating
         case .classic: .classic
         case .registered, .lost: .natchat2
         }
@@ -156,7 +158,7 @@ public struct ClientSession: Sendable, SansIOCore {
     public var isRegistered: Bool {
         switch state {
         case .classic, .registered, .lost: true
-        case .registering, .refused, .left: false
+        case .idle, .registering, .refused, .left: false
         }
     }
 
@@ -164,7 +166,7 @@ public struct ClientSession: Sendable, SansIOCore {
     public var isRegistering: Bool {
         switch state {
         case .registering, .lost: true
-        case .classic, .registered, .refused, .left: false
+        case .idle, .classic, .registered, .refused, .left: false
         }
     }
 
@@ -186,8 +188,9 @@ public struct ClientSession: Sendable, SansIOCore {
 
     /// Sends the first registration and starts the keep-alive schedule.
     public mutating func start(now: Instant) -> [Output] {
+        guard case .idle = state else { return [] }
         keepAlive.start(now: now)
-        guard case .registering(var attempt) = state else { return [] }
+        var attempt = Attempt(nextAttempt: now, backoff: configuration.registrationRetry)
         let outputs = offer(&attempt, now: now)
         state = .registering(attempt)
         return outputs
@@ -247,7 +250,7 @@ public struct ClientSession: Sendable, SansIOCore {
             let bytes = seal(message, in: &session)
             state = .lost(session, attempt)
             return [.send(bytes, to: configuration.server)]
-        case .registering, .classic, .refused, .left:
+        case .idle, .registering, .classic, .refused, .left:
             return []
         }
     }
@@ -267,7 +270,7 @@ public struct ClientSession: Sendable, SansIOCore {
         switch state {
         case .registered, .lost:
             outputs = send(.exit(id: configuration.id))
-        case .registering, .classic, .refused, .left:
+        case .idle, .registering, .classic, .refused, .left:
             outputs = [.send(ClassicMessage.unregister(configuration.id).encode(), to: configuration.server)]
         }
         state = .left
@@ -283,7 +286,7 @@ public struct ClientSession: Sendable, SansIOCore {
         case .lost(let session, var attempt) where now >= attempt.nextAttempt:
             outputs += offer(&attempt, now: now)
             state = .lost(session, attempt)
-        case .refused, .left:
+        case .idle, .refused, .left:
             return []
         default:
             break
@@ -297,7 +300,7 @@ public struct ClientSession: Sendable, SansIOCore {
 
     public var nextDeadline: Instant? {
         switch state {
-        case .refused, .left:
+        case .idle, .refused, .left:
             return nil
         case .registering(let attempt), .lost(_, let attempt):
             return [attempt.nextAttempt, keepAlive.nextDeadline].compactMap { $0 }.min()
@@ -334,7 +337,7 @@ public struct ClientSession: Sendable, SansIOCore {
         case .lost(let session, var attempt):
             attempt.cookie = cookie
             state = .lost(session, attempt)
-        case .classic, .registered, .refused, .left:
+        case .idle, .classic, .registered, .refused, .left:
             return []
         }
         return [.send(bytes, to: configuration.server)]
@@ -348,7 +351,7 @@ public struct ClientSession: Sendable, SansIOCore {
         let expected: Token128? = switch state {
         case .registering(let attempt), .lost(_, let attempt): attempt.cookie
         case .registered(let session): session.cookie
-        case .classic, .refused, .left: nil
+        case .idle, .classic, .refused, .left: nil
         }
         guard let cookie = expected, echoed == cookie,
               let key = SessionCrypto.sessionKey(privateKey: configuration.identity.agreement, peerPublicKey: serverKey,
@@ -372,7 +375,7 @@ public struct ClientSession: Sendable, SansIOCore {
             current.lastAnswer = now
             state = .registered(current)
             return []
-        case .classic, .refused, .left:
+        case .idle, .classic, .refused, .left:
             return []
         }
     }
@@ -398,7 +401,7 @@ public struct ClientSession: Sendable, SansIOCore {
         case .lost(var session, let attempt):
             session.lastAnswer = now
             state = .lost(session, attempt)
-        case .registering, .classic, .refused, .left:
+        case .idle, .registering, .classic, .refused, .left:
             break
         }
     }
@@ -411,7 +414,7 @@ public struct ClientSession: Sendable, SansIOCore {
         switch state {
         case .registered, .lost:
             return send(.keepAlive(id: configuration.id, natKind: natKind))
-        case .registering, .classic:
+        case .idle, .registering, .classic:
             return [.send(ClassicMessage.keepAlive(configuration.id).encode(), to: configuration.server)]
         case .refused, .left:
             return []

@@ -7,7 +7,7 @@ import Wire
 
 extension Registry {
     /// Handles one decoded classic datagram that arrived from `source` at `now`.
-    public mutating func receive(_ message: ClassicMessage, from source: Endpoint, now: Instant) -> [Action] {
+    public mutating func receive(_ message: ClassicMessage, from source: Endpoint, now: Instant) -> [Output] {
         switch message {
         case .register(let id, let privateAddress, let offers):
             if offers.contains(ExtendedMessage.offer) {
@@ -40,9 +40,9 @@ extension Registry {
     }
 
     /// The list a classic `recipient` gets: everyone registered (itself too when `includingSelf`).
-    func classicList(for recipient: Entry, includingSelf: Bool) -> [Action] {
+    func classicList(for recipient: Entry, includingSelf: Bool) -> [Output] {
         guard recipient.subscribed else { return [] }
-        var actions: [Action] = []
+        var actions: [Output] = []
         for entry in clients where includingSelf || entry.id != recipient.id {
             actions += announceClassic(entry, to: recipient)
         }
@@ -51,16 +51,16 @@ extension Registry {
 
     /// Tells classic `recipient` about `entry`: its line, and its private address when the
     /// seed's rule puts the two behind one NAT.
-    func announceClassic(_ entry: Entry, to recipient: Entry) -> [Action] {
+    func announceClassic(_ entry: Entry, to recipient: Entry) -> [Output] {
         guard recipient.subscribed, recipient.dialect == .classic else { return [] }
-        var actions: [Action] = [.send(.peer(entry.id, entry.publicEndpoint), to: recipient.publicEndpoint)]
+        var actions: [Output] = [.send(.peer(entry.id, entry.publicEndpoint), to: recipient.publicEndpoint)]
         if configuration.sameNATRule.isSameNAT(recipient.position, entry.position) {
             actions.append(.send(.peerPrivate(entry.id, entry.privateAddress), to: recipient.publicEndpoint))
         }
         return actions
     }
 
-    func departureClassic(_ entry: Entry, reason: LeaveReason, to recipient: Entry) -> Action? {
+    func departureClassic(_ entry: Entry, reason: LeaveReason, to recipient: Entry) -> Output? {
         guard recipient.subscribed, recipient.dialect == .classic else { return nil }
         let message: ClassicMessage = reason == .offline
             ? .offline(entry.id, entry.publicEndpoint) : .unregistered(entry.id, entry.publicEndpoint)

@@ -10,7 +10,7 @@ extension Registry {
     /// Handles one decoded natchat/2 datagram that arrived from `source` at `now`; `bytes`
     /// is the datagram as received (its tag or signature covers it).
     public mutating func receive<G: RandomNumberGenerator>(_ datagram: ExtendedDatagram, bytes: [UInt8], from source: Endpoint,
-                                                           now: Instant, random: inout G) -> [Action] {
+                                                           now: Instant, random: inout G) -> [Output] {
         // The decoder gives every session kind its counter and tag, a registration its signature.
         let counter = datagram.trailer.counter ?? 0
         let tag = datagram.trailer.tag ?? .zero
@@ -54,7 +54,7 @@ extension Registry {
                 store(moved)
                 liveness.touch(id, now: now)
                 startFeed(moved, now: now)
-                var actions: [Action] = [.report(.moved(moved, from: holder.publicEndpoint)), answer]
+                var actions: [Output] = [.report(.moved(moved, from: holder.publicEndpoint)), answer]
                 actions += published(moved, publicEndpointChanged: true, now: now)
                 return actions
             }
@@ -64,7 +64,7 @@ extension Registry {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
             liveness.touch(id, now: now)
-            var actions: [Action] = []
+            var actions: [Output] = []
             let previous = entry.publicEndpoint
             let changed = previous != source || entry.natKind != natKind
             entry.publicEndpoint = source
@@ -94,7 +94,7 @@ extension Registry {
             roster.noteInterest(of: id, in: peerID)
             roster.noteInterest(of: peerID, in: id)
             let instructions = punch.connect(id, to: peerID, now: now)
-            var actions: [Action] = []
+            var actions: [Output] = []
             for instruction in instructions {
                 guard let recipient = entries[instruction.recipient], let other = entries[instruction.peer] else { continue }
                 let message = ExtendedMessage.punch(peer: Self.peerInfo(other, for: recipient), round: instruction.round,
@@ -183,7 +183,7 @@ extension Registry {
     /// is a replay and gets nothing; anything else (no such session, a tag that does not
     /// verify: the server restarted) gets ``ExtendedMessage/unknownSession(_:echo:)``
     /// echoing the tag, which only the real sender recognises.
-    func sessionRefusal(_ id: ClientID, tag: Token128, bytes: [UInt8], source: Endpoint) -> [Action] {
+    func sessionRefusal(_ id: ClientID, tag: Token128, bytes: [UInt8], source: Endpoint) -> [Output] {
         if let entry = entries[id], let mac = entry.sessionMAC, SessionCrypto.verifyAuthenticated(bytes, mac: mac) {
             return [.report(.ignoredExtended(from: source, .replayed))]
         }
@@ -201,7 +201,7 @@ extension Registry {
         return entry
     }
 
-    func registeredMessage(to endpoint: Endpoint, nonce: Token128, cookie: Token128) -> Action {
+    func registeredMessage(to endpoint: Endpoint, nonce: Token128, cookie: Token128) -> Output {
         let millis = UInt32(clamping: configuration.keepAliveInterval.nanosecondsClamped / 1_000_000)
         return .sendExtended(.registered(serverKey: Array(serverKey.publicKey.rawRepresentation), publicEndpoint: endpoint,
                                          keepAliveMillis: millis, alternatePort: configuration.alternatePort, nonce: nonce,

@@ -41,7 +41,7 @@ extension Registry {
     }
 
     /// The roster datagrams due at `now` (``handleTimeout(now:)`` sends them when due).
-    public mutating func flushRoster(now: Instant) -> [Action] {
+    public mutating func flushRoster(now: Instant) -> [Output] {
         let table = entries
         let deltas = roster.handleTimeout(now: now, registered: table.count, record: { subscriber, id, note in
             switch note {

@@ -6,14 +6,14 @@ import Wire
 
 extension Registry {
     /// Evicts every client silent for more than the timeout at `now` and tells the rest.
-    public mutating func sweep(now: Instant) -> [Action] {
+    public mutating func sweep(now: Instant) -> [Output] {
         let lifetime = validator.cookieLifetime
         if !departedCookies.isEmpty {
             departedCookies = departedCookies.filter { now - $0.value <= lifetime }
         }
         let expired = liveness.handleTimeout(now: now)
         guard !expired.isEmpty else { return [] }
-        var actions: [Action] = []
+        var actions: [Output] = []
         var gone: [Entry] = []
         for id in expired {
             guard entries[id] != nil else { continue }
@@ -30,11 +30,11 @@ extension Registry {
     }
 
     /// Registers `candidate`; `answer` is the `registered` message for a natchat/2 client.
-    mutating func register(_ candidate: Entry, answer: Action?, now: Instant) -> [Action] {
+    mutating func register(_ candidate: Entry, answer: Output?, now: Instant) -> [Output] {
         let id = candidate.id
         let source = candidate.publicEndpoint
         if id.isReserved { return refuse(id, from: source, .reservedID, dialect: candidate.dialect) }
-        var actions: [Action] = []
+        var actions: [Output] = []
         if let holder = entries[id] {
             if holder.publicEndpoint == source, holder.dialect == candidate.dialect, holder.keys == candidate.keys {
                 var refreshed = candidate
@@ -90,12 +90,12 @@ extension Registry {
         return actions
     }
 
-    mutating func leave(_ entry: Entry, reason: LeaveReason, now: Instant) -> [Action] {
+    mutating func leave(_ entry: Entry, reason: LeaveReason, now: Instant) -> [Output] {
         forgetHelpers(entry.id)
         entries.removeValue(forKey: entry.id)
         liveness.remove(entry.id)
         rememberDeparture(entry)
-        var actions: [Action] = [.report(.unregistered(entry))]
+        var actions: [Output] = [.report(.unregistered(entry))]
         actions += departed(entry, reason: reason, notifying: classicSubscribers, now: now)
         updateRosterScope(now: now)
         return actions
@@ -103,16 +103,16 @@ extension Registry {
 
     /// Tells the roster that `entry` (already stored, its version taken) changed: its feeds,
     /// and the classic clients when its public endpoint is new to them.
-    mutating func published(_ entry: Entry, publicEndpointChanged: Bool, now: Instant) -> [Action] {
+    mutating func published(_ entry: Entry, publicEndpointChanged: Bool, now: Instant) -> [Output] {
         roster.changed(entry.id, .present, size: Self.recordSize(entry), now: now)
         guard publicEndpointChanged else { return [] }
-        var actions: [Action] = []
+        var actions: [Output] = []
         for recipient in classicSubscribers where recipient.id != entry.id { actions += announceClassic(entry, to: recipient) }
         return actions
     }
 
     /// Tells the roster and `recipients` (classic) that `entry` (already removed) is gone.
-    mutating func departed(_ entry: Entry, reason: LeaveReason, notifying recipients: [Entry], now: Instant) -> [Action] {
+    mutating func departed(_ entry: Entry, reason: LeaveReason, notifying recipients: [Entry], now: Instant) -> [Output] {
         let version = roster.nextVersion()
         roster.changed(entry.id, .absent(version: version, reason: reason, publicEndpoint: entry.publicEndpoint),
                        size: Self.absentRecordSize(entry.id), now: now)
@@ -142,11 +142,11 @@ extension Registry {
         relayLimiter.forget(id)
     }
 
-    func refuse(_ id: ClientID, from source: Endpoint, _ refusal: Refusal, dialect: Dialect) -> [Action] {
+    func refuse(_ id: ClientID, from source: Endpoint, _ refusal: Refusal, dialect: Dialect) -> [Output] {
         // Kept short when classic is off: the notice goes to an unvalidated address, within 3x.
         let text = refusal == .classicDisabled ? "registration refused: natchat/2 only"
             : "registration refused: ID \(id) - \(refusal)"
-        let notice: Action = dialect == .classic
+        let notice: Output = dialect == .classic
             ? .send(.serverNotice(text), to: source) : .sendExtended(.refused(text: text), to: source)
         return [.report(.refused(id, from: source, refusal)), notice]
     }

@@ -17,7 +17,7 @@ import Wire
 ///
 /// Feed it decoded datagrams with ``receive(_:from:now:)`` (classic) and
 /// ``receive(_:bytes:from:now:random:)`` (extended) and clock ticks with ``sweep(now:)`` and
-/// ``flushRoster(now:)`` (at ``rosterDeadline``); it returns the ``Action``s to perform —
+/// ``flushRoster(now:)`` (at ``rosterDeadline``); it returns the ``Output``s to perform —
 /// datagrams to send and events to report — and performs none itself. Every notice goes
 /// to each recipient in its own dialect.
 ///
@@ -141,7 +141,7 @@ public struct Registry: Sendable, SansIOCore {
     }
 
     /// Something that happened, for the operator's screen and logs. The cases that carry an
-    /// entry are indirect, so that an ``Action`` (and every array of them) stays the size of a
+    /// entry are indirect, so that an ``Output`` (and every array of them) stays the size of a
     /// message, not of an entry.
     public enum Event: Hashable, Sendable {
         indirect case registered(Entry)
@@ -157,7 +157,7 @@ public struct Registry: Sendable, SansIOCore {
     }
 
     /// What the caller must do.
-    public enum Action: Hashable, Sendable {
+    public enum Output: Hashable, Sendable {
         case send(ClassicMessage, to: Endpoint)
         case sendExtended(ExtendedMessage, to: Endpoint)
         case report(Event)
@@ -238,8 +238,8 @@ public struct Registry: Sendable, SansIOCore {
 
     /// What is due at `now`: the sweep for silent clients (every ``Configuration/sweepInterval``
     /// while anyone is registered) and the roster datagrams.
-    public mutating func handleTimeout(now: Instant) -> [Action] {
-        var actions: [Action] = []
+    public mutating func handleTimeout(now: Instant) -> [Output] {
+        var actions: [Output] = []
         if let due = nextSweep, now >= due {
             actions += sweep(now: now)
             nextSweep = entries.count > 0 ? now + configuration.sweepInterval : nil

@@ -198,7 +198,7 @@ public final class RendezvousService: DatagramDriver {
         }
     }
 
-    private func perform(_ actions: [Registry.Action], now: Instant, output: inout DatagramOutput) {
+    private func perform(_ actions: [Registry.Output], now: Instant, output: inout DatagramOutput) {
         for action in actions {
             switch action {
             case .send(let message, let destination):

@@ -174,9 +174,9 @@ struct ChatClientRegistrationTests {
         #expect(client.recorder.lines == [])
         #expect(client.receive("alice 203.0.113.7:40001", at: at(2)).isEmpty)
         #expect(client.recorder.lines == ["* registered as alice (public 203.0.113.7:40001); online: bob"])
-        #expect(client.service.router.isRegistered)
+        #expect(client.service.machine.classicRouter?.isRegistered == true)
         #expect(client.service.isRegistered)
-        #expect(client.service.mode == .classic)
+        #expect(client.service.dialect == .classic)
         #expect(client.service.nextDeadline() == at(10)) // only the keep-alive is left
         #expect(client.timeout(at: at(3)).isEmpty)
         #expect(client.timeout(at: at(7)).isEmpty)
@@ -187,10 +187,10 @@ struct ChatClientRegistrationTests {
         let client = Client(offerExtended: true)
         #expect(same(client.start(at: at(0)), [(S, "alice 10.0.0.5 natchat/2")]))
         #expect(same(client.timeout(at: at(1)), [(S, "alice 10.0.0.5 natchat/2")]))
-        #expect(client.service.mode == .negotiating)
+        #expect(client.service.dialect == .negotiating)
         client.receive("bob 203.0.113.7:40002", at: at(2))
         client.receive("alice 203.0.113.7:40001", at: at(2))
-        #expect(client.service.mode == .classic)
+        #expect(client.service.dialect == .classic)
         #expect(client.service.isRegistered)
         #expect(client.recorder.lines == ["* registered as alice (public 203.0.113.7:40001); online: bob"])
         #expect(client.service.nextDeadline() == at(10))
@@ -394,7 +394,7 @@ struct ChatClientExitTests {
         client.receive("bob@chat still there?", from: B, at: at(6))
         client.receive("dave 192.0.2.4:60000", at: at(6))
         #expect(client.recorder.lines == [])
-        #expect(client.service.router.peer(id("dave")) == nil)
+        #expect(client.service.machine.classicRouter?.peer(id("dave")) == nil)
     }
 
     @Test func exitBeforeRegistrationStopsTheRetries() {
@@ -495,7 +495,7 @@ private struct ExtendedClient {
             Issue.record("no registration: \(registration.map(\.1))")
         }
         client.receive(client.registered(nonce: nonce, cookie: cookie), at: at(0))
-        #expect(client.service.mode == .extended)
+        #expect(client.service.dialect == .natchat2)
         #expect(client.service.isRegistered)
         #expect(client.recorder.lines.first == "* registered as alice (public 203.0.113.7:40001); natchat/2, key \(client.identity.fingerprint)")
         return client

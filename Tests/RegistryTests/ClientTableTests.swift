@@ -125,6 +125,6 @@ struct ClientTableTests {
     @Test func anEntryStaysSmall() {
         #expect(MemoryLayout<Registry.Entry>.stride <= 240)
         // The events carry entries indirectly, so actions stay the size of a message (130 B).
-        #expect(MemoryLayout<Registry.Action>.size <= 136)
+        #expect(MemoryLayout<Registry.Output>.size <= 136)
     }
 }

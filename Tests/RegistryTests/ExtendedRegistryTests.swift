@@ -53,7 +53,7 @@ private let serverPrivateKey = try! Curve25519.KeyAgreement.PrivateKey(rawRepres
 private let serverPublicKey = Array(serverPrivateKey.publicKey.rawRepresentation)
 
 /// The `registered` answer to a registration from `endpoint` whose challenge was issued at `issued`.
-private func registeredMessage(_ endpoint: Endpoint, nonce: Token128?, issued: Instant = .zero, alternatePort: UInt16 = 0) -> Registry.Action {
+private func registeredMessage(_ endpoint: Endpoint, nonce: Token128?, issued: Instant = .zero, alternatePort: UInt16 = 0) -> Registry.Output {
     .sendExtended(.registered(serverKey: serverPublicKey, publicEndpoint: endpoint, keepAliveMillis: 10_000,
                               alternatePort: alternatePort, nonce: nonce ?? .zero,
                               cookie: FakeValidator().cookie(for: endpoint, now: issued)), to: endpoint)
@@ -88,7 +88,7 @@ private struct Server {
 
     /// The whole extended registration: classic offer, challenge, signed registration.
     mutating func register(_ clientID: ClientID, _ key: IdentityKey, from source: Endpoint, privateEndpoints: [Endpoint],
-                           natKind: NATKind, at now: Instant) -> [Registry.Action] {
+                           natKind: NATKind, at now: Instant) -> [Registry.Output] {
         let offer = ClassicMessage.register(clientID, privateAddress: privateEndpoints.first?.address ?? source.address,
                                             offers: [ExtendedMessage.offer])
         let challenge = registry.receive(offer, from: source, now: now)
@@ -102,7 +102,7 @@ private struct Server {
     /// Feeds a signed registration datagram; when the server answers `registered`, derives
     /// the session key as the client does (cookie and the server's nonce) and starts counting.
     mutating func receiveRegistration(_ bytes: [UInt8], _ clientID: ClientID, _ key: IdentityKey, cookie: Token128,
-                                      from source: Endpoint, at now: Instant) -> [Registry.Action] {
+                                      from source: Endpoint, at now: Instant) -> [Registry.Output] {
         let actions = receiveBytes(bytes, from: source, at: now)
         for case .sendExtended(.registered(let serverKey, _, _, _, let nonce, _), let destination) in actions where destination == source {
             let sessionKey = SessionCrypto.sessionKey(privateKey: key.agreement, peerPublicKey: serverKey,
@@ -117,11 +117,11 @@ private struct Server {
     }
 
     mutating func registerClassic(_ clientID: ClientID, _ privateAddress: IPv4Address, from source: Endpoint,
-                                  at now: Instant) -> [Registry.Action] {
+                                  at now: Instant) -> [Registry.Output] {
         registry.receive(.register(clientID, privateAddress: privateAddress), from: source, now: now)
     }
 
-    mutating func receiveBytes(_ bytes: [UInt8], from source: Endpoint, at now: Instant) -> [Registry.Action] {
+    mutating func receiveBytes(_ bytes: [UInt8], from source: Endpoint, at now: Instant) -> [Registry.Output] {
         guard let datagram = try? ExtendedDatagram.decode(bytes) else {
             Issue.record("undecodable datagram")
             return []
@@ -139,17 +139,17 @@ private struct Server {
     }
 
     mutating func keepAlive(_ clientID: ClientID, natKind: NATKind = .endpointIndependent, counter: UInt64? = nil,
-                            from source: Endpoint, at now: Instant) -> [Registry.Action] {
+                            from source: Endpoint, at now: Instant) -> [Registry.Output] {
         receiveBytes(sessionBytes(clientID, counter: counter, .keepAlive(id: clientID, natKind: natKind)),
                      from: source, at: now)
     }
 
-    mutating func connect(_ clientID: ClientID, to peer: ClientID, from source: Endpoint, at now: Instant) -> [Registry.Action] {
+    mutating func connect(_ clientID: ClientID, to peer: ClientID, from source: Endpoint, at now: Instant) -> [Registry.Output] {
         receiveBytes(sessionBytes(clientID, .connect(id: clientID, peer: peer)), from: source, at: now)
     }
 
     mutating func relay(_ clientID: ClientID, to peer: ClientID, _ payload: [UInt8], from source: Endpoint,
-                        at now: Instant) -> [Registry.Action] {
+                        at now: Instant) -> [Registry.Output] {
         receiveBytes(sessionBytes(clientID, .relay(id: clientID, to: peer, payload: payload)),
                      from: source, at: now)
     }
@@ -491,7 +491,7 @@ struct ExtendedSessionTests {
         let moved = extendedEntry(alice, X, alicePrivate, .endpointIndependent, aliceKey, sequence: 0,
                                   sessionKey: server.sessionKeys[alice], lastCounter: 1, cookieIssuedAt: at(0),
                                   nonce: server.nonces[alice])
-        #expect(actions.map { action -> Registry.Action in
+        #expect(actions.map { action -> Registry.Output in
             // The version is the roster's; compare the rest.
             if case .report(.moved(var entry, let from)) = action { entry.version = moved.version; return .report(.moved(entry, from: from)) }
             return action
@@ -760,7 +760,7 @@ struct ExtendedSessionTests {
         #expect(nonce != oldNonce)
         let moved = extendedEntry(alice, X, alicePrivate, .endpointIndependent, aliceKey, sequence: 0, sessionKey: newKey,
                                   cookieIssuedAt: at(5), nonce: nonce)
-        #expect(actions.map { action -> Registry.Action in
+        #expect(actions.map { action -> Registry.Output in
             if case .report(.moved(var entry, let from)) = action { entry.version = moved.version; return .report(.moved(entry, from: from)) }
             return action
         } == [

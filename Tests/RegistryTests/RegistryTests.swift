@@ -24,10 +24,10 @@ private func entry(_ id: ClientID, _ endpoint: Endpoint, _ privateAddress: IPv4A
     Registry.Entry(id: id, publicEndpoint: endpoint, privateAddress: privateAddress, sequence: sequence)
 }
 
-private func send(_ message: ClassicMessage, _ to: Endpoint) -> Registry.Action { .send(message, to: to) }
+private func send(_ message: ClassicMessage, _ to: Endpoint) -> Registry.Output { .send(message, to: to) }
 
 private extension Registry {
-    mutating func register(_ id: ClientID, _ privateAddress: IPv4Address, from source: Endpoint, at now: Instant) -> [Action] {
+    mutating func register(_ id: ClientID, _ privateAddress: IPv4Address, from source: Endpoint, at now: Instant) -> [Registry.Output] {
         receive(.register(id, privateAddress: privateAddress), from: source, now: now)
     }
 }

@@ -12,7 +12,7 @@ func versionless(_ entry: Registry.Entry?) -> Registry.Entry? {
 
 func versionless(_ entries: [Registry.Entry]) -> [Registry.Entry] { entries.compactMap { versionless($0) } }
 
-func versionless(_ action: Registry.Action?) -> Registry.Action? {
+func versionless(_ action: Registry.Output?) -> Registry.Output? {
     guard let action else { return nil }
     guard case .report(let event) = action else { return action }
     switch event {
@@ -25,4 +25,4 @@ func versionless(_ action: Registry.Action?) -> Registry.Action? {
     }
 }
 
-func versionless(_ actions: [Registry.Action]) -> [Registry.Action] { actions.compactMap { versionless($0) } }
+func versionless(_ actions: [Registry.Output]) -> [Registry.Output] { actions.compactMap { versionless($0) } }
