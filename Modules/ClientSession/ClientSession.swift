@@ -200,6 +200,8 @@ public struct ClientSession: Sendable, SansIOCore {
     /// peer tables (roster, look-ups, punches, relayed datagrams) only show that the server
     /// is alive here.
     public mutating func handleServerMessage(_ message: ExtendedMessage, now: Instant) -> [Output] {
+        // After `leave` the session is over: nothing the server says reaches the user.
+        if case .left = state { return [] }
         switch message {
         case .challenge(let cookie):
             return challenged(cookie)
