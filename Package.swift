@@ -76,7 +76,7 @@ let package = Package(
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
         module("RendezvousServer", ["Wire", "STUN", "Registry", "Relay", "MonotonicTime", "Transport", crypto, nioCore, nioPosix, logging]),
-        module("ChatClient", ["Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", "Identity", nioCore, nioPosix, logging]),
+        module("ChatClient", ["Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", "Identity", nioCore, nioPosix, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Relay", "Wire", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
         .executableTarget(name: "natchat", dependencies: ["ChatClient", "AddressDiscovery", "LineEditor", "Wire", "MonotonicTime", argumentParser, logging],

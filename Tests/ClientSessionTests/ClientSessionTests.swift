@@ -117,7 +117,7 @@ private struct Failure: Error {}
 private func currentSession(_ session: ClientSession) -> ClientSession.Session? {
     switch session.state {
     case .registered(let current), .lost(let current, _): current
-    case .registering, .classic, .refused, .left: nil
+    case .idle, .registering, .classic, .refused, .left: nil
     }
 }
 
@@ -126,10 +126,12 @@ private func currentSession(_ session: ClientSession) -> ClientSession.Session? 
 @Suite("ClientSession registering")
 struct ClientSessionRegisteringTests {
     @Test func beforeStart() {
-        let session = makeSession()
-        #expect(session.state == .registering(.init(nextAttempt: .zero, backoff: .seconds(1), cookie: nil)))
+        var session = makeSession()
+        #expect(session.state == .idle)
+        #expect(session.nextDeadline == nil)
+        #expect(session.handleTimeout(now: at(100)).isEmpty)
         #expect(session.dialect == .negotiating)
-        #expect(session.isRegistering)
+        #expect(!session.isRegistering)
         #expect(!session.isRegistered)
         #expect(!session.hasLeft)
         #expect(session.publicEndpoint == nil)
