@@ -217,8 +217,7 @@ public struct PathAgent: Sendable, SansIOCore {
     }
 
     /// Someone wants to talk to the peer: start a round unless one is running, a path
-    /// exists, or a cool-down is on. Call ``pollConnectRequest()`` to learn whether to ask
-    /// the server.
+    /// exists, or a cool-down is on (``Output/requestRound`` then says to ask the server).
     public mutating func noteInterest(now: Instant) -> [Output] {
         applyNoteInterest(now: now)
         return takeOutputs()

@@ -16,8 +16,9 @@ import Wire
 /// (`Registry+Roster.swift`, `RosterPublisher.swift`), the entry and its table.
 ///
 /// Feed it decoded datagrams with ``receive(_:from:now:)`` (classic) and
-/// ``receive(_:bytes:from:now:random:)`` (extended) and clock ticks with ``sweep(now:)`` and
-/// ``flushRoster(now:)`` (at ``rosterDeadline``); it returns the ``Output``s to perform —
+/// ``receive(_:bytes:from:now:random:)`` (natchat/2) and clock ticks with
+/// ``handleTimeout(now:)`` at ``nextDeadline`` (the sweep, and the roster datagrams that are
+/// due; ``flushRoster(now:)`` sends only the latter); it returns the ``Output``s to perform —
 /// datagrams to send and events to report — and performs none itself. Every notice goes
 /// to each recipient in its own dialect.
 ///
