@@ -20,6 +20,7 @@ let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swi
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto")
 let deque: Target.Dependency = .product(name: "DequeModule", package: "swift-collections")
+let heap: Target.Dependency = .product(name: "HeapModule", package: "swift-collections")
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
 
 let package = Package(
@@ -66,7 +67,7 @@ let package = Package(
         module("Delivery", ["Wire", "MonotonicTime"]),
         module("Relay", ["Wire", "MonotonicTime"]),
         module("Roster", ["Wire", "MonotonicTime", deque]),
-        module("Registry", ["Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Relay", "Identity", "Roster", crypto]),
+        module("Registry", ["Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Relay", "Identity", "Roster", crypto, heap]),
         module("ClientSession", ["Wire", "Identity", "KeepAlive", "AddressDiscovery", "MonotonicTime"]),
         module("ChatRouter", ["Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
         module("Transport", ["Wire", "MonotonicTime", nioCore, nioPosix, logging]),

@@ -1,3 +1,4 @@
+import HeapModule
 import MonotonicTime
 import Roster
 import Wire
@@ -20,6 +21,9 @@ import Wire
 /// - Joins cost the same at any roster size: a change marks the feeds that must hear of it
 ///   (all of them in the complete scope, which holds at most `limit` clients; its watchers
 ///   past it), and feeds coalesce what they send.
+/// - Only feeds that are due are visited: each feed's next deadline waits in a min-heap, so
+///   an acknowledgement or a mark costs its own feed, not a walk over every subscriber (with
+///   S subscribers acknowledging every join, a walk made a join cost S²).
 struct RosterPublisher: Sendable {
     struct Configuration: Hashable, Sendable {
         /// Most registered clients for which subscribers hold the whole roster.
@@ -44,10 +48,24 @@ struct RosterPublisher: Sendable {
     private var interests: [ClientID: [ClientID]] = [:]
     /// Per client, the subscribers interested in it.
     private var watchers: [ClientID: Set<ClientID>] = [:]
-    /// Feeds that may have something to send or resend.
-    private var busy: Set<ClientID> = []
-    /// When ``handleTimeout(now:registered:record:)`` is next due; recomputed at each one.
-    private(set) var nextDeadline: Instant?
+    /// Each feed's next deadline, earliest first. A feed's entry goes stale when its deadline
+    /// moves (``scheduled`` says which entry is current): a move costs one insertion and no
+    /// search, and stale entries are dropped when they reach the top, so the top is always
+    /// current.
+    private var wakeUps = Heap<WakeUp>()
+    /// The deadline of each feed's current entry in ``wakeUps``.
+    private var scheduled: [ClientID: Instant] = [:]
+
+    /// A feed's turn in ``wakeUps``.
+    private struct WakeUp: Comparable, Sendable {
+        var at: Instant
+        var subscriber: ClientID
+        static func < (a: WakeUp, b: WakeUp) -> Bool { a.at < b.at }
+        static func == (a: WakeUp, b: WakeUp) -> Bool { a.at == b.at && a.subscriber == b.subscriber }
+    }
+
+    /// When ``handleTimeout(now:registered:record:)`` is next due.
+    var nextDeadline: Instant? { wakeUps.min?.at }
 
     init(configuration: Configuration, epoch: UInt32) {
         self.configuration = configuration
@@ -80,13 +98,14 @@ struct RosterPublisher: Sendable {
             }
         }
         feeds[subscriber] = feed
-        wake(subscriber, now: now)
+        reschedule(subscriber)
     }
 
     /// `subscriber` left, or registered again without subscribing.
     mutating func unsubscribe(_ subscriber: ClientID) {
         feeds[subscriber] = nil
-        busy.remove(subscriber)
+        scheduled[subscriber] = nil
+        dropStaleWakeUps()
         for id in interests.removeValue(forKey: subscriber) ?? [] {
             watchers[id]?.remove(subscriber)
             if watchers[id]?.isEmpty == true { watchers[id] = nil }
@@ -126,7 +145,7 @@ struct RosterPublisher: Sendable {
     mutating func acknowledge(_ subscriber: ClientID, largest: UInt32, received: UInt64, now: Instant) {
         guard feeds[subscriber] != nil else { return }
         feeds[subscriber]?.acknowledge(largest: largest, received: received, now: now)
-        wake(subscriber, now: now)
+        reschedule(subscriber)
     }
 
     /// Sets the scope for `registered` clients; on a change every feed starts over in the
@@ -145,30 +164,29 @@ struct RosterPublisher: Sendable {
 
     /// The datagrams due at `now`: for each, the subscriber and the delta, built by `build`
     /// from the changes the feed chose (`build` returns `nil` for a change it cannot
-    /// describe any more, which is then left out).
+    /// describe any more, which is then left out). Only the feeds that are due are visited.
     mutating func handleTimeout(now: Instant, registered: Int,
                                 record: (ClientID, ClientID, Note) -> RosterRecord?) -> [(ClientID, RosterDelta)] {
         var out: [(ClientID, RosterDelta)] = []
-        var next: Instant?
-        for subscriber in Array(busy) {
-            guard var feed = feeds[subscriber] else {
-                busy.remove(subscriber)
-                continue
-            }
-            for batch in feed.handleTimeout(now: now) {
+        var visited: [ClientID] = []
+        while let first = wakeUps.min, first.at <= now {
+            wakeUps.removeMin()
+            let subscriber = first.subscriber
+            guard scheduled[subscriber] == first.at else { continue }
+            scheduled[subscriber] = nil
+            // In place: a copy of the feed would copy its tables on the first change.
+            guard let batches = feeds[subscriber]?.handleTimeout(now: now) else { continue }
+            for batch in batches {
                 let records = batch.items.compactMap { record(subscriber, $0.id, $0.note) }
                 out.append((subscriber, RosterDelta(epoch: epoch, sequence: batch.sequence, version: version,
                                                     registered: UInt32(clamping: registered), scope: scope, synced: batch.synced,
                                                     records: records)))
             }
-            if let deadline = feed.nextDeadline {
-                next = min(next ?? deadline, deadline)
-            } else {
-                busy.remove(subscriber)
-            }
-            feeds[subscriber] = feed
+            visited.append(subscriber)
         }
-        nextDeadline = next
+        // After the loop: a feed is visited at most once per call, whatever its next deadline.
+        for subscriber in visited { reschedule(subscriber) }
+        dropStaleWakeUps()
         return out
     }
 
@@ -177,12 +195,19 @@ struct RosterPublisher: Sendable {
 
     private mutating func mark(_ subscriber: ClientID, _ id: ClientID, _ note: Note, size: Int, now: Instant) {
         feeds[subscriber]?.mark(id, note, size: size)
-        wake(subscriber, now: now)
+        reschedule(subscriber)
     }
 
-    private mutating func wake(_ subscriber: ClientID, now: Instant) {
-        busy.insert(subscriber)
-        // The feed itself decides (coalescing, window); being early only costs a poll.
-        nextDeadline = min(nextDeadline ?? now, now)
+    /// Puts `subscriber`'s feed in ``wakeUps`` at its deadline (none when it is idle).
+    private mutating func reschedule(_ subscriber: ClientID) {
+        let deadline = feeds[subscriber]?.nextDeadline
+        guard deadline != scheduled[subscriber] else { return }
+        scheduled[subscriber] = deadline
+        if let deadline { wakeUps.insert(WakeUp(at: deadline, subscriber: subscriber)) }
+        dropStaleWakeUps()
+    }
+
+    private mutating func dropStaleWakeUps() {
+        while let first = wakeUps.min, scheduled[first.subscriber] != first.at { wakeUps.removeMin() }
     }
 }

@@ -32,48 +32,67 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable, San
         public var sequence: UInt32
         public var items: [(id: ID, note: Note)]
         public var synced: Bool
+
+        @inlinable
+        init(sequence: UInt32, items: [(id: ID, note: Note)], synced: Bool) {
+            self.sequence = sequence
+            self.items = items
+            self.synced = synced
+        }
     }
 
-    private struct InFlight {
-        var items: [(id: ID, note: Note)]
-        var sizes: [Int]
-        var sentAt: Instant
-        var synced: Bool
+    @usableFromInline
+    struct InFlight: Sendable {
+        @usableFromInline var items: [(id: ID, note: Note)]
+        @usableFromInline var sizes: [Int]
+        @usableFromInline var sentAt: Instant
+        @usableFromInline var synced: Bool
+
+        @inlinable
+        init(items: [(id: ID, note: Note)], sizes: [Int], sentAt: Instant, synced: Bool) {
+            self.items = items
+            self.sizes = sizes
+            self.sentAt = sentAt
+            self.synced = synced
+        }
     }
 
     public let configuration: Configuration
-    private var waitingOrder: Deque<ID> = []
-    private var waiting: [ID: (note: Note, size: Int)] = [:]
-    private var inFlight: [UInt32: InFlight] = [:]
+    @usableFromInline var waitingOrder: Deque<ID> = []
+    @usableFromInline var waiting: [ID: (note: Note, size: Int)] = [:]
+    @usableFromInline var inFlight: [UInt32: InFlight] = [:]
     /// The newest datagram in flight that carries each client.
-    private var carriedBy: [ID: UInt32] = [:]
-    private var nextSequence: UInt32 = 1
-    private var lastSent: Instant?
-    private var retransmitTimeout: Duration
-    private var needsSyncedNotice = true
+    @usableFromInline var carriedBy: [ID: UInt32] = [:]
+    @usableFromInline var nextSequence: UInt32 = 1
+    @usableFromInline var lastSent: Instant?
+    @usableFromInline var retransmitTimeout: Duration
+    @usableFromInline var needsSyncedNotice = true
 
+    @inlinable
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
         retransmitTimeout = configuration.initialRetransmitTimeout
     }
 
     /// Changes waiting to be sent.
-    public var waitingCount: Int { waiting.count }
+    @inlinable public var waitingCount: Int { waiting.count }
     /// Datagrams sent and not yet acknowledged.
-    public var inFlightCount: Int { inFlight.count }
+    @inlinable public var inFlightCount: Int { inFlight.count }
     /// Whether the subscriber is known to hold everything (nothing waiting or in flight, and
     /// a synced datagram acknowledged).
-    public var isIdle: Bool { waiting.isEmpty && inFlight.isEmpty && !needsSyncedNotice }
+    @inlinable public var isIdle: Bool { waiting.isEmpty && inFlight.isEmpty && !needsSyncedNotice }
 
     /// `id` changed. `note`: what a record of it needs that the owner's table may no longer
     /// hold; `size`: about how many bytes its record takes (datagrams are filled up to
     /// ``RosterFeedConfiguration/datagramBudget``).
+    @inlinable
     public mutating func mark(_ id: ID, _ note: Note, size: Int) {
         if waiting.updateValue((note, size), forKey: id) == nil { waitingOrder.append(id) }
     }
 
     /// Starts over (a new session, or a new scope): forgets what is in flight and waiting,
     /// numbers from 1 again, and will tell the subscriber when it is whole.
+    @inlinable
     public mutating func reset() {
         waitingOrder.removeAll()
         waiting.removeAll()
@@ -86,9 +105,14 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable, San
     }
 
     /// When ``handleTimeout(now:)`` next has something to do; `nil` when the feed is idle.
-    public var nextDeadline: Instant? {
+    @inlinable public var nextDeadline: Instant? {
         var deadline: Instant?
-        if let oldest = inFlight.values.lazy.map(\.sentAt).min() { deadline = oldest + retransmitTimeout }
+        // A plain loop (at most ``RosterFeedConfiguration/window`` datagrams): this runs after
+        // every mark and acknowledgement of every subscriber.
+        for datagram in inFlight.values {
+            let expiry = datagram.sentAt + retransmitTimeout
+            if deadline.map({ expiry < $0 }) ?? true { deadline = expiry }
+        }
         if inFlight.count < configuration.window, !waiting.isEmpty || (needsSyncedNotice && inFlight.isEmpty) {
             let send = waiting.count >= configuration.fullBatch ? (lastSent ?? .zero) : (lastSent.map { $0 + configuration.flushInterval } ?? .zero)
             deadline = min(deadline ?? send, send)
@@ -98,6 +122,7 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable, San
 
     /// The datagrams due now: timed-out ones are declared lost first, then waiting changes go
     /// in the order they were marked, as many to a datagram as fit its budget.
+    @inlinable
     public mutating func handleTimeout(now: Instant) -> [Batch] {
         expireTimedOut(now: now)
         var batches: [Batch] = []
@@ -105,7 +130,8 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable, San
         return batches
     }
 
-    private mutating func nextBatch(now: Instant) -> Batch? {
+    @inlinable
+    mutating func nextBatch(now: Instant) -> Batch? {
         guard inFlight.count < configuration.window else { return nil }
         let syncedNoticeDue = needsSyncedNotice && inFlight.isEmpty && waiting.isEmpty
         guard !waiting.isEmpty || syncedNoticeDue else { return nil }
@@ -138,6 +164,7 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable, San
 
     /// The subscriber acknowledged `largest` and every `largest - 1 - i` with bit `i` of
     /// `received` set. Numbers never sent are ignored.
+    @inlinable
     public mutating func acknowledge(largest: UInt32, received: UInt64, now: Instant) {
         guard largest >= 1, largest < nextSequence else { return }
         var progressed = false
@@ -154,14 +181,16 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable, San
         }
     }
 
-    private static func covers(largest: UInt32, received: UInt64, _ sequence: UInt32) -> Bool {
+    @inlinable
+    static func covers(largest: UInt32, received: UInt64, _ sequence: UInt32) -> Bool {
         if sequence == largest { return true }
         guard sequence < largest else { return false }
         let distance = largest - sequence - 1
         return distance < 64 && received & (1 << UInt64(distance)) != 0
     }
 
-    private mutating func expireTimedOut(now: Instant) {
+    @inlinable
+    mutating func expireTimedOut(now: Instant) {
         var expired = false
         for (sequence, datagram) in inFlight where now >= datagram.sentAt + retransmitTimeout {
             declareLost(sequence)
@@ -172,7 +201,8 @@ public struct RosterFeed<ID: Hashable & Sendable, Note: Sendable>: Sendable, San
 
     /// Marks again the clients of a lost datagram that no later datagram carries; a newer
     /// change already waiting wins over the lost note.
-    private mutating func declareLost(_ sequence: UInt32) {
+    @inlinable
+    mutating func declareLost(_ sequence: UInt32) {
         guard let datagram = inFlight.removeValue(forKey: sequence) else { return }
         for (index, item) in datagram.items.enumerated() where carriedBy[item.id] == sequence {
             carriedBy[item.id] = nil
