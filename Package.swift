@@ -89,7 +89,7 @@ let package = Package(
         tests("KeepAlive", ["KeepAlive", "MonotonicTime"]),
         tests("Registry", ["Registry", "TestSupport", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Relay", crypto]),
         tests("ClientSession", ["ClientSession", "TestSupport", "Wire", "Identity", "MonotonicTime", crypto]),
-        tests("ChatRouter", ["ChatRouter", "TestSupport", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", crypto]),
+        tests("ChatRouter", ["ChatRouter", "ClientSession", "TestSupport", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", crypto]),
         tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Wire", "STUN", "MonotonicTime"]),
         tests("Transport", ["Transport", "Wire", "MonotonicTime", nioCore, nioEmbedded, nioPosix, logging]),
         tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Wire", "MonotonicTime", "Identity", nioCore, logging, crypto]),

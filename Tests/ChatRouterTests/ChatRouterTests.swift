@@ -44,10 +44,10 @@ struct ChatRouterRegistrationTests {
         #expect(router.receive(.peer(carol, C), from: S) == [])
         #expect(router.isRegistered == false)
         #expect(router.receive(.peer(alice, A), from: S) == [
-            .registered(publicEndpoint: A, peers: [
+            .event(.registered(publicEndpoint: A, peers: [
                 Peer(id: bob, publicEndpoint: B, sameNATPrivateAddress: bobPrivate),
                 Peer(id: carol, publicEndpoint: C),
-            ]),
+            ])),
         ])
         #expect(router.isRegistered)
         #expect(router.publicEndpoint == A)
@@ -58,7 +58,7 @@ struct ChatRouterRegistrationTests {
 
     @Test func registrationAsFirstClient() {
         var router = ChatRouter(selfID: alice, server: S)
-        #expect(router.receive(.peer(alice, A), from: S) == [.registered(publicEndpoint: A, peers: [])])
+        #expect(router.receive(.peer(alice, A), from: S) == [.event(.registered(publicEndpoint: A, peers: []))])
         #expect(router.roster == [Peer(id: alice, publicEndpoint: A)])
         #expect(router.peerIDs == [])
     }
@@ -72,16 +72,16 @@ struct ChatRouterRegistrationTests {
 
     @Test func joinsAfterRegistration() {
         var router = registeredRouter()
-        #expect(router.receive(.peer(dave, D), from: S) == [.joined(Peer(id: dave, publicEndpoint: D))])
+        #expect(router.receive(.peer(dave, D), from: S) == [.event(.joined(Peer(id: dave, publicEndpoint: D)))])
         #expect(router.roster.map(\.id) == [bob, carol, alice, dave])
     }
 
     @Test func sameNATAfterRegistration() {
         var router = registeredRouter()
         _ = router.receive(.peer(dave, D), from: S)
-        #expect(router.receive(.peerPrivate(dave, ip("10.0.0.9")), from: S) == [.sameNAT(dave, ip("10.0.0.9"))])
+        #expect(router.receive(.peerPrivate(dave, ip("10.0.0.9")), from: S) == [.event(.sameNAT(dave, ip("10.0.0.9")))])
         #expect(router.receive(.peerPrivate(dave, ip("10.0.0.9")), from: S) == [])
-        #expect(router.receive(.peerPrivate(dave, ip("10.0.0.10")), from: S) == [.sameNAT(dave, ip("10.0.0.10"))])
+        #expect(router.receive(.peerPrivate(dave, ip("10.0.0.10")), from: S) == [.event(.sameNAT(dave, ip("10.0.0.10")))])
         #expect(router.peer(dave)?.sameNATPrivateAddress == ip("10.0.0.10"))
     }
 
@@ -98,7 +98,7 @@ struct ChatRouterRegistrationTests {
         #expect(router.publicEndpoint == nil)
         #expect(router.roster == [])
         #expect(router.peerIDs == [])
-        #expect(router.receive(.peer(alice, A), from: S) == [.registered(publicEndpoint: A, peers: [])])
+        #expect(router.receive(.peer(alice, A), from: S) == [.event(.registered(publicEndpoint: A, peers: []))])
     }
 }
 
@@ -128,20 +128,20 @@ struct ChatRouterRoutingTests {
     @Test func unknownPeer() {
         let router = registeredRouter()
         #expect(router.route(to: dave) == .failure(.unknownPeer(dave)))
-        switch router.chat(to: dave, text: "hi") {
-        case .success: Issue.record("chat to an unknown peer succeeded")
-        case .failure(let error): #expect(error == .unknownPeer(dave))
-        }
+        // Nothing is sent; the user hears that the server has not listed dave.
+        #expect(router.chat(to: dave, text: "hi") == [.event(.noSuchPeer(dave))])
     }
 
     @Test func chatDatagramAndDestination() throws {
         let router = registeredRouter()
-        let toBob = try router.chat(to: bob, text: "I love Network!!").get()
-        #expect(toBob.message == .chat(from: alice, text: "I love Network!!"))
-        #expect(toBob.destination == ep("10.0.0.6:10081"))
-        let toCarol = try router.chat(to: carol, text: "hi").get()
-        #expect(toCarol.message == .chat(from: alice, text: "hi"))
-        #expect(toCarol.destination == C)
+        let toBob = router.chat(to: bob, text: "I love Network!!")
+        #expect(toBob == [.send(ClassicMessage.chat(from: alice, text: "I love Network!!").encode(), to: ep("10.0.0.6:10081"))])
+        guard case .send(let bobBytes, _)? = toBob.first else { Issue.record("no datagram to bob"); return }
+        #expect(try ClassicMessage.decode(bobBytes) == .chat(from: alice, text: "I love Network!!"))
+        let toCarol = router.chat(to: carol, text: "hi")
+        #expect(toCarol == [.send(ClassicMessage.chat(from: alice, text: "hi").encode(), to: C)])
+        guard case .send(let carolBytes, _)? = toCarol.first else { Issue.record("no datagram to carol"); return }
+        #expect(try ClassicMessage.decode(carolBytes) == .chat(from: alice, text: "hi"))
     }
 
     @Test func routeBeforeRegistrationUsesWhatIsKnown() {
@@ -153,10 +153,10 @@ struct ChatRouterRoutingTests {
     @Test func movedPeer() {
         var router = registeredRouter()
         let B2 = ep("203.0.113.7:40999")
-        #expect(router.receive(.peer(bob, B2), from: S) == [.moved(Peer(id: bob, publicEndpoint: B2))])
+        #expect(router.receive(.peer(bob, B2), from: S) == [.event(.moved(Peer(id: bob, publicEndpoint: B2)))])
         // its same-NAT private address is forgotten until the server repeats it
         #expect(router.route(to: bob) == .success(B2))
-        #expect(router.receive(.peerPrivate(bob, bobPrivate), from: S) == [.sameNAT(bob, bobPrivate)])
+        #expect(router.receive(.peerPrivate(bob, bobPrivate), from: S) == [.event(.sameNAT(bob, bobPrivate))])
         #expect(router.route(to: bob) == .success(ep("10.0.0.6:10081")))
         #expect(router.roster.map(\.id) == [bob, carol, alice]) // position kept
     }
@@ -164,7 +164,7 @@ struct ChatRouterRoutingTests {
     @Test func ownPublicEndpointChanged() {
         var router = registeredRouter()
         let A2 = ep("203.0.113.7:41000")
-        #expect(router.receive(.peer(alice, A2), from: S) == [.publicEndpointChanged(A2)])
+        #expect(router.receive(.peer(alice, A2), from: S) == [.event(.publicEndpointChanged(A2))])
         #expect(router.publicEndpoint == A2)
         #expect(router.route(to: alice) == .success(A2))
     }
@@ -174,7 +174,7 @@ struct ChatRouterRoutingTests {
 struct ChatRouterDepartureTests {
     @Test func unregisteredRemovesThePeer() {
         var router = registeredRouter()
-        #expect(router.receive(.unregistered(bob, B), from: S) == [.unregistered(bob, B)])
+        #expect(router.receive(.unregistered(bob, B), from: S) == [.event(.unregistered(bob, B))])
         #expect(router.peer(bob) == nil)
         #expect(router.route(to: bob) == .failure(.unknownPeer(bob)))
         #expect(router.roster.map(\.id) == [carol, alice])
@@ -183,7 +183,7 @@ struct ChatRouterDepartureTests {
 
     @Test func offlineRemovesThePeer() {
         var router = registeredRouter()
-        #expect(router.receive(.offline(carol, C), from: S) == [.offline(carol, C)])
+        #expect(router.receive(.offline(carol, C), from: S) == [.event(.offline(carol, C))])
         #expect(router.peerIDs == [bob])
         #expect(router.receive(.offline(carol, C), from: S) == [])
     }
@@ -205,7 +205,7 @@ struct ChatRouterDepartureTests {
     @Test func rejoinGoesToTheEnd() {
         var router = registeredRouter()
         _ = router.receive(.unregistered(bob, B), from: S)
-        #expect(router.receive(.peer(bob, B), from: S) == [.joined(Peer(id: bob, publicEndpoint: B))])
+        #expect(router.receive(.peer(bob, B), from: S) == [.event(.joined(Peer(id: bob, publicEndpoint: B)))])
         #expect(router.roster.map(\.id) == [carol, alice, bob])
     }
 
@@ -220,9 +220,9 @@ struct ChatRouterDepartureTests {
     func controlFromStranger(_ message: ClassicMessage) {
         var router = registeredRouter()
         let roster = router.roster
-        #expect(router.receive(message, from: stranger) == [.ignored(message, from: stranger)])
+        #expect(router.receive(message, from: stranger) == [.event(.ignored(message, from: stranger))])
         // even from a registered peer's endpoint
-        #expect(router.receive(message, from: B) == [.ignored(message, from: B)])
+        #expect(router.receive(message, from: B) == [.event(.ignored(message, from: B))])
         #expect(router.roster == roster)
         #expect(router.route(to: bob) == .success(ep("10.0.0.6:10081")))
     }
@@ -230,23 +230,23 @@ struct ChatRouterDepartureTests {
     @Test func controlFromServerAddressOnAnotherPortIsIgnored() {
         var router = ChatRouter(selfID: alice, server: S)
         let sameHostOtherPort = ep("198.51.100.1:10081")
-        #expect(router.receive(.peer(alice, A), from: sameHostOtherPort) == [.ignored(.peer(alice, A), from: sameHostOtherPort)])
+        #expect(router.receive(.peer(alice, A), from: sameHostOtherPort) == [.event(.ignored(.peer(alice, A), from: sameHostOtherPort))])
         #expect(router.isRegistered == false)
     }
 
     @Test func serverNoticeFromServer() {
         var router = registeredRouter()
-        #expect(router.receive(.serverNotice("maintenance at noon"), from: S) == [.serverNotice("maintenance at noon")])
+        #expect(router.receive(.serverNotice("maintenance at noon"), from: S) == [.event(.serverNotice("maintenance at noon"))])
     }
 
     @Test func chatFromAnyoneIsDelivered() {
         var router = registeredRouter()
         #expect(router.receive(.chat(from: bob, text: "hi"), from: ep("10.0.0.6:10081"))
-                == [.chat(from: bob, text: "hi", source: ep("10.0.0.6:10081"))])
+                == [.event(.chat(from: bob, text: "hi", source: ep("10.0.0.6:10081")))])
         #expect(router.receive(.chat(from: dave, text: "who am I"), from: stranger)
-                == [.chat(from: dave, text: "who am I", source: stranger)])
+                == [.event(.chat(from: dave, text: "who am I", source: stranger))])
         #expect(router.receive(.chat(from: carol, text: "via server?"), from: S)
-                == [.chat(from: carol, text: "via server?", source: S)])
+                == [.event(.chat(from: carol, text: "via server?", source: S))])
         // chats change no state
         #expect(router.peer(dave) == nil)
     }
@@ -258,8 +258,8 @@ struct ChatRouterDepartureTests {
     ])
     func serverBound(_ message: ClassicMessage) {
         var router = registeredRouter()
-        #expect(router.receive(message, from: S) == [.ignored(message, from: S)])
-        #expect(router.receive(message, from: stranger) == [.ignored(message, from: stranger)])
+        #expect(router.receive(message, from: S) == [.event(.ignored(message, from: S))])
+        #expect(router.receive(message, from: stranger) == [.event(.ignored(message, from: stranger))])
         #expect(router.roster.map(\.id) == [bob, carol, alice])
     }
 }

@@ -1,6 +1,7 @@
 import Crypto
 import Testing
 @testable import ChatRouter
+import ClientSession
 import HolePunch
 import Identity
 import MonotonicTime
@@ -72,11 +73,30 @@ private struct Datagram {
 /// Roster datagrams go out as soon as they are due (coalescing is RosterFeed's own test).
 private let instantRoster = Registry.Configuration(rosterFeed: .init(flushInterval: .zero))
 
+/// What the server asks the world to do.
+private typealias ServerOutput = Registry.Output
+
+/// A member's natchat/2 session with the server, kept as ``ClientSession`` keeps it: the
+/// router hands its messages for the server over unsealed, and each is sealed with the
+/// session's next counter and its tag under the session key.
+private struct TestSession {
+    var key: KeyBytes
+    var counter: UInt64 = 0
+
+    mutating func seal(_ message: ExtendedMessage) -> [UInt8] {
+        counter += 1
+        return SessionCrypto.sealed(message, counter: counter, key: key)
+    }
+}
+
 private struct World {
     var registry: Registry
     var random = SplitMix64(state: 5)
     var routers: [ClientID: ExtendedRouter] = [:]
+    var sessions: [ClientID: TestSession] = [:]
     var endpoints: [ClientID: Endpoint] = [:]
+    /// Datagrams each member's router asked to send, not delivered yet, in order.
+    var outboxes: [ClientID: [(bytes: [UInt8], destination: Endpoint)]] = [:]
     var now = Instant.zero
     /// Whether peer-to-peer datagrams are delivered (server traffic always is).
     var directUp = true
@@ -111,20 +131,40 @@ private struct World {
         #expect(echoed == cookie)
         let sessionKey = SessionCrypto.sessionKey(privateKey: key.agreement, peerPublicKey: serverKey, cookie: cookie, nonce: nonce,
                                                   id: member)!
-        var router = ExtendedRouter(selfID: member, server: S, identity: key, sessionKey: sessionKey,
-                                    firstMessageID: UInt64(endpoints.count + 1) * 1_000, transactionSeed: UInt64(endpoints.count + 1))
+        var router = ExtendedRouter(selfID: member, identity: key, firstMessageID: UInt64(endpoints.count + 1) * 1_000,
+                                    transactionSeed: UInt64(endpoints.count + 1))
         router.natKind = natKind
         routers[member] = router
+        sessions[member] = TestSession(key: sessionKey)
         endpoints[member] = endpoint
         perform(actions)
         pump()
     }
 
-    mutating func perform(_ actions: [Registry.Action]) {
+    /// Gives `member`'s router an input (called with the router and the current time) and
+    /// carries out what it returns: messages for the server are sealed in the member's
+    /// session, datagrams wait in its outbox for ``pump()``, events are kept.
+    mutating func input(_ member: ClientID,
+                        _ body: (inout ExtendedRouter, Instant) throws -> [ExtendedRouter.Output]) rethrows {
+        let now = self.now
+        let outputs = try body(&routers[member]!, now)
+        for output in outputs {
+            switch output {
+            case .sendToServer(let message):
+                outboxes[member, default: []].append((sessions[member]!.seal(message), S))
+            case .send(let bytes, let destination):
+                outboxes[member, default: []].append((bytes, destination))
+            case .event(let event):
+                events[member, default: []].append(event)
+            }
+        }
+    }
+
+    mutating func perform(_ actions: [ServerOutput]) {
         for case .sendExtended(let message, let destination) in actions {
             guard let recipient = owner(of: destination) else { continue }
             if dropFromServer(recipient, message) { continue }
-            routers[recipient]!.handleServerMessage(message, now: now)
+            input(recipient) { $0.handleServerMessage(message, now: $1) }
         }
     }
 
@@ -147,30 +187,28 @@ private struct World {
                 flushRoster()
             }
             for sender in routers.keys.sorted() {
-                while let transmit = routers[sender]!.pollTransmit() {
+                while let transmit = outboxes[sender]?.first {
+                    outboxes[sender]!.removeFirst()
                     moved = true
-                    deliver(transmit, from: sender)
+                    deliver(transmit.bytes, to: transmit.destination, from: sender)
                 }
             }
         }
-        for member in routers.keys {
-            while let event = routers[member]!.pollEvent() { events[member, default: []].append(event) }
-        }
     }
 
-    private mutating func deliver(_ transmit: ExtendedRouter.Transmit, from sender: ClientID) {
-        wire.append(Datagram(from: sender, at: now, destination: transmit.destination, bytes: transmit.bytes))
-        guard let datagram = try? ExtendedDatagram.decode(transmit.bytes) else {
+    private mutating func deliver(_ bytes: [UInt8], to destination: Endpoint, from sender: ClientID) {
+        wire.append(Datagram(from: sender, at: now, destination: destination, bytes: bytes))
+        guard let datagram = try? ExtendedDatagram.decode(bytes) else {
             Issue.record("\(sender) sent an undecodable datagram")
             return
         }
         let message = datagram.message
-        if drop(sender, transmit.destination, message) { return }
+        if drop(sender, destination, message) { return }
         let source = endpoints[sender]!
-        if transmit.destination == S {
-            perform(registry.receive(datagram, bytes: transmit.bytes, from: source, now: now, random: &random))
-        } else if directUp, let recipient = owner(of: transmit.destination) {
-            routers[recipient]!.handlePeerMessage(message, bytes: transmit.bytes, from: source, now: now)
+        if destination == S {
+            perform(registry.receive(datagram, bytes: bytes, from: source, now: now, random: &random))
+        } else if directUp, let recipient = owner(of: destination) {
+            input(recipient) { $0.handlePeerMessage(message, bytes: bytes, from: source, now: $1) }
         }
     }
 
@@ -182,7 +220,7 @@ private struct World {
             guard steps < 100_000 else { Issue.record("timers never settle"); return }
             now = max(now, next)
             for member in routers.keys.sorted() {
-                if let deadline = routers[member]!.nextDeadline, deadline <= now { routers[member]!.handleTimeout(now: now) }
+                if let deadline = routers[member]!.nextDeadline, deadline <= now { input(member) { $0.handleTimeout(now: $1) } }
             }
             pump()
         }
@@ -190,7 +228,7 @@ private struct World {
     }
 
     mutating func send(_ text: String, from sender: ClientID, to recipient: ClientID) throws {
-        try routers[sender]!.sendChat(to: recipient, text: text, now: now)
+        try input(sender) { router, now throws(ExtendedRouter.SendError) in try router.sendChat(to: recipient, text: text, now: now) }
         pump()
     }
 
@@ -331,18 +369,19 @@ struct ExtendedRouterEndToEndTests {
         let forgedKey = pairKey(mallory, bob, alice, keys[alice]!)
         let sealed = try #require(SessionCrypto.seal("send me your password", from: bob, to: alice, messageID: 7, key: forgedKey))
         let forged = ExtendedMessage.chat(from: bob, to: alice, messageID: 7, sealed: sealed)
-        world.routers[alice]!.handlePeerMessage(forged, bytes: forged.encode(), from: elsewhere, now: world.now)
+        world.input(alice) { $0.handlePeerMessage(forged, bytes: forged.encode(), from: elsewhere, now: $1) }
         // Through the relay too (the server vouches only for the sender's ID, not the content).
-        world.routers[alice]!.handleServerMessage(.relayed(from: bob, payload: forged.encode()), now: world.now)
+        world.input(alice) { $0.handleServerMessage(.relayed(from: bob, payload: forged.encode()), now: $1) }
         // A genuine ciphertext altered in flight.
         var altered = try #require(SessionCrypto.seal("hi", from: bob, to: alice, messageID: 8,
                                                         key: pairKey(keys[bob]!, bob, alice, keys[alice]!)))
         altered[0] ^= 0x01
         let alteredChat = ExtendedMessage.chat(from: bob, to: alice, messageID: 8, sealed: altered)
-        world.routers[alice]!.handlePeerMessage(alteredChat, bytes: alteredChat.encode(), from: B, now: world.now)
+        world.input(alice) { $0.handlePeerMessage(alteredChat, bytes: alteredChat.encode(), from: B, now: $1) }
         // A ping tagged under the wrong key.
         let ping = SessionCrypto.sealed(.ping(from: bob, to: alice, transaction: 1), key: forgedKey)
-        world.routers[alice]!.handlePeerMessage(try ExtendedMessage.decode(ping), bytes: ping, from: elsewhere, now: world.now)
+        let pingMessage = try ExtendedMessage.decode(ping)
+        world.input(alice) { $0.handlePeerMessage(pingMessage, bytes: ping, from: elsewhere, now: $1) }
         world.pump()
         #expect(world.takeEvents(alice) == [.forged(claimedFrom: bob), .forged(claimedFrom: bob), .forged(claimedFrom: bob),
                                             .forged(claimedFrom: bob)])
@@ -358,29 +397,29 @@ struct ExtendedRouterEndToEndTests {
         let forCarol = try #require(SessionCrypto.seal("hi carol", from: bob, to: carol, messageID: 1,
                                                          key: pairKey(keys[bob]!, bob, carol, keys[carol]!)))
         let chat = ExtendedMessage.chat(from: bob, to: carol, messageID: 1, sealed: forCarol)
-        world.routers[alice]!.handlePeerMessage(chat, bytes: chat.encode(), from: B, now: world.now)
+        world.input(alice) { $0.handlePeerMessage(chat, bytes: chat.encode(), from: B, now: $1) }
         // Addressed to carol but sealed with the alice–bob key.
         let misaddressed = try #require(SessionCrypto.seal("hi", from: bob, to: carol, messageID: 2,
                                                              key: pairKey(keys[bob]!, bob, alice, keys[alice]!)))
         let other = ExtendedMessage.chat(from: bob, to: carol, messageID: 2, sealed: misaddressed)
-        world.routers[alice]!.handlePeerMessage(other, bytes: other.encode(), from: B, now: world.now)
+        world.input(alice) { $0.handlePeerMessage(other, bytes: other.encode(), from: B, now: $1) }
         // A check and an ack for carol.
         let bobCarol = pairKey(keys[bob]!, bob, carol, keys[carol]!)
         for message: ExtendedMessage in [.ping(from: bob, to: carol, transaction: 1),
                                          .pong(from: bob, to: carol, transaction: 1, observed: C),
                                          .chatAck(from: bob, to: carol, messageID: 1)] {
             let bytes = SessionCrypto.sealed(message, key: bobCarol)
-            world.routers[alice]!.handlePeerMessage(message, bytes: bytes, from: B, now: world.now)
+            world.input(alice) { $0.handlePeerMessage(message, bytes: bytes, from: B, now: $1) }
         }
         // The relay says the sender is carol, the inner chat says bob: dropped.
         let bobAlice = try #require(SessionCrypto.seal("x", from: bob, to: alice, messageID: 3,
                                                         key: pairKey(keys[bob]!, bob, alice, keys[alice]!)))
-        world.routers[alice]!.handleServerMessage(
-            .relayed(from: carol, payload: ExtendedMessage.chat(from: bob, to: alice, messageID: 3, sealed: bobAlice).encode()),
-            now: world.now)
+        let relayed = ExtendedMessage.relayed(from: carol,
+                                              payload: ExtendedMessage.chat(from: bob, to: alice, messageID: 3, sealed: bobAlice).encode())
+        world.input(alice) { $0.handleServerMessage(relayed, now: $1) }
         // From an ID alice does not know.
         let stranger = ExtendedMessage.ping(from: id("zed"), to: alice, transaction: 1)
-        world.routers[alice]!.handlePeerMessage(stranger, bytes: stranger.encode() + Token128.zero.bytes, from: elsewhere, now: world.now)
+        world.input(alice) { $0.handlePeerMessage(stranger, bytes: stranger.encode() + Token128.zero.bytes, from: elsewhere, now: $1) }
         world.pump()
         #expect(world.takeEvents(alice) == [])
         // Nothing to anyone but the server, which is only asked who zed is (the next check
@@ -393,13 +432,13 @@ struct ExtendedRouterEndToEndTests {
     @Test func keyChangeIsReportedAndTheOldKeyKept() throws {
         var world = World([(alice, A), (bob, B)])
         _ = world.takeEvents(alice)
-        world.routers[alice]!.handleServerMessage(announce(peerInfo(bob, ep("192.0.2.200:1"), keys: mallory), version: 1_000), now: world.now)
+        world.input(alice) { $0.handleServerMessage(announce(peerInfo(bob, ep("192.0.2.200:1"), keys: mallory), version: 1_000), now: $1) }
         #expect(world.takeEvents(alice) == [.keyChanged(bob)])
         #expect(world.routers[alice]!.peer(bob)?.keys == keys[bob]!.publicKeys)
         #expect(world.routers[alice]!.peer(bob)?.publicEndpoint == B) // the announcement was not taken at all
         // A punch naming the new keys is not acted on either.
-        world.routers[alice]!.handleServerMessage(.punch(peer: peerInfo(bob, ep("192.0.2.200:1"), keys: mallory), round: 1,
-                                                         delayMillis: 0), now: world.now)
+        let punch = ExtendedMessage.punch(peer: peerInfo(bob, ep("192.0.2.200:1"), keys: mallory), round: 1, delayMillis: 0)
+        world.input(alice) { $0.handleServerMessage(punch, now: $1) }
         world.pump()
         #expect(!world.wire.contains { $0.from == alice && $0.destination == ep("192.0.2.200:1") })
         // The real bob still talks to alice under the pinned key.
@@ -410,7 +449,7 @@ struct ExtendedRouterEndToEndTests {
         // The same keys again are fine: an update, not a change.
         var moved = peerInfo(bob, B)
         moved.natKind = .endpointIndependent
-        world.routers[alice]!.handleServerMessage(announce(moved, version: 1_001), now: world.now)
+        world.input(alice) { $0.handleServerMessage(announce(moved, version: 1_001), now: $1) }
         #expect(world.takeEvents(alice).last == .updated(moved))
     }
 
@@ -448,15 +487,52 @@ struct ExtendedRouterEndToEndTests {
         #expect(world.takeEvents(alice).contains(.delivered(to: bob, messageID: 1_002, attempts: 1)))
     }
 
+    /// A captured chat and a captured ack from the peer, replayed from its address every
+    /// 500 ms, are genuine (the chat is acknowledged each time, and shown once) but prove
+    /// nothing about the direct path now: it is lost at the consent timeout, 15 s after the
+    /// last answered check (0 s), exactly as without them. Only pongs to the agent's own
+    /// checks refresh consent; the router gives the agent nothing for chat or acks.
+    @Test func replayedChatAndAcksDoNotKeepADeadPath() throws {
+        var world = World([(alice, A), (bob, B)])
+        try world.send("warm-up", from: alice, to: bob)
+        #expect(world.routers[alice]!.path(to: bob) == .direct(B, .publicEndpoint))
+        #expect(world.routers[bob]!.path(to: alice) == .direct(A, .publicEndpoint))
+        try world.send("second", from: alice, to: bob) // bob acknowledges it directly
+        try world.send("captured", from: bob, to: alice)
+        let isDirectAck: (Datagram) -> Bool = { if case .chatAck? = $0.message { true } else { false } }
+        let ack = try #require(world.wire.last { $0.from == bob && $0.destination == A && isDirectAck($0) })
+        let chat = try #require(world.wire.last { $0.from == bob && $0.destination == A && $0.chat?.relayed == false })
+        let ackMessage = try #require(ack.message), chatMessage = try #require(chat.message)
+        #expect(world.chats(alice).map(\.text) == ["captured"])
+        _ = world.takeEvents(alice)
+        let before = world.wire.count
+        world.directUp = false
+        for step in 1...29 {
+            world.run(until: ms(Int64(step) * 500))
+            world.input(alice) { $0.handlePeerMessage(chatMessage, bytes: chat.bytes, from: B, now: $1) }
+            world.input(alice) { $0.handlePeerMessage(ackMessage, bytes: ack.bytes, from: B, now: $1) }
+        }
+        world.run(until: ms(14_999))
+        #expect(world.routers[alice]!.path(to: bob) == .direct(B, .publicEndpoint))
+        world.run(until: ms(15_000))
+        #expect(world.routers[alice]!.path(to: bob) == .relayed)
+        let events = world.takeEvents(alice)
+        #expect(events.filter { if case .pathChanged = $0 { true } else { false } } == [.pathChanged(bob, .relayed)])
+        #expect(!events.contains { if case .chat = $0 { true } else { false } }) // the replays were shown never again
+        // Each replayed chat was genuine and acknowledged (into the void).
+        #expect(world.wire.dropFirst(before).filter { $0.from == alice && $0.destination == B && isDirectAck($0) }.count >= 29)
+    }
+
     @Test func peerLeavingCancelsItsMessages() throws {
         var world = World([(alice, A), (bob, B)])
         world.directUp = false
         world.drop = { sender, _, _ in sender == bob }
         try world.send("are you there?", from: alice, to: bob)
         _ = world.takeEvents(alice)
-        world.routers[alice]!.handleServerMessage(.roster(RosterDelta(
+        let left = ExtendedMessage.roster(RosterDelta(
             epoch: 1, sequence: 1_000, version: 1_000, registered: 1, scope: .complete, synced: false,
-            records: [.absent(bob, version: 1_000, reason: .offline, publicEndpoint: B)])), now: world.now)
+            records: [.absent(bob, version: 1_000, reason: .offline, publicEndpoint: B)]))
+        world.input(alice) { $0.handleServerMessage(left, now: $1) }
         #expect(world.takeEvents(alice) == [.undelivered(to: bob, text: "are you there?", reason: .peerLeft), .left(bob, .offline, B)])
         #expect(world.routers[alice]!.messagesInFlight == 0)
         #expect(world.routers[alice]!.roster.listedIDs == [])
@@ -470,60 +546,136 @@ private extension Array where Element == UInt8 {
     }
 }
 
+/// The router hands its messages for the server over unsealed (``ExtendedRouter/Output/sendToServer(_:)``);
+/// the client's ``ClientSession`` seals them with the session's counter and tag, remembers
+/// the recent tags (an `unknownSession` must echo one of them), and starts both over with a
+/// new session. (Before ClientSession the router kept the key, counter and tags itself.)
 @Suite("ExtendedRouter session with the server")
 struct ExtendedRouterServerSessionTests {
-    private static let key = KeyBytes(Array(repeating: 1, count: 32)), otherKey = KeyBytes(Array(repeating: 2, count: 32))
+    private static let serverKey = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: Array(repeating: 0x77, count: 32))
 
-    private func keepAlive(_ router: inout ExtendedRouter) -> [UInt8] {
-        router.sessionMessage(.keepAlive(id: alice, natKind: .unknown))
+    private struct NotSealed: Error {}
+
+    private func makeRouter() -> ExtendedRouter {
+        ExtendedRouter(selfID: alice, identity: keys[alice]!, firstMessageID: 1, transactionSeed: 1)
+    }
+
+    /// alice's session, registering (its offer sent).
+    private func startedSession() -> ClientSession {
+        var session = ClientSession(configuration: .init(id: alice, server: S, privateEndpoint: A, identity: keys[alice]!))
+        #expect(session.start(now: .zero).count == 1) // the offer
+        return session
+    }
+
+    /// The server's part of a registration, played by hand: a challenge with `cookie`, then
+    /// `registered` with `nonce`. Returns what the session answered to `registered` and the
+    /// session key both sides derive.
+    private func register(_ session: inout ClientSession, cookie: Token128, nonce: Token128) throws
+        -> (outputs: [ClientSession.Output], key: KeyBytes) {
+        #expect(session.handleServerMessage(.challenge(cookie: cookie), now: .zero).count == 1) // the signed registration
+        let outputs = session.handleServerMessage(registered(cookie: cookie, nonce: nonce), now: .zero)
+        let key = try #require(SessionCrypto.sessionKey(privateKey: keys[alice]!.agreement,
+                                                        peerPublicKey: Array(Self.serverKey.publicKey.rawRepresentation),
+                                                        cookie: cookie, nonce: nonce, id: alice))
+        return (outputs, key)
+    }
+
+    private func registered(cookie: Token128, nonce: Token128) -> ExtendedMessage {
+        .registered(serverKey: Array(Self.serverKey.publicKey.rawRepresentation), publicEndpoint: A, keepAliveMillis: 0,
+                    alternatePort: 0, nonce: nonce, cookie: cookie)
+    }
+
+    /// The router's next message for the server (a list query), as it leaves the router and
+    /// as the session seals it: the datagram, its counter and its tag.
+    private func nextMessage(_ router: inout ExtendedRouter, _ session: inout ClientSession) throws
+        -> (bytes: [UInt8], counter: UInt64, tag: Token128) {
+        let (query, outputs) = router.listIDs(prefix: "", offset: 0, limit: 10, now: .zero)
+        let message = ExtendedMessage.listQuery(id: alice, query: query, prefix: "", offset: 0, limit: 10)
+        #expect(outputs == [.sendToServer(message)]) // unsealed: the router holds no session
+        let sent = session.send(message)
+        guard sent.count == 1, case .send(let bytes, let destination)? = sent.first else {
+            Issue.record("not sealed: \(sent)")
+            throw NotSealed()
+        }
+        #expect(destination == S)
+        #expect(try ExtendedMessage.decode(bytes) == message)
+        guard case .session(let counter, let tag) = try ExtendedDatagram.decode(bytes).trailer else {
+            Issue.record("no session trailer")
+            throw NotSealed()
+        }
+        return (bytes, counter, tag)
+    }
+
+    /// Whether an `unknownSession` echoing `tag` ends the session (tried on a copy).
+    private func believes(_ session: ClientSession, echo tag: Token128) -> Bool {
+        var probe = session
+        let answer = probe.handleServerMessage(.unknownSession(alice, echo: tag), now: .zero)
+        #expect(answer.isEmpty || answer.first == .sessionLost(.unknownSession), "\(answer)")
+        return !answer.isEmpty
     }
 
     /// An unknownSession answer counts only when it echoes the tag of one of the last 32
     /// messages sent to the server.
     @Test func sentRecentlyRemembersTheLast32Tags() throws {
-        var router = ExtendedRouter(selfID: alice, server: S, identity: keys[alice]!, sessionKey: Self.key, firstMessageID: 1,
-                                    transactionSeed: 1)
-        #expect(!router.sentRecently(tag: .zero))
+        var router = makeRouter()
+        var session = startedSession()
+        let (outputs, key) = try register(&session, cookie: Token128(high: 1, low: 1), nonce: Token128(high: 2, low: 2))
+        #expect(outputs == [.registered(publicEndpoint: A, alternatePort: 0)])
+        #expect(!believes(session, echo: .zero))
         var tags: [Token128] = []
         for expected in 1...40 {
-            let bytes = keepAlive(&router)
-            #expect(SessionCrypto.verifyAuthenticated(bytes, key: Self.key))
-            guard case .keepAlive = try ExtendedMessage.decode(bytes),
-                  case .session(let counter, let tag) = try ExtendedDatagram.decode(bytes).trailer else {
-                Issue.record("not a keep-alive"); return
-            }
-            #expect(counter == UInt64(expected))
-            tags.append(tag)
+            let sent = try nextMessage(&router, &session)
+            #expect(SessionCrypto.verifyAuthenticated(sent.bytes, key: key))
+            #expect(sent.counter == UInt64(expected))
+            tags.append(sent.tag)
         }
+        #expect(ClientSession.recentTagLimit == 32)
         for (index, tag) in tags.enumerated() {
-            #expect(router.sentRecently(tag: tag) == (index >= 8), "message \(index + 1)")
+            #expect(believes(session, echo: tag) == (index >= 8), "message \(index + 1)")
         }
-        #expect(!router.sentRecently(tag: .zero))
+        #expect(!believes(session, echo: .zero))
         let last = try #require(tags.last)
-        #expect(!router.sentRecently(tag: Token128(high: last.high ^ 1, low: last.low)))
-        #expect(!router.sentRecently(tag: Token128(high: last.high, low: last.low ^ (1 << 63))))
+        #expect(!believes(session, echo: Token128(high: last.high ^ 1, low: last.low)))
+        #expect(!believes(session, echo: Token128(high: last.high, low: last.low ^ (1 << 63))))
     }
 
     @Test func sessionKeyAndReset() throws {
-        var router = ExtendedRouter(selfID: alice, server: S, identity: keys[alice]!, sessionKey: Self.key, firstMessageID: 1,
-                                    transactionSeed: 1)
-        #expect(router.usesSessionKey(Self.key))
-        #expect(router.usesSessionKey(KeyBytes(Array(repeating: 1, count: 32)))) // by value
-        #expect(!router.usesSessionKey(Self.otherKey))
-        let old = (0..<3).map { _ in keepAlive(&router) }
-        router.resetSession(sessionKey: Self.otherKey)
-        #expect(router.usesSessionKey(Self.otherKey))
-        #expect(!router.usesSessionKey(Self.key))
-        let fresh = keepAlive(&router)
-        guard case .keepAlive = try ExtendedMessage.decode(fresh),
-              case .session(let counter, let tag) = try ExtendedDatagram.decode(fresh).trailer else {
-            Issue.record("not a keep-alive"); return
-        }
-        #expect(counter == 1)
-        #expect(SessionCrypto.verifyAuthenticated(fresh, key: Self.otherKey))
-        #expect(router.sentRecently(tag: tag))
+        var router = makeRouter()
+        var session = startedSession()
+        let firstCookie = Token128(high: 1, low: 1), firstNonce = Token128(high: 2, low: 2)
+        let (_, key) = try register(&session, cookie: firstCookie, nonce: firstNonce)
+        // The roster is whole in this session; its acknowledgement is the session's message 1.
+        let synced = router.handleServerMessage(.roster(RosterDelta(epoch: 1, sequence: 1, version: 1, registered: 1, scope: .complete,
+                                                                    synced: true, records: [])), now: .zero)
+        #expect(router.roster.isSynced)
+        #expect(synced.contains { if case .sendToServer(.rosterAck(alice, 1, _)) = $0 { true } else { false } })
+        for case .sendToServer(let message) in synced { #expect(session.send(message).count == 1) }
+        let old = try (0..<3).map { _ in try nextMessage(&router, &session) }
+        #expect(old.map(\.counter) == [2, 3, 4])
+        // A repeated answer for this session (the same cookie) changes nothing, and neither
+        // does an answer to some other registration: the counter goes on under the same key.
+        #expect(session.handleServerMessage(registered(cookie: firstCookie, nonce: firstNonce), now: .zero) == [])
+        #expect(session.handleServerMessage(registered(cookie: Token128(high: 9, low: 9), nonce: Token128(high: 8, low: 8)),
+                                            now: .zero) == [])
+        let fourth = try nextMessage(&router, &session)
+        #expect(fourth.counter == 5)
+        #expect(SessionCrypto.verifyAuthenticated(fourth.bytes, key: key))
+        // The server lost the session (it answers the last message with unknownSession):
+        // registering again gives a new session, and the router's roster starts over.
+        let lost = session.handleServerMessage(.unknownSession(alice, echo: fourth.tag), now: .zero)
+        #expect(lost.first == .sessionLost(.unknownSession))
+        let (again, otherKey) = try register(&session, cookie: Token128(high: 3, low: 3), nonce: Token128(high: 4, low: 4))
+        #expect(again == [.registeredAgain(publicEndpoint: A)])
+        #expect(otherKey != key)
+        router.beginSession()
+        #expect(!router.roster.isSynced)
+        let fresh = try nextMessage(&router, &session)
+        #expect(fresh.counter == 1)
+        #expect(SessionCrypto.verifyAuthenticated(fresh.bytes, key: otherKey))
+        #expect(!SessionCrypto.verifyAuthenticated(fresh.bytes, key: key))
+        #expect(believes(session, echo: fresh.tag))
         // The previous session's tags are gone: a late unknownSession about it is not ours.
-        for bytes in old { #expect(!router.sentRecently(tag: Token128(bytes: bytes.suffix(16)))) }
+        for message in old + [fourth] { #expect(!believes(session, echo: message.tag)) }
     }
 }
 

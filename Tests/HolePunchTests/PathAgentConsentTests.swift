@@ -30,7 +30,7 @@ private func connectedPair() -> SimulatedNetwork {
     return net
 }
 
-private func pathChanges(_ events: [PathAgent.Event]) -> [PathAgent.Path] {
+private func pathChanges(_ events: [PathAgent.Output]) -> [PathAgent.Path] {
     events.compactMap { if case .pathChanged(let path) = $0 { path } else { nil } }
 }
 
@@ -75,7 +75,7 @@ struct PathAgentConsentTests {
                 net.run(until: t(Double(step) * 100))
                 for index in 0..<2 {
                     // Now and then a chat to the peer goes unacknowledged (about every 5 s per side).
-                    if Double.random(in: 0..<1, using: &chat) < 0.02 { net.hosts[index].agent.suspectPath(now: net.now) }
+                    if Double.random(in: 0..<1, using: &chat) < 0.02 { net.input(index) { $0.suspectPath(now: $1) } }
                 }
                 net.pump()
                 for index in 0..<2 { changes[index] += pathChanges(net.events(index)) }
@@ -111,7 +111,7 @@ struct PathAgentConsentTests {
         var healthy = connectedPair()
         var agent = healthy.hosts[0].agent
         healthy.now = t(40_000)
-        healthy.hosts[0].agent.handleTimeout(now: healthy.now)
+        healthy.input(0) { $0.handleTimeout(now: $1) }
         healthy.pump()
         #expect(healthy.hosts[0].agent.path.directEndpoint != nil)
         #expect(healthy.pings(from: 0, after: t(40_000)).count == 1)
@@ -122,25 +122,25 @@ struct PathAgentConsentTests {
         var pings: [Instant] = []
         while agent.path != .relayed, let deadline = agent.nextDeadline.map({ max($0, now) }), deadline < t(60_000) {
             now = deadline
-            agent.handleTimeout(now: now)
-            while let transmit = agent.pollTransmit() { if case .ping = transmit.check { pings.append(now) } }
+            for transmit in agent.handleTimeout(now: now).transmits { if case .ping = transmit.check { pings.append(now) } }
         }
         #expect(pings == [40_000, 41_500, 42_000, 42_500, 43_000, 43_500, 44_000].map(t))
         #expect(agent.path == .relayed)
         #expect(now == t(44_500))
     }
 
-    /// A captured ping and a captured chat or ack, replayed from the peer's address every
-    /// 500 ms, pass the caller's checks (they are genuine) but prove nothing about the path
-    /// now: the dead path is lost exactly when it would be without them.
-    @Test func replayedPingsAndChatDoNotKeepADeadPath() {
+    /// A captured ping, replayed from the peer's address every 500 ms, passes the caller's
+    /// checks (it is genuine) but proves nothing about the path now: the dead path is lost
+    /// exactly when it would be without it. (A captured chat or ack never reaches the agent:
+    /// it has no input for them, so they cannot refresh consent; ExtendedRouterTests replays
+    /// them at the router.)
+    @Test func replayedPingsDoNotKeepADeadPath() {
         var net = connectedPair()
         let peer = net.hosts[0].agent.directEndpoint!
         net.run(until: t(5_000)) // last answered check
         net.linkUp = false
         let lost = lossTime(&net, until: 40_000) { net in
-            net.hosts[0].agent.handlePing(transaction: 1_001, from: peer, now: net.now)
-            net.hosts[0].agent.noteHeard(from: peer, now: net.now)
+            net.input(0) { $0.handlePing(transaction: 1_001, from: peer, now: $1) }
         }
         #expect(lost == t(20_000))
         // Each replayed ping was answered (into the void); none refreshed anything.
@@ -160,7 +160,7 @@ struct PathAgentConsentTests {
         })
         net.linkUp = false
         let lost = lossTime(&net, until: 40_000) { net in
-            net.hosts[0].agent.handlePong(transaction: transaction, from: peer, now: net.now)
+            net.input(0) { $0.handlePong(transaction: transaction, from: peer, now: $1) }
         }
         #expect(lost == t(20_000))
     }
@@ -170,18 +170,18 @@ struct PathAgentConsentTests {
     @Test func aReplayedPongCountsOnce() {
         let peerPublic = ep("198.51.100.9:50001")
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 7)
-        agent.handlePunch(peer: PeerInfo(id: bob, publicEndpoint: peerPublic, natKind: .endpointIndependent, dialect: .extended),
-                          round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
-        #expect(agent.pollTransmit()?.check == .ping(transaction: 7))
-        agent.handlePong(transaction: 7, from: peerPublic, now: t(30))
-        #expect(agent.pollTransmit()?.check == .ping(transaction: 8)) // the follow-up
-        agent.handlePong(transaction: 7, from: peerPublic, now: t(31))
-        agent.handlePong(transaction: 7, from: peerPublic, now: t(32))
-        #expect(agent.pollTransmit() == nil)
+        let punched = agent.handlePunch(peer: PeerInfo(id: bob, publicEndpoint: peerPublic, natKind: .endpointIndependent, dialect: .extended),
+                                        round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
+        #expect(punched.transmits.map(\.check) == [.ping(transaction: 7)])
+        #expect(agent.handlePong(transaction: 7, from: peerPublic, now: t(30)).transmits.map(\.check)
+                == [.ping(transaction: 8)]) // the follow-up
+        var replayed = agent.handlePong(transaction: 7, from: peerPublic, now: t(31))
+        replayed += agent.handlePong(transaction: 7, from: peerPublic, now: t(32))
+        #expect(replayed.transmits.isEmpty)
         #expect(agent.path == .relayed)
-        agent.handlePong(transaction: 8, from: peerPublic, now: t(60))
+        _ = agent.handlePong(transaction: 8, from: peerPublic, now: t(60))
         #expect(agent.path == .direct(peerPublic, .publicEndpoint))
-        agent.handlePong(transaction: 8, from: peerPublic, now: t(61))
+        _ = agent.handlePong(transaction: 8, from: peerPublic, now: t(61))
         #expect(agent.path == .direct(peerPublic, .publicEndpoint))
     }
 
@@ -193,24 +193,23 @@ struct PathAgentConsentTests {
         net.linkUp = false
         #expect(lossTime(&net, until: 20_000) == t(15_000))
         #expect(net.events(0) == [.pathChanged(.relayed)])
-        #expect(net.hosts[0].agent.pollConnectRequest() == true)
-        _ = net.hosts[1].agent.pollConnectRequest()
+        #expect(net.takeRoundRequests(0) == 1)
+        _ = net.takeRoundRequests(1)
         net.linkUp = true
         // Only alice takes part (bob's answers are delivered by hand): her first check is
         // answered once, and the path stays relayed until her follow-up is answered too.
         let info = net.info(of: 1, for: 0)
-        net.hosts[0].agent.handlePunch(peer: info, round: 2, delay: .zero, selfNATKind: .endpointIndependent, now: net.now)
-        let firstCheck = net.hosts[0].agent.pollTransmit()
-        #expect(firstCheck?.destination == peer)
-        guard case .ping(let first)? = firstCheck?.check else { Issue.record("no check"); return }
-        #expect(net.hosts[0].agent.pollTransmit() == nil)
-        net.hosts[0].agent.handlePong(transaction: first, from: peer, now: net.now)
+        net.input(0) { $0.handlePunch(peer: info, round: 2, delay: .zero, selfNATKind: .endpointIndependent, now: $1) }
+        let checks = net.takeOutbox(0)
+        #expect(checks.map(\.destination) == [peer])
+        guard case .ping(let first)? = checks.first?.check else { Issue.record("no check"); return }
+        net.input(0) { $0.handlePong(transaction: first, from: peer, now: $1) }
         #expect(net.hosts[0].agent.path == .relayed)
         #expect(net.events(0) == [])
-        let followUp = net.hosts[0].agent.pollTransmit()
-        #expect(followUp?.destination == peer)
-        guard case .ping(let second)? = followUp?.check else { Issue.record("no follow-up"); return }
-        net.hosts[0].agent.handlePong(transaction: second, from: peer, now: net.now + .milliseconds(20))
+        let followUp = net.takeOutbox(0)
+        #expect(followUp.map(\.destination) == [peer])
+        guard case .ping(let second)? = followUp.first?.check else { Issue.record("no follow-up"); return }
+        net.input(0) { $0.handlePong(transaction: second, from: peer, now: $1 + .milliseconds(20)) }
         #expect(net.hosts[0].agent.path == .direct(peer, .publicEndpoint))
         #expect(net.events(0) == [.pathChanged(.direct(peer, .publicEndpoint))])
     }
@@ -224,21 +223,19 @@ struct PathAgentConsentTests {
         var checks: [(UInt64, Instant)] = []
         while let deadline = agent.nextDeadline, deadline <= t(12_000) {
             now = deadline
-            agent.handleTimeout(now: now)
-            while let transmit = agent.pollTransmit() {
+            for transmit in agent.handleTimeout(now: now).transmits {
                 if case .ping(let transaction) = transmit.check { checks.append((transaction, now)) }
             }
         }
         // 5 s keep-alive, missed at 6.5 s; then every 500 ms.
         #expect(checks.map(\.1) == [5_000, 6_500, 7_000, 7_500, 8_000, 8_500, 9_000, 9_500, 10_000, 10_500, 11_000, 11_500, 12_000].map(t))
-        agent.handlePong(transaction: checks[1].0, from: peer, now: t(12_100)) // the 6.5 s check, answered late
+        _ = agent.handlePong(transaction: checks[1].0, from: peer, now: t(12_100)) // the 6.5 s check, answered late
         #expect(agent.nextDeadline == t(17_000)) // next keep-alive: 5 s after the last check
         while let deadline = agent.nextDeadline, deadline <= t(26_999) {
-            agent.handleTimeout(now: deadline)
-            while agent.pollTransmit() != nil {}
+            _ = agent.handleTimeout(now: deadline)
         }
         #expect(agent.path == .direct(peer, .publicEndpoint))
-        agent.handleTimeout(now: t(27_100))
+        _ = agent.handleTimeout(now: t(27_100))
         #expect(agent.path == .relayed) // 15 s after the late answer
     }
 }

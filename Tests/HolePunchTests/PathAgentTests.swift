@@ -13,6 +13,32 @@ private func t(_ milliseconds: Double) -> Instant { Instant(nanoseconds: Int64((
 private let alice = id("alice"), bob = id("bob")
 private let serverEndpoint = ep("198.51.100.1:10080")
 
+/// A check an agent asked to send.
+struct Transmit: Hashable {
+    var check: PathAgent.Check
+    var destination: Endpoint
+}
+
+extension Array where Element == PathAgent.Output {
+    /// The checks to send, in order.
+    var transmits: [Transmit] {
+        compactMap { if case .transmit(let check, let destination) = $0 { Transmit(check: check, destination: destination) } else { nil } }
+    }
+
+    /// Path changes and failed rounds, in order.
+    var events: [PathAgent.Output] {
+        filter {
+            switch $0 {
+            case .pathChanged, .roundFailed: true
+            case .transmit, .requestRound: false
+            }
+        }
+    }
+
+    /// How many punch rounds to ask the server for.
+    var roundRequests: Int { filter { $0 == .requestRound }.count }
+}
+
 // MARK: - A simulated network
 
 /// A NAT with endpoint-independent ("cone") or endpoint-dependent ("symmetric") mapping;
@@ -79,6 +105,12 @@ struct SimulatedNetwork {
         let nat: Int?
         let natKind: NATKind
         var observedByServer: Endpoint?
+        /// Checks the agent returned that the network has not delivered yet, in order.
+        var outbox: [Transmit] = []
+        /// Path changes and failed rounds the agent returned, in order, not yet taken.
+        var events: [PathAgent.Output] = []
+        /// Round requests the agent returned, not yet taken.
+        var roundRequests = 0
     }
 
     struct Sent: Hashable {
@@ -133,12 +165,28 @@ struct SimulatedNetwork {
                         dialect: .extended, keys: nil)
     }
 
+    /// Gives host `index`'s agent an input (called with the agent and the current time) and
+    /// keeps what it returns: checks go to the host's outbox (``pump(limit:)`` delivers
+    /// them), path changes and failed rounds to its events, round requests are counted.
+    mutating func input(_ index: Int, _ body: (inout PathAgent, Instant) -> [PathAgent.Output]) {
+        let now = self.now
+        let outputs = body(&hosts[index].agent, now)
+        for output in outputs {
+            switch output {
+            case .transmit(let check, let destination): hosts[index].outbox.append(Transmit(check: check, destination: destination))
+            case .requestRound: hosts[index].roundRequests += 1
+            case .pathChanged, .roundFailed: hosts[index].events.append(output)
+            }
+        }
+    }
+
     /// The server's punch message to both hosts.
     mutating func punch(round: UInt32 = 1, delays: (Duration, Duration) = (.zero, .zero)) {
         rounds = max(rounds, round)
         let infos = [info(of: 1, for: 0), info(of: 0, for: 1)]
-        hosts[0].agent.handlePunch(peer: infos[0], round: round, delay: delays.0, selfNATKind: hosts[0].natKind, now: now)
-        hosts[1].agent.handlePunch(peer: infos[1], round: round, delay: delays.1, selfNATKind: hosts[1].natKind, now: now)
+        let kinds = (hosts[0].natKind, hosts[1].natKind)
+        input(0) { $0.handlePunch(peer: infos[0], round: round, delay: delays.0, selfNATKind: kinds.0, now: $1) }
+        input(1) { $0.handlePunch(peer: infos[1], round: round, delay: delays.1, selfNATKind: kinds.1, now: $1) }
         pump()
     }
 
@@ -170,10 +218,10 @@ struct SimulatedNetwork {
         guard let source, !lostOnEdge() else { return }
         delivered.append(record)
         switch check {
-        case .ping(let transaction): hosts[target].agent.handlePing(transaction: transaction, from: source, now: now)
+        case .ping(let transaction): input(target) { $0.handlePing(transaction: transaction, from: source, now: $1) }
         case .pong(let transaction, let observed):
             #expect(observed == destination, "a pong reports where the ping came from")
-            hosts[target].agent.handlePong(transaction: transaction, from: source, now: now)
+            input(target) { $0.handlePong(transaction: transaction, from: source, now: $1) }
         }
     }
 
@@ -185,9 +233,7 @@ struct SimulatedNetwork {
     private mutating func serveConnects() {
         guard servesConnects else { return }
         var asked = false
-        for index in hosts.indices {
-            if hosts[index].agent.pollConnectRequest() { asked = true }
-        }
+        for index in hosts.indices where takeRoundRequests(index) > 0 { asked = true }
         if asked { punch(round: rounds + 1) }
     }
 
@@ -205,8 +251,9 @@ struct SimulatedNetwork {
                 return false
             }
             for index in hosts.indices {
-                while let (check, destination) = hosts[index].agent.pollTransmit() {
-                    deliver(from: index, check: check, to: destination)
+                while !hosts[index].outbox.isEmpty {
+                    let transmit = hosts[index].outbox.removeFirst()
+                    deliver(from: index, check: transmit.check, to: transmit.destination)
                     moved = true
                 }
             }
@@ -225,7 +272,7 @@ struct SimulatedNetwork {
             now = max(now, next)
             for index in hosts.indices {
                 if let deadline = hosts[index].agent.nextDeadline, deadline <= now {
-                    hosts[index].agent.handleTimeout(now: now)
+                    input(index) { $0.handleTimeout(now: $1) }
                 }
             }
             pump()
@@ -234,10 +281,23 @@ struct SimulatedNetwork {
         now = max(now, end)
     }
 
-    mutating func events(_ index: Int) -> [PathAgent.Event] {
-        var list: [PathAgent.Event] = []
-        while let event = hosts[index].agent.pollEvent() { list.append(event) }
-        return list
+    /// Host `index`'s path changes and failed rounds since the last call.
+    mutating func events(_ index: Int) -> [PathAgent.Output] {
+        defer { hosts[index].events = [] }
+        return hosts[index].events
+    }
+
+    /// How many rounds host `index` asked the server for since the last call (each input
+    /// asks at most once).
+    mutating func takeRoundRequests(_ index: Int) -> Int {
+        defer { hosts[index].roundRequests = 0 }
+        return hosts[index].roundRequests
+    }
+
+    /// Host `index`'s checks not delivered yet (for tests that deliver by hand).
+    mutating func takeOutbox(_ index: Int) -> [Transmit] {
+        defer { hosts[index].outbox = [] }
+        return hosts[index].outbox
     }
 
     func pings(from index: Int, after start: Instant = .zero) -> [Sent] {
@@ -274,7 +334,7 @@ struct PathAgentNATTests {
         #expect(net.hosts[0].agent.directEndpoint == publicB)
         // Connected: the next wake-up is the keep-alive.
         #expect(net.hosts[0].agent.nextDeadline == t(5_000))
-        #expect(net.hosts[0].agent.pollConnectRequest() == false)
+        #expect(net.takeRoundRequests(0) == 0)
     }
 
     @Test func privateCandidatePreferredWhenItAnswers() {
@@ -305,8 +365,8 @@ struct PathAgentNATTests {
             nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointIndependent, hairpin: true)],
             hosts: [(alice, aliceInside, 0, .endpointIndependent), (bob, bobSameLAN, 0, .endpointIndependent)])
         let infos = [net.info(of: 1, for: 0), net.info(of: 0, for: 1)]
-        net.hosts[0].agent.handlePunch(peer: infos[0], round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: net.now)
-        net.hosts[1].agent.handlePunch(peer: infos[1], round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: net.now)
+        net.input(0) { $0.handlePunch(peer: infos[0], round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: $1) }
+        net.input(1) { $0.handlePunch(peer: infos[1], round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: $1) }
         let settled = net.pump(limit: 200)
         #expect(settled)
         // 13 before paths needed two answered checks; each side now also follows up the
@@ -350,9 +410,9 @@ struct PathAgentNATTests {
             #expect(net.events(index) == [.pathChanged(.relayed)])
             #expect(net.hosts[index].agent.nextDeadline == nil)
             #expect(net.hosts[index].agent.isPunching == false)
-            #expect(net.hosts[index].agent.pollConnectRequest() == false)
-            net.hosts[index].agent.noteInterest(now: net.now)
-            #expect(net.hosts[index].agent.pollConnectRequest() == false)
+            #expect(net.takeRoundRequests(index) == 0)
+            net.input(index) { $0.noteInterest(now: $1) }
+            #expect(net.takeRoundRequests(index) == 0)
         }
         #expect(net.sent.isEmpty)
     }
@@ -362,25 +422,21 @@ struct PathAgentNATTests {
         let peerPublic = ep("203.0.113.7:40002")
         let info = PeerInfo(id: bob, publicEndpoint: peerPublic, privateEndpoints: [bobSameLAN],
                             natKind: .endpointIndependent, dialect: .extended)
-        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .endpointDependent, now: t(0))
-        var destinations: [Endpoint] = []
+        var outputs = agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .endpointDependent, now: t(0))
         var time = 0.0
         while let deadline = agent.nextDeadline {
             time = Double(deadline.nanoseconds) / 1e6
-            while let transmit = agent.pollTransmit() { destinations.append(transmit.destination) }
-            agent.handleTimeout(now: deadline)
+            outputs += agent.handleTimeout(now: deadline)
             guard time < 100_000 else { break }
         }
-        while let transmit = agent.pollTransmit() { destinations.append(transmit.destination) }
+        let destinations = outputs.transmits.map(\.destination)
         #expect(!destinations.isEmpty)
         #expect(destinations.allSatisfy { $0 == bobSameLAN })
         #expect(time == 6_000)
-        var events: [PathAgent.Event] = []
-        while let event = agent.pollEvent() { events.append(event) }
-        #expect(events == [.pathChanged(.relayed), .roundFailed(round: 1)])
+        #expect(outputs.events == [.pathChanged(.relayed), .roundFailed(round: 1)])
         // Relay only: no cool-down, no new round.
         #expect(agent.nextDeadline == nil)
-        #expect(agent.pollConnectRequest() == false)
+        #expect(outputs.roundRequests == 0)
     }
 
     @Test func keepAlivePingsEveryIntervalOnADirectPath() {
@@ -420,13 +476,13 @@ struct PathAgentNATTests {
                 == [t(10_000)] + Array(stride(from: 11_500.0, through: 19_500, by: 500)).map(t))
         #expect(net.hosts[0].agent.path.directEndpoint != nil)
         #expect(net.events(0) == [])
-        #expect(net.hosts[0].agent.pollConnectRequest() == false)
+        #expect(net.takeRoundRequests(0) == 0)
         #expect(net.hosts[0].agent.nextDeadline == t(20_000))
         net.run(until: t(20_000))
         #expect(net.hosts[0].agent.path == .relayed)
         #expect(net.events(0) == [.pathChanged(.relayed)])
-        #expect(net.hosts[0].agent.pollConnectRequest() == true)
-        #expect(net.hosts[0].agent.pollConnectRequest() == false)
+        #expect(net.takeRoundRequests(0) == 1)
+        #expect(net.takeRoundRequests(0) == 0)
     }
 
     /// Unacknowledged chat makes the agent check at once and then every 500 ms, but does
@@ -442,8 +498,8 @@ struct PathAgentNATTests {
         net.run(until: t(1_000))
         net.linkUp = false
         net.run(until: t(2_000))
-        net.hosts[0].agent.suspectPath(now: net.now)
-        net.hosts[0].agent.suspectPath(now: net.now) // once suspect, more suspicion changes nothing
+        net.input(0) { $0.suspectPath(now: $1) }
+        net.input(0) { $0.suspectPath(now: $1) } // once suspect, more suspicion changes nothing
         net.run(until: t(4_999))
         #expect(net.pings(from: 0, after: t(1_000)).map(\.at) == [2_000, 2_500, 3_000, 3_500, 4_000, 4_500].map(t))
         net.run(until: t(14_999))
@@ -452,7 +508,7 @@ struct PathAgentNATTests {
         net.run(until: t(15_000))
         #expect(net.hosts[0].agent.path == .relayed)
         #expect(net.events(0) == [.pathChanged(.relayed)])
-        #expect(net.hosts[0].agent.pollConnectRequest() == true)
+        #expect(net.takeRoundRequests(0) == 1)
     }
 
     @Test func answeredSuspicionKeepsThePath() {
@@ -464,7 +520,7 @@ struct PathAgentNATTests {
         net.punch()
         _ = net.events(0)
         net.run(until: t(2_000))
-        net.hosts[0].agent.suspectPath(now: net.now)
+        net.input(0) { $0.suspectPath(now: $1) }
         net.pump()
         #expect(net.pings(from: 0, after: t(2_000)).map(\.at) == [t(2_000)])
         // The pong came back: the next keep-alive is one interval after the suspicion check.
@@ -482,72 +538,59 @@ struct PathAgentRoundTests {
         PeerInfo(id: bob, publicEndpoint: peerPublic, natKind: .endpointIndependent, dialect: .extended)
     }
 
-    private func drain(_ agent: inout PathAgent) -> [(check: PathAgent.Check, destination: Endpoint)] {
-        var list: [(check: PathAgent.Check, destination: Endpoint)] = []
-        while let transmit = agent.pollTransmit() { list.append(transmit) }
-        return list
-    }
-
-    private func events(_ agent: inout PathAgent) -> [PathAgent.Event] {
-        var list: [PathAgent.Event] = []
-        while let event = agent.pollEvent() { list.append(event) }
-        return list
-    }
-
     @Test func interestAsksForOneRound() {
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
         #expect(agent.path == .none)
-        #expect(agent.pollConnectRequest() == false)
-        agent.noteInterest(now: t(0))
-        #expect(agent.pollConnectRequest() == true)
-        #expect(agent.pollConnectRequest() == false)
+        #expect(agent.nextDeadline == nil)
+        #expect(agent.handleTimeout(now: t(0)) == []) // no request without interest
+        // One request (and the relay until there is a path), however much interest follows.
+        #expect(agent.noteInterest(now: t(0)) == [.requestRound, .pathChanged(.relayed)])
         #expect(agent.path == .relayed)
-        #expect(events(&agent) == [.pathChanged(.relayed)])
-        agent.noteInterest(now: t(500))
-        #expect(agent.pollConnectRequest() == false)
+        #expect(agent.noteInterest(now: t(500)) == [])
         // No answer from the server: ask again after 3 s.
         #expect(agent.nextDeadline == t(3_000))
-        agent.handleTimeout(now: t(3_000))
-        #expect(agent.pollConnectRequest() == true)
+        #expect(agent.handleTimeout(now: t(3_000)) == [.requestRound])
         #expect(agent.isArmed == false)
     }
 
     @Test func checkBackoffAndRoundFailure() {
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100, configuration: .shortCooldowns)
-        agent.noteInterest(now: t(0))
-        _ = agent.pollConnectRequest()
-        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
+        let interest = agent.noteInterest(now: t(0))
+        #expect(interest.roundRequests == 1)
+        var outputs = agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
         #expect(agent.isArmed)
         #expect(agent.isPunching)
+        var events = interest.events
+        var requests = 0
         var pingTimes: [Instant] = []
         var transactions: [UInt64] = []
         var now = t(0)
         while true {
-            for transmit in drain(&agent) {
+            for transmit in outputs.transmits {
                 guard case .ping(let transaction) = transmit.check else { Issue.record("\(transmit)"); continue }
                 #expect(transmit.destination == peerPublic)
                 pingTimes.append(now)
                 transactions.append(transaction)
             }
+            events += outputs.events
+            requests += outputs.roundRequests
             guard let deadline = agent.nextDeadline, deadline <= t(6_000) else { break }
             now = deadline
-            agent.handleTimeout(now: now)
+            outputs = agent.handleTimeout(now: now)
         }
         // 100 ms, then ×1.5 up to 800 ms, until the 6 s round deadline.
         #expect(pingTimes == [0, 100, 250, 475, 812.5, 1_318.75, 2_078.125, 2_878.125, 3_678.125, 4_478.125, 5_278.125].map(t))
         #expect(transactions == Array(100..<111))
-        #expect(events(&agent) == [.pathChanged(.relayed), .roundFailed(round: 1)])
+        #expect(events == [.pathChanged(.relayed), .roundFailed(round: 1)])
         #expect(agent.path == .relayed)
         #expect(agent.isPunching == false)
         // Cooling down for 5 s, then a new request (interest is recent).
         #expect(agent.nextDeadline == t(11_000))
-        #expect(agent.pollConnectRequest() == false)
-        agent.handleTimeout(now: t(10_999))
-        #expect(agent.pollConnectRequest() == false)
-        agent.handleTimeout(now: t(11_000))
-        #expect(agent.pollConnectRequest() == true)
+        #expect(requests == 0)
+        #expect(agent.handleTimeout(now: t(10_999)) == [])
+        #expect(agent.handleTimeout(now: t(11_000)) == [.requestRound])
         // A late pong of the failed round is ignored.
-        agent.handlePong(transaction: 100, from: peerPublic, now: t(11_001))
+        #expect(agent.handlePong(transaction: 100, from: peerPublic, now: t(11_001)) == [])
         #expect(agent.path == .relayed)
     }
 
@@ -555,46 +598,44 @@ struct PathAgentRoundTests {
     /// grow (5, 15, 35 s), and requests stop once interest is older than 120 s.
     @Test func coolDownsGrowAndStopWithoutInterest() {
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1, configuration: .shortCooldowns)
-        agent.noteInterest(now: t(0))
+        var outputs = agent.noteInterest(now: t(0))
+        var events = outputs.events
         var requests: [Instant] = []
         var now = t(0)
         var round: UInt32 = 0
         while now <= t(400_000) {
-            if agent.pollConnectRequest() {
+            if outputs.roundRequests > 0 {
                 requests.append(now)
                 round += 1
-                agent.handlePunch(peer: info, round: round, delay: .zero, selfNATKind: .none, now: now)
+                let punched = agent.handlePunch(peer: info, round: round, delay: .zero, selfNATKind: .none, now: now)
+                #expect(punched.roundRequests == 0)
+                events += punched.events
             }
-            _ = drain(&agent)
             guard let deadline = agent.nextDeadline else { break }
             now = deadline
-            agent.handleTimeout(now: now)
+            outputs = agent.handleTimeout(now: now)
+            events += outputs.events
         }
         #expect(requests == [t(0), t(11_000), t(32_000), t(73_000)])
-        #expect(events(&agent).filter { if case .roundFailed = $0 { true } else { false } }.count == 4)
+        #expect(events.filter { if case .roundFailed = $0 { true } else { false } }.count == 4)
         #expect(agent.nextDeadline == nil) // idle
         #expect(agent.path == .relayed)
         // New interest starts again.
-        agent.noteInterest(now: t(500_000))
-        #expect(agent.pollConnectRequest() == true)
+        #expect(agent.noteInterest(now: t(500_000)) == [.requestRound])
     }
 
     @Test func renewedInterestKeepsRoundsGoing() {
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1, configuration: .shortCooldowns)
-        agent.noteInterest(now: t(0))
-        _ = agent.pollConnectRequest()
-        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(115_000))
-        _ = drain(&agent)
-        agent.handleTimeout(now: t(121_000)) // round fails at 121 s, cool-down until 126 s
+        #expect(agent.noteInterest(now: t(0)).roundRequests == 1)
+        _ = agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(115_000))
+        // The round fails at 121 s, cool-down until 126 s.
+        #expect(agent.handleTimeout(now: t(121_000)) == [.roundFailed(round: 1)])
         #expect(agent.nextDeadline == t(126_000))
         var stale = agent
-        stale.handleTimeout(now: t(126_000))
-        #expect(stale.pollConnectRequest() == false) // interest from t=0 is 126 s old
+        #expect(stale.handleTimeout(now: t(126_000)).roundRequests == 0) // interest from t=0 is 126 s old
         #expect(stale.nextDeadline == nil)
-        agent.noteInterest(now: t(122_000)) // someone typed at 122 s
-        #expect(agent.pollConnectRequest() == false) // still cooling down
-        agent.handleTimeout(now: t(126_000))
-        #expect(agent.pollConnectRequest() == true)
+        #expect(agent.noteInterest(now: t(122_000)).roundRequests == 0) // someone typed at 122 s; still cooling down
+        #expect(agent.handleTimeout(now: t(126_000)).roundRequests == 1)
     }
 
     /// The connect request (or the server's answer) is lost for good, e.g. the server
@@ -603,14 +644,14 @@ struct PathAgentRoundTests {
     /// cool-down retries do.
     @Test func unansweredConnectRequestsStopWhenInterestIsStale() {
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
-        agent.noteInterest(now: t(0))
+        var outputs = agent.noteInterest(now: t(0))
         var requests: [Instant] = []
         var now = t(0)
         while now <= t(300_000) {
-            if agent.pollConnectRequest() { requests.append(now) }
+            if outputs.roundRequests > 0 { requests.append(now) }
             guard let deadline = agent.nextDeadline else { break }
             now = deadline
-            agent.handleTimeout(now: now)
+            outputs = agent.handleTimeout(now: now)
         }
         #expect(requests.first == t(0))
         #expect(requests.contains(t(120_000)))
@@ -619,46 +660,42 @@ struct PathAgentRoundTests {
 
     @Test func delayedStartAndTriggeredChecks() {
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
-        agent.handlePunch(peer: info, round: 2, delay: .milliseconds(800), selfNATKind: .none, now: t(0))
-        #expect(drain(&agent).isEmpty)
+        #expect(agent.handlePunch(peer: info, round: 2, delay: .milliseconds(800), selfNATKind: .none, now: t(0)).transmits.isEmpty)
         #expect(agent.nextDeadline == t(800))
         // The peer's ping arrives before we start: answered at once, source checked back.
         let source = ep("198.51.100.9:50002")
-        agent.handlePing(transaction: 77, from: source, now: t(100))
-        let sent = drain(&agent)
+        let sent = agent.handlePing(transaction: 77, from: source, now: t(100)).transmits
         #expect(sent.count == 2)
         #expect(sent.first?.check == .pong(transaction: 77, observed: source))
         #expect(sent.first?.destination == source)
         guard case .ping(let triggered)? = sent.last?.check else { Issue.record("no triggered check"); return }
         #expect(sent.last?.destination == source)
-        agent.handleTimeout(now: t(800))
         // From 800 ms both candidates are checked: the public one and the learned one.
-        #expect(Set(drain(&agent).map(\.destination)) == [peerPublic, source])
+        #expect(Set(agent.handleTimeout(now: t(800)).transmits.map(\.destination)) == [peerPublic, source])
         // The first pong is not enough: a follow-up check goes to the same endpoint at once,
         // and its pong selects the path.
-        agent.handlePong(transaction: triggered, from: source, now: t(850))
+        let followUp = agent.handlePong(transaction: triggered, from: source, now: t(850)).transmits
         #expect(agent.path == .relayed)
-        let followUp = drain(&agent)
         #expect(followUp.map(\.destination) == [source])
         guard case .ping(let second)? = followUp.first?.check else { Issue.record("no follow-up check"); return }
-        agent.handlePong(transaction: second, from: source, now: t(860))
+        #expect(agent.handlePong(transaction: second, from: source, now: t(860)) == [.pathChanged(.direct(source, .peerReflexive))])
         #expect(agent.path == .direct(source, .peerReflexive))
     }
 
     @Test func pongsAreMatchedByTransactionAndSource() {
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 500)
-        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(0))
-        #expect(drain(&agent).map(\.check) == [.ping(transaction: 500)])
-        agent.handlePong(transaction: 501, from: peerPublic, now: t(10))   // never sent
-        agent.handlePong(transaction: 500, from: ep("192.0.2.66:1"), now: t(10)) // wrong source
+        #expect(agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(0)).transmits.map(\.check)
+                == [.ping(transaction: 500)])
+        var ignored = agent.handlePong(transaction: 501, from: peerPublic, now: t(10))   // never sent
+        ignored += agent.handlePong(transaction: 500, from: ep("192.0.2.66:1"), now: t(10)) // wrong source
+        #expect(ignored == [])
         #expect(agent.path == .relayed)
         // The wrong-source pong consumed the transaction: the next check uses a new one.
-        agent.handleTimeout(now: t(100))
-        #expect(drain(&agent).map(\.check) == [.ping(transaction: 501)])
-        agent.handlePong(transaction: 501, from: peerPublic, now: t(110))
+        #expect(agent.handleTimeout(now: t(100)).transmits.map(\.check) == [.ping(transaction: 501)])
+        let followUp = agent.handlePong(transaction: 501, from: peerPublic, now: t(110))
         #expect(agent.path == .relayed)
-        #expect(drain(&agent).map(\.check) == [.ping(transaction: 502)]) // the follow-up check
-        agent.handlePong(transaction: 502, from: peerPublic, now: t(120))
+        #expect(followUp.transmits.map(\.check) == [.ping(transaction: 502)]) // the follow-up check
+        _ = agent.handlePong(transaction: 502, from: peerPublic, now: t(120))
         #expect(agent.path == .direct(peerPublic, .publicEndpoint))
     }
 
@@ -668,48 +705,43 @@ struct PathAgentRoundTests {
                                    natKind: .endpointIndependent, dialect: .extended)
         // Public answers first, private later: the private one takes over once confirmed.
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 10)
-        agent.handlePunch(peer: withPrivate, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
-        let checks = drain(&agent)
-        #expect(checks.map(\.destination) == [privateEndpoint, peerPublic])
-        agent.handlePong(transaction: 11, from: peerPublic, now: t(20))
-        #expect(drain(&agent).map(\.check) == [.ping(transaction: 12)])
-        agent.handlePong(transaction: 12, from: peerPublic, now: t(25))
+        var all = agent.handlePunch(peer: withPrivate, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
+        #expect(all.transmits.map(\.destination) == [privateEndpoint, peerPublic])
+        var outputs = agent.handlePong(transaction: 11, from: peerPublic, now: t(20))
+        all += outputs
+        #expect(outputs.transmits.map(\.check) == [.ping(transaction: 12)])
+        outputs = agent.handlePong(transaction: 12, from: peerPublic, now: t(25))
         #expect(agent.path == .direct(peerPublic, .publicEndpoint))
-        agent.handlePong(transaction: 10, from: privateEndpoint, now: t(30))
+        outputs += agent.handlePong(transaction: 10, from: privateEndpoint, now: t(30))
+        all += outputs
         #expect(agent.path == .direct(peerPublic, .publicEndpoint))
-        #expect(drain(&agent).map(\.destination) == [privateEndpoint])
-        agent.handlePong(transaction: 13, from: privateEndpoint, now: t(35))
+        #expect(outputs.transmits.map(\.destination) == [privateEndpoint])
+        all += agent.handlePong(transaction: 13, from: privateEndpoint, now: t(35))
         #expect(agent.path == .direct(privateEndpoint, .privateEndpoint))
-        #expect(events(&agent) == [.pathChanged(.relayed), .pathChanged(.direct(peerPublic, .publicEndpoint)),
-                                   .pathChanged(.direct(privateEndpoint, .privateEndpoint))])
+        #expect(all.events == [.pathChanged(.relayed), .pathChanged(.direct(peerPublic, .publicEndpoint)),
+                               .pathChanged(.direct(privateEndpoint, .privateEndpoint))])
         // Private first, public later: stays private.
         var other = PathAgent(selfID: alice, peerID: bob, transactionSeed: 10)
-        other.handlePunch(peer: withPrivate, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
-        _ = drain(&other)
-        other.handlePong(transaction: 10, from: privateEndpoint, now: t(20))
-        #expect(drain(&other).map(\.check) == [.ping(transaction: 12)])
-        other.handlePong(transaction: 12, from: privateEndpoint, now: t(25))
+        _ = other.handlePunch(peer: withPrivate, round: 1, delay: .zero, selfNATKind: .endpointIndependent, now: t(0))
+        #expect(other.handlePong(transaction: 10, from: privateEndpoint, now: t(20)).transmits.map(\.check) == [.ping(transaction: 12)])
+        _ = other.handlePong(transaction: 12, from: privateEndpoint, now: t(25))
         #expect(other.path == .direct(privateEndpoint, .privateEndpoint))
-        other.handlePong(transaction: 11, from: peerPublic, now: t(30))
-        #expect(drain(&other).isEmpty) // a worse candidate is not followed up
+        #expect(other.handlePong(transaction: 11, from: peerPublic, now: t(30)).transmits.isEmpty) // a worse candidate is not followed up
         #expect(other.path == .direct(privateEndpoint, .privateEndpoint))
     }
 
     @Test func resetForgetsEverything() {
         var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
-        agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(0))
-        agent.handlePong(transaction: 1, from: peerPublic, now: t(5))
-        agent.handlePong(transaction: 2, from: peerPublic, now: t(6))
+        _ = agent.handlePunch(peer: info, round: 1, delay: .zero, selfNATKind: .none, now: t(0))
+        _ = agent.handlePong(transaction: 1, from: peerPublic, now: t(5))
+        _ = agent.handlePong(transaction: 2, from: peerPublic, now: t(6))
         #expect(agent.directEndpoint == peerPublic)
-        _ = events(&agent)
-        agent.reset()
+        #expect(agent.reset() == [.pathChanged(.none)])
         #expect(agent.path == .none)
         #expect(agent.isArmed == false)
         #expect(agent.nextDeadline == nil)
-        #expect(events(&agent) == [.pathChanged(.none)])
     }
 }
-
 
 extension PathAgent.Configuration {
     /// The mechanism tests use short cool-downs; the defaults are checked on their own.
