@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Dev tooling, kept in its own package so that building and testing natchat does not
-// pay for it: the load generator (natchat-load) and, later, ordo-one benchmarks.
+// pay for it: the load generator (natchat-load), the roster simulation (roster-sim), and
+// ordo-one benchmarks.
 // It depends on the natchat package by path and uses its library modules.
 let package = Package(
     name: "natchat-benchmarks",
@@ -26,6 +27,21 @@ let package = Package(
                 .product(name: "Wire", package: "natchat"),
                 .product(name: "STUN", package: "natchat"),
                 .product(name: "Identity", package: "natchat"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Issue 13: time until every roster is complete after a burst of joins, under loss, in
+        // virtual time (a real Registry and real ExtendedRouters through a simulated network).
+        .executableTarget(
+            name: "roster-sim",
+            dependencies: [
+                .product(name: "Wire", package: "natchat"),
+                .product(name: "Identity", package: "natchat"),
+                .product(name: "MonotonicTime", package: "natchat"),
+                .product(name: "Registry", package: "natchat"),
+                .product(name: "Roster", package: "natchat"),
+                .product(name: "ChatRouter", package: "natchat"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],

@@ -118,7 +118,7 @@ final class ServerWorld {
                                                             identity: identity, subscribe: false)
         service.receive(ByteBuffer(bytes: registration), from: source, now: .zero, output: &output)
         for (_, payload) in output.pending {
-            if case .registered(let serverKey, _, _, _, let nonce) = try? ExtendedMessage.decode(Array(payload.readableBytesView)),
+            if case .registered(let serverKey, _, _, _, let nonce, _) = try? ExtendedMessage.decode(Array(payload.readableBytesView)),
                let key = SessionCrypto.sessionKey(privateKey: identity.agreement, peerPublicKey: serverKey, cookie: cookie,
                                                   nonce: nonce, id: id) {
                 return Client(id: id, key: key)
