@@ -3,7 +3,7 @@ import PackageDescription
 
 // One library target per module under Modules/, two thin executables under Apps/.
 // Every library is usable on its own; the dependency arrows only point "down"
-// (Wire and MonotonicTime at the bottom, Transport and the two node modules on top).
+// (Addressing and MonotonicTime at the bottom, Transport and the two node modules on top).
 let swiftSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
 func module(_ name: String, _ deps: [Target.Dependency] = []) -> Target {
@@ -28,6 +28,7 @@ let package = Package(
     products: [
         .executable(name: "natchat-server", targets: ["natchat-server"]),
         .executable(name: "natchat", targets: ["natchat"]),
+        .library(name: "Addressing", targets: ["Addressing"]),
         .library(name: "Wire", targets: ["Wire"]),
         .library(name: "MonotonicTime", targets: ["MonotonicTime"]),
         .library(name: "AddressDiscovery", targets: ["AddressDiscovery"]),
@@ -55,48 +56,52 @@ let package = Package(
     ],
     targets: [
         module("MonotonicTime"),
-        module("Wire"),
-        module("STUN", ["Wire"]),
-        module("AddressDiscovery", ["Wire", "STUN", "MonotonicTime"]),
-        module("NATGrouping", ["Wire"]),
+        // IPv4Address, Endpoint, ClientID: no dependencies, so that NATGrouping and the
+        // other small cores can be used without the codecs.
+        module("Addressing"),
+        module("Wire", ["Addressing"]),
+        module("STUN", ["Addressing"]),
+        module("AddressDiscovery", ["Addressing", "Wire", "STUN", "MonotonicTime"]),
+        module("NATGrouping", ["Addressing"]),
         module("KeepAlive", ["MonotonicTime"]),
-        module("Identity", ["Wire", crypto]),
-        module("HolePunch", ["Wire", "MonotonicTime"]),
-        module("Delivery", ["Wire", "MonotonicTime"]),
-        module("Relay", ["Wire", "MonotonicTime"]),
-        module("Roster", ["Wire", "MonotonicTime", deque]),
-        module("Registry", ["Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Relay", "Identity", "Roster", crypto]),
-        module("ChatRouter", ["Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
-        module("Transport", ["Wire", "MonotonicTime", nioCore, nioPosix, logging]),
+        module("Identity", ["Addressing", "Wire", crypto]),
+        module("HolePunch", ["Addressing", "Wire", "MonotonicTime"]),
+        module("Delivery", ["Addressing", "MonotonicTime"]),
+        module("Relay", ["Addressing", "MonotonicTime"]),
+        module("Roster", ["Addressing", "Wire", "MonotonicTime", deque]),
+        module("Registry", ["Addressing", "Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Relay", "Identity", "Roster", crypto]),
+        module("ChatRouter", ["Addressing", "Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
+        module("Transport", ["Addressing", "MonotonicTime", nioCore, nioPosix, logging]),
         // A small C shim over GNU readline (Debian: libreadline-dev). readline's state is C
         // globals, so the shim keeps every access to them in C and the Swift side calls it
         // from one thread only (see LineEditor.ReadlineTerminal).
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
-        module("RendezvousServer", ["Wire", "STUN", "Registry", "Relay", "MonotonicTime", "Transport", crypto, nioCore, nioPosix, logging]),
-        module("ChatClient", ["Wire", "STUN", "ChatRouter", "Roster", "HolePunch", "NATGrouping", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", "Identity", nioCore, nioPosix, logging]),
-        .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Relay", "Wire", "MonotonicTime", argumentParser, logging],
+        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Relay", "MonotonicTime", "Transport", crypto, nioCore, nioPosix, logging]),
+        module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "Roster", "HolePunch", "NATGrouping", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", "Identity", nioCore, nioPosix, logging]),
+        .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Relay", "Addressing", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
-        .executableTarget(name: "natchat", dependencies: ["ChatClient", "AddressDiscovery", "LineEditor", "Wire", "MonotonicTime", argumentParser, logging],
+        .executableTarget(name: "natchat", dependencies: ["ChatClient", "AddressDiscovery", "LineEditor", "Addressing", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat", swiftSettings: swiftSettings),
         // Helpers shared by the test targets (a seeded generator); not a product.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
-        tests("Wire", ["Wire"]),
-        tests("NATGrouping", ["NATGrouping", "Wire"]),
+        tests("Addressing", ["Addressing"]),
+        tests("Wire", ["Wire", "Addressing"]),
+        tests("NATGrouping", ["NATGrouping", "Addressing"]),
         tests("KeepAlive", ["KeepAlive", "MonotonicTime"]),
-        tests("Registry", ["Registry", "TestSupport", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Relay", crypto]),
-        tests("ChatRouter", ["ChatRouter", "TestSupport", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", crypto]),
-        tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Wire", "STUN", "MonotonicTime"]),
-        tests("Transport", ["Transport", "Wire", "MonotonicTime", nioCore, nioEmbedded, nioPosix, logging]),
-        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Wire", "MonotonicTime", "Identity", nioCore, logging, crypto]),
-        tests("ChatClient", ["ChatClient", "TestSupport", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", nioCore, logging]),
+        tests("Registry", ["Registry", "TestSupport", "Addressing", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Relay", crypto]),
+        tests("ChatRouter", ["ChatRouter", "TestSupport", "Addressing", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", crypto]),
+        tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Addressing", "STUN", "MonotonicTime"]),
+        tests("Transport", ["Transport", "Addressing", "MonotonicTime", nioCore, nioEmbedded, nioPosix, logging]),
+        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", nioCore, logging, crypto]),
+        tests("ChatClient", ["ChatClient", "TestSupport", "Addressing", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),
         tests("MonotonicTime", ["MonotonicTime"]),
-        tests("STUN", ["STUN", "TestSupport", "Wire"]),
-        tests("HolePunch", ["HolePunch", "TestSupport", "Wire", "MonotonicTime"]),
-        tests("Delivery", ["Delivery", "Wire", "MonotonicTime"]),
-        tests("Relay", ["Relay", "MonotonicTime", "Wire"]),
-        tests("Roster", ["Roster", "TestSupport", "Wire", "MonotonicTime"]),
-        tests("Identity", ["Identity", "TestSupport", "Wire", crypto]),
+        tests("STUN", ["STUN", "TestSupport", "Addressing", "Wire"]),
+        tests("HolePunch", ["HolePunch", "TestSupport", "Addressing", "Wire", "MonotonicTime"]),
+        tests("Delivery", ["Delivery", "Addressing", "MonotonicTime"]),
+        tests("Relay", ["Relay", "MonotonicTime", "Addressing"]),
+        tests("Roster", ["Roster", "TestSupport", "Addressing", "Wire", "MonotonicTime"]),
+        tests("Identity", ["Identity", "TestSupport", "Addressing", "Wire", crypto]),
     ]
 )

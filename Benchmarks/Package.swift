@@ -23,6 +23,7 @@ let package = Package(
             name: "natchat-load",
             dependencies: [
                 "CBatchIO",
+                .product(name: "Addressing", package: "natchat"),
                 .product(name: "Wire", package: "natchat"),
                 .product(name: "STUN", package: "natchat"),
                 .product(name: "Identity", package: "natchat"),
@@ -36,7 +37,7 @@ let package = Package(
             name: "nio-stunfloor",
             dependencies: [
                 .product(name: "STUN", package: "natchat"),
-                .product(name: "Wire", package: "natchat"),
+                .product(name: "Addressing", package: "natchat"),
                 .product(name: "Transport", package: "natchat"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -48,6 +49,7 @@ let package = Package(
             name: "NatchatBenchmarks",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "Addressing", package: "natchat"),
                 .product(name: "Wire", package: "natchat"),
                 .product(name: "STUN", package: "natchat"),
                 .product(name: "Identity", package: "natchat"),

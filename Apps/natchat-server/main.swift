@@ -1,3 +1,4 @@
+import Addressing
 import ArgumentParser
 import Foundation
 import Logging
@@ -5,7 +6,6 @@ import MonotonicTime
 import Registry
 import Relay
 import RendezvousServer
-import Wire
 
 /// `natchat-server`: the rendezvous server. All of the work is in the RendezvousServer module.
 @main

@@ -1,4 +1,5 @@
 import AddressDiscovery
+import Addressing
 import ChatRouter
 import HolePunch
 import Identity

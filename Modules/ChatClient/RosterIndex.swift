@@ -1,4 +1,4 @@
-import Wire
+import Addressing
 
 /// The registered IDs as the shell shows them, kept up to date one join or leave at a time,
 /// so that neither a datagram nor `@show_list` has to sort or copy the whole roster.

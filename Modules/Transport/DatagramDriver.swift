@@ -3,9 +3,9 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Addressing
 import MonotonicTime
 import NIOCore
-import Wire
 
 /// A sans-I/O protocol core as the transport sees it: datagrams and timeouts in,
 /// datagrams out (through ``DatagramOutput``), and the next time it wants to be woken.

@@ -1,3 +1,4 @@
+import Addressing
 import Testing
 import MonotonicTime
 import NIOCore
@@ -5,7 +6,6 @@ import NIOEmbedded
 import NIOPosix
 import Logging
 @testable import Transport
-import Wire
 
 private let A = Endpoint(address: IPv4Address(203, 0, 113, 7), port: 40001)
 private let B = Endpoint(address: IPv4Address(198, 51, 100, 9), port: 50000)

@@ -1,3 +1,4 @@
+import Addressing
 import Benchmark
 import Identity
 import Logging

@@ -5,12 +5,12 @@
 // reader and writer, and nothing else: no driver, no registry, no statistics.
 // natchat-server ÷ this is what natchat's own layers cost; this ÷ stunmin is what SwiftNIO's
 // per-datagram path costs.
+import Addressing
 import Glibc
 import NIOCore
 import NIOPosix
 import STUN
 import Transport
-import Wire
 
 final class BindingResponder: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
