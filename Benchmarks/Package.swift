@@ -58,7 +58,7 @@ let package = Package(
                 .product(name: "MonotonicTime", package: "natchat"),
                 .product(name: "LineEditor", package: "natchat"),
                 .product(name: "RendezvousServer", package: "natchat"),
-                .product(name: "Relay", package: "natchat"),
+                .product(name: "Admission", package: "natchat"),
                 .product(name: "Transport", package: "natchat"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),

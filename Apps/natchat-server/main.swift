@@ -1,10 +1,10 @@
 import Addressing
+import Admission
 import ArgumentParser
 import Foundation
 import Logging
 import MonotonicTime
 import Registry
-import Relay
 import RendezvousServer
 
 /// `natchat-server`: the rendezvous server. All of the work is in the RendezvousServer module.
