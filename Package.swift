@@ -43,6 +43,7 @@ let package = Package(
         .library(name: "Registry", targets: ["Registry"]),
         .library(name: "ChatRouter", targets: ["ChatRouter"]),
         .library(name: "Transport", targets: ["Transport"]),
+        .library(name: "TransportPosix", targets: ["TransportPosix"]),
         .library(name: "LineEditor", targets: ["LineEditor"]),
         .library(name: "RendezvousServer", targets: ["RendezvousServer"]),
         .library(name: "ChatClient", targets: ["ChatClient"]),
@@ -71,14 +72,18 @@ let package = Package(
         module("Roster", ["Addressing", "Wire", "MonotonicTime", deque]),
         module("Registry", ["Addressing", "Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Admission", "Identity", "Roster", crypto]),
         module("ChatRouter", ["Addressing", "Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
-        module("Transport", ["Addressing", "MonotonicTime", nioCore, nioPosix, logging]),
+        // The I/O layer along SwiftNIO's own line: the driver protocol and the channel handler
+        // need NIOCore only (tests run them on an EmbeddedChannel); the host that binds
+        // sockets, and the signal catcher, need NIOPosix.
+        module("Transport", ["Addressing", "MonotonicTime", nioCore, logging]),
+        module("TransportPosix", ["Transport", "MonotonicTime", nioCore, nioPosix, logging]),
         // A small C shim over GNU readline (Debian: libreadline-dev). readline's state is C
         // globals, so the shim keeps every access to them in C and the Swift side calls it
         // from one thread only (see LineEditor.ReadlineTerminal).
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
-        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Admission", "MonotonicTime", "Transport", crypto, nioCore, nioPosix, logging]),
-        module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "Roster", "HolePunch", "NATGrouping", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "LineEditor", "Identity", nioCore, nioPosix, logging]),
+        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, logging]),
+        module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "Roster", "HolePunch", "NATGrouping", "KeepAlive", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", nioCore, nioPosix, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Admission", "Addressing", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
         .executableTarget(name: "natchat", dependencies: ["ChatClient", "AddressDiscovery", "LineEditor", "Addressing", "MonotonicTime", argumentParser, logging],
@@ -92,7 +97,8 @@ let package = Package(
         tests("Registry", ["Registry", "TestSupport", "Addressing", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Admission", crypto]),
         tests("ChatRouter", ["ChatRouter", "TestSupport", "Addressing", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", crypto]),
         tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Addressing", "STUN", "MonotonicTime"]),
-        tests("Transport", ["Transport", "Addressing", "MonotonicTime", nioCore, nioEmbedded, nioPosix, logging]),
+        tests("Transport", ["Transport", "Addressing", "MonotonicTime", nioCore, nioEmbedded]),
+        tests("TransportPosix", ["TransportPosix", "Transport", "Addressing", "MonotonicTime", nioCore, nioPosix, logging]),
         tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", nioCore, logging, crypto]),
         tests("ChatClient", ["ChatClient", "TestSupport", "Addressing", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),

@@ -39,6 +39,7 @@ let package = Package(
                 .product(name: "STUN", package: "natchat"),
                 .product(name: "Addressing", package: "natchat"),
                 .product(name: "Transport", package: "natchat"),
+                .product(name: "TransportPosix", package: "natchat"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -12,7 +12,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
-import Transport
+import TransportPosix
 
 /// Wires a ``ChatClientService`` to a UDP socket and a console, and runs the shell until
 /// `@exit`, end of input, SIGINT or SIGTERM — unregistering before it returns.

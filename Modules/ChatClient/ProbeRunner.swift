@@ -8,6 +8,7 @@ import NIOPosix
 import STUN
 import Synchronization
 import Transport
+import TransportPosix
 
 /// `natchat --probe`: asks a STUN server (natchat-server, coturn, any RFC 8489 server) for
 /// this socket's mapped address and, with an alternate port, classifies the NAT mapping.

@@ -48,8 +48,8 @@ public struct DatagramOutput {
     /// keep-alive acknowledgements and relayed datagrams go this way. In steady state this
     /// allocates nothing (the sender's socket address is reused, other destinations'
     /// addresses are cached) and touches the buffer once. Outside a read batch (timers,
-    /// ``DatagramHost/perform(_:)``, a test driving a core) the datagram gets a buffer of its
-    /// own in ``pending``, like ``send(buffer:to:)``.
+    /// `DatagramHost.perform(_:)` in TransportPosix, a test driving a core) the datagram
+    /// gets a buffer of its own in ``pending``, like ``send(buffer:to:)``.
     public mutating func send(to destination: Endpoint, maxLength: Int,
                               writing body: (UnsafeMutableRawBufferPointer) -> Int) {
         guard currentSource != nil, maxLength <= Self.arenaCapacity else {
