@@ -24,6 +24,7 @@ let package = Package(
             name: "natchat-load",
             dependencies: [
                 "CBatchIO",
+                .product(name: "Addressing", package: "natchat"),
                 .product(name: "Wire", package: "natchat"),
                 .product(name: "STUN", package: "natchat"),
                 .product(name: "Identity", package: "natchat"),
@@ -52,8 +53,9 @@ let package = Package(
             name: "nio-stunfloor",
             dependencies: [
                 .product(name: "STUN", package: "natchat"),
-                .product(name: "Wire", package: "natchat"),
+                .product(name: "Addressing", package: "natchat"),
                 .product(name: "Transport", package: "natchat"),
+                .product(name: "TransportPosix", package: "natchat"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -64,6 +66,7 @@ let package = Package(
             name: "NatchatBenchmarks",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "Addressing", package: "natchat"),
                 .product(name: "Wire", package: "natchat"),
                 .product(name: "STUN", package: "natchat"),
                 .product(name: "Identity", package: "natchat"),
@@ -72,7 +75,7 @@ let package = Package(
                 .product(name: "MonotonicTime", package: "natchat"),
                 .product(name: "LineEditor", package: "natchat"),
                 .product(name: "RendezvousServer", package: "natchat"),
-                .product(name: "Relay", package: "natchat"),
+                .product(name: "Admission", package: "natchat"),
                 .product(name: "Transport", package: "natchat"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),

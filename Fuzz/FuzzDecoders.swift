@@ -1,6 +1,6 @@
 // libFuzzer target for every datagram decoder natchat has: classic text, extended
 // binary, STUN. Built by bin/fuzz with `swiftc -sanitize=fuzzer,address` from the
-// Wire and STUN sources (no SwiftPM: libFuzzer needs its own main).
+// Addressing, Wire and STUN sources (no SwiftPM: libFuzzer needs its own main).
 //
 // Properties checked on every input:
 // - no decoder traps (a crash is a libFuzzer finding);

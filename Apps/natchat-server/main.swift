@@ -1,11 +1,11 @@
+import Addressing
+import Admission
 import ArgumentParser
 import Foundation
 import Logging
 import MonotonicTime
 import Registry
-import Relay
 import RendezvousServer
-import Wire
 
 /// `natchat-server`: the rendezvous server. All of the work is in the RendezvousServer module.
 @main

@@ -1,10 +1,10 @@
 import AddressDiscovery
+import Addressing
 import ArgumentParser
 import ChatClient
 import LineEditor
 import Logging
 import MonotonicTime
-import Wire
 
 /// `natchat`: the chat shell. All of the work is in the ChatClient module.
 @main

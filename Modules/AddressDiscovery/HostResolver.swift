@@ -3,7 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Wire
+import Addressing
 
 /// Turns a host name or dotted-quad text into an IPv4 address (`getaddrinfo`).
 public enum HostResolver {

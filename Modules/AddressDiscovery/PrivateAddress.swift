@@ -3,7 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Wire
+import Addressing
 
 /// Finds the address this host uses on its LAN: its "private address".
 ///

@@ -1,4 +1,4 @@
-import Wire
+import Addressing
 
 /// Tracks this client's public endpoint as the rendezvous server reports it, and notices
 /// when it changes (a NAT rebinding or reboot gave us a new mapping).

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import AddressDiscovery
+import Addressing
 import Dispatch
 import Identity
 import LineEditor
@@ -11,8 +12,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
-import Transport
-import Wire
+import TransportPosix
 
 /// Wires a ``ChatClientService`` to a UDP socket and a console, and runs the shell until
 /// `@exit`, end of input, SIGINT or SIGTERM — unregistering before it returns.

@@ -1,3 +1,4 @@
+import Addressing
 import AddressDiscovery
 import ChatRouter
 import ClientSession

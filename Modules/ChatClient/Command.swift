@@ -1,3 +1,4 @@
+import Addressing
 import Wire
 
 /// A command the user typed.

@@ -1,4 +1,4 @@
-import Wire
+import Addressing
 
 /// One page of `@show_list`: which entries it shows, and the line under them.
 ///

@@ -1,4 +1,5 @@
 import AddressDiscovery
+import Addressing
 import Dispatch
 import Logging
 import MonotonicTime
@@ -7,7 +8,7 @@ import NIOPosix
 import STUN
 import Synchronization
 import Transport
-import Wire
+import TransportPosix
 
 /// `natchat --probe`: asks a STUN server (natchat-server, coturn, any RFC 8489 server) for
 /// this socket's mapped address and, with an alternate port, classifies the NAT mapping.

@@ -1,3 +1,4 @@
+import Addressing
 import ChatRouter
 import Wire
 

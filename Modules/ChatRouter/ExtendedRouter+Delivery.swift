@@ -1,3 +1,4 @@
+import Addressing
 import Delivery
 import Identity
 import MonotonicTime

@@ -1,5 +1,5 @@
+import Addressing
 import MonotonicTime
-import Wire
 
 /// Reliable delivery of chat messages over lossy paths: each message gets an ID, is sent
 /// again with exponential backoff until acknowledged, and is given up after a deadline.

@@ -1,5 +1,5 @@
+import Addressing
 import MonotonicTime
-import Wire
 
 /// The server's side of hole punching: numbered rounds per pair of clients.
 ///

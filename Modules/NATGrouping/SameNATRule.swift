@@ -1,4 +1,4 @@
-import Wire
+import Addressing
 
 /// What the rendezvous server knows of where a client sits: the address its datagrams
 /// came from (after any NAT) and the private address the client reported.

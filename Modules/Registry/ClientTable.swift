@@ -1,4 +1,4 @@
-import Wire
+import Addressing
 
 extension Registry {
     /// The registered clients, dense: entries in fixed-size chunks (filled in order, so

@@ -1,3 +1,4 @@
+import Addressing
 import Identity
 import MonotonicTime
 import NATGrouping

@@ -1,5 +1,6 @@
+import Addressing
+import Admission
 import MonotonicTime
-import Relay
 import Roster
 import Wire
 

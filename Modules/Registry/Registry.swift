@@ -1,10 +1,11 @@
+import Addressing
+import Admission
 import Crypto
 import HolePunch
 import Identity
 import KeepAlive
 import MonotonicTime
 import NATGrouping
-import Relay
 import Roster
 import Wire
 

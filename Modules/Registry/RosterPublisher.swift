@@ -1,3 +1,4 @@
+import Addressing
 import HeapModule
 import MonotonicTime
 import Roster

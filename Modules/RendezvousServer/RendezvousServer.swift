@@ -1,7 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
-import Transport
+import TransportPosix
 
 /// Runs a rendezvous server until it is told to stop.
 public enum RendezvousServer {

@@ -1,8 +1,9 @@
+import Addressing
+import Admission
 import Logging
 import MonotonicTime
 import NIOCore
 import Registry
-import Relay
 import STUN
 import Transport
 import Wire

@@ -1,8 +1,8 @@
+import Addressing
 import MonotonicTime
 import NIOCore
 import STUN
 import Transport
-import Wire
 
 /// The driver of the server's alternate port: it only answers STUN Binding requests, so a
 /// client can compare the mapping it gets here with the one at the main port (RFC 5780).

@@ -1,4 +1,4 @@
-import Wire
+import Addressing
 
 /// RFC 8489 STUN, as much as natchat needs: Binding requests and success responses with
 /// XOR-MAPPED-ADDRESS (IPv4), so the rendezvous server answers standard STUN clients and

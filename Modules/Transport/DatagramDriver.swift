@@ -3,9 +3,9 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Addressing
 import MonotonicTime
 import NIOCore
-import Wire
 
 /// A sans-I/O protocol core as the transport sees it: datagrams and timeouts in,
 /// datagrams out (through ``DatagramOutput``), and the next time it wants to be woken.
@@ -48,8 +48,8 @@ public struct DatagramOutput {
     /// keep-alive acknowledgements and relayed datagrams go this way. In steady state this
     /// allocates nothing (the sender's socket address is reused, other destinations'
     /// addresses are cached) and touches the buffer once. Outside a read batch (timers,
-    /// ``DatagramHost/perform(_:)``, a test driving a core) the datagram gets a buffer of its
-    /// own in ``pending``, like ``send(buffer:to:)``.
+    /// `DatagramHost.perform(_:)` in TransportPosix, a test driving a core) the datagram
+    /// gets a buffer of its own in ``pending``, like ``send(buffer:to:)``.
     public mutating func send(to destination: Endpoint, maxLength: Int,
                               writing body: (UnsafeMutableRawBufferPointer) -> Int) {
         guard currentSource != nil, maxLength <= Self.arenaCapacity else {

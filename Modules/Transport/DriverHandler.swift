@@ -1,7 +1,7 @@
+import Addressing
 import Logging
 import MonotonicTime
 import NIOCore
-import Wire
 
 /// Counters the transport keeps for the operator.
 public struct TransportStatistics: Sendable, Hashable {

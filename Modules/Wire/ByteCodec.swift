@@ -1,3 +1,5 @@
+import Addressing
+
 /// A big-endian (network order) byte writer for the binary dialects.
 public struct WireWriter: Sendable {
     public private(set) var bytes: [UInt8]
@@ -136,6 +138,6 @@ extension ClientID {
     /// An ID from its UTF-8 bytes, checked against the rules.
     public init(utf8 bytes: UnsafeRawBufferPointer) throws(WireError) {
         guard let text = String(validating: bytes, as: UTF8.self) else { throw .invalidUTF8 }
-        try self.init(text)
+        try self.init(decoding: text)
     }
 }

@@ -1,3 +1,5 @@
+import Addressing
+
 /// Every message of the classic dialect: the seed document's text datagrams.
 ///
 /// Each message is one UDP datagram of UTF-8 text without a line terminator. Because a
@@ -92,19 +94,19 @@ extension ClassicMessage {
         case 2:
             let id = try clientID(fields[0])
             if fields[1].contains(UInt8(ascii: ":")) {
-                return .peer(id, try Endpoint(parsing: string(fields[1])[...]))
+                return .peer(id, try Endpoint(decoding: string(fields[1])[...]))
             }
-            return .register(id, privateAddress: try IPv4Address(parsing: string(fields[1])[...]))
+            return .register(id, privateAddress: try IPv4Address(decoding: string(fields[1])[...]))
         case 3...(2 + maxOffers) where !fields[1].elementsEqual("is".utf8):
             let id = try clientID(fields[0])
-            let address = try IPv4Address(parsing: string(fields[1])[...])
+            let address = try IPv4Address(decoding: string(fields[1])[...])
             let offers = fields[2...].map(string)
             guard offers.allSatisfy({ !$0.isEmpty && $0.utf8.count <= maxOfferLength && ClientID.violation(in: $0) == nil })
             else { throw .unrecognized }
             return .register(id, privateAddress: address, offers: offers)
         case 4 where fields[1].elementsEqual("is".utf8):
             let id = try clientID(fields[0])
-            let endpoint = try Endpoint(parsing: string(fields[3])[...])
+            let endpoint = try Endpoint(decoding: string(fields[3])[...])
             switch string(fields[2]) {
             case "unregistered": return .unregistered(id, endpoint)
             case "off-line": return .offline(id, endpoint)
@@ -121,7 +123,7 @@ extension ClassicMessage {
     }
 
     private static func clientID(_ bytes: ArraySlice<UInt8>) throws(WireError) -> ClientID {
-        try ClientID(string(bytes))
+        try ClientID(decoding: string(bytes))
     }
 
     private static func decodeAtForm(head: ArraySlice<UInt8>, tail: ArraySlice<UInt8>) throws(WireError) -> ClassicMessage {
@@ -132,7 +134,7 @@ extension ClassicMessage {
             return .keepAlive(try clientID(head))
         }
         if tail.starts(with: "private:".utf8) {
-            return .peerPrivate(try clientID(head), try IPv4Address(parsing: string(tail.dropFirst("private:".utf8.count))[...]))
+            return .peerPrivate(try clientID(head), try IPv4Address(decoding: string(tail.dropFirst("private:".utf8.count))[...]))
         }
         if tail.starts(with: "chat ".utf8) || tail.elementsEqual("chat".utf8) {
             let body = string(tail.dropFirst(min(tail.count, "chat ".utf8.count)))

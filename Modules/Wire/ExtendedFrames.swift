@@ -1,3 +1,5 @@
+import Addressing
+
 // The server's commonest datagrams, read and written in place (no allocation): keep-alives
 // and their acknowledgements, relay requests and the relayed datagrams. They read every field
 // through the same ``WireReader`` methods and field readers (`KeepAliveFields`,
@@ -113,13 +115,5 @@ extension ExtendedMessage {
             if let bytes = payload.baseAddress { (base + offset).copyMemory(from: bytes, byteCount: payload.count) }
             return length
         }
-    }
-}
-
-extension ClientID {
-    /// A key for looking up a registered ID by its bytes as received: not checked against
-    /// the rules, so it can only ever match an ID that was (the registry's in-place paths).
-    package init(lookingUp utf8: UnsafeRawBufferPointer) {
-        rawValue = String(decoding: utf8, as: UTF8.self)
     }
 }

@@ -1,3 +1,5 @@
+import Addressing
+
 // The natchat/2 message bodies: header (magic, version, kind) and fields, without the
 // trailer that authenticates some kinds (``ExtendedDatagram`` adds and reads it). Every field
 // is read through ``WireReader``, the same reading the in-place frames use.

@@ -1,3 +1,5 @@
+import Addressing
+
 /// Every message of the extended dialect (natchat/2): binary datagrams that start with
 /// the byte `0xFE`, which no UTF-8 text and no STUN message can start with, then a version
 /// byte and a type byte.

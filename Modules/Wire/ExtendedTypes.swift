@@ -1,3 +1,5 @@
+import Addressing
+
 /// 128 random bits: session tokens, pair tokens and cookies of the extended dialect.
 public struct Token128: Hashable, Sendable, CustomStringConvertible {
     public var high: UInt64

@@ -1,3 +1,5 @@
+import Addressing
+
 /// Which part of the roster the server pushes to a subscriber.
 public enum RosterScope: UInt8, Hashable, Sendable, CustomStringConvertible {
     /// Every registered client and every change (while the roster is small enough to read).

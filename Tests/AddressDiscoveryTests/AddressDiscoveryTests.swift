@@ -1,6 +1,6 @@
+import Addressing
 import Testing
 import AddressDiscovery
-import Wire
 
 private let loopback = IPv4Address(127, 0, 0, 1)
 

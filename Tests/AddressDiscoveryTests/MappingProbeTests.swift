@@ -1,8 +1,8 @@
+import Addressing
 import Testing
 import AddressDiscovery
 import MonotonicTime
 import STUN
-import Wire
 import TestSupport
 
 private func endpoint(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }

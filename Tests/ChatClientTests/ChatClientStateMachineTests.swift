@@ -1,3 +1,4 @@
+import Addressing
 import ChatClient
 import ChatRouter
 import ClientSession

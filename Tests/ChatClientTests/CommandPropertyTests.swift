@@ -1,5 +1,5 @@
+import Addressing
 import Testing
-import Wire
 @testable import ChatClient
 import TestSupport
 

@@ -1,6 +1,6 @@
+import Addressing
 import Testing
 @testable import ChatClient
-import Wire
 
 private func parseError(_ line: String) -> Command.ParseError? {
     do {

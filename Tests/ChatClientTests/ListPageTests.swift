@@ -1,6 +1,6 @@
+import Addressing
 import Testing
 @testable import ChatClient
-import Wire
 
 @Suite("ListPage")
 struct ListPageTests {

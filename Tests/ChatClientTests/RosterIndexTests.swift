@@ -1,6 +1,6 @@
+import Addressing
 import Testing
 @testable import ChatClient
-import Wire
 import TestSupport
 
 private func id(_ text: String) -> ClientID { try! ClientID(text) }

@@ -1,7 +1,7 @@
+import Addressing
 import Testing
 import Delivery
 import MonotonicTime
-import Wire
 
 private func id(_ text: String) -> ClientID { try! ClientID(text) }
 private func ms(_ milliseconds: Int64) -> Instant { Instant.zero + .milliseconds(milliseconds) }

@@ -1,3 +1,4 @@
+import Addressing
 import Testing
 import HolePunch
 import MonotonicTime

@@ -1,6 +1,6 @@
+import Addressing
 import Testing
 import NATGrouping
-import Wire
 
 private func ip(_ text: String) -> IPv4Address { try! IPv4Address(parsing: text) }
 private func ep(_ text: String) -> Endpoint { try! Endpoint(parsing: text) }

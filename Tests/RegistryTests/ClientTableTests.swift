@@ -1,7 +1,7 @@
+import Addressing
 import Testing
 @testable import Registry
 import TestSupport
-import Wire
 
 @Suite("Registry.ClientTable")
 struct ClientTableTests {

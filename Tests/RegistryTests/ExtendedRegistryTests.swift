@@ -1,9 +1,10 @@
+import Addressing
+import Admission
 import Crypto
 import Testing
 import Identity
 import MonotonicTime
 @testable import Registry
-import Relay
 import Wire
 import TestSupport
 

@@ -1,11 +1,9 @@
+import Addressing
 import Testing
 import MonotonicTime
 import NIOCore
 import NIOEmbedded
-import NIOPosix
-import Logging
 @testable import Transport
-import Wire
 
 private let A = Endpoint(address: IPv4Address(203, 0, 113, 7), port: 40001)
 private let B = Endpoint(address: IPv4Address(198, 51, 100, 9), port: 50000)
@@ -426,30 +424,4 @@ struct DatagramDriverHandlerTests {
         harness.channel.embeddedEventLoop.advanceTime(by: .seconds(5))
         #expect(harness.driver.timeouts == [])
     }
-}
-
-@Suite("DatagramHost binding")
-struct DatagramHostBindingTests {
-    /// A second node on a port already in use must fail to bind (and say so), not share the
-    /// first one's datagrams: no SO_REUSEADDR.
-    @Test func aPortInUseIsRefused() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
-        let first = try await DatagramHost.bind(host: "127.0.0.1", port: 0, group: group, logger: logger) { SilentDriver() }
-        let port = try #require(first.localAddress?.port)
-        await #expect(throws: (any Error).self) {
-            _ = try await DatagramHost.bind(host: "127.0.0.1", port: port, group: group, logger: logger) { SilentDriver() }
-        }
-        // Once the first is closed, the port is free at once (UDP has no TIME_WAIT).
-        await first.close()
-        let again = try await DatagramHost.bind(host: "127.0.0.1", port: port, group: group, logger: logger) { SilentDriver() }
-        await again.close()
-        try await group.shutdownGracefully()
-    }
-}
-
-private final class SilentDriver: DatagramDriver {
-    func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {}
-    func timeout(now: Instant, output: inout DatagramOutput) {}
-    func nextDeadline() -> Instant? { nil }
 }

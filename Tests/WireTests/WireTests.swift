@@ -1,3 +1,4 @@
+import Addressing
 import Testing
 @testable import Wire
 
@@ -168,6 +169,27 @@ struct SeedTextTests {
 
 @Suite("Decoding rejections")
 struct RejectionTests {
+    @Test func errorDescriptions() {
+        #expect(WireError.invalidClientID(.empty).description == "invalid client ID: empty")
+        #expect(WireError.invalidPort("65536").description == "invalid port '65536'")
+        #expect(WireError.invalidAddress("1.2.3").description == "invalid IPv4 address '1.2.3'")
+        #expect(WireError.datagramTooLong(length: 2049, limit: 2048).description == "datagram of 2049 bytes exceeds 2048")
+        #expect(WireError.unrecognized.description == "unrecognized message")
+    }
+
+    @Test("an address error becomes the decoding error of the same case and text", arguments: [
+        AddressError.invalidClientID(.tooLong(33)), .invalidAddress("1.2.3"), .invalidPort("0"),
+    ])
+    func fromAddressError(_ error: AddressError) {
+        let wire = WireError(error)
+        #expect(wire.description == error.description)
+        switch (error, wire) {
+        case (.invalidClientID(let a), .invalidClientID(let b)): #expect(a == b)
+        case (.invalidAddress(let a), .invalidAddress(let b)), (.invalidPort(let a), .invalidPort(let b)): #expect(a == b)
+        default: Issue.record("\(error) became \(wire)")
+        }
+    }
+
     @Test func empty() {
         #expect(wireError { () throws(WireError) in try ClassicMessage.decode([UInt8]()) } == .empty)
         #expect(wireError { () throws(WireError) in try ClassicMessage.decode(text: "") } == .empty)

@@ -1,4 +1,5 @@
 @preconcurrency import Benchmark // sanitizeNames() renames through Benchmark.benchmarks, a plain static var
+import Addressing
 import Crypto
 import Foundation
 import Identity

@@ -1,9 +1,10 @@
+import Addressing
+import Admission
 import Benchmark
 import Identity
 import Logging
 import MonotonicTime
 import NIOCore
-import Relay
 import RendezvousServer
 import STUN
 import Transport

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Addressing
 import ArgumentParser
 import Crypto
 import Identity

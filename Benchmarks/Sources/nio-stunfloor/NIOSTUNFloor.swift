@@ -1,16 +1,17 @@
 // nio-stunfloor: the least a SwiftNIO server can do to answer STUN Binding requests, as a
-// yardstick for natchat-server. The socket options of natchat's Transport
+// yardstick for natchat-server. The socket options of natchat's TransportPosix
 // (`DatagramSocketOptions`: vector reads of 64, one read per readiness event), one flush per
 // read batch, replies written in place into one buffer per batch, natchat's in-place STUN
 // reader and writer, and nothing else: no driver, no registry, no statistics.
 // natchat-server ÷ this is what natchat's own layers cost; this ÷ stunmin is what SwiftNIO's
 // per-datagram path costs.
+import Addressing
 import Glibc
 import NIOCore
 import NIOPosix
 import STUN
 import Transport
-import Wire
+import TransportPosix
 
 final class BindingResponder: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>

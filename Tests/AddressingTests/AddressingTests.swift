@@ -1,8 +1,18 @@
+import Addressing
 import Testing
-@testable import Wire
 
-func idError(_ text: String) -> WireError? {
-    wireError { () throws(WireError) in try ClientID(text) }
+/// The typed error `body` throws, or `nil` when it does not throw.
+func addressError<T>(_ body: () throws(AddressError) -> T) -> AddressError? {
+    do {
+        _ = try body()
+        return nil
+    } catch {
+        return error
+    }
+}
+
+func idError(_ text: String) -> AddressError? {
+    addressError { () throws(AddressError) in try ClientID(text) }
 }
 
 @Suite("ClientID")
@@ -80,7 +90,7 @@ struct ClientIDTests {
         #expect(ClientID.Violation.empty.description == "empty")
         #expect(ClientID.Violation.tooLong(33).description == "33 bytes, more than 32")
         #expect(ClientID.Violation.forbiddenCharacter("\u{200B}").description == "contains forbidden character U+200B")
-        #expect(WireError.invalidClientID(.empty).description == "invalid client ID: empty")
+        #expect(AddressError.invalidClientID(.empty).description == "invalid client ID: empty")
     }
 }
 
@@ -105,7 +115,7 @@ struct IPv4AddressTests {
         "1,2,3,4", "１.2.3.4", "-1.2.3.4", "+1.2.3.4", "1.2.3.4/24",
     ])
     func invalid(_ text: String) {
-        #expect(wireError { () throws(WireError) in try IPv4Address(parsing: text) } == .invalidAddress(text))
+        #expect(addressError { () throws(AddressError) in try IPv4Address(parsing: text) } == .invalidAddress(text))
     }
 
     @Test func octetsAndDescription() {
@@ -191,7 +201,7 @@ struct EndpointTests {
         ("1.2.3.4:-80", "-80"), ("1.2.3.4:000000", "000000"),
     ])
     func badPort(_ text: String, _ port: String) {
-        #expect(wireError { () throws(WireError) in try Endpoint(parsing: text) } == .invalidPort(port))
+        #expect(addressError { () throws(AddressError) in try Endpoint(parsing: text) } == .invalidPort(port))
     }
 
     @Test("bad addresses", arguments: [
@@ -199,7 +209,7 @@ struct EndpointTests {
         ("256.1.1.1:80", "256.1.1.1"), ("host:80", "host"),
     ])
     func badAddress(_ text: String, _ bad: String) {
-        #expect(wireError { () throws(WireError) in try Endpoint(parsing: text) } == .invalidAddress(bad))
+        #expect(addressError { () throws(AddressError) in try Endpoint(parsing: text) } == .invalidAddress(bad))
     }
 
     @Test func ordering() {
@@ -210,9 +220,7 @@ struct EndpointTests {
     }
 
     @Test func errorDescriptions() {
-        #expect(WireError.invalidPort("65536").description == "invalid port '65536'")
-        #expect(WireError.invalidAddress("1.2.3").description == "invalid IPv4 address '1.2.3'")
-        #expect(WireError.datagramTooLong(length: 2049, limit: 2048).description == "datagram of 2049 bytes exceeds 2048")
-        #expect(WireError.unrecognized.description == "unrecognized message")
+        #expect(AddressError.invalidPort("65536").description == "invalid port '65536'")
+        #expect(AddressError.invalidAddress("1.2.3").description == "invalid IPv4 address '1.2.3'")
     }
 }

@@ -10,7 +10,7 @@ public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertib
     }
 
     /// Parses strict dotted-quad text: four decimal numbers 0–255, at most three digits each.
-    public init(parsing text: Substring) throws(WireError) {
+    public init(parsing text: Substring) throws(AddressError) {
         var value: UInt32 = 0
         var octets = 0
         var digits = 0
@@ -34,7 +34,7 @@ public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertib
         bits = value << 8 | octet
     }
 
-    public init(parsing text: String) throws(WireError) {
+    public init(parsing text: String) throws(AddressError) {
         try self.init(parsing: text[...])
     }
 
@@ -77,7 +77,7 @@ public struct Endpoint: Hashable, Comparable, Sendable, CustomStringConvertible 
     }
 
     /// Parses `IP:PORT` (port 1–65535).
-    public init(parsing text: Substring) throws(WireError) {
+    public init(parsing text: Substring) throws(AddressError) {
         guard let colon = text.lastIndex(of: ":") else { throw .invalidAddress(String(text)) }
         address = try IPv4Address(parsing: text[..<colon])
         let portText = text[text.index(after: colon)...]
@@ -87,7 +87,7 @@ public struct Endpoint: Hashable, Comparable, Sendable, CustomStringConvertible 
         port = value
     }
 
-    public init(parsing text: String) throws(WireError) {
+    public init(parsing text: String) throws(AddressError) {
         try self.init(parsing: text[...])
     }
 

@@ -2,7 +2,7 @@ import Logging
 import MonotonicTime
 import NIOCore
 import NIOPosix
-import Wire
+import Transport
 
 /// A bound UDP socket with a ``DatagramDriver`` behind it: the whole I/O layer of a
 /// natchat node. Create it with ``bind(host:port:group:logger:makeDriver:)``.

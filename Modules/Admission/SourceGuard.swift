@@ -1,5 +1,5 @@
+import Addressing
 import MonotonicTime
-import Wire
 
 /// The server's defences per source address, as pure state:
 ///

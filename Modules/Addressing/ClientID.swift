@@ -26,7 +26,7 @@ public struct ClientID: Hashable, Comparable, Sendable, CustomStringConvertible 
     public let rawValue: String
 
     /// Makes an ID, checking the rules.
-    public init(_ text: String) throws(WireError) {
+    public init(_ text: String) throws(AddressError) {
         if let violation = Self.violation(in: text) { throw .invalidClientID(violation) }
         rawValue = text
     }
@@ -57,4 +57,12 @@ public struct ClientID: Hashable, Comparable, Sendable, CustomStringConvertible 
     public static func < (lhs: ClientID, rhs: ClientID) -> Bool { lhs.rawValue < rhs.rawValue }
 
     public var description: String { rawValue }
+}
+
+extension ClientID {
+    /// A key for looking up a registered ID by its bytes as received: not checked against
+    /// the rules, so it can only ever match an ID that was (the registry's in-place paths).
+    package init(lookingUp utf8: UnsafeRawBufferPointer) {
+        rawValue = String(decoding: utf8, as: UTF8.self)
+    }
 }

@@ -1,7 +1,7 @@
+import Addressing
+import Admission
 import Testing
 import MonotonicTime
-import Relay
-import Wire
 
 private func ms(_ milliseconds: Int64) -> Instant { Instant.zero + .milliseconds(milliseconds) }
 
