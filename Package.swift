@@ -58,7 +58,7 @@ let package = Package(
     ],
     traits: [
         .trait(name: "NIO", description: "swift-nio and swift-log: Transport, TransportPosix, RendezvousServer, ChatClient"),
-        .trait(name: "Crypto", description: "swift-crypto: Identity, and Registry, ChatRouter and the nodes through it"),
+        .trait(name: "Crypto", description: "swift-crypto: Identity, and ClientSession, Registry, ChatRouter and the nodes through it"),
         .trait(name: "Collections", description: "swift-collections: Roster, and Registry, ChatRouter and the nodes through it"),
         .trait(name: "CLI", description: "swift-argument-parser: the programs natchat-server and natchat"),
         .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI"]),

@@ -37,6 +37,7 @@ let package = Package(
         .executableTarget(
             name: "roster-sim",
             dependencies: [
+                .product(name: "Addressing", package: "natchat"),
                 .product(name: "Wire", package: "natchat"),
                 .product(name: "Identity", package: "natchat"),
                 .product(name: "MonotonicTime", package: "natchat"),

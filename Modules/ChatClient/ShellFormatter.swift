@@ -1,8 +1,9 @@
 import Wire
 
-/// The shell's words: turns each ``ClientEvent`` into the lines the user reads. The only
-/// place the chat client's text is written, so a front end with other words (or another
-/// language) replaces this and nothing else.
+/// The shell's words: turns each ``ClientEvent`` into the lines the user reads. The one
+/// place an event's words are written (the runner adds only `* bye`, the identity notice at
+/// start and the refusal's advice), so a front end with other words (or another language)
+/// replaces this and little else.
 public enum ShellFormatter {
     /// The lines for `event` (none for an event the shell does not print).
     public static func lines(for event: ClientEvent) -> [String] {

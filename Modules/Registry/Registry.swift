@@ -120,8 +120,9 @@ public struct Registry: Sendable, SansIOCore {
         case relayRateLimited
         /// A look-up or list query over the client's rate.
         case queryRateLimited
-        /// The registration the client's current session began with, received again: answered
-        /// with the same `registered`, nothing else changes.
+        /// The registration the client's current session began with, received again (a
+        /// retransmission, or a replay): not answered, and nothing changes (a replay proves
+        /// nothing about the client being alive now; see docs/security.md).
         case repeatedRegistration
     }
 

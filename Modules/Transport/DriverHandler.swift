@@ -13,6 +13,11 @@ public struct TransportStatistics: Sendable, Hashable {
     public var errors = 0
     /// Datagrams dropped because the socket's send buffer was full (never queued without bound).
     public var droppedUnwritable = 0
+    /// Timeouts after which the driver's next deadline was still not later than the instant
+    /// just handled (a core that forgot to move its deadline). The timer then waits
+    /// 1 ms instead of firing again at once: a bug in a core
+    /// costs a counter and a slow timer, never a spinning event loop.
+    public var stalledDeadlines = 0
 }
 
 /// The thin channel handler that feeds a ``DatagramDriver`` from a UDP channel: it
@@ -78,6 +83,8 @@ final class DatagramPump: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
     private var timerDeadline: Instant?
+    /// The instant the last timeout was handled at.
+    private var lastTimeout: Instant?
 
     init(driver: any DatagramDriver, clock: any InstantSource, logger: Logger) {
         self.driver = driver
@@ -154,6 +161,9 @@ final class DatagramPump: ChannelInboundHandler {
         armTimer()
     }
 
+    /// The least wait after a timeout that left the driver's deadline where it was.
+    static let stalledDeadlineDelay: Int64 = 1_000_000
+
     func armTimer() {
         guard let context else { return }
         let wanted = driver.nextDeadline()
@@ -162,13 +172,22 @@ final class DatagramPump: ChannelInboundHandler {
         timer = nil
         timerDeadline = wanted
         guard let wanted else { return }
-        let delay = max(0, (wanted - clock.now()).nanosecondsClamped)
+        var delay = max(0, (wanted - clock.now()).nanosecondsClamped)
+        if let handled = lastTimeout, wanted <= handled {
+            statistics.stalledDeadlines += 1
+            if statistics.stalledDeadlines == 1 {
+                logger.warning("the driver's next deadline did not move past a timeout it handled; waiting 1 ms between timeouts")
+            }
+            delay = max(delay, Self.stalledDeadlineDelay)
+        }
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(in: .nanoseconds(delay)) {
             let pump = loopBoundSelf.value
             pump.timer = nil
             pump.timerDeadline = nil
-            pump.driver.timeout(now: pump.clock.now(), output: &pump.output)
+            let now = pump.clock.now()
+            pump.lastTimeout = now
+            pump.driver.timeout(now: now, output: &pump.output)
             pump.flush()
         }
     }

@@ -28,6 +28,8 @@ private final class FakeDriver: DatagramDriver {
     var asReplies = false
     /// Write the answers in place with `send(to:maxLength:writing:)`.
     var inPlace = false
+    /// Keep a deadline that is due after its timeout (the bug the handler must survive).
+    var keepsDueDeadlines = false
 
     func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
         let record = Received(payload: Array(payload.readableBytesView), source: source, now: now)
@@ -48,7 +50,7 @@ private final class FakeDriver: DatagramDriver {
 
     func timeout(now: Instant, output: inout DatagramOutput) {
         timeouts.append(now)
-        if !deadlines.isEmpty, deadlines[0] <= now { deadlines.removeFirst() }
+        if !keepsDueDeadlines, !deadlines.isEmpty, deadlines[0] <= now { deadlines.removeFirst() }
         for (destination, bytes) in timeoutReplies(now) { output.send(bytes, to: destination) }
     }
 
@@ -342,6 +344,23 @@ struct DatagramDriverHandlerTests {
         harness.clock.advance(by: .seconds(2))
         harness.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
         #expect(harness.driver.timeouts == [Instant.zero + .seconds(102)])
+    }
+
+    @Test func aDeadlineThatDoesNotMoveIsCountedAndSlowedInsteadOfSpinning() throws {
+        let harness = try Harness(deadlines: [Instant.zero + .seconds(100)])
+        harness.driver.keepsDueDeadlines = true
+        let loop = harness.channel.embeddedEventLoop
+        loop.run()
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(100)])
+        // The driver still wants the instant it was just called at: not again on this turn...
+        loop.run()
+        #expect(harness.driver.timeouts.count == 1)
+        #expect(harness.handler.statistics.stalledDeadlines == 1)
+        // ...but a millisecond later.
+        harness.clock.advance(by: .milliseconds(1))
+        loop.advanceTime(by: .milliseconds(1))
+        #expect(harness.driver.timeouts == [Instant.zero + .seconds(100), Instant.zero + .seconds(100) + .milliseconds(1)])
+        #expect(harness.handler.statistics.stalledDeadlines == 2)
     }
 
     @Test func pastDeadlineFiresOnTheNextLoopTurn() throws {

@@ -62,7 +62,7 @@ let benchmarks: @Sendable () -> Void = {
 
     let key = KeyBytes(Array(repeating: 7, count: 32))
     let alice = try! ClientID("alice")
-    let keepAlive = SessionCrypto.authenticated(.keepAlive(id: alice, natKind: .endpointIndependent, counter: 42, tag: .zero), key: key)
+    let keepAlive = SessionCrypto.sealed(.keepAlive(id: alice, natKind: .endpointIndependent), counter: 42, key: key)
     gated("Extended.decodeKeepAlive") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(try? ExtendedMessage.decode(keepAlive)) }
     }
@@ -141,7 +141,7 @@ let benchmarks: @Sendable () -> Void = {
         Benchmark("Liveness.sweep.\(size)", configuration: .init(scalingFactor: .one, thresholds: mallocGate(.one))) {
             (benchmark: Benchmark, table: LivenessTable<Int>) in
             var table = table
-            for _ in benchmark.scaledIterations { blackHole(table.expire(now: Instant.zero + .seconds(10))) }
+            for _ in benchmark.scaledIterations { blackHole(table.handleTimeout(now: Instant.zero + .seconds(10))) }
         } setup: {
             var table = LivenessTable<Int>(timeout: .seconds(30))
             for key in 0..<size { table.touch(key, now: .zero) }
@@ -250,7 +250,7 @@ struct RegisteredWorld {
     }
 
     func deliver<G: RandomNumberGenerator>(_ datagram: Datagram, to registry: inout Registry, random: inout G) {
-        blackHole(registry.receive(try! ExtendedMessage.decode(datagram.bytes), bytes: datagram.bytes, from: datagram.source, now: Instant(nanoseconds: 1), random: &random))
+        blackHole(registry.receive(try! ExtendedDatagram.decode(datagram.bytes), bytes: datagram.bytes, from: datagram.source, now: Instant(nanoseconds: 1), random: &random))
     }
 
     init(size: Int, traffic: Traffic) {
@@ -268,7 +268,7 @@ struct RegisteredWorld {
         for index in 0..<size {
             let id = try! ClientID("c\(index)")
             let bytes = registration(id)
-            let actions = registry.receive(try! ExtendedMessage.decode(bytes), bytes: bytes, from: Self.source(index), now: .zero,
+            let actions = registry.receive(try! ExtendedDatagram.decode(bytes), bytes: bytes, from: Self.source(index), now: .zero,
                                            random: &random)
             for case .sendExtended(.registered(let server, _, _, _, let nonce, _), _) in actions {
                 if let key = SessionCrypto.sessionKey(privateKey: identity.agreement, peerPublicKey: server, cookie: .zero,
@@ -286,8 +286,7 @@ struct RegisteredWorld {
         switch traffic {
         case .keepAlives:
             func keepAlive(_ index: Int, counter: UInt64) -> Datagram {
-                datagram(SessionCrypto.authenticated(.keepAlive(id: ids[index], natKind: .none, counter: counter, tag: .zero),
-                                                     key: keys[index]), from: Self.source(index))
+                datagram(SessionCrypto.sealed(.keepAlive(id: ids[index], natKind: .none), counter: counter, key: keys[index]), from: Self.source(index))
             }
             warmUps = stride(from: 0, to: size, by: 256).map { keepAlive($0, counter: 1) }
             // A fixed spread over the table (7919 is prime, so for 1000 clients each is hit once).
@@ -295,8 +294,7 @@ struct RegisteredWorld {
         case .relays:
             let payload = [UInt8](repeating: 0xAB, count: 64)
             func relay(_ index: Int, to peer: Int, counter: UInt64) -> Datagram {
-                datagram(SessionCrypto.authenticated(.relay(id: ids[index], to: ids[peer], payload: payload, counter: counter, tag: .zero),
-                                                     key: keys[index]), from: Self.source(index))
+                datagram(SessionCrypto.sealed(.relay(id: ids[index], to: ids[peer], payload: payload), counter: counter, key: keys[index]), from: Self.source(index))
             }
             warmUps = stride(from: 0, to: size, by: 256).map { relay($0, to: ($0 + 1) % size, counter: 1) }
             datagrams = (0..<1_000).map { relay(($0 * 7919) % size, to: ($0 * 7919 + 1) % size, counter: UInt64(2 + $0)) }

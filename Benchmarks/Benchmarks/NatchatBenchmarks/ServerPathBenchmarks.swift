@@ -33,8 +33,7 @@ func serverPathBenchmarks() {
     Benchmark("Server path: authenticated keep-alive acknowledged", configuration: .init(scalingFactor: .kilo)) { benchmark in
         let world = ServerWorld()
         guard let client = world.register(ClientID.benchmark("alice"), from: source) else { fatalError("registration failed") }
-        var datagram = ByteBuffer(bytes: SessionCrypto.authenticated(.keepAlive(id: client.id, natKind: .none, counter: 1, tag: .zero),
-                                                                     key: client.key))
+        var datagram = ByteBuffer(bytes: SessionCrypto.sealed(.keepAlive(id: client.id, natKind: .none), counter: 1, key: client.key))
         let sent = world.replay(&datagram, of: client, from: source, address: address, benchmark: benchmark)
         precondition(world.service.counters.keepAlives == sent, "every keep-alive took the in-place path")
     }
@@ -45,9 +44,7 @@ func serverPathBenchmarks() {
         guard let client = world.register(ClientID.benchmark("alice"), from: source),
               world.register(ClientID.benchmark("carol"), from: peerSource) != nil
         else { fatalError("registration failed") }
-        var datagram = ByteBuffer(bytes: SessionCrypto.authenticated(
-            .relay(id: client.id, to: ClientID.benchmark("carol"), payload: Array(repeating: 0x5A, count: 100), counter: 1, tag: .zero),
-            key: client.key))
+        var datagram = ByteBuffer(bytes: SessionCrypto.sealed(.relay(id: client.id, to: ClientID.benchmark("carol"), payload: Array(repeating: 0x5A, count: 100)), counter: 1, key: client.key))
         let sent = world.replay(&datagram, of: client, from: source, address: address, benchmark: benchmark)
         precondition(world.service.counters.relayedDatagrams == sent, "every relay took the in-place path")
     }

@@ -244,7 +244,7 @@ struct KeepAliveTraffic: ClosedLoopTraffic {
         var templates: [UInt8] = [], offsets: [Int] = []
         for client in clients {
             offsets.append(templates.count)
-            templates += ExtendedMessage.keepAlive(id: client.id, natKind: .none, counter: 0, tag: .zero).encode()
+            templates += ExtendedDatagram(.keepAlive(id: client.id, natKind: .none), trailer: .session(counter: 0, tag: .zero)).encode()
         }
         offsets.append(templates.count)
         self.templates = templates
@@ -289,7 +289,7 @@ struct RelayTraffic: ClosedLoopTraffic {
     var counter: UInt64
 
     init(from: SimClient, to: SimClient, payload: [UInt8], echo: Bool) {
-        template = ExtendedMessage.relay(id: from.id, to: to.id, payload: payload, counter: 0, tag: .zero).encode()
+        template = ExtendedDatagram(.relay(id: from.id, to: to.id, payload: payload), trailer: .session(counter: 0, tag: .zero)).encode()
         mac = (from.sessionKey ?? KeyBytes([])).mac
         fromSocket = from.socket
         toSocket = echo ? from.socket : to.socket

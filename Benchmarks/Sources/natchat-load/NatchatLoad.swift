@@ -490,8 +490,7 @@ struct LoadRun {
     mutating func keepAliveMessage(_ index: Int) -> [UInt8] {
         clients[index].counter += 1
         guard let key = clients[index].sessionKey else { return [] }
-        return SessionCrypto.authenticated(.keepAlive(id: clients[index].id, natKind: .none, counter: clients[index].counter,
-                                                      tag: .zero), key: key)
+        return SessionCrypto.sealed(.keepAlive(id: clients[index].id, natKind: .none), counter: clients[index].counter, key: key)
     }
 
     mutating func keepAlive(duration: Double) -> Summary {

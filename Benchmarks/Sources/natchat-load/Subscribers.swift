@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import Addressing
 import Glibc
 #endif
 import CBatchIO
@@ -63,8 +64,8 @@ struct SubscriberPool {
     mutating func adopt(ids: [ClientID], keys: [KeyBytes?]) {
         for (id, key) in zip(ids, keys) {
             guard let key else { continue }
-            let ack = ExtendedMessage.rosterAck(id: id, largest: 0, received: 0, counter: 0, tag: .zero).encode()
-            let keepAlive = ExtendedMessage.keepAlive(id: id, natKind: .none, counter: 0, tag: .zero).encode()
+            let ack = ExtendedDatagram(.rosterAck(id: id, largest: 0, received: 0), trailer: .session(counter: 0, tag: .zero)).encode()
+            let keepAlive = ExtendedDatagram(.keepAlive(id: id, natKind: .none), trailer: .session(counter: 0, tag: .zero)).encode()
             subscribers.append(Subscriber(id: id, mac: key.mac, nextKeepAlive: monotonicMicros() + 10e6,
                                           ackTemplate: ack, keepAliveTemplate: keepAlive))
         }

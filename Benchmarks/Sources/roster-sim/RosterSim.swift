@@ -1,3 +1,4 @@
+import Addressing
 import ArgumentParser
 import ChatRouter
 import Crypto
@@ -211,6 +212,9 @@ struct SimWorld {
     var registry: Registry
     var registryRandom: SplitMix64
     var routers: [ExtendedRouter?]
+    /// Per subscriber, what the chat client's `ClientSession` keeps to seal `.sendToServer`
+    /// messages: the session key and the last counter used.
+    var sessions: [(key: KeyBytes, counter: UInt64)?]
     var subscriberAt: [Endpoint: Int] = [:]
     /// Per subscriber, the links' own generators: server → subscriber, subscriber → server.
     var downLinks: [SplitMix64]
@@ -230,6 +234,7 @@ struct SimWorld {
                             serverKey: try! .init(rawRepresentation: Array(repeating: 0x77, count: 32)))
         registryRandom = SplitMix64(state: seed &* 0x2545_F491_4F6C_DD1D)
         routers = Array(repeating: nil, count: setup.subscribers.count)
+        sessions = Array(repeating: nil, count: setup.subscribers.count)
         downLinks = setup.subscribers.indices.map { SplitMix64(state: seed << 32 ^ UInt64($0) << 1) }
         upLinks = setup.subscribers.indices.map { SplitMix64(state: seed << 32 ^ UInt64($0) << 1 | 1) }
         completeAt = Array(repeating: nil, count: setup.subscribers.count)
@@ -239,11 +244,11 @@ struct SimWorld {
 
     /// Offer, challenge and the signed registration, at the client's time; returns the
     /// registry's answer to the registration.
-    mutating func register(_ client: Setup.Client) -> [Registry.Action] {
+    mutating func register(_ client: Setup.Client) -> [Registry.Output] {
         _ = registry.receive(.register(client.id, privateAddress: client.endpoint.address, offers: [ExtendedMessage.offer]),
                              from: client.endpoint, now: now)
-        let message = try! ExtendedMessage.decode(client.registration)
-        let actions = registry.receive(message, bytes: client.registration, from: client.endpoint, now: now, random: &registryRandom)
+        let datagram = try! ExtendedDatagram.decode(client.registration)
+        let actions = registry.receive(datagram, bytes: client.registration, from: client.endpoint, now: now, random: &registryRandom)
         registered.insert(client.id)
         return actions
     }
@@ -259,8 +264,11 @@ struct SimWorld {
                   let key = SessionCrypto.sessionKey(privateKey: setup.identity.agreement, peerPublicKey: serverKey, cookie: cookie,
                                                      nonce: nonce, id: subscriber.id)
             else { fatalError("subscriber \(subscriber.id) did not register") }
-            routers[index] = ExtendedRouter(selfID: subscriber.id, server: Setup.server, identity: setup.identity, sessionKey: key,
-                                            firstMessageID: UInt64(index + 1) << 32, transactionSeed: UInt64(index + 1))
+            var router = ExtendedRouter(selfID: subscriber.id, identity: setup.identity,
+                                        firstMessageID: UInt64(index + 1) << 32, transactionSeed: UInt64(index + 1))
+            router.beginSession()
+            routers[index] = router
+            sessions[index] = (key, 0)
         }
         let end = setup.burstEnd + .nanoseconds(Int64(limit * 1e9))
         var sameInstant = 0
@@ -293,27 +301,25 @@ struct SimWorld {
                 _ = register(setup.joiners[index])
                 joined += 1
             case .toSubscriber(let index, let bytes):
-                guard let message = try? ExtendedMessage.decode(bytes) else { fatalError("undecodable roster datagram") }
-                routers[index]!.handleServerMessage(message, now: now)
-                drain(index)
+                guard let datagram = try? ExtendedDatagram.decode(bytes) else { fatalError("undecodable roster datagram") }
+                transmit(routers[index]!.handleServerMessage(datagram.message, now: now), from: index)
                 checkComplete(index)
             case .toServer(let index, let bytes):
-                guard let message = try? ExtendedMessage.decode(bytes) else { fatalError("undecodable datagram to the server") }
-                if case .rosterAck = message { outcome.acks += 1 }
-                send(registry.receive(message, bytes: bytes, from: setup.subscribers[index].endpoint, now: now, random: &registryRandom))
+                guard let datagram = try? ExtendedDatagram.decode(bytes) else { fatalError("undecodable datagram to the server") }
+                if case .rosterAck = datagram.message { outcome.acks += 1 }
+                send(registry.receive(datagram, bytes: bytes, from: setup.subscribers[index].endpoint, now: now, random: &registryRandom))
             }
         }
         for index in routers.indices {
             if let deadline = routers[index]?.nextDeadline, deadline <= now {
-                routers[index]!.handleTimeout(now: now)
-                drain(index)
+                transmit(routers[index]!.handleTimeout(now: now), from: index)
             }
         }
         if let deadline = registry.rosterDeadline, deadline <= now { send(registry.flushRoster(now: now)) }
     }
 
     /// Puts the server's datagrams to subscribers on their links.
-    mutating func send(_ actions: [Registry.Action]) {
+    mutating func send(_ actions: [Registry.Output]) {
         for case .sendExtended(let message, let destination) in actions {
             guard let index = subscriberAt[destination] else { continue }
             if case .roster(let delta) = message {
@@ -328,13 +334,17 @@ struct SimWorld {
         }
     }
 
-    /// The subscriber's datagrams (acknowledgements) onto its link to the server.
-    mutating func drain(_ index: Int) {
-        while let transmit = routers[index]!.pollTransmit() {
+    /// The subscriber's messages to the server (acknowledgements), sealed under its session
+    /// as its `ClientSession` would, onto its link; events and peer datagrams go nowhere.
+    mutating func transmit(_ outputs: [ExtendedRouter.Output], from index: Int) {
+        for case .sendToServer(let message) in outputs {
+            guard var session = sessions[index] else { fatalError("subscriber \(index) has no session") }
+            session.counter += 1
+            sessions[index] = session
+            let bytes = SessionCrypto.sealed(message, counter: session.counter, key: session.key)
             if Double(upLinks[index].next() >> 11) / Double(1 << 53) < loss { continue }
-            queue.push(now + latency, .toServer(index, transmit.bytes))
+            queue.push(now + latency, .toServer(index, bytes))
         }
-        while routers[index]!.pollEvent() != nil {}
     }
 
     /// Whether subscriber `index` holds every registered client but itself, and nothing else.
