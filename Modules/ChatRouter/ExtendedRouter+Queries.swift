@@ -28,7 +28,9 @@ extension ExtendedRouter {
             if info.dialect == .classic {
                 emit(.classicChatDue(info, text: waiting.text))
             } else {
-                try? send(waiting.text, to: peer, firstSent: waiting.deadline - sender.configuration.deadline, now: now)
+                let typedAt = waiting.deadline - sender.configuration.deadline
+                let latestStart = now + queries.leastDeliveryWindow - sender.configuration.deadline
+                try? send(waiting.text, to: peer, firstSent: max(typedAt, latestStart), now: now)
             }
         }
     }

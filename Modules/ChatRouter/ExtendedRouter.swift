@@ -100,6 +100,11 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         public var pendingNotice: Duration = .seconds(3)
         /// A list query unanswered this long is given up.
         public var listDeadline: Duration = .seconds(5)
+        /// A chat that waited for a look-up keeps the deadline it was typed with, but gets
+        /// at least this long after the answer to be delivered: an answer that comes just
+        /// before the deadline must not send a message and give up on it at once (5 s is
+        /// five attempts with the reliable sender's default backoff).
+        public var leastDeliveryWindow: Duration = .seconds(5)
         public init() {}
     }
 

@@ -708,6 +708,34 @@ struct ChatClientExtendedSessionTests {
         #expect((10...20).contains(lookups), "\(lookups) look-ups")
     }
 
+    /// A look-up answered just before the chat's deadline: the chat still gets
+    /// `leastDeliveryWindow` (5 s) to be delivered, rather than being sent and given up at once.
+    @Test func aLateLookupAnswerStillLeavesTimeToDeliver() throws {
+        let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
+        var output = DatagramOutput()
+        _ = client.service.handle(.chat(to: id("bob"), text: "late"), now: at(1), output: &output)
+        guard case .lookup(_, let query, _)? = ExtendedClient.extended(ExtendedClient.raw(output)).first?.1 else {
+            Issue.record("no look-up"); return
+        }
+        func runTimers(until end: Instant) {
+            for _ in 0..<10_000 {
+                guard let deadline = client.service.nextDeadline(), deadline <= end else { return }
+                _ = client.timeout(at: deadline)
+            }
+        }
+        runTimers(until: at(30) + .milliseconds(500))
+        let entry = RosterEntry(info: PeerInfo(id: id("bob"), publicEndpoint: B, keys: IdentityKey().publicKeys), order: 3, version: 9)
+        let sent = ExtendedClient.extended(client.receive(.lookupResult(query: query, epoch: 1, version: 9, peer: id("bob"), found: entry),
+                                                          at: at(30) + .milliseconds(500)))
+        #expect(sent.contains { if case .relay(_, id("bob"), _) = $0.1 { true } else { false } })
+        // Typed at 1 s, its own deadline was 31 s: still in flight at 35 s...
+        runTimers(until: at(35))
+        #expect(!client.recorder.lines.contains { $0.hasPrefix("* NOT delivered") })
+        // ...and given up 5 s after the answer.
+        runTimers(until: at(36))
+        #expect(client.recorder.takeLines().contains("* NOT delivered to bob: \"late\""))
+    }
+
     @Test func unknownSessionBeforeAnySessionMessageIsIgnored() {
         let client = ExtendedClient.registered(cookie: cookie1, nonce: nonce1)
         _ = client.recorder.takeLines()
