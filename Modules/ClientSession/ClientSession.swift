@@ -114,6 +114,10 @@ public struct ClientSession: Sendable, SansIOCore {
         var recentTags: [Token128] = []
         /// When the server last said anything.
         var lastAnswer: Instant
+        /// When to send the keep-alive again: set when one goes out, cleared by the server's
+        /// `keepAliveAck`. One lost keep-alive must not cost the registration (two in a row
+        /// lost under 20 % loss each way happen within minutes; the server evicts after 30 s).
+        var keepAliveRetryAt: Instant?
     }
 
     enum State: Hashable, Sendable {
@@ -214,6 +218,10 @@ public struct ClientSession: Sendable, SansIOCore {
             return [.serverNotice(text)] + refuse(text)
         case .keepAliveAck(let endpoint):
             heard(now: now)
+            if case .registered(var session) = state {
+                session.keepAliveRetryAt = nil
+                state = .registered(session)
+            }
             if case .moved(_, let to) = publicEndpointObserver.observe(endpoint) { return [.publicEndpointMoved(to)] }
             return []
         case .unknownSession(let id, let echo):
@@ -294,7 +302,13 @@ public struct ClientSession: Sendable, SansIOCore {
         default:
             break
         }
-        if !keepAlive.handleTimeout(now: now).isEmpty { outputs += sendKeepAlive() }
+        if !keepAlive.handleTimeout(now: now).isEmpty {
+            outputs += sendKeepAlive()
+            armKeepAliveRetry(now: now)
+        } else if case .registered(let session) = state, let retry = session.keepAliveRetryAt, now >= retry {
+            outputs += sendKeepAlive()
+            armKeepAliveRetry(now: now)
+        }
         if case .registered(let session) = state, now >= silenceDeadline(session) {
             outputs += lose(session, .serverSilent, now: now)
         }
@@ -308,7 +322,7 @@ public struct ClientSession: Sendable, SansIOCore {
         case .registering(let attempt), .lost(_, let attempt):
             return [attempt.nextAttempt, keepAlive.nextDeadline].compactMap { $0 }.min()
         case .registered(let session):
-            return [silenceDeadline(session), keepAlive.nextDeadline].compactMap { $0 }.min()
+            return [silenceDeadline(session), keepAlive.nextDeadline, session.keepAliveRetryAt].compactMap { $0 }.min()
         case .classic:
             return keepAlive.nextDeadline
         }
@@ -392,6 +406,8 @@ public struct ClientSession: Sendable, SansIOCore {
     private mutating func lose(_ session: Session, _ loss: Loss, now: Instant) -> [Output] {
         var attempt = Attempt(nextAttempt: now, backoff: configuration.registrationRetry)
         let outputs = offer(&attempt, now: now)
+        var session = session
+        session.keepAliveRetryAt = nil
         state = .lost(session, attempt)
         return [.sessionLost(loss)] + outputs
     }
@@ -407,6 +423,17 @@ public struct ClientSession: Sendable, SansIOCore {
         case .idle, .registering, .classic, .refused, .left:
             break
         }
+    }
+
+    /// A natchat/2 keep-alive not acknowledged within this long is sent again (a fresh
+    /// counter: fresh proof), until one is acknowledged or the session is lost.
+    var keepAliveRetry: Duration { min(Self.maxKeepAliveRetry, keepAlive.interval / 2) }
+    static let maxKeepAliveRetry: Duration = .seconds(2)
+
+    private mutating func armKeepAliveRetry(now: Instant) {
+        guard case .registered(var session) = state else { return }
+        session.keepAliveRetryAt = now + keepAliveRetry
+        state = .registered(session)
     }
 
     private func silenceDeadline(_ session: Session) -> Instant {

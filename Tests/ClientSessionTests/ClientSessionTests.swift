@@ -317,14 +317,30 @@ struct ClientSessionRegisteringTests {
         var session = registeredSession(keepAliveMillis: 4_000)
         #expect(session.nextDeadline == at(4))
         var counters: [UInt64] = []
-        for second in [4, 8, 12] as [Int64] {
+        // Every 4 s, and (unacknowledged) again after half an interval, 2 s.
+        for second in [4, 6, 8, 10, 12] as [Int64] {
+            #expect(session.nextDeadline == at(second))
             #expect(session.handleTimeout(now: at(second) - nanosecond).isEmpty)
             counters.append(try sealed(session.handleTimeout(now: at(second)), key: key1).counter)
         }
-        #expect(counters == [1, 2, 3])
+        #expect(counters == [1, 2, 3, 4, 5])
         // Silence is measured in the adopted interval too: 3 × 4 s + 1 s.
         #expect(session.nextDeadline == at(13))
         #expect(session.handleTimeout(now: at(13)) == [.sessionLost(.serverSilent), offer])
+    }
+
+    /// A keep-alive the server does not acknowledge goes again 2 s later, with a fresh
+    /// counter, until one is acknowledged: two lost in a row must not cost the registration.
+    @Test func anUnacknowledgedKeepAliveIsSentAgainUntilAcknowledged() throws {
+        var session = registeredSession()
+        let first = try sealed(session.handleTimeout(now: at(10)), key: key1)
+        #expect(session.nextDeadline == at(12))
+        #expect(session.handleTimeout(now: at(12) - nanosecond).isEmpty)
+        let again = try sealed(session.handleTimeout(now: at(12)), key: key1)
+        #expect(again.message == first.message && again.counter == first.counter + 1)
+        _ = session.handleServerMessage(.keepAliveAck(publicEndpoint: A), now: at(13))
+        #expect(session.nextDeadline == at(20), "acknowledged: nothing until the next keep-alive")
+        #expect(session.handleTimeout(now: at(19)).isEmpty)
     }
 
     @Test func aLongerOrNoKeepAliveIntervalOfTheServerIsNot() {
@@ -379,7 +395,7 @@ struct ClientSessionRegisteredTests {
         let first = try sealed(session.handleTimeout(now: at(10)), key: key1)
         #expect(session.handleServerMessage(registered(cookie: cookie1, nonce: nonce1), now: at(12)).isEmpty)
         #expect(session.state == .registered(.init(key: key1, cookie: cookie1, counter: 1, recentTags: [first.tag],
-                                                   lastAnswer: at(12))))
+                                                   lastAnswer: at(12), keepAliveRetryAt: at(12))))
         #expect(session.dialect == .natchat2)
         let deadline = try #require(session.nextDeadline)
         let next = try sealed(session.handleTimeout(now: deadline), key: key1)
@@ -487,14 +503,15 @@ struct ClientSessionLossTests {
     @Test func silenceStartsARegistrationAndANewSessionReplacesTheOld() throws {
         var session = registeredSession()
         var tags: [Token128] = []
-        for second in [10, 20, 30] as [Int64] {
+        // A keep-alive at 10 s, then (never acknowledged) again every 2 s.
+        for second in stride(from: 10, through: 30, by: 2) as StrideThrough<Int64> {
             #expect(session.nextDeadline == at(second))
             tags.append(try sealed(session.handleTimeout(now: at(second)), key: key1).tag)
         }
         #expect(session.nextDeadline == at(31), "silence is due before the next keep-alive")
         #expect(session.handleTimeout(now: at(31) - nanosecond).isEmpty)
         #expect(session.handleTimeout(now: at(31)) == [.sessionLost(.serverSilent), offer])
-        let old = ClientSession.Session(key: key1, cookie: cookie1, counter: 3, recentTags: tags, lastAnswer: at(0))
+        let old = ClientSession.Session(key: key1, cookie: cookie1, counter: 11, recentTags: tags, lastAnswer: at(0))
         #expect(session.state == .lost(old, .init(nextAttempt: at(32), backoff: .seconds(2), cookie: nil)))
         #expect(session.dialect == .natchat2)
         #expect(session.isRegistered, "a lost session counts until it is replaced")
@@ -509,7 +526,7 @@ struct ClientSessionLossTests {
         let atForty = session.handleTimeout(now: at(40))
         #expect(atForty.first == offer)
         let oldKeepAlive = try sealed(Array(atForty.dropFirst()), key: key1)
-        #expect(oldKeepAlive.counter == 4)
+        #expect(oldKeepAlive.counter == 12)
         // Challenged, then registered again.
         let registration = session.handleServerMessage(.challenge(cookie: cookie2), now: at(41))
         guard case .send(let bytes, _)? = registration.first,
@@ -815,12 +832,12 @@ struct ClientSessionDeadlineTests {
         // Registered: the keep-alive, or silence when it comes first.
         _ = session.handleServerMessage(.challenge(cookie: cookie1), now: at(10))
         _ = session.handleServerMessage(registered(cookie: cookie1, nonce: nonce1), now: at(10))
-        #expect(session.nextDeadline == at(20))
-        _ = session.handleTimeout(now: at(20))
-        _ = session.handleTimeout(now: at(30))
-        #expect(session.nextDeadline == at(40))
-        _ = session.handleTimeout(now: at(40))
-        #expect(session.nextDeadline == at(41), "silence at 41 before the keep-alive at 50")
+        // Keep-alives at 20, 30 and 40 s, each (never acknowledged) again every 2 s.
+        for second in stride(from: 20, through: 40, by: 2) as StrideThrough<Int64> {
+            #expect(session.nextDeadline == at(second))
+            _ = session.handleTimeout(now: at(second))
+        }
+        #expect(session.nextDeadline == at(41), "silence at 41 before the keep-alive again at 42")
         // Lost: the next offer, or the keep-alive when it comes first.
         #expect(session.handleTimeout(now: at(41)).first == .sessionLost(.serverSilent))
         #expect(session.nextDeadline == at(42))
