@@ -47,6 +47,7 @@ let package = Package(
         .library(name: "Delivery", targets: ["Delivery"]),
         .library(name: "Admission", targets: ["Admission"]),
         .library(name: "Roster", targets: ["Roster"]),
+        .library(name: "Store", targets: ["Store"]),
         .library(name: "Registry", targets: ["Registry"]),
         .library(name: "ChatRouter", targets: ["ChatRouter"]),
         .library(name: "ClientSession", targets: ["ClientSession"]),
@@ -85,6 +86,9 @@ let package = Package(
         module("Delivery", ["Addressing", "MonotonicTime"]),
         module("Admission", ["Addressing", "MonotonicTime"]),
         module("Roster", ["Addressing", "Wire", "MonotonicTime", deque]),
+        // The durable store's protocol, records and the memory store: no package dependency,
+        // so cores (the registry) can emit changes without linking a database.
+        module("Store"),
         module("Registry", ["Addressing", "Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Admission", "Identity", "Roster", crypto, heap]),
         module("ClientSession", ["Addressing", "Wire", "Identity", "KeepAlive", "AddressDiscovery", "MonotonicTime"]),
         module("ChatRouter", ["Addressing", "Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
