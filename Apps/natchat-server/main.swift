@@ -58,6 +58,9 @@ struct NatchatServer: AsyncParsableCommand {
     @Option(help: "Most registered clients for which natchat/2 shells are pushed the whole roster; past it they are pushed only the clients they asked about or talked to, and list by asking.")
     var rosterLimit: Int = 1000
 
+    @Option(help: "Most records a push of the whole roster to every natchat/2 shell may take (registered clients × subscribed shells); past it, as past --roster-limit, shells are pushed only what they asked about or talked to.")
+    var rosterFanOut: Int = 20_000
+
     enum ClassicMode: String, ExpressibleByArgument, CaseIterable {
         case on, off
     }
@@ -77,6 +80,7 @@ struct NatchatServer: AsyncParsableCommand {
         guard sweepInterval > 0, sweepInterval < 86_400 else { throw ValidationError("--sweep-interval must be in (0, 86400) seconds") }
         guard maxClients > 0 else { throw ValidationError("--max-clients must be positive") }
         guard rosterLimit >= 0 else { throw ValidationError("--roster-limit must not be negative") }
+        guard rosterFanOut >= 0 else { throw ValidationError("--roster-fan-out must not be negative") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
     }
 
@@ -102,7 +106,7 @@ struct NatchatServer: AsyncParsableCommand {
                                              sweepInterval: .fractionalSeconds(sweepInterval),
                                              keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),
                                              maxClients: maxClients, acceptClassic: classic == .on, relay: relay,
-                                             rosterLimit: rosterLimit),
+                                             rosterLimit: rosterLimit, rosterFanOutLimit: rosterFanOut),
             sources: sources)
         try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
                                        logger: logger) { line in

@@ -77,6 +77,10 @@ public struct Registry: Sendable, SansIOCore {
         /// Most registered clients for which natchat/2 subscribers are pushed the whole
         /// roster; past it they are pushed only the clients they asked about or talked to.
         public var rosterLimit: Int
+        /// Most records a push of the whole roster to every natchat/2 subscriber may take
+        /// (registered × subscribers) for subscribers to be pushed the whole roster; past it,
+        /// as past ``rosterLimit``, they are pushed only what they asked about or talked to.
+        public var rosterFanOutLimit: Int
         /// Most clients one subscriber's interest holds.
         public var rosterInterestLimit: Int
         /// Coalescing, retransmission and window of each subscriber's roster feed.
@@ -88,10 +92,12 @@ public struct Registry: Sendable, SansIOCore {
                     keepAliveInterval: Duration = .seconds(10),
                     sameNATRule: SameNATRule = .classic, maxClients: Int = 100_000, acceptClassic: Bool = true,
                     alternatePort: UInt16 = 0, relay: RelayLimiter<ClientID>.Configuration = .init(),
-                    punch: PunchCoordinator.Configuration = .init(), rosterLimit: Int = 1000, rosterInterestLimit: Int = 256,
+                    punch: PunchCoordinator.Configuration = .init(), rosterLimit: Int = 1000, rosterFanOutLimit: Int = 20_000,
+                    rosterInterestLimit: Int = 256,
                     rosterFeed: RosterFeedConfiguration = .init(), queriesPerSecond: Double = 20) {
             self.sweepInterval = sweepInterval
             self.rosterLimit = rosterLimit
+            self.rosterFanOutLimit = rosterFanOutLimit
             self.rosterInterestLimit = rosterInterestLimit
             self.rosterFeed = rosterFeed
             self.queriesPerSecond = queriesPerSecond
@@ -199,7 +205,8 @@ public struct Registry: Sendable, SansIOCore {
     public init(configuration: Configuration = Configuration(), validator: any AddressValidator = RejectingValidator(),
                 serverKey: Curve25519.KeyAgreement.PrivateKey = .init(), now: Instant = .zero, rosterEpoch: UInt32 = 1) {
         self.configuration = configuration
-        roster = RosterPublisher(configuration: .init(limit: configuration.rosterLimit, interestLimit: configuration.rosterInterestLimit,
+        roster = RosterPublisher(configuration: .init(limit: configuration.rosterLimit, fanOutLimit: configuration.rosterFanOutLimit,
+                                                      interestLimit: configuration.rosterInterestLimit,
                                                       feed: configuration.rosterFeed),
                                  epoch: rosterEpoch)
         self.validator = validator

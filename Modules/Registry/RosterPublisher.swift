@@ -10,13 +10,16 @@ import Wire
 ///
 /// - Versions: every visible change (a registration, a move, a changed NAT kind or private
 ///   endpoint, a departure) takes the next roster version; records carry it.
-/// - Scope: while at most ``Configuration/limit`` clients are registered, every subscriber
-///   hears of every change (``RosterScope/complete``). Past it, a terminal user could not
-///   read the list anyway, and pushing every join to every subscriber would make a join cost
-///   the server and each subscriber in proportion to the roster: subscribers then hear only
-///   of the clients they asked about or talked to (``RosterScope/interest``), and list and
-///   complete by asking. The scope comes back to complete below 90 % of the limit (so a
-///   roster hovering at the limit does not flip every join).
+/// - Scope: while at most ``Configuration/limit`` clients are registered, and the whole
+///   roster pushed to every subscriber is at most ``Configuration/fanOutLimit`` records
+///   (registered × subscribers), every subscriber hears of every change
+///   (``RosterScope/complete``). Past the first bound a terminal user could not read the list
+///   anyway; past the second, the pushes would cost the server more than the registrations
+///   they announce (each join is one record per subscriber, and at 100 subscribers that is
+///   more work than the registration itself). Subscribers then hear only of the clients they
+///   asked about or talked to (``RosterScope/interest``), and list and complete by asking.
+///   The scope comes back to complete below 90 % of both bounds (so a roster hovering at a
+///   bound does not flip every join).
 /// - Interest: a look-up or a punch request records that a subscriber cares about a client
 ///   (both ways for a punch); each subscriber's interest is bounded (the oldest is forgotten).
 /// - Joins cost the same at any roster size: a change marks the feeds that must hear of it
@@ -29,6 +32,9 @@ struct RosterPublisher: Sendable {
     struct Configuration: Hashable, Sendable {
         /// Most registered clients for which subscribers hold the whole roster.
         var limit: Int = 1000
+        /// Most records a push of the whole roster to every subscriber may take (registered ×
+        /// subscribers) for the scope to be complete.
+        var fanOutLimit: Int = 20_000
         /// Most clients one subscriber's interest holds.
         var interestLimit: Int = 256
         var feed: RosterFeed<ClientID, Note>.Configuration = .init()
@@ -153,9 +159,14 @@ struct RosterPublisher: Sendable {
     /// new scope.
     mutating func updateScope(registered: Int, everyone: () -> [(ClientID, Int)], sizeOf: (ClientID) -> Int?, now: Instant) {
         let wanted: RosterScope
+        let fanOut = registered.multipliedReportingOverflow(by: feeds.count)
+        let records = fanOut.overflow ? Int.max : fanOut.partialValue
         switch scope {
-        case .complete: wanted = registered > configuration.limit ? .interest : .complete
-        case .interest: wanted = registered * 10 <= configuration.limit * 9 ? .complete : .interest
+        case .complete:
+            wanted = registered > configuration.limit || records > configuration.fanOutLimit ? .interest : .complete
+        case .interest:
+            wanted = registered * 10 <= configuration.limit * 9 && records <= configuration.fanOutLimit - configuration.fanOutLimit / 10
+                ? .complete : .interest
         }
         guard wanted != scope else { return }
         scope = wanted

@@ -1223,6 +1223,29 @@ struct RosterFeedRegistryTests {
         #expect(server.announced(at: at(4), to: A, acking: [alice]) == [.absent(id("c25"), .unregistered, Self.classicEndpoint(25))])
     }
 
+    /// The whole roster pushed to every subscriber may take at most the fan-out limit in
+    /// records (registered × subscribers): past it the scope turns to interest even below the
+    /// roster limit, and comes back when the product falls under 90 % of the limit.
+    @Test func theFanOutLimitBoundsTheCompleteScope() {
+        var server = Server(configuration: .init(rosterLimit: 1000, rosterFanOutLimit: 10, rosterFeed: .init(flushInterval: .zero)))
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        _ = server.register(carol, carolKey, from: C, privateEndpoints: carolPrivate, natKind: .endpointDependent, at: at(0))
+        for index in 0..<3 {
+            _ = server.registerClassic(id("c\(index)"), ip("10.9.0.1"), from: Self.classicEndpoint(index), at: at(1))
+        }
+        // 5 registered × 2 subscribers = 10 records: still complete.
+        #expect(server.registry.rosterScope == .complete)
+        _ = server.registerClassic(id("c3"), ip("10.9.0.1"), from: Self.classicEndpoint(3), at: at(1))
+        // 6 × 2 = 12 > 10.
+        #expect(server.registry.rosterScope == .interest)
+        _ = server.registry.receive(.unregister(id("c3")), from: Self.classicEndpoint(3), now: at(2))
+        // 5 × 2 = 10: not under 90 % of the limit, so the scope holds.
+        #expect(server.registry.rosterScope == .interest)
+        _ = server.registry.receive(.unregister(id("c2")), from: Self.classicEndpoint(2), now: at(2))
+        // 4 × 2 = 8 <= 9.
+        #expect(server.registry.rosterScope == .complete)
+    }
+
     /// A look-up of an ID nobody holds says so, with the roster version.
     @Test func lookUpOfAnUnknownID() {
         var server = Server.withThree()
