@@ -89,7 +89,7 @@ let package = Package(
         // The durable store's protocol, records and the memory store: no package dependency,
         // so cores (the registry) can emit changes without linking a database.
         module("Store"),
-        module("Registry", ["Addressing", "Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Admission", "Identity", "Roster", crypto, heap]),
+        module("Registry", ["Addressing", "Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Admission", "Identity", "Roster", "Store", crypto, heap]),
         module("ClientSession", ["Addressing", "Wire", "Identity", "KeepAlive", "AddressDiscovery", "MonotonicTime"]),
         module("ChatRouter", ["Addressing", "Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
         // The I/O layer along SwiftNIO's own line: the driver protocol and the channel handler
@@ -102,7 +102,7 @@ let package = Package(
         // from one thread only (see LineEditor.ReadlineTerminal).
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
-        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, logging]),
+        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Store", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, logging]),
         module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", nioCore, nioPosix, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Admission", "Addressing", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
@@ -114,7 +114,7 @@ let package = Package(
         tests("Wire", ["Wire", "Addressing"]),
         tests("NATGrouping", ["NATGrouping", "Addressing"]),
         tests("KeepAlive", ["KeepAlive", "MonotonicTime"]),
-        tests("Registry", ["Registry", "TestSupport", "Addressing", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Admission", crypto]),
+        tests("Registry", ["Registry", "TestSupport", "Addressing", "Wire", "MonotonicTime", "NATGrouping", "Identity", "Admission", "Store", crypto]),
         tests("ClientSession", ["ClientSession", "TestSupport", "Addressing", "Wire", "Identity", "MonotonicTime", crypto]),
         tests("ChatRouter", ["ChatRouter", "ClientSession", "TestSupport", "Addressing", "Wire", "HolePunch", "MonotonicTime", "Registry", "Identity", crypto]),
         tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Addressing", "STUN", "MonotonicTime"]),

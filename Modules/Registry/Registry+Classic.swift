@@ -22,6 +22,10 @@ extension Registry {
                 return refuse(id, from: source, .idInUse, dialect: .classic)
             }
             guard configuration.acceptClassic else { return refuse(id, from: source, .classicDisabled, dialect: .classic) }
+            // A classic client proves no key, so it cannot have the ID a key claimed.
+            if claimBook?.verdict(for: id, keys: nil, at: unixTime(now)) == .claimedByAnother {
+                return refuse(id, from: source, .claimed, dialect: .classic)
+            }
             let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0)
             return register(newcomer, answer: nil, now: now)
         case .keepAlive(let id):

@@ -8,6 +8,13 @@ import Wire
 // requests, relay, roster acknowledgements, look-ups and list queries.
 
 extension Registry {
+    /// `id` registered with `keys`: its claim is made or refreshed (when claims are kept).
+    mutating func claimed(_ id: ClientID, keys: PublicKeys, now: Instant) -> [Output] {
+        let at = unixTime(now)
+        guard let change = claimBook?.registered(id, keys: keys, at: at) else { return [] }
+        return [.persist(change)]
+    }
+
     /// Handles one decoded natchat/2 datagram that arrived from `source` at `now`; `bytes`
     /// is the datagram as received (its tag or signature covers it).
     public mutating func receive<G: RandomNumberGenerator>(_ datagram: ExtendedDatagram, bytes: [UInt8], from source: Endpoint,
@@ -37,6 +44,9 @@ extension Registry {
             case .replayed:
                 return [.report(.ignoredExtended(from: source, .replayed))]
             }
+            if claimBook?.verdict(for: id, keys: keys, at: unixTime(now)) == .claimedByAnother {
+                return refuse(id, from: source, .claimed, dialect: .extended)
+            }
             let nonce = Token128.random(using: &random)
             guard let sessionKey = SessionCrypto.sessionKey(privateKey: serverKey, peerPublicKey: keys.agreement,
                                                             cookie: cookie, nonce: nonce, id: id)
@@ -57,9 +67,11 @@ extension Registry {
                 startFeed(moved, now: now)
                 var actions: [Output] = [.report(.moved(moved, from: holder.publicEndpoint)), answer]
                 actions += published(moved, publicEndpointChanged: true, now: now)
-                return actions
+                return actions + claimed(id, keys: keys, now: now)
             }
-            return register(newcomer, answer: answer, now: now)
+            let actions = register(newcomer, answer: answer, now: now)
+            guard entries[id]?.keys == keys else { return actions }
+            return actions + claimed(id, keys: keys, now: now)
         case .keepAlive(let id, let natKind):
             guard var entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)

@@ -145,8 +145,11 @@ extension Registry {
 
     func refuse(_ id: ClientID, from source: Endpoint, _ refusal: Refusal, dialect: Dialect) -> [Output] {
         // Kept short when classic is off: the notice goes to an unvalidated address, within 3x.
-        let text = refusal == .classicDisabled ? "registration refused: natchat/2 only"
-            : "registration refused: ID \(id) - \(refusal)"
+        let text = switch refusal {
+        case .classicDisabled: "registration refused: natchat/2 only"
+        case .claimed: "ID \(id) is claimed by another key"
+        default: "registration refused: ID \(id) - \(refusal)"
+        }
         let notice: Output = dialect == .classic
             ? .send(.serverNotice(text), to: source) : .sendExtended(.refused(text: text), to: source)
         return [.report(.refused(id, from: source, refusal)), notice]

@@ -7,6 +7,7 @@ import KeepAlive
 import MonotonicTime
 import NATGrouping
 import Roster
+import Store
 import Wire
 
 /// The rendezvous server's registration state machine, for both dialects.
@@ -87,6 +88,9 @@ public struct Registry: Sendable, SansIOCore {
         public var rosterFeed: RosterFeedConfiguration
         /// Look-ups and list queries one client may make per second (twice as many at once).
         public var queriesPerSecond: Double
+        /// How long an ID's claim lives after its owner's latest registration; `nil`: no
+        /// claims (nothing outlives a session, as with `--store memory`).
+        public var claimTTL: Duration?
 
         public init(keepAliveTimeout: Duration = .seconds(30), sweepInterval: Duration = .seconds(10),
                     keepAliveInterval: Duration = .seconds(10),
@@ -94,7 +98,9 @@ public struct Registry: Sendable, SansIOCore {
                     alternatePort: UInt16 = 0, relay: RelayLimiter<ClientID>.Configuration = .init(),
                     punch: PunchCoordinator.Configuration = .init(), rosterLimit: Int = 1000, rosterFanOutLimit: Int = 20_000,
                     rosterInterestLimit: Int = 256,
-                    rosterFeed: RosterFeedConfiguration = .init(), queriesPerSecond: Double = 20) {
+                    rosterFeed: RosterFeedConfiguration = .init(), queriesPerSecond: Double = 20,
+                    claimTTL: Duration? = nil) {
+            self.claimTTL = claimTTL
             self.sweepInterval = sweepInterval
             self.rosterLimit = rosterLimit
             self.rosterFanOutLimit = rosterFanOutLimit
@@ -135,6 +141,8 @@ public struct Registry: Sendable, SansIOCore {
     /// Why a registration was refused.
     public enum Refusal: Hashable, Sendable, CustomStringConvertible {
         case idInUse
+        /// The ID is claimed by another natchat/2 key (or, for a classic client, by a key).
+        case claimed
         case reservedID
         case full
         case classicDisabled
@@ -142,6 +150,7 @@ public struct Registry: Sendable, SansIOCore {
         public var description: String {
             switch self {
             case .idInUse: "the ID is in use from another address"
+            case .claimed: "the ID is claimed by another key"
             case .reservedID: "the ID is reserved"
             case .full: "the server is full"
             case .classicDisabled: "this server accepts natchat/2 clients only"
@@ -170,6 +179,8 @@ public struct Registry: Sendable, SansIOCore {
         case send(ClassicMessage, to: Endpoint)
         case sendExtended(ExtendedMessage, to: Endpoint)
         case report(Event)
+        /// A durable change for the store's writer (applied in batches, off the event loop).
+        case persist(StoreChange)
     }
 
     public private(set) var configuration: Configuration
@@ -196,15 +207,26 @@ public struct Registry: Sendable, SansIOCore {
     var relayLimiter: RelayLimiter<ClientID>
     let validator: any AddressValidator
     let serverKey: Curve25519.KeyAgreement.PrivateKey
+    /// The IDs' claims (`nil` when ``Configuration/claimTTL`` is).
+    var claimBook: ClaimBook?
+    /// Wall-clock time at ``startInstant``: claims live for days, so they are dated in Unix
+    /// seconds, mapped from the monotonic instants the registry is given.
+    let unixTimeAtStart: Int64
+    let startInstant: Instant
 
     /// - Parameters:
     ///   - validator: makes and checks registration cookies.
     ///   - serverKey: the server's X25519 key for session keys (random per process).
     ///   - rosterEpoch: random per process, so clients tell a restarted server's roster
     ///     versions from the last one's.
+    ///   - unixTime: the wall-clock time (Unix seconds) at `now`, for dating claims.
     public init(configuration: Configuration = Configuration(), validator: any AddressValidator = RejectingValidator(),
-                serverKey: Curve25519.KeyAgreement.PrivateKey = .init(), now: Instant = .zero, rosterEpoch: UInt32 = 1) {
+                serverKey: Curve25519.KeyAgreement.PrivateKey = .init(), now: Instant = .zero, rosterEpoch: UInt32 = 1,
+                unixTime: Int64 = 0) {
         self.configuration = configuration
+        claimBook = configuration.claimTTL.map { ClaimBook(ttl: $0.components.seconds) }
+        unixTimeAtStart = unixTime
+        startInstant = now
         roster = RosterPublisher(configuration: .init(limit: configuration.rosterLimit, fanOutLimit: configuration.rosterFanOutLimit,
                                                       interestLimit: configuration.rosterInterestLimit,
                                                       feed: configuration.rosterFeed),
@@ -218,6 +240,24 @@ public struct Registry: Sendable, SansIOCore {
 
     /// Number of registered clients.
     public var count: Int { entries.count }
+
+    /// Takes in what the store holds (at start, before any datagram): the claims.
+    public mutating func restore(_ snapshot: StoreSnapshot) {
+        claimBook?.restore(snapshot.claims)
+    }
+
+    /// How many claims the registry holds (live or not yet scanned out).
+    public var claimCount: Int { claimBook?.count ?? 0 }
+
+    /// When `id` was claimed (Unix seconds), while its claim lives.
+    public func claimedSince(_ id: ClientID, now: Instant) -> Int64? {
+        claimBook?.claim(of: id, at: unixTime(now))?.claimedAt
+    }
+
+    /// The Unix time at `now`.
+    func unixTime(_ now: Instant) -> Int64 {
+        unixTimeAtStart + (now - startInstant).components.seconds
+    }
 
     /// The registered clients in registration order.
     public var clients: [Entry] { entries.entries.sorted { $0.sequence < $1.sequence } }
@@ -253,6 +293,8 @@ public struct Registry: Sendable, SansIOCore {
         if let due = nextSweep, now >= due {
             actions += sweep(now: now)
             nextSweep = entries.count > 0 ? now + configuration.sweepInterval : nil
+            let at = unixTime(now)
+            if let changes = claimBook?.expire(at: at) { actions += changes.map(Output.persist) }
         }
         if let due = roster.nextDeadline, now >= due { actions += flushRoster(now: now) }
         return actions

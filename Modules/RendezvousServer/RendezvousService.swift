@@ -5,6 +5,7 @@ import MonotonicTime
 import NIOCore
 import Registry
 import STUN
+import Store
 import Transport
 import Wire
 
@@ -61,15 +62,24 @@ public final class RendezvousService: DatagramDriver {
     private let logger: Logger
     private var random = SystemRandomNumberGenerator()
     private var sources: SourceGuard
+    private let persist: (@Sendable (StoreChange) -> Void)?
 
     /// - Parameters:
     ///   - validator: makes and checks the cookies of extended registrations.
+    ///   - stored: what the store held at start (claims), taken in before any datagram.
+    ///   - unixTime: the wall-clock time at `now` (Unix seconds), for dating claims.
+    ///   - persist: takes each durable change (the store's writer, which batches them off the
+    ///     event loop; it must not block). `nil`: nothing is kept.
     ///   - printLine: receives the operator's event lines (stdout in the app).
     public init(configuration: Configuration, validator: any AddressValidator = HMACAddressValidator(), logger: Logger,
-                now: Instant = SystemClock().now(), printLine: @escaping @Sendable (String) -> Void) {
+                now: Instant = SystemClock().now(), stored: StoreSnapshot = StoreSnapshot(), unixTime: Int64 = 0,
+                persist: (@Sendable (StoreChange) -> Void)? = nil, printLine: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
-        self.registry = Registry(configuration: configuration.registry, validator: validator, now: now,
-                                 rosterEpoch: UInt32.random(in: 1...UInt32.max))
+        var registry = Registry(configuration: configuration.registry, validator: validator, now: now,
+                                rosterEpoch: UInt32.random(in: 1...UInt32.max), unixTime: unixTime)
+        registry.restore(stored)
+        self.registry = registry
+        self.persist = persist
         self.sources = SourceGuard(configuration: configuration.sources)
         self.logger = logger
         self.printLine = printLine
@@ -209,6 +219,8 @@ public final class RendezvousService: DatagramDriver {
                 send(message.encode(), to: destination, classic: false, now: now, output: &output)
             case .report(let event):
                 report(event)
+            case .persist(let change):
+                persist?(change)
             }
         }
     }

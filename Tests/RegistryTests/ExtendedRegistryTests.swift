@@ -5,6 +5,7 @@ import Testing
 import Identity
 import MonotonicTime
 @testable import Registry
+import Store
 import Wire
 import TestSupport
 
@@ -1293,5 +1294,98 @@ struct RosterFeedRegistryTests {
             if actions == [.report(.ignoredExtended(from: A, .queryRateLimited))] { limited += 1 }
         }
         #expect(answered == 40 && limited == 20)
+    }
+}
+
+@Suite("Registry ID claims")
+struct ClaimTests {
+    /// Claims kept for 100 s after the owner's latest registration; Unix time = seconds since at(0).
+    static let withClaims = Registry.Configuration(rosterFeed: .init(flushInterval: .zero), claimTTL: .seconds(100))
+
+    private static func persisted(_ actions: [Registry.Output]) -> [StoreChange] {
+        actions.compactMap { if case .persist(let change) = $0 { change } else { nil } }
+    }
+
+    private static func aliceClaim(claimedAt: Int64, lastSeen: Int64) -> StoreChange {
+        .putClaim(ClaimRecord(id: "alice", signingKey: aliceKey.publicKeys.signing, agreementKey: aliceKey.publicKeys.agreement,
+                              claimedAt: claimedAt, lastSeen: lastSeen))
+    }
+
+    private static let claimedRefusal = "ID alice is claimed by another key"
+
+    /// The first key claims the ID; once its owner is gone, another key is still refused, and
+    /// the owner's key comes back and refreshes the claim.
+    @Test func theFirstKeyClaimsAndAnotherIsRefusedWhileTheOwnerIsAway() {
+        var server = Server(configuration: Self.withClaims)
+        let first = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        #expect(Self.persisted(first) == [Self.aliceClaim(claimedAt: 0, lastSeen: 0)])
+        #expect(server.registry.claimedSince(alice, now: at(1)) == 0)
+        _ = server.receiveBytes(server.sessionBytes(alice, .exit(id: alice)), from: A, at: at(1))
+        #expect(server.registry.entry(for: alice) == nil)
+        let impostor = server.register(alice, malloryKey, from: X, privateEndpoints: [], natKind: .unknown, at: at(5))
+        #expect(versionless(impostor) == [.report(.refused(alice, from: X, .claimed)),
+                                          .sendExtended(.refused(text: Self.claimedRefusal), to: X)])
+        #expect(server.registry.entry(for: alice) == nil)
+        let back = server.register(alice, aliceKey, from: X, privateEndpoints: [], natKind: .unknown, at: at(50))
+        #expect(back.contains { if case .report(.registered) = $0 { true } else { false } })
+        #expect(Self.persisted(back) == [Self.aliceClaim(claimedAt: 0, lastSeen: 50)])
+    }
+
+    /// A classic client proves no key: it cannot register a claimed ID, but unclaimed IDs stay open to it.
+    @Test func aClassicClientCannotTakeAClaimedID() {
+        var server = Server(configuration: Self.withClaims)
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        _ = server.receiveBytes(server.sessionBytes(alice, .exit(id: alice)), from: A, at: at(1))
+        let refused = server.registerClassic(alice, bobPrivate, from: B, at: at(2))
+        #expect(refused == [.report(.refused(alice, from: B, .claimed)), .send(.serverNotice(Self.claimedRefusal), to: B)])
+        let bobRegisters = server.registerClassic(bob, bobPrivate, from: B, at: at(2))
+        #expect(bobRegisters.contains { if case .report(.registered) = $0 { true } else { false } })
+        #expect(Self.persisted(bobRegisters).isEmpty)
+    }
+
+    /// A claim lives a TTL after its owner's latest registration; after that another key may
+    /// claim the ID, and the hourly scan deletes expired claims from the store.
+    @Test func anExpiredClaimIsOpenAndScannedOut() {
+        var server = Server(configuration: Self.withClaims)
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        _ = server.register(carol, carolKey, from: C, privateEndpoints: carolPrivate, natKind: .endpointIndependent, at: at(0))
+        _ = server.receiveBytes(server.sessionBytes(alice, .exit(id: alice)), from: A, at: at(1))
+        // At 99 s the claim lives, at 100 s it is gone.
+        #expect(server.register(alice, malloryKey, from: X, privateEndpoints: [], natKind: .unknown, at: at(99))
+            .contains(.report(.refused(alice, from: X, .claimed))))
+        let takeover = server.register(alice, malloryKey, from: X, privateEndpoints: [], natKind: .unknown, at: at(100))
+        #expect(Self.persisted(takeover) == [.putClaim(ClaimRecord(id: "alice", signingKey: malloryKey.publicKeys.signing,
+                                                                  agreementKey: malloryKey.publicKeys.agreement,
+                                                                  claimedAt: 100, lastSeen: 100))])
+        // carol's claim (last seen at 0) expired too: the sweep's scan deletes it.
+        _ = server.receiveBytes(server.sessionBytes(carol, .exit(id: carol)), from: C, at: at(101))
+        let swept = server.registry.handleTimeout(now: at(150))
+        #expect(Self.persisted(swept) == [.removeClaim(id: "carol")])
+        #expect(server.registry.claimCount == 1)
+    }
+
+    /// Claims restored from the store (a restart) hold as before.
+    @Test func restoredClaimsHoldAcrossARestart() {
+        var server = Server(configuration: Self.withClaims)
+        server.registry.restore(StoreSnapshot(claims: [ClaimRecord(id: "alice", signingKey: aliceKey.publicKeys.signing,
+                                                                   agreementKey: aliceKey.publicKeys.agreement,
+                                                                   claimedAt: -1000, lastSeen: -50),
+                                                       ClaimRecord(id: "broken", signingKey: [1, 2], agreementKey: [],
+                                                                   claimedAt: 0, lastSeen: 0)]))
+        #expect(server.registry.claimCount == 1)
+        #expect(server.register(alice, malloryKey, from: X, privateEndpoints: [], natKind: .unknown, at: at(1))
+            .contains(.report(.refused(alice, from: X, .claimed))))
+        let owner = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(2))
+        #expect(Self.persisted(owner) == [Self.aliceClaim(claimedAt: -1000, lastSeen: 2)])
+    }
+
+    /// Without a claim TTL (`--store memory`) nothing outlives a session, as before claims.
+    @Test func withoutClaimsAnotherKeyTakesAFreeID() {
+        var server = Server()
+        let first = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        #expect(Self.persisted(first).isEmpty)
+        _ = server.receiveBytes(server.sessionBytes(alice, .exit(id: alice)), from: A, at: at(1))
+        let other = server.register(alice, malloryKey, from: X, privateEndpoints: [], natKind: .unknown, at: at(5))
+        #expect(other.contains { if case .report(.registered) = $0 { true } else { false } })
     }
 }
