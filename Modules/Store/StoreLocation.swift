@@ -94,6 +94,7 @@ public enum StoreLocationError: Error, Hashable, Sendable, CustomStringConvertib
     /// A URL such as `postgres://...`: not supported yet.
     case unsupported(scheme: String)
 
+    /// What natchat-server prints when it refuses the option.
     public var description: String {
         switch self {
         case .empty:

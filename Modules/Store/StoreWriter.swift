@@ -41,6 +41,7 @@ public final class StoreWriter: Sendable {
         /// How long the last batch applied took in the store.
         public var lastBatchLatency: Duration?
 
+        /// All counters at zero, nothing pending, no error, no latency yet.
         public init() {}
     }
 
