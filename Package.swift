@@ -28,6 +28,7 @@ let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto"
 let deque: Target.Dependency = .product(name: "DequeModule", package: "swift-collections", condition: .when(traits: ["Collections"]))
 let heap: Target.Dependency = .product(name: "HeapModule", package: "swift-collections", condition: .when(traits: ["Collections"]))
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["CLI"]))
+let grdb: Target.Dependency = .product(name: "GRDB", package: "GRDB.swift", condition: .when(traits: ["SQLite"]))
 
 let package = Package(
     name: "natchat",
@@ -48,6 +49,7 @@ let package = Package(
         .library(name: "Admission", targets: ["Admission"]),
         .library(name: "Roster", targets: ["Roster"]),
         .library(name: "Store", targets: ["Store"]),
+        .library(name: "SQLiteStore", targets: ["SQLiteStore"]),
         .library(name: "Registry", targets: ["Registry"]),
         .library(name: "ChatRouter", targets: ["ChatRouter"]),
         .library(name: "ClientSession", targets: ["ClientSession"]),
@@ -62,7 +64,8 @@ let package = Package(
         .trait(name: "Crypto", description: "swift-crypto: Identity, and ClientSession, Registry, ChatRouter and the nodes through it"),
         .trait(name: "Collections", description: "swift-collections: Roster, and Registry, ChatRouter and the nodes through it"),
         .trait(name: "CLI", description: "swift-argument-parser: the programs natchat-server and natchat"),
-        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI"]),
+        .trait(name: "SQLite", description: "GRDB.swift (and Debian's libsqlite3-dev): SQLiteStore"),
+        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -70,6 +73,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         module("MonotonicTime"),
@@ -89,6 +93,8 @@ let package = Package(
         // The durable store's protocol, records and the memory store: no package dependency,
         // so cores (the registry) can emit changes without linking a database.
         module("Store"),
+        // The store in an SQLite file, through GRDB (which links Debian's libsqlite3).
+        module("SQLiteStore", ["Store", grdb]),
         module("Registry", ["Addressing", "Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Admission", "Identity", "Roster", "Store", crypto, heap]),
         module("ClientSession", ["Addressing", "Wire", "Identity", "KeepAlive", "AddressDiscovery", "MonotonicTime"]),
         module("ChatRouter", ["Addressing", "Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
@@ -130,5 +136,6 @@ let package = Package(
         tests("Admission", ["Admission", "MonotonicTime", "Addressing"]),
         tests("Roster", ["Roster", "TestSupport", "Addressing", "Wire", "MonotonicTime"]),
         tests("Identity", ["Identity", "TestSupport", "Addressing", "Wire", crypto]),
+        tests("Store", ["Store", "SQLiteStore", "TestSupport", grdb]),
     ]
 )

@@ -39,6 +39,17 @@ need_readline() {
     need_packages "test -f /usr/include/readline/readline.h" libreadline-dev
 }
 
+# need_sqlite: SQLite's headers and library, which GRDB (the SQLiteStore module, trait
+# SQLite) builds and links against through its GRDBSQLite system library.
+need_sqlite() {
+    need_packages "test -f /usr/include/sqlite3.h" libsqlite3-dev
+}
+
+# need_build_packages: the Debian packages a build of natchat needs (installed when root).
+need_build_packages() {
+    need_readline && need_sqlite
+}
+
 # newest_source_mtime: the newest modification time (epoch seconds) of the sources a build reads.
 newest_source_mtime() {
     find "$NATCHAT_ROOT/Package.swift" "$NATCHAT_ROOT/Modules" "$NATCHAT_ROOT/Apps" -type f \
@@ -65,11 +76,12 @@ release_build_stale() {
 
 # ensure_release_build: when release_build_stale, builds both products in one
 # `swift build -c release` (so whichever wrapper runs first builds for the other), with
-# all output on stderr. Needs the toolchain and libreadline-dev (installed when root).
+# all output on stderr. Needs the toolchain, libreadline-dev and libsqlite3-dev (installed
+# when root).
 ensure_release_build() {
     release_build_stale || return 0
     find_swift || return 1
-    need_readline || return 1
+    need_build_packages || return 1
     echo "natchat: building natchat and natchat-server (release); the first build takes a few minutes..." >&2
     swift build -c release --package-path "$NATCHAT_ROOT" >&2 || {
         echo "natchat: the release build failed (see above)" >&2; return 1; }
