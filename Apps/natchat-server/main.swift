@@ -2,16 +2,111 @@ import Addressing
 import Admission
 import ArgumentParser
 import Foundation
+import Identity
 import Logging
 import MonotonicTime
 import Registry
 import RendezvousServer
+import SQLiteStore
+import Store
+import Wire
 
 /// `natchat-server`: the rendezvous server. All of the work is in the RendezvousServer module.
+/// With no subcommand it serves (`serve`); `claims` lists and releases ID claims in the store.
 @main
 struct NatchatServer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "natchat-server",
+        abstract: "The natchat UDP rendezvous server.",
+        discussion: "With no subcommand, natchat-server serves: `natchat-server --port 10080` is `natchat-server serve --port 10080`.",
+        subcommands: [Serve.self, Claims.self],
+        defaultSubcommand: Serve.self)
+}
+
+/// The `--store` option, shared by the subcommands.
+struct StoreOptions: ParsableArguments {
+    @Option(help: "Durable state (ID claims): an SQLite file, or 'memory' to keep nothing. Default: $STATE_DIRECTORY/natchat-server.sqlite, else $XDG_STATE_HOME/natchat-server/natchat-server.sqlite, else ~/.local/state/natchat-server/natchat-server.sqlite.")
+    var store: String?
+
+    /// The store to use: `nil` for memory. Throws a ``StoreError`` or a usage error the
+    /// command prints as it is.
+    func open() throws -> (any DurableStore)? {
+        let location: StoreLocation
+        do {
+            location = try store.map(StoreLocation.parse) ?? .file(path: StoreLocation.defaultPath(environment: ProcessInfo.processInfo.environment))
+        } catch {
+            throw ValidationError("--store: \(error)")
+        }
+        switch location {
+        case .memory: return nil
+        case .file(let path): return try SQLiteStore(path: path)
+        }
+    }
+}
+
+/// Prints a store error and exits 1: never a crash, never an emptied store.
+func exitOnStoreError<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as StoreError {
+        FileHandle.standardError.write(Data("natchat-server: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+/// `natchat-server claims list|release`: the operator's view of the claims in a store.
+struct Claims: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List or release the ID claims kept in the store.",
+        discussion: "Stop the server before releasing: a running server holds its claims in memory and writes them back.",
+        subcommands: [List.self, Release.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Lists the claims: ID, key fingerprint, claimed, last seen (UTC).")
+        @OptionGroup var storeOptions: StoreOptions
+
+        func run() throws {
+            guard let store = try exitOnStoreError({ try storeOptions.open() }) else {
+                print("the memory store keeps no claims")
+                return
+            }
+            let snapshot = try exitOnStoreError { try store.load() }
+            for claim in snapshot.claims {
+                let fingerprint = IdentityKey.fingerprint(of: PublicKeys(signing: claim.signingKey, agreement: claim.agreementKey))
+                print("\(claim.id) \(fingerprint) claimed \(Self.date(claim.claimedAt)) last-seen \(Self.date(claim.lastSeen))")
+            }
+            print("\(snapshot.claims.count) claim(s) in \(store.location)")
+        }
+
+        static func date(_ unixTime: Int64) -> String {
+            ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(unixTime)))
+        }
+    }
+
+    struct Release: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Releases an ID's claim: any key may register it again.")
+        @Argument(help: "The claimed ID.") var id: String
+        @OptionGroup var storeOptions: StoreOptions
+
+        func run() throws {
+            guard let store = try exitOnStoreError({ try storeOptions.open() }) else {
+                print("the memory store keeps no claims")
+                return
+            }
+            let snapshot = try exitOnStoreError { try store.load() }
+            guard snapshot.claims.contains(where: { $0.id == id }) else {
+                FileHandle.standardError.write(Data("natchat-server: \(id) is not claimed in \(store.location)\n".utf8))
+                throw ExitCode(1)
+            }
+            try exitOnStoreError { try store.apply([.removeClaim(id: id)]) }
+            print("released \(id) in \(store.location)")
+        }
+    }
+}
+
+/// Serves (the default subcommand).
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
         abstract: "The natchat UDP rendezvous server.",
         discussion: """
             Clients register an ID and their private address; the server records the public \
@@ -68,6 +163,11 @@ struct NatchatServer: AsyncParsableCommand {
     @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @OptionGroup var storeOptions: StoreOptions
+
+    @Option(help: "Days an ID's claim lives after its owner's latest registration.")
+    var claimTtl: Double = 90
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (0...65535).contains(altPort) else { throw ValidationError("--alt-port must be 0...65535") }
@@ -82,6 +182,7 @@ struct NatchatServer: AsyncParsableCommand {
         guard rosterLimit >= 0 else { throw ValidationError("--roster-limit must not be negative") }
         guard rosterFanOut >= 0 else { throw ValidationError("--roster-fan-out must not be negative") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        guard claimTtl > 0, claimTtl <= 36_500 else { throw ValidationError("--claim-ttl must be in (0, 36500] days") }
     }
 
     func run() async throws {
@@ -92,6 +193,7 @@ struct NatchatServer: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "natchat.server")
+        let store = try exitOnStoreError { try storeOptions.open() }
         var relay = RelayLimiter<ClientID>.Configuration()
         relay.packetsPerSecond = relayPacketsPerSecond
         relay.bytesPerSecond = relayBytesPerSecond
@@ -106,11 +208,17 @@ struct NatchatServer: AsyncParsableCommand {
                                              sweepInterval: .fractionalSeconds(sweepInterval),
                                              keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),
                                              maxClients: maxClients, acceptClassic: classic == .on, relay: relay,
-                                             rosterLimit: rosterLimit, rosterFanOutLimit: rosterFanOut),
+                                             rosterLimit: rosterLimit, rosterFanOutLimit: rosterFanOut,
+                                             claimTTL: store == nil ? nil : .fractionalSeconds(claimTtl * 86_400)),
             sources: sources)
-        try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
-                                       logger: logger) { line in
-            StandardOutput.writeLine(line)
+        do {
+            try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
+                                           store: store, logger: logger) { line in
+                StandardOutput.writeLine(line)
+            }
+        } catch let error as StoreError {
+            FileHandle.standardError.write(Data("natchat-server: \(error)\n".utf8))
+            throw ExitCode(1)
         }
     }
 }

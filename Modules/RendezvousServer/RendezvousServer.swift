@@ -1,16 +1,40 @@
+import Foundation
 import Logging
+import MonotonicTime
 import NIOCore
 import NIOPosix
+import Store
 import TransportPosix
 
 /// Runs a rendezvous server until it is told to stop.
 public enum RendezvousServer {
     /// Binds `host:port`, prints `server program starts....` and serves until
     /// SIGINT or SIGTERM, then closes the socket and returns.
-    /// - Parameter alternatePort: a second port that answers STUN only, for clients'
-    ///   NAT-behaviour probes (0: none).
+    /// - Parameters:
+    ///   - alternatePort: a second port that answers STUN only, for clients' NAT-behaviour
+    ///     probes (0: none).
+    ///   - store: the durable store, opened; its contents are loaded before the socket is
+    ///     bound (a store that cannot be read stops the server here, with the store's error),
+    ///     and changes go to it in batches through a ``StoreWriter`` off the event loop,
+    ///     flushed when the server stops. `nil`: nothing is kept (`--store memory`).
     public static func run(host: String, port: Int, alternatePort: Int = 0, configuration: RendezvousService.Configuration,
-                           logger: Logger, printLine: @escaping @Sendable (String) -> Void) async throws {
+                           store: (any DurableStore)? = nil, logger: Logger,
+                           printLine: @escaping @Sendable (String) -> Void) async throws {
+        let stored = try store?.load() ?? StoreSnapshot()
+        let writer = store.map { store in
+            StoreWriter(store: store, onError: { error in
+                logger.error("store write failed; the changes are kept and retried", metadata: ["error": "\(error)"])
+            })
+        }
+        if let store {
+            logger.info("store", metadata: ["location": "\(store.location)", "claims": "\(stored.claims.count)",
+                                            "mail": "\(stored.mail.count)"])
+        } else {
+            logger.info("store", metadata: ["location": "memory (nothing is kept)"])
+        }
+        let persist: (@Sendable (StoreChange) -> Void)? = writer.map { writer in { @Sendable change in writer.enqueue(change) } }
+        let unixTime = Int64(Date().timeIntervalSince1970)
+        let startedAt = SystemClock().now()
         let signals = TerminationSignal.install()
         let group = MultiThreadedEventLoopGroup.singleton
         var configuration = configuration
@@ -18,7 +42,8 @@ public enum RendezvousServer {
         let finalConfiguration = configuration
         let server = try await DatagramHost.bind(host: host, port: port, group: group, logger: logger,
                                                  receiveBufferBytes: 4 << 20) {
-            RendezvousService(configuration: finalConfiguration, logger: logger, printLine: printLine)
+            RendezvousService(configuration: finalConfiguration, logger: logger, now: startedAt, stored: stored, unixTime: unixTime,
+                              persist: persist, printLine: printLine)
         }
         var alternate: DatagramHost<STUNOnlyService>?
         if alternatePort != 0 {
@@ -39,5 +64,10 @@ public enum RendezvousServer {
         }
         await server.close()
         await alternate?.close()
+        do {
+            try writer?.close()
+        } catch {
+            logger.error("store: the last changes could not be written", metadata: ["error": "\(error)"])
+        }
     }
 }

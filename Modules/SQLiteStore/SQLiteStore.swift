@@ -17,14 +17,13 @@ import Darwin
 /// is not SQLite or fails `PRAGMA quick_check` (``StoreError/corrupt(path:reason:)``), one
 /// written by a newer natchat (``StoreError/schemaTooNew(path:found:supported:)``) and one it
 /// cannot write (``StoreError/cannotOpen(path:reason:)``), without ever changing, truncating
-/// or deleting a file it refuses; then it turns on WAL with `synchronous = NORMAL` and runs the
+/// or deleting a file it refuses; then it turns on WAL with `synchronous = FULL` and runs the
 /// versioned schema migrations. ``apply(_:)`` writes a batch as one transaction.
 ///
-/// Durability: in WAL mode with `synchronous = NORMAL`, SQLite syncs the WAL at checkpoints,
-/// not at each commit, so a transaction is atomic and the file stays consistent after a
-/// crash or a power cut, but the last transactions committed before a power cut or an
-/// operating-system crash may be rolled back (a crash of the process alone loses nothing
-/// committed: the WAL is in the operating system's cache).
+/// Durability: in WAL mode with `synchronous = FULL`, SQLite syncs the WAL at each commit, so
+/// a transaction (a batch) is atomic, the file stays consistent, and a committed batch
+/// survives a crash of the process or the system and a power cut. The fsync costs the
+/// writer's thread once per batch, never a datagram.
 public final class SQLiteStore: DurableStore {
     /// The schema version this build writes: the number of migrations it knows (`v1`, ...).
     public static let schemaVersion = SQLiteStore.migrations.count
@@ -56,12 +55,6 @@ public final class SQLiteStore: DurableStore {
         var configuration = Configuration()
         configuration.busyMode = .timeout(Self.busyTimeout)
         configuration.label = "natchat-store"
-        configuration.prepareDatabase { db in
-            // GRDB's pool sets these too; said here so that the store does not depend on it.
-            if !db.configuration.readonly {
-                try db.execute(sql: "PRAGMA synchronous = NORMAL")
-            }
-        }
         let opened: DatabasePool
         do {
             opened = try DatabasePool(path: path, configuration: configuration)
@@ -70,6 +63,9 @@ public final class SQLiteStore: DurableStore {
         }
         pool = opened
         do {
+            // GRDB's pool opens its writer with synchronous = NORMAL; every batch goes through
+            // that one connection, which syncs each commit from here on.
+            try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
             // A file created here (not checked above) may have been migrated by a newer
             // natchat in the meantime: check again, then migrate.
             try pool.read { db in try Self.refuseNewerSchema(db, path: path) }

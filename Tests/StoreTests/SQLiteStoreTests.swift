@@ -78,11 +78,11 @@ struct SQLiteStoreTests {
         #expect(mode(folder.file("store.sqlite")) == 0o600)
     }
 
-    @Test func walWithSynchronousNormal() throws {
+    @Test func walWithSynchronousFull() throws {
         let folder = try TemporaryFolder()
         let store = try SQLiteStore(path: folder.file("store.sqlite"))
         #expect(try store.pragma("journal_mode") == "wal")
-        #expect(try store.pragma("synchronous") == "1")    // NORMAL
+        #expect(try store.pragma("synchronous") == "2")    // FULL
         #expect(try store.pragma("busy_timeout") == "5000")
         #expect(SQLiteStore.schemaVersion == 1)
     }

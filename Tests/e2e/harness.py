@@ -545,10 +545,13 @@ class ProcessGroup:
         return env
 
     def start_server(self, kind, bind="127.0.0.1", port=None, timeout=None, sweep=None,
-                     wait=True):
+                     wait=True, state="server", extra=()):
         """kind: 'natchat' (natchat-server) or 'classic' (reference server).
 
         timeout / sweep: keep-alive timeout and sweep interval in seconds (None = default).
+        state: natchat-server keeps its default store (ID claims) in STATE_DIRECTORY, a
+        per-test directory of that name (servers sharing a name share the store, as a
+        restarted server does); extra: more arguments.
         """
         port = port or free_udp_port((bind,))
         if kind == "natchat":
@@ -557,7 +560,7 @@ class ProcessGroup:
                 argv += ["--keepalive-timeout", _num(timeout)]
             if sweep is not None:
                 argv += ["--sweep-interval", _num(sweep)]
-            env = None
+            env = dict(os.environ, STATE_DIRECTORY=self.home(state))
         elif kind == "classic":
             argv = [sys.executable, "-u", CLASSIC, "server", "--bind", bind, "--port", port]
             if timeout is not None:
@@ -567,6 +570,7 @@ class ProcessGroup:
             env = self._py_env()
         else:
             raise ValueError(kind)
+        argv += list(extra)
         proc = ServerProc(kind, bind, port, f"{kind}-server", argv, group=self, env=env)
         self.add(proc)
         if wait:

@@ -631,7 +631,10 @@ class TestNatchatClientCLI(E2ETest):
         # another user's program (its own HOME: no shared state with alice)
         imposter = self.g.start_client("natchat", "alice", ALIASES[2], port, srv,
                                        home="imposter")
-        imposter.wait_for_line(r"From server \[registration refused: .+\]")
+        # alice's key claimed the ID (the server runs on its default store): another key is
+        # refused as such, and the shell exits with status 2.
+        imposter.wait_for_line(re.escape("From server [ID alice is claimed by another key]"))
+        self.assertEqual(imposter.wait_exit(), 2, imposter.describe())
         self.assertEqual(imposter.count(r"\* registered as .*"), 0)
         alice.sync()
         self.assert_stdout_exact(srv, [START, f"alice {alice.endpoint}", f"bob {bob.endpoint}"])

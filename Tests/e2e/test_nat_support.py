@@ -205,7 +205,8 @@ class Server(NatNode):
     def __init__(self, tb, host='srv', extra=()):
         ip = tb.addr(host)
         super().__init__(tb, host, 'server', [binary('natchat-server'), '--bind', ip, '--port', SERVER_PORT,
-                                              '--alt-port', ALT_PORT, *log_args(), *extra], stdin=False)
+                                              '--alt-port', ALT_PORT, '--store', 'memory', *log_args(), *extra],
+                         stdin=False)
         self.ip = ip
         if self.wait(re.escape('server program starts....'), 10) is None:
             raise AssertionError('natchat-server did not start\n' + self.describe())

@@ -112,6 +112,7 @@ class WrapperTest(unittest.TestCase):
         client_port = free_udp_port((ALICE_IP, BOB_IP))
         srv = self.start_wrapper(ServerProc, START_SERVER, "natchat", SERVER_IP, port,
                                  name="bin/start-server",
+                                 env=dict(os.environ, STATE_DIRECTORY=self.g.home("server-state")),
                                  argv=["--bind", SERVER_IP, "--port", port,
                                        "--alt-port", alt_port])
         srv.wait_for_line(r"server program starts\.\.\.\.", timeout=START_TIMEOUT)

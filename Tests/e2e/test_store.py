@@ -1,0 +1,150 @@
+"""The durable store (issue 15) with real processes on loopback.
+
+1. test_claim_survives_a_restart_and_refuses_an_impostor: alice registers with a server on
+   its default store (an SQLite file in a per-test STATE_DIRECTORY) and leaves; the server is
+   stopped (SIGTERM: the writer flushes) and started again on the same store; mallory, with
+   another identity key, registers as alice and is refused ("From server [ID alice is
+   claimed by another key]", exit status 2); alice herself, with her key, registers.
+   `natchat-server claims list` shows the claim with alice's fingerprint; with the server
+   stopped, `claims release alice` frees it, and once it is started mallory may take the ID.
+2. test_classic_client_cannot_take_a_claimed_id: the reference (seed) client cannot register
+   an ID a key claimed, and gets the server's notice.
+3. test_bad_store_files_stop_the_server_cleanly: a file of garbage bytes, a path under a
+   regular file, and an unknown URL scheme each stop natchat-server at start with exit status
+   1 (64 for the URL, a usage error) and a message naming the problem; the garbage file is left byte for byte as it was.
+4. test_memory_store_keeps_nothing: with --store memory no file is written and an ID is free
+   once its holder leaves (as before the store).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import (  # noqa: E402
+    SERVER_BIN,
+    ProcessGroup,
+    binary_path,
+    free_udp_port,
+    require_loopback_aliases,
+)
+
+SERVER_IP, ALICE_IP, MALLORY_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+STORE_FILE = "natchat-server.sqlite"
+
+
+class StoreTest(unittest.TestCase):
+
+    def setUp(self):
+        require_loopback_aliases(self, [SERVER_IP, ALICE_IP, MALLORY_IP])
+        self.g = ProcessGroup()
+        self.addCleanup(self.g.stop_all)
+
+    def restart(self, server, **kw):
+        """SIGTERM (the store writer flushes on the way out), then the same port and store."""
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait_exit(timeout=15), 0, server.describe())
+        return self.g.start_server("natchat", bind=SERVER_IP, port=server.port, **kw)
+
+    def client(self, cid, ip, server, home, port):
+        return self.g.start_client("natchat", cid, ip, port, server, home=home)
+
+    def server_tool(self, *args, state="server"):
+        env = dict(os.environ, STATE_DIRECTORY=self.g.home(state))
+        return subprocess.run([binary_path(SERVER_BIN), *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    def test_claim_survives_a_restart_and_refuses_an_impostor(self):
+        srv = self.g.start_server("natchat", bind=SERVER_IP)
+        port = free_udp_port((ALICE_IP, MALLORY_IP))
+        alice = self.client("alice", ALICE_IP, srv, "alice", port)
+        registered = alice.wait_registered()
+        fingerprint = re.search(r"key ([0-9a-f]{2}(?::[0-9a-f]{2}){7})$", registered.text)
+        self.assertIsNotNone(fingerprint, registered.text)
+        self.assertEqual(alice.exit(), 0)
+
+        srv = self.restart(srv)
+        self.assertTrue(os.path.exists(os.path.join(self.g.home("server"), STORE_FILE)))
+        srv.wait_for_line(r"claims=1 .*\] store$", stream="stderr", search=True)
+
+        mallory = self.client("alice", MALLORY_IP, srv, "mallory", port)
+        mallory.wait_for_line(re.escape("From server [ID alice is claimed by another key]"))
+        self.assertEqual(mallory.wait_exit(), 2, mallory.describe())
+        srv.assert_no_line(re.escape(f"alice {MALLORY_IP}:{port}"))
+
+        alice = self.client("alice", ALICE_IP, srv, "alice", port)
+        alice.wait_registered()
+        self.assertEqual(alice.exit(), 0)
+
+        # The operator's view: the claim, with the key's fingerprint; released, it is free.
+        listed = self.server_tool("claims", "list")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertRegex(listed.stdout, r"(?m)^alice [0-9a-f]{2}(:[0-9a-f]{2}){7} claimed \S+ last-seen \S+$")
+        self.assertIn(f"alice {fingerprint.group(1)} claimed", listed.stdout)
+        # Released with the server stopped (a running one holds its claims in memory).
+        srv.signal(signal.SIGTERM)
+        self.assertEqual(srv.wait_exit(timeout=15), 0, srv.describe())
+        released = self.server_tool("claims", "release", "alice")
+        self.assertEqual(released.returncode, 0, released.stderr)
+        again = self.server_tool("claims", "release", "alice")
+        self.assertEqual(again.returncode, 1, again.stdout)
+        srv = self.g.start_server("natchat", bind=SERVER_IP, port=srv.port)
+        mallory = self.client("alice", MALLORY_IP, srv, "mallory", port)
+        mallory.wait_registered()
+        self.assertEqual(mallory.exit(), 0)
+
+    def test_classic_client_cannot_take_a_claimed_id(self):
+        srv = self.g.start_server("natchat", bind=SERVER_IP)
+        port = free_udp_port((ALICE_IP, MALLORY_IP))
+        alice = self.client("alice", ALICE_IP, srv, "alice", port)
+        alice.wait_registered()
+        self.assertEqual(alice.exit(), 0)
+        classic = self.g.start_client("classic", "alice", MALLORY_IP, port, srv)
+        classic.wait_for_line(r".*ID alice is claimed by another key.*", stream="stderr", search=False)
+        srv.assert_no_line(re.escape(f"alice {MALLORY_IP}:{port}"))
+        carol = self.g.start_client("classic", "carol", MALLORY_IP, free_udp_port((MALLORY_IP,)), srv)
+        carol.wait_registered()
+
+    def test_bad_store_files_stop_the_server_cleanly(self):
+        folder = self.g.home("bad")
+        garbage = os.path.join(folder, "garbage.sqlite")
+        content = b"this is not an SQLite database\n" * 200
+        with open(garbage, "wb") as f:
+            f.write(content)
+        plain_file = os.path.join(folder, "plain")
+        with open(plain_file, "w") as f:
+            f.write("a regular file\n")
+        # Exit 1 for a store that cannot be used, 64 (a usage error) for a value that is no store.
+        cases = ((garbage, r"damaged or not a natchat store", 1),
+                 (os.path.join(plain_file, "natchat.sqlite"), r"cannot open the store", 1),
+                 ("postgres://natchat@localhost/natchat", r"PostgreSQL is not supported yet", 64))
+        for store, message, status in cases:
+            port = free_udp_port((SERVER_IP,))
+            run = subprocess.run([binary_path(SERVER_BIN), "--bind", SERVER_IP, "--port", str(port),
+                                  "--alt-port", "0", "--store", store],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(run.returncode, status, f"--store {store}: {run.stdout}\n{run.stderr}")
+            self.assertRegex(run.stderr, message, f"--store {store}")
+            self.assertNotIn("server program starts", run.stdout)
+            self.assertNotIn("Fatal error", run.stderr)
+        with open(garbage, "rb") as f:
+            self.assertEqual(f.read(), content, "the damaged store file was changed")
+
+    def test_memory_store_keeps_nothing(self):
+        srv = self.g.start_server("natchat", bind=SERVER_IP, state="memory-state", extra=["--store", "memory"])
+        port = free_udp_port((ALICE_IP, MALLORY_IP))
+        alice = self.client("alice", ALICE_IP, srv, "alice", port)
+        alice.wait_registered()
+        self.assertEqual(alice.exit(), 0)
+        mallory = self.client("alice", MALLORY_IP, srv, "mallory", port)
+        mallory.wait_registered()
+        self.assertEqual(mallory.exit(), 0)
+        self.assertEqual(os.listdir(self.g.home("memory-state")), [".cache", ".config", ".local"])
+
+
+if __name__ == "__main__":
+    unittest.main()
