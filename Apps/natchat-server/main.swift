@@ -168,6 +168,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Days an ID's claim lives after its owner's latest registration.")
     var claimTtl: Double = 90
 
+    @Option(help: "Days a message for an offline claimed ID waits in the mailbox.")
+    var mailboxTtl: Double = 7
+
+    @Option(help: "Most mailbox messages waiting for one recipient.")
+    var mailboxPerRecipient: Int = 100
+
+    @Option(help: "Most mailbox messages one sender may queue per minute.")
+    var mailboxPerSenderPerMinute: Double = 30
+
+    @Option(help: "Most bytes of sealed mail the server keeps in all.")
+    var mailboxBytes: Int = 64 << 20
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (0...65535).contains(altPort) else { throw ValidationError("--alt-port must be 0...65535") }
@@ -183,6 +195,10 @@ struct Serve: AsyncParsableCommand {
         guard rosterFanOut >= 0 else { throw ValidationError("--roster-fan-out must not be negative") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         guard claimTtl > 0, claimTtl <= 36_500 else { throw ValidationError("--claim-ttl must be in (0, 36500] days") }
+        guard mailboxTtl > 0, mailboxTtl <= 3650 else { throw ValidationError("--mailbox-ttl must be in (0, 3650] days") }
+        guard mailboxPerRecipient > 0, mailboxPerSenderPerMinute > 0, mailboxBytes > 0 else {
+            throw ValidationError("mailbox limits must be positive")
+        }
     }
 
     func run() async throws {
@@ -209,7 +225,11 @@ struct Serve: AsyncParsableCommand {
                                              keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),
                                              maxClients: maxClients, acceptClassic: classic == .on, relay: relay,
                                              rosterLimit: rosterLimit, rosterFanOutLimit: rosterFanOut,
-                                             claimTTL: store == nil ? nil : .fractionalSeconds(claimTtl * 86_400)),
+                                             claimTTL: store == nil ? nil : .fractionalSeconds(claimTtl * 86_400),
+                                             mailbox: MailboxConfiguration(ttl: .fractionalSeconds(mailboxTtl * 86_400),
+                                                                           perRecipient: mailboxPerRecipient,
+                                                                           perSenderPerMinute: mailboxPerSenderPerMinute,
+                                                                           totalBytes: mailboxBytes)),
             sources: sources)
         do {
             try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,

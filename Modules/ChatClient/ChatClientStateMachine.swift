@@ -248,7 +248,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         case .challenge, .registered, .refused, .keepAliveAck, .unknownSession:
             guard fromServer else { return ignored(source, message) }
             runSession(session.handleServerMessage(message, now: now), now: now)
-        case .roster, .lookupResult, .listPage, .punch, .relayed:
+        case .roster, .lookupResult, .listPage, .punch, .relayed, .claimResult, .depositResult, .mail, .mailDelivered:
             guard fromServer else { return ignored(source, message) }
             runSession(session.handleServerMessage(message, now: now), now: now)
             if let routerOutputs = withNatchat2({ $0.router.handleServerMessage(message, now: now) }) {
@@ -258,7 +258,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             if let routerOutputs = withNatchat2({ $0.router.handlePeerMessage(message, bytes: bytes, from: source, now: now) }) {
                 runRouter(routerOutputs, now: now)
             }
-        case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery:
+        case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck:
             ignored(source, message)
         }
     }

@@ -204,7 +204,8 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         case .relayed(let from, let payload):
             if let inner = try? ExtendedMessage.decode(payload) { handleRelayed(inner, bytes: payload, from: from, now: now) }
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .challenge, .registered,
-             .refused, .keepAliveAck, .unknownSession, .ping, .pong, .chat, .chatAck:
+             .refused, .keepAliveAck, .unknownSession, .ping, .pong, .chat, .chatAck, .claimLookup, .deposit, .mailAck,
+             .claimResult, .depositResult, .mail, .mailDelivered:
             break
         }
         return takeOutputs()

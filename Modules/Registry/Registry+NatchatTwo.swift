@@ -12,6 +12,8 @@ extension Registry {
     mutating func claimed(_ id: ClientID, keys: PublicKeys, now: Instant) -> [Output] {
         let at = unixTime(now)
         guard let change = claimBook?.registered(id, keys: keys, at: at) else { return [] }
+        // A new session of the owner: what waits for it in the mailbox goes now.
+        mailbox?.recipientArrived(id, now: now)
         return [.persist(change)]
     }
 
@@ -146,6 +148,25 @@ extension Registry {
             let found = entries[peerID].map { RosterEntry(info: Self.peerInfo($0, for: entry), order: $0.sequence, version: $0.version) }
             return [.sendExtended(.lookupResult(query: query, epoch: roster.epoch, version: roster.version, peer: peerID, found: found),
                                   to: entry.publicEndpoint)]
+        case .claimLookup(let id, let query, let peer):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
+            return answerClaimLookup(query: query, peer: peer, to: entry, now: now)
+        case .deposit(let id, let query, let to, let sealed):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            return takeDeposit(query: query, to: to, sealed: sealed, from: entry, now: now)
+        case .mailAck(let id, let serial):
+            guard session(id, counter: counter, bytes: bytes) != nil else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            return acknowledgeMail(serial, by: id)
         case .listQuery(let id, let query, let prefix, let offset, let limit):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
@@ -154,7 +175,7 @@ extension Registry {
             guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
             return [.sendExtended(listPage(query: query, prefix: prefix, offset: offset, limit: limit), to: entry.publicEndpoint)]
         case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
-             .unknownSession, .ping, .pong, .chat, .chatAck:
+             .unknownSession, .ping, .pong, .chat, .chatAck, .claimResult, .depositResult, .mail, .mailDelivered:
             return [.report(.ignoredExtended(from: source, .notForServer))]
         }
     }

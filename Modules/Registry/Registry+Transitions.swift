@@ -141,6 +141,7 @@ extension Registry {
         if let entry = entries[id], extendedByEndpoint[entry.publicEndpoint] == id { extendedByEndpoint[entry.publicEndpoint] = nil }
         punch.forget(id)
         relayLimiter.forget(id)
+        mailbox?.recipientLeft(id)
     }
 
     func refuse(_ id: ClientID, from source: Endpoint, _ refusal: Refusal, dialect: Dialect) -> [Output] {

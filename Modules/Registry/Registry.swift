@@ -91,6 +91,8 @@ public struct Registry: Sendable, SansIOCore {
         /// How long an ID's claim lives after its owner's latest registration; `nil`: no
         /// claims (nothing outlives a session, as with `--store memory`).
         public var claimTTL: Duration?
+        /// The mailbox's limits (it exists when claims do: mail waits for claimed IDs only).
+        public var mailbox: MailboxConfiguration
 
         public init(keepAliveTimeout: Duration = .seconds(30), sweepInterval: Duration = .seconds(10),
                     keepAliveInterval: Duration = .seconds(10),
@@ -99,8 +101,9 @@ public struct Registry: Sendable, SansIOCore {
                     punch: PunchCoordinator.Configuration = .init(), rosterLimit: Int = 1000, rosterFanOutLimit: Int = 20_000,
                     rosterInterestLimit: Int = 256,
                     rosterFeed: RosterFeedConfiguration = .init(), queriesPerSecond: Double = 20,
-                    claimTTL: Duration? = nil) {
+                    claimTTL: Duration? = nil, mailbox: MailboxConfiguration = .init()) {
             self.claimTTL = claimTTL
+            self.mailbox = mailbox
             self.sweepInterval = sweepInterval
             self.rosterLimit = rosterLimit
             self.rosterFanOutLimit = rosterFanOutLimit
@@ -172,6 +175,10 @@ public struct Registry: Sendable, SansIOCore {
         case ignoredExtended(from: Endpoint, Ignored)
         case relayed(from: ClientID, to: ClientID, bytes: Int)
         case punchRound(ClientID, ClientID, round: UInt32)
+        /// A sealed message was queued in the mailbox for offline `to`.
+        case mailQueued(from: ClientID, to: ClientID, bytes: Int)
+        /// `to` acknowledged a mailbox message from `from` (an ID's raw value: it may be gone).
+        case mailDelivered(from: String, to: ClientID)
     }
 
     /// What the caller must do.
@@ -209,6 +216,8 @@ public struct Registry: Sendable, SansIOCore {
     let serverKey: Curve25519.KeyAgreement.PrivateKey
     /// The IDs' claims (`nil` when ``Configuration/claimTTL`` is).
     var claimBook: ClaimBook?
+    /// Mail for offline claimed IDs (`nil` without claims).
+    var mailbox: Mailbox?
     /// Wall-clock time at ``startInstant``: claims live for days, so they are dated in Unix
     /// seconds, mapped from the monotonic instants the registry is given.
     let unixTimeAtStart: Int64
@@ -225,6 +234,7 @@ public struct Registry: Sendable, SansIOCore {
                 unixTime: Int64 = 0) {
         self.configuration = configuration
         claimBook = configuration.claimTTL.map { ClaimBook(ttl: $0.components.seconds) }
+        mailbox = configuration.claimTTL.map { _ in Mailbox(configuration: configuration.mailbox) }
         unixTimeAtStart = unixTime
         startInstant = now
         roster = RosterPublisher(configuration: .init(limit: configuration.rosterLimit, fanOutLimit: configuration.rosterFanOutLimit,
@@ -244,7 +254,11 @@ public struct Registry: Sendable, SansIOCore {
     /// Takes in what the store holds (at start, before any datagram): the claims.
     public mutating func restore(_ snapshot: StoreSnapshot) {
         claimBook?.restore(snapshot.claims)
+        mailbox?.restore(snapshot.mail)
     }
+
+    /// How many messages wait in the mailbox.
+    public var mailCount: Int { mailbox?.count ?? 0 }
 
     /// How many claims the registry holds (live or not yet scanned out).
     public var claimCount: Int { claimBook?.count ?? 0 }
@@ -278,12 +292,16 @@ public struct Registry: Sendable, SansIOCore {
     /// When ``flushRoster(now:)`` is next due (`nil`: no feed has anything to send).
     public var rosterDeadline: Instant? { roster.nextDeadline }
 
-    /// When ``handleTimeout(now:)`` is next needed: the next sweep or roster datagram.
+    /// When ``handleTimeout(now:)`` is next needed: the next sweep, roster datagram or mail.
     public var nextDeadline: Instant? {
-        switch (nextSweep, roster.nextDeadline) {
-        case (let sweep?, let feed?): min(sweep, feed)
-        case (let sweep, let feed): sweep ?? feed
-        }
+        // No array: the driver asks after every datagram.
+        Self.earliest(Self.earliest(nextSweep, roster.nextDeadline), mailbox?.nextDeadline)
+    }
+
+    static func earliest(_ a: Instant?, _ b: Instant?) -> Instant? {
+        guard let a else { return b }
+        guard let b else { return a }
+        return min(a, b)
     }
 
     /// What is due at `now`: the sweep for silent clients (every ``Configuration/sweepInterval``
@@ -295,8 +313,10 @@ public struct Registry: Sendable, SansIOCore {
             nextSweep = entries.count > 0 ? now + configuration.sweepInterval : nil
             let at = unixTime(now)
             if let changes = claimBook?.expire(at: at) { actions += changes.map(Output.persist) }
+            if let changes = mailbox?.expire(unixTime: at, now: now) { actions += changes.map(Output.persist) }
         }
         if let due = roster.nextDeadline, now >= due { actions += flushRoster(now: now) }
+        if let due = mailbox?.nextDeadline, now >= due { actions += deliverMail(now: now) }
         return actions
     }
 

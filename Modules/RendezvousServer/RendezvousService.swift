@@ -50,6 +50,9 @@ public final class RendezvousService: DatagramDriver {
         public var evictions = 0
         /// Roster datagrams sent to natchat/2 subscribers (retransmissions included).
         public var rosterDeltas = 0
+        /// Messages queued in the mailbox, and delivered (acknowledged by their recipient).
+        public var mailQueued = 0
+        public var mailDelivered = 0
     }
 
     // The service runs on one event loop and never calls out while it mutates these (its
@@ -254,6 +257,12 @@ public final class RendezvousService: DatagramDriver {
         case .ignored(let message, let source, let reason):
             counters.ignored += 1
             logger.debug("ignored message", metadata: ["message": "\(message.text.prefix(80))", "from": "\(source)", "reason": "\(reason)"])
+        case .mailQueued(let from, let to, let bytes):
+            counters.mailQueued += 1
+            logger.info("mail queued", metadata: ["from": "\(from)", "to": "\(to)", "bytes": "\(bytes)"])
+        case .mailDelivered(let from, let to):
+            counters.mailDelivered += 1
+            logger.info("mail delivered", metadata: ["from": "\(from)", "to": "\(to)"])
         }
     }
 }

@@ -31,6 +31,31 @@ extension ExtendedMessage {
         case .listQuery(let id, let query, let prefix, let offset, let limit):
             w.clientID(id); w.u32(query); w.shortBytes(Self.utf8Prefix(prefix, maxBytes: ClientID.maxUTF8Length))
             w.u32(offset); w.u16(limit)
+        case .claimLookup(let id, let query, let peer):
+            w.clientID(id); w.u32(query); w.clientID(peer)
+        case .deposit(let id, let query, let to, let sealed):
+            w.clientID(id); w.u32(query); w.clientID(to); w.longBytes(sealed)
+        case .mailAck(let id, let serial):
+            w.clientID(id); w.u64(serial)
+        case .claimResult(let query, let peer, let keys, let claimedSince):
+            w.u32(query); w.clientID(peer)
+            if let keys {
+                w.u8(1); w.keys(keys); w.u64(claimedSince)
+            } else {
+                w.u8(0)
+            }
+        case .depositResult(let query, let to, let outcome):
+            w.u32(query); w.clientID(to)
+            switch outcome {
+            case .queued(let serial, let kept): w.u8(0); w.u64(serial); w.u32(kept)
+            case .unknownRecipient: w.u8(1)
+            case .recipientOnline: w.u8(2)
+            case .refused(let reason): w.u8(3); w.u8(reason.rawValue)
+            }
+        case .mail(let serial, let from, let queuedAt, let sealed):
+            w.u64(serial); w.clientID(from); w.u64(queuedAt); w.longBytes(sealed)
+        case .mailDelivered(let to, let serial):
+            w.clientID(to); w.u64(serial)
         case .challenge(let cookie):
             w.token(cookie)
         case .registered(let serverKey, let endpoint, let keepAlive, let alternatePort, let nonce, let cookie):
@@ -122,6 +147,42 @@ extension ExtendedMessage {
         case .listQuery:
             let id = try r.clientID(), query = try r.u32(), prefix = try r.idPrefix()
             return .listQuery(id: id, query: query, prefix: prefix, offset: try r.u32(), limit: try r.u16())
+        case .claimLookup:
+            return .claimLookup(id: try r.clientID(), query: try r.u32(), peer: try r.clientID())
+        case .deposit:
+            let id = try r.clientID(), query = try r.u32(), to = try r.clientID()
+            let sealed = try r.longBytes("sealed mail")
+            guard sealed.count <= maxMailBytes else { throw .malformed("mail too long") }
+            return .deposit(id: id, query: query, to: to, sealed: Array(sealed))
+        case .mailAck:
+            return .mailAck(id: try r.clientID(), serial: try r.u64())
+        case .claimResult:
+            let query = try r.u32(), peer = try r.clientID()
+            switch try r.u8("claim flag") {
+            case 0: return .claimResult(query: query, peer: peer, keys: nil, claimedSince: 0)
+            case 1: return .claimResult(query: query, peer: peer, keys: try r.keys(), claimedSince: try r.u64())
+            default: throw .malformed("bad claim flag")
+            }
+        case .depositResult:
+            let query = try r.u32(), to = try r.clientID()
+            let outcome: DepositOutcome
+            switch try r.u8("deposit outcome") {
+            case 0: outcome = .queued(serial: try r.u64(), keptSeconds: try r.u32())
+            case 1: outcome = .unknownRecipient
+            case 2: outcome = .recipientOnline
+            case 3:
+                guard let reason = DepositRefusal(rawValue: try r.u8("refusal")) else { throw .malformed("unknown deposit refusal") }
+                outcome = .refused(reason)
+            default: throw .malformed("unknown deposit outcome")
+            }
+            return .depositResult(query: query, to: to, outcome: outcome)
+        case .mail:
+            let serial = try r.u64(), from = try r.clientID(), queuedAt = try r.u64()
+            let sealed = try r.longBytes("sealed mail")
+            guard sealed.count <= maxMailBytes else { throw .malformed("mail too long") }
+            return .mail(serial: serial, from: from, queuedAt: queuedAt, sealed: Array(sealed))
+        case .mailDelivered:
+            return .mailDelivered(to: try r.clientID(), serial: try r.u64())
         case .challenge:
             return .challenge(cookie: try r.token())
         case .registered:

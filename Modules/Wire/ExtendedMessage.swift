@@ -38,6 +38,15 @@ public enum ExtendedMessage: Hashable, Sendable {
     /// Asks for the registered IDs that start with `prefix` (all for ""), sorted, from the
     /// `offset`-th match on, at most `limit` (answered with ``listPage(query:total:offset:entries:)``).
     case listQuery(id: ClientID, query: UInt32, prefix: String, offset: UInt32, limit: UInt16)
+    /// Asks for the keys that hold a claim on `peer`, online or not (answered with
+    /// ``claimResult(query:peer:keys:claimedSince:)``): what mail to an offline peer is sealed to.
+    case claimLookup(id: ClientID, query: UInt32, peer: ClientID)
+    /// Hands the server a message for `to`, who is offline, sealed end to end to `to`'s
+    /// long-term key and signed by the sender's (the server can neither read nor forge it);
+    /// answered with ``depositResult(query:to:outcome:)``.
+    case deposit(id: ClientID, query: UInt32, to: ClientID, sealed: [UInt8])
+    /// The recipient has the mailbox message `serial` (shown it): the server deletes it.
+    case mailAck(id: ClientID, serial: UInt64)
 
     // Server → client
     /// Proves that the registering address receives: echo the cookie to register.
@@ -59,6 +68,16 @@ public enum ExtendedMessage: Hashable, Sendable {
     /// match; `entries` are the matches from `offset` on (fewer than asked for when they
     /// would not fit: ask again from where they end).
     case listPage(query: UInt32, total: UInt32, offset: UInt32, entries: [ListEntry])
+    /// The answer to ``claimLookup(id:query:peer:)``: `keys` is `nil` when nobody claims `peer`;
+    /// `claimedSince` is the claim's date (Unix seconds).
+    case claimResult(query: UInt32, peer: ClientID, keys: PublicKeys?, claimedSince: UInt64)
+    /// The answer to ``deposit(id:query:to:sealed:)``.
+    case depositResult(query: UInt32, to: ClientID, outcome: DepositOutcome)
+    /// A message that waited in the mailbox, oldest first; sent again until acknowledged with
+    /// ``mailAck(id:serial:)``. `queuedAt`: when the server took it (Unix seconds).
+    case mail(serial: UInt64, from: ClientID, queuedAt: UInt64, sealed: [UInt8])
+    /// To the sender of mailbox message `serial`: its recipient has it.
+    case mailDelivered(to: ClientID, serial: UInt64)
     /// Punch towards `peer` now (after `delayMillis`).
     case punch(peer: PeerInfo, round: UInt32, delayMillis: UInt32)
     /// A payload that `from` asked the server to forward (the server vouches for `from`).
@@ -89,6 +108,8 @@ public enum ExtendedMessage: Hashable, Sendable {
     public static let maxPrivateEndpoints = 4
     public static let maxTextBytes = 1200
     public static let maxRelayPayload = 1400
+    /// Most bytes of a sealed mailbox message: a chat's text with its seal and signature.
+    public static let maxMailBytes = 1340
 
     /// Whether `bytes` starts like an extended datagram.
     public static func looksExtended(_ bytes: some Collection<UInt8>) -> Bool {
@@ -96,10 +117,11 @@ public enum ExtendedMessage: Hashable, Sendable {
     }
 
     enum Kind: UInt8 {
-        case register = 0x01, keepAlive, exit, connect, relay, rosterAck, lookup, listQuery
+        case register = 0x01, keepAlive, exit, connect, relay, rosterAck, lookup, listQuery, claimLookup, deposit, mailAck
         // 0x44 and 0x45 were the per-peer roster notices that `roster` replaced.
         case challenge = 0x41, registered, refused
-        case punch = 0x46, relayed, keepAliveAck, unknownSession, roster, lookupResult, listPage
+        case punch = 0x46, relayed, keepAliveAck, unknownSession, roster, lookupResult, listPage, claimResult, depositResult, mail,
+             mailDelivered
         case ping = 0x81, pong, chat, chatAck
     }
 
@@ -128,6 +150,13 @@ public enum ExtendedMessage: Hashable, Sendable {
         case .rosterAck: .rosterAck
         case .lookup: .lookup
         case .listQuery: .listQuery
+        case .claimLookup: .claimLookup
+        case .deposit: .deposit
+        case .mailAck: .mailAck
+        case .claimResult: .claimResult
+        case .depositResult: .depositResult
+        case .mail: .mail
+        case .mailDelivered: .mailDelivered
         case .challenge: .challenge
         case .registered: .registered
         case .refused: .refused
@@ -150,10 +179,10 @@ extension ExtendedMessage.Kind {
     var authentication: ExtendedMessage.Authentication {
         switch self {
         case .register: .signature
-        case .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery: .session
+        case .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck: .session
         case .ping, .pong, .chatAck: .pair
         case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
-             .unknownSession, .chat: .none
+             .unknownSession, .chat, .claimResult, .depositResult, .mail, .mailDelivered: .none
         }
     }
 }
@@ -175,6 +204,42 @@ extension ExtendedMessage.Authentication {
         case .none: 0
         case .signature: 64
         case .session, .pair: 16
+        }
+    }
+}
+
+/// What the server did with a ``ExtendedMessage/deposit(id:query:to:sealed:)``.
+public enum DepositOutcome: Hashable, Sendable {
+    /// Stored as `serial`; kept `keptSeconds` (the mailbox TTL) or until delivered.
+    case queued(serial: UInt64, keptSeconds: UInt32)
+    /// Nobody claims the recipient: there is no one to keep mail for.
+    case unknownRecipient
+    /// The recipient is online: chat with it directly.
+    case recipientOnline
+    /// Refused; the reason says which limit.
+    case refused(DepositRefusal)
+}
+
+/// Why the mailbox refused a message.
+public enum DepositRefusal: UInt8, Hashable, Sendable, CustomStringConvertible {
+    /// The recipient already has as many waiting messages as the server keeps per addressee.
+    case recipientFull = 1
+    /// Larger than a chat may be.
+    case tooLarge
+    /// The sender deposited too many messages in the last minute.
+    case rateLimited
+    /// The store is at its size limit.
+    case storeFull
+    /// This server keeps no mailbox (`--store memory`).
+    case noMailbox
+
+    public var description: String {
+        switch self {
+        case .recipientFull: "the recipient's mailbox is full"
+        case .tooLarge: "the message is too long"
+        case .rateLimited: "too many queued messages; wait a minute"
+        case .storeFull: "the server's mailbox is full"
+        case .noMailbox: "this server keeps no mailbox"
         }
     }
 }

@@ -1389,3 +1389,118 @@ struct ClaimTests {
         #expect(other.contains { if case .report(.registered) = $0 { true } else { false } })
     }
 }
+
+@Suite("Registry mailbox")
+struct MailboxTests {
+    static func configuration(_ mailbox: MailboxConfiguration = .init()) -> Registry.Configuration {
+        Registry.Configuration(rosterFeed: .init(flushInterval: .zero), claimTTL: .seconds(90 * 86_400), mailbox: mailbox)
+    }
+
+    private static func persisted(_ actions: [Registry.Output]) -> [StoreChange] {
+        actions.compactMap { if case .persist(let change) = $0 { change } else { nil } }
+    }
+
+    private static func mails(_ actions: [Registry.Output], to endpoint: Endpoint) -> [UInt64] {
+        actions.compactMap { if case .sendExtended(.mail(let serial, _, _, _), endpoint) = $0 { serial } else { nil } }
+    }
+
+    /// carol claims her ID and leaves; alice stays online.
+    private static func carolAway(_ configuration: Registry.Configuration = configuration()) -> Server {
+        var server = Server(configuration: configuration)
+        _ = server.register(carol, carolKey, from: C, privateEndpoints: carolPrivate, natKind: .endpointIndependent, at: at(0))
+        _ = server.receiveBytes(server.sessionBytes(carol, .exit(id: carol)), from: C, at: at(1))
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(2))
+        return server
+    }
+
+    private static func deposit(_ server: inout Server, query: UInt32, to recipient: ClientID, _ sealed: [UInt8],
+                                at now: Instant) -> [Registry.Output] {
+        server.receiveBytes(server.sessionBytes(alice, .deposit(id: alice, query: query, to: recipient, sealed: sealed)), from: A, at: now)
+    }
+
+    /// The key mail is sealed to: an offline claimed ID's, and nothing for an unclaimed one.
+    @Test func aClaimLookupAnswersForOfflineClaimedIDs() {
+        var server = Self.carolAway()
+        let answer = server.receiveBytes(server.sessionBytes(alice, .claimLookup(id: alice, query: 4, peer: carol)), from: A, at: at(3))
+        #expect(answer == [.sendExtended(.claimResult(query: 4, peer: carol, keys: carolKey.publicKeys, claimedSince: 0), to: A)])
+        let none = server.receiveBytes(server.sessionBytes(alice, .claimLookup(id: alice, query: 5, peer: erin)), from: A, at: at(3))
+        #expect(none == [.sendExtended(.claimResult(query: 5, peer: erin, keys: nil, claimedSince: 0), to: A)])
+    }
+
+    /// A message for offline carol is kept (and stored), delivered when she registers, sent
+    /// again until she acknowledges it, then deleted; alice gets a receipt.
+    @Test func mailWaitsIsDeliveredOnceAcknowledgedAndReceipted() throws {
+        var server = Self.carolAway()
+        let queued = Self.deposit(&server, query: 1, to: carol, [1, 2, 3], at: at(3))
+        #expect(queued.contains(.sendExtended(.depositResult(query: 1, to: carol, outcome: .queued(serial: 1, keptSeconds: 604_800)), to: A)))
+        #expect(Self.persisted(queued) == [.putMail(MailRecord(serial: 1, recipient: "carol", sender: "alice", queuedAt: 3, sealed: [1, 2, 3]))])
+        #expect(server.registry.mailCount == 1)
+        // Nothing goes while carol is away.
+        #expect(Self.mails(server.registry.handleTimeout(now: at(9)), to: C).isEmpty)
+        _ = server.register(carol, carolKey, from: E, privateEndpoints: carolPrivate, natKind: .endpointIndependent, at: at(10))
+        let first = server.registry.handleTimeout(now: at(10))
+        #expect(Self.mails(first, to: E) == [1])
+        #expect(first.contains(.sendExtended(.mail(serial: 1, from: alice, queuedAt: 3, sealed: [1, 2, 3]), to: E)))
+        // Unacknowledged: again after the resend interval.
+        #expect(Self.mails(server.registry.handleTimeout(now: at(11)), to: E).isEmpty)
+        #expect(Self.mails(server.registry.handleTimeout(now: at(12)), to: E) == [1])
+        let acked = server.receiveBytes(server.sessionBytes(carol, .mailAck(id: carol, serial: 1)), from: E, at: at(13))
+        #expect(Self.persisted(acked) == [.removeMail(serial: 1)])
+        #expect(acked.contains(.sendExtended(.mailDelivered(to: carol, serial: 1), to: A)))
+        #expect(server.registry.mailCount == 0)
+        #expect(Self.mails(server.registry.handleTimeout(now: at(20)), to: E).isEmpty)
+        // A second acknowledgement (a repeat) changes nothing.
+        #expect(server.receiveBytes(server.sessionBytes(carol, .mailAck(id: carol, serial: 1)), from: E, at: at(21)).isEmpty)
+    }
+
+    /// Online recipients get chats, unclaimed IDs have no mailbox, a server without claims
+    /// keeps no mail.
+    @Test func depositsThatAreNotQueued() {
+        var server = Self.carolAway()
+        _ = server.register(dave, daveKey, from: D, privateEndpoints: davePrivate, natKind: .endpointIndependent, at: at(3))
+        #expect(Self.deposit(&server, query: 1, to: dave, [1], at: at(4))
+            == [.sendExtended(.depositResult(query: 1, to: dave, outcome: .recipientOnline), to: A)])
+        #expect(Self.deposit(&server, query: 2, to: erin, [1], at: at(4))
+            == [.sendExtended(.depositResult(query: 2, to: erin, outcome: .unknownRecipient), to: A)])
+        var plain = Server()
+        _ = plain.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        #expect(Self.deposit(&plain, query: 3, to: carol, [1], at: at(1))
+            == [.sendExtended(.depositResult(query: 3, to: carol, outcome: .refused(.noMailbox)), to: A)])
+    }
+
+    /// Per-recipient, per-sender and total limits refuse with their reason; the TTL deletes.
+    @Test func limitsAndExpiry() {
+        var server = Self.carolAway(Self.configuration(.init(ttl: .seconds(100), perRecipient: 2, perSenderPerMinute: 3, totalBytes: 1000)))
+        for query in UInt32(1)...2 {
+            #expect(Self.persisted(Self.deposit(&server, query: query, to: carol, [UInt8(query)], at: at(3))).count == 1)
+        }
+        #expect(Self.deposit(&server, query: 3, to: carol, [3], at: at(3))
+            == [.sendExtended(.depositResult(query: 3, to: carol, outcome: .refused(.recipientFull)), to: A)])
+        // A second offline recipient: erin claims and leaves.
+        _ = server.register(erin, malloryKey, from: X, privateEndpoints: [], natKind: .unknown, at: at(3))
+        _ = server.receiveBytes(server.sessionBytes(erin, .exit(id: erin)), from: X, at: at(3))
+        #expect(Self.deposit(&server, query: 4, to: erin, Array(repeating: 0, count: 999), at: at(3))
+            == [.sendExtended(.depositResult(query: 4, to: erin, outcome: .refused(.storeFull)), to: A)])
+        #expect(Self.persisted(Self.deposit(&server, query: 5, to: erin, [5], at: at(3))).count == 1)
+        #expect(Self.deposit(&server, query: 6, to: erin, [6], at: at(3))
+            == [.sendExtended(.depositResult(query: 6, to: erin, outcome: .refused(.rateLimited)), to: A)])
+        // 100 s after they were queued, the sweep deletes all three.
+        let swept = server.registry.handleTimeout(now: at(103))
+        #expect(Set(Self.persisted(swept)) == [.removeMail(serial: 1), .removeMail(serial: 2), .removeMail(serial: 3)])
+        #expect(server.registry.mailCount == 0)
+    }
+
+    /// Mail restored from the store (a restart) is delivered, and new serials follow it.
+    @Test func restoredMailIsDeliveredAfterARestart() {
+        var server = Server(configuration: Self.configuration())
+        server.registry.restore(StoreSnapshot(
+            claims: [ClaimRecord(id: "carol", signingKey: carolKey.publicKeys.signing, agreementKey: carolKey.publicKeys.agreement,
+                                 claimedAt: 0, lastSeen: 0)],
+            mail: [MailRecord(serial: 7, recipient: "carol", sender: "alice", queuedAt: 0, sealed: [9])]))
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(1))
+        #expect(Self.deposit(&server, query: 1, to: carol, [1], at: at(2))
+            .contains(.sendExtended(.depositResult(query: 1, to: carol, outcome: .queued(serial: 8, keptSeconds: 604_800)), to: A)))
+        _ = server.register(carol, carolKey, from: C, privateEndpoints: carolPrivate, natKind: .endpointIndependent, at: at(3))
+        #expect(Self.mails(server.registry.handleTimeout(now: at(3)), to: C) == [7, 8])
+    }
+}

@@ -87,6 +87,19 @@ struct ExtendedRoundTripTests {
         plain(.chat(from: id("alice"), to: id("bob"), messageID: 99, sealed: Array(repeating: 7, count: 40))),
         plain(.chat(from: id("alice"), to: id("bob"), messageID: 0, sealed: Array(repeating: 7, count: ExtendedMessage.maxTextBytes + 16))),
         pair(.chatAck(from: id("bob"), to: id("alice"), messageID: 99), tagX),
+        session(.claimLookup(id: id("alice"), query: 8, peer: id("bob")), 8, tagX),
+        session(.deposit(id: id("alice"), query: 9, to: id("bob"), sealed: Array(repeating: 5, count: ExtendedMessage.maxMailBytes)), 9, tagX),
+        session(.deposit(id: id("alice"), query: 0, to: id("한국어"), sealed: []), 10, tagX),
+        session(.mailAck(id: id("bob"), serial: .max), 11, tagX),
+        plain(.claimResult(query: 8, peer: id("bob"), keys: fullPeer.keys, claimedSince: 1_764_900_000)),
+        plain(.claimResult(query: 8, peer: id("nobody"), keys: nil, claimedSince: 0)),
+        plain(.depositResult(query: 9, to: id("bob"), outcome: .queued(serial: 1, keptSeconds: 604_800))),
+        plain(.depositResult(query: 9, to: id("bob"), outcome: .unknownRecipient)),
+        plain(.depositResult(query: 9, to: id("bob"), outcome: .recipientOnline)),
+        plain(.depositResult(query: 9, to: id("bob"), outcome: .refused(.rateLimited))),
+        plain(.depositResult(query: .max, to: id("bob"), outcome: .refused(.noMailbox))),
+        plain(.mail(serial: 3, from: id("alice"), queuedAt: 1_764_900_000, sealed: Array(repeating: 1, count: ExtendedMessage.maxMailBytes))),
+        plain(.mailDelivered(to: id("bob"), serial: 3)),
     ]
 
     @Test("encode then decode gives the same datagram", arguments: messages)
@@ -108,7 +121,7 @@ struct ExtendedRoundTripTests {
     func everyCaseCovered() {
         let kinds = Set(Self.messages.map { $0.encode()[2] })
         // 0x44 and 0x45 (the per-peer notices the roster delta replaced) are retired.
-        let all: Set<UInt8> = Set((0x01...0x08) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x4C).union(0x81...0x84)
+        let all: Set<UInt8> = Set((0x01...0x0B) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x50).union(0x81...0x84)
         #expect(kinds == all)
     }
 
@@ -253,7 +266,7 @@ struct ExtendedRejectionTests {
             #expect(extendedError(bytes) == .malformed("unsupported version"))
         }
         bytes[1] = 0x01
-        for type: UInt8 in [0x00, 0x09, 0x40, 0x44, 0x45, 0x4D, 0x80, 0x85, 0xFF] {
+        for type: UInt8 in [0x00, 0x0C, 0x40, 0x44, 0x45, 0x51, 0x80, 0x85, 0xFF] {
             bytes[2] = type
             #expect(extendedError(bytes) == .malformed("unknown message type"), "type \(type)")
         }
