@@ -109,7 +109,7 @@ public enum ExtendedMessage: Hashable, Sendable {
     public static let maxTextBytes = 1200
     public static let maxRelayPayload = 1400
     /// Most bytes of a sealed mailbox message: a chat's text with its seal and signature.
-    public static let maxMailBytes = 1340
+    public static let maxMailBytes = 1400
 
     /// Whether `bytes` starts like an extended datagram.
     public static func looksExtended(_ bytes: some Collection<UInt8>) -> Bool {
