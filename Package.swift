@@ -55,6 +55,7 @@ let package = Package(
         .library(name: "TransportPosix", targets: ["TransportPosix"]),
         .library(name: "LineEditor", targets: ["LineEditor"]),
         .library(name: "RendezvousServer", targets: ["RendezvousServer"]),
+        .library(name: "KnownPeers", targets: ["KnownPeers"]),
         .library(name: "ChatClient", targets: ["ChatClient"]),
     ],
     traits: [
@@ -89,6 +90,9 @@ let package = Package(
         // The durable store's protocol, records and the memory store: no package dependency,
         // so cores (the registry) can emit changes without linking a database.
         module("Store"),
+        // The client's known peers (pins across sessions), their file format and file: no
+        // dependency, so students can reuse the table without the client.
+        module("KnownPeers"),
         module("Registry", ["Addressing", "Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Admission", "Identity", "Roster", crypto, heap]),
         module("ClientSession", ["Addressing", "Wire", "Identity", "KeepAlive", "AddressDiscovery", "MonotonicTime"]),
         module("ChatRouter", ["Addressing", "Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
@@ -130,5 +134,6 @@ let package = Package(
         tests("Admission", ["Admission", "MonotonicTime", "Addressing"]),
         tests("Roster", ["Roster", "TestSupport", "Addressing", "Wire", "MonotonicTime"]),
         tests("Identity", ["Identity", "TestSupport", "Addressing", "Wire", crypto]),
+        tests("KnownPeers", ["KnownPeers"]),
     ]
 )
