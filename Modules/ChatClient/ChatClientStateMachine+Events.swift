@@ -9,6 +9,7 @@ extension ChatClientStateMachine {
     mutating func handle(_ event: ExtendedRouter.Event, now: Instant) {
         switch event {
         case .joined(let info, let arrival):
+            vet(info, now: now)
             switch arrival {
             case .registered:
                 break
@@ -33,6 +34,7 @@ extension ChatClientStateMachine {
                 emit(.sameNAT(info.id, privateAddress: address))
             }
         case .updated(let info):
+            vet(info, now: now)
             outputs.append(.diagnostic(.peerUpdated(info.id, publicEndpoint: info.publicEndpoint)))
         case .left(let id, let reason, let endpoint):
             emit(.left(id, reason, endpoint))
@@ -66,6 +68,10 @@ extension ChatClientStateMachine {
             emit(.keyChanged(id))
         case .forged(let id):
             outputs.append(.diagnostic(.forged(claimedFrom: id)))
+        case .chatHeld(let id, let text):
+            emit(.chatHeld(to: id, text: text))
+        case .chatFromHeldPeer(let id):
+            emit(.chatFromHeldPeer(id))
         }
     }
 
