@@ -34,8 +34,8 @@ public enum ChatClientRunner {
         public var offerExtended: Bool = true
         /// The identity file (created on first run); `nil`: a key for this run only.
         public var identityPath: String? = IdentityKey.defaultPath()
-        /// The known-peers file (created when a first peer is seen); `nil`: peers are
-        /// remembered for this run only.
+        /// The known-peers file (created when a first peer is seen); `nil`: known peers are
+        /// off (no key is checked beyond the session's own pins).
         public var knownPeersPath: String? = KnownPeersFile.defaultPath()
         /// The server as the user named it (`host:port`), the known peers' server field
         /// (`nil`: ``server``'s address and port).
@@ -120,7 +120,7 @@ public enum ChatClientRunner {
         // A file that cannot be read is not overwritten: natchat refuses to start (the user's
         // pins would be lost, and a lost pin makes an impostor look like a new peer).
         let knownPeersFile = options.knownPeersPath.map(KnownPeersFile.init(path:))
-        var knownPeers = KnownPeers()
+        var knownPeers: KnownPeers?
         if let knownPeersFile {
             do {
                 knownPeers = KnownPeers(records: try knownPeersFile.load())

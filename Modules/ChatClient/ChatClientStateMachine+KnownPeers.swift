@@ -35,10 +35,10 @@ extension ChatClientStateMachine {
     /// Checks a peer's keys, as the roster, a look-up or a punch showed them, against the
     /// known peers; holds the peer when they differ, releases it when the pinned key is back.
     mutating func vet(_ info: PeerInfo, now: Instant) {
-        guard info.dialect == .extended, let keys = info.keys, info.id != configuration.id else { return }
+        guard info.dialect == .extended, let keys = info.keys, info.id != configuration.id, knownPeers != nil else { return }
         let fingerprint = IdentityKey.fingerprint(of: keys)
         let unixNow = configuration.wallClock.unixSeconds(at: now)
-        switch knownPeers.observe(server: configuration.knownPeersServer, id: info.id.rawValue, fingerprint: fingerprint, now: unixNow) {
+        switch knownPeers!.observe(server: configuration.knownPeersServer, id: info.id.rawValue, fingerprint: fingerprint, now: unixNow) {
         case .new:
             break
         case .known:
@@ -55,7 +55,8 @@ extension ChatClientStateMachine {
     /// `@trust ID`: the key the peer showed while held replaces the pinned one.
     mutating func trust(_ id: ClientID, now: Instant) {
         let unixNow = configuration.wallClock.unixSeconds(at: now)
-        switch knownPeers.trust(server: configuration.knownPeersServer, id: id.rawValue, now: unixNow) {
+        guard knownPeers != nil else { return emit(.knownPeersOff) }
+        switch knownPeers!.trust(server: configuration.knownPeersServer, id: id.rawValue, now: unixNow) {
         case .trusted(let previous, let current):
             _ = withNatchat2 { $0.router.release(id) }
             emit(.trusted(id, previous: previous, now: current))
@@ -69,7 +70,7 @@ extension ChatClientStateMachine {
 
     /// `@whois ID`: the pinned key, its dates, whether the peer is held, and the path.
     mutating func whois(_ id: ClientID) {
-        let record = knownPeers.whois(server: configuration.knownPeersServer, id: id.rawValue)
+        let record = knownPeers?.whois(server: configuration.knownPeersServer, id: id.rawValue)
         let path: WhoisReport.Path
         if id == configuration.id {
             path = .yourself
@@ -82,24 +83,24 @@ extension ChatClientStateMachine {
         } else {
             path = .classicSession
         }
-        emit(.whois(WhoisReport(id: id, record: record, path: path)))
+        emit(.whois(WhoisReport(id: id, record: record, path: path, knownPeersOff: knownPeers == nil)))
     }
 
     /// Holds, in a new router, the peers the table holds (a session that began again).
     func heldPeerIDs() -> [ClientID] {
-        knownPeers.held(on: configuration.knownPeersServer).compactMap { try? ClientID($0) }
+        (knownPeers?.held(on: configuration.knownPeersServer) ?? []).compactMap { try? ClientID($0) }
     }
 
     /// A change to save: the save is due after the configured delay (changes in the
     /// meantime go with it).
     mutating func scheduleKnownPeersSave(now: Instant) {
-        guard knownPeers.revision != savedKnownPeersRevision, knownPeersSaveDue == nil else { return }
+        guard let knownPeers, knownPeers.revision != savedKnownPeersRevision, knownPeersSaveDue == nil else { return }
         knownPeersSaveDue = now + configuration.knownPeersSaveDelay
     }
 
     /// Emits the save when it is due (`force`: now, if anything changed).
     mutating func saveKnownPeersIfDue(now: Instant, force: Bool = false) {
-        guard knownPeers.revision != savedKnownPeersRevision else {
+        guard let knownPeers, knownPeers.revision != savedKnownPeersRevision else {
             knownPeersSaveDue = nil
             return
         }
@@ -130,10 +131,13 @@ public struct WhoisReport: Hashable, Sendable {
     /// The known-peers record on this server (`nil`: no key pinned).
     public var record: KnownPeers.Record?
     public var path: Path
+    /// Known peers are off (`--known-peers none`): no key is remembered.
+    public var knownPeersOff: Bool
 
-    public init(id: ClientID, record: KnownPeers.Record?, path: Path) {
+    public init(id: ClientID, record: KnownPeers.Record?, path: Path, knownPeersOff: Bool = false) {
         self.id = id
         self.record = record
         self.path = path
+        self.knownPeersOff = knownPeersOff
     }
 }

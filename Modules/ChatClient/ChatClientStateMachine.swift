@@ -45,8 +45,9 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         public var identity: IdentityKey
         /// Entries `@show_list` prints at most before it pages (at least 1).
         public var listPageSize: Int
-        /// The peers known from earlier sessions (as loaded from the known-peers file).
-        public var knownPeers: KnownPeers
+        /// The peers known from earlier sessions (as loaded from the known-peers file);
+        /// `nil`: no peer's key is checked beyond the session's own pins (`--known-peers none`).
+        public var knownPeers: KnownPeers?
         /// The server as the known-peers table names it: the user's `host:port` (default:
         /// ``server``'s address and port).
         public var knownPeersServer: String
@@ -64,7 +65,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
                     registrationRetry: Duration = .seconds(1), offerExtended: Bool = true,
                     pathConfiguration: PathAgent.Configuration = .init(), listPageSize: Int = defaultListPageSize,
-                    knownPeers: KnownPeers = KnownPeers(), knownPeersServer: String? = nil, wallClock: WallClock = WallClock(),
+                    knownPeers: KnownPeers? = KnownPeers(), knownPeersServer: String? = nil, wallClock: WallClock = WallClock(),
                     knownPeersSaveDelay: Duration = .seconds(1)) {
             self.id = id
             self.server = server
@@ -140,8 +141,8 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
     var random = SystemRandomNumberGenerator()
     /// Datagrams that decoded to nothing, for diagnostics.
     public private(set) var malformedCount = 0
-    /// The peers known from this and earlier sessions, on every server.
-    public internal(set) var knownPeers: KnownPeers
+    /// The peers known from this and earlier sessions, on every server (`nil`: off).
+    public internal(set) var knownPeers: KnownPeers?
     /// The table's revision last handed to ``Output/saveKnownPeers(_:)``.
     var savedKnownPeersRevision: UInt64
     /// When the changes to the known peers are to be saved (`nil`: nothing waits).
@@ -159,7 +160,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         peers = .classic(ChatRouter(selfID: configuration.id, server: configuration.server, privatePort: configuration.peerPrivatePort),
                          RosterIndex(selfID: configuration.id))
         knownPeers = configuration.knownPeers
-        savedKnownPeersRevision = configuration.knownPeers.revision
+        savedKnownPeersRevision = configuration.knownPeers?.revision ?? 0
     }
 
     // MARK: - What it knows

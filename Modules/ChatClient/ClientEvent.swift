@@ -60,6 +60,8 @@ public enum ClientEvent: Hashable, Sendable {
     case trustNotNeeded(ClientID, fingerprint: String)
     /// `@trust` of a peer whose key is not known.
     case nothingPinned(ClientID)
+    /// `@trust` while known peers are off (`--known-peers none`).
+    case knownPeersOff
     /// `@whois`.
     case whois(WhoisReport)
 

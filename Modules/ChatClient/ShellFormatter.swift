@@ -22,6 +22,7 @@ public enum ShellFormatter {
         case .classicSession: "classic session (no keys or paths)"
         case .yourself: "yourself"
         }
+        guard !report.knownPeersOff else { return ["* \(id): known peers are off (--known-peers none); \(path)"] }
         guard let record = report.record else { return ["* \(id): no key pinned; \(path)"] }
         var lines = ["* \(id): key \(record.fingerprint), first seen \(KnownPeersFormat.iso8601(record.firstSeen)), "
             + "last seen \(KnownPeersFormat.iso8601(record.lastSeen)); \(path)"]
@@ -98,6 +99,8 @@ public enum ShellFormatter {
             "* \(id) is not held: its key \(fingerprint) is the one pinned"
         case .nothingPinned(let id):
             "* no key is pinned for \(id): nothing to trust"
+        case .knownPeersOff:
+            "* known peers are off (--known-peers none): nothing to trust"
         case .whois(let report):
             lines(for: report).joined(separator: "\n")
         case .listEntry(let entry):

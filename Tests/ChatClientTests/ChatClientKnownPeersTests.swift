@@ -55,10 +55,10 @@ private struct Alice {
     let identity = IdentityKey()
     let serverKey = IdentityKey()
 
-    init(known: [KnownPeers.Record]) {
+    init(known: [KnownPeers.Record]?) {
         machine = ChatClientStateMachine(configuration: .init(
             id: alice, server: S, privateAddress: IPv4Address(10, 0, 0, 5), identity: identity,
-            knownPeers: KnownPeers(records: known), knownPeersServer: serverName,
+            knownPeers: known.map { KnownPeers(records: $0) }, knownPeersServer: serverName,
             wallClock: .init(instant: .zero, unixSeconds: day)))
         _ = machine.start(now: at(0))
         _ = machine.receive(ExtendedMessage.challenge(cookie: Token128(high: 1, low: 1)).encode(), from: S, now: at(0))
@@ -99,7 +99,7 @@ struct ChatClientKnownPeersTests {
         let shown = client.receive(roster(1, [.present(entry("bob", B, keys: bobNew.publicKeys, version: 1))]), at: at(1))
         #expect(events(shown).contains(.peerKeyChanged(bob, pinned: bobOld.fingerprint, seen: bobNew.fingerprint)))
         #expect(client.machine.natchat2Router?.heldPeers == [bob])
-        #expect(client.machine.knownPeers.isHeld(server: serverName, id: "bob"))
+        #expect(client.machine.knownPeers?.isHeld(server: serverName, id: "bob") == true)
         // A hold is not a change to save.
         #expect(saves(client.run(until: at(3))).isEmpty)
 
@@ -153,7 +153,7 @@ struct ChatClientKnownPeersTests {
         let shown = client.receive(roster(1, [.present(entry("carol", B, keys: carolKey.publicKeys, version: 1))]), at: at(1))
         #expect(!events(shown).contains { if case .peerKeyChanged = $0 { true } else { false } })
         #expect(saves(shown).isEmpty)
-        #expect(client.machine.knownPeers.whois(server: serverName, id: "carol")?.fingerprint == carolKey.fingerprint)
+        #expect(client.machine.knownPeers?.whois(server: serverName, id: "carol")?.fingerprint == carolKey.fingerprint)
         #expect(saves(client.machine.handleTimeout(now: at(1) + .milliseconds(500))).isEmpty)
         let saved = saves(client.run(until: at(2)))
         #expect(saved.count == 1 && saved.first?.contains { $0.id == "carol" && $0.firstSeen == day + 1 } == true)
@@ -163,7 +163,7 @@ struct ChatClientKnownPeersTests {
         #expect(saves(client.run(until: at(40))).isEmpty)
         // A classic peer has no key: nothing is pinned.
         _ = client.receive(roster(3, [.present(entry("eve", ep("192.0.2.5:1"), keys: nil, version: 3))]), at: at(41))
-        #expect(client.machine.knownPeers.whois(server: serverName, id: "eve") == nil)
+        #expect(client.machine.knownPeers?.whois(server: serverName, id: "eve") == nil)
         #expect(events(client.machine.handle(.whois(id("eve")), now: at(42)))
             == [.whois(WhoisReport(id: id("eve"), record: nil, path: .classicPeer))])
     }
@@ -193,6 +193,20 @@ struct ChatClientKnownPeersTests {
         #expect(events(answer).contains(.chatHeld(to: dave, text: "are you there?")))
         #expect(!toServer(answer).contains { if case .relay = $0 { true } else { false } })
         #expect(client.machine.natchat2Router?.messagesInFlight == 0)
+    }
+
+    @Test func knownPeersOffHoldNothing() {
+        var client = Alice(known: nil)
+        let shown = client.receive(roster(1, [.present(entry("bob", B, keys: bobNew.publicKeys, version: 1))]), at: at(1))
+        #expect(!events(shown).contains { if case .peerKeyChanged = $0 { true } else { false } })
+        #expect(client.machine.natchat2Router?.heldPeers == [])
+        #expect(toServer(client.machine.handle(.chat(to: bob, text: "hi"), now: at(2))).contains {
+            if case .relay(alice, bob, _) = $0 { true } else { false }
+        })
+        #expect(events(client.machine.handle(.trust(bob), now: at(3))) == [.knownPeersOff])
+        #expect(events(client.machine.handle(.whois(bob), now: at(3)))
+            == [.whois(WhoisReport(id: bob, record: nil, path: .path(.relayed), knownPeersOff: true))])
+        #expect(saves(client.machine.leave(now: at(4))).isEmpty)
     }
 
     @Test func aHeldPeerStaysHeldInANewSessionAndWhenItLeavesAndComesBack() {

@@ -31,7 +31,7 @@ private func isCovered(_ event: ClientEvent) -> Bool {
          .natClassified, .joined, .sameNAT, .moved, .left, .moreOnline, .rosterScopeChanged, .chat, .delivered, .undelivered,
          .noSuchPeer, .lookupPending, .tooManyInFlight, .pathChanged, .keyChanged, .listEntry, .listFooter, .listEmpty,
          .listUnanswered, .help, .peerKeyChanged, .chatHeld, .chatFromHeldPeer, .trusted, .trustNotNeeded, .nothingPinned,
-         .whois:
+         .knownPeersOff, .whois:
         true
     }
 }
@@ -128,6 +128,9 @@ struct ShellFormatterTests {
         #expect(line(.trusted(bob, previous: old, now: new)) == "* bob's key \(new) is trusted (was \(old)); chat with bob goes on")
         #expect(line(.trustNotNeeded(bob, fingerprint: old)) == "* bob is not held: its key \(old) is the one pinned")
         #expect(line(.nothingPinned(dave)) == "* no key is pinned for dave: nothing to trust")
+        #expect(line(.knownPeersOff) == "* known peers are off (--known-peers none): nothing to trust")
+        #expect(lines(.whois(WhoisReport(id: bob, record: nil, path: .path(.relayed), knownPeersOff: true)))
+            == ["* bob: known peers are off (--known-peers none); path relayed"])
         var record = KnownPeers.Record(server: "127.0.0.1:10080", id: "bob", fingerprint: old, firstSeen: 1_777_629_600,
                                        lastSeen: 1_777_633_200)
         #expect(lines(.whois(WhoisReport(id: bob, record: record, path: .path(.direct(B, .publicEndpoint))))) == [
