@@ -200,7 +200,6 @@ public enum ChatClientRunner {
             return .keepReading
         }
         if refused.load(ordering: .relaxed) {
-            host.performBlocking { service, output, now in service.leave(now: now, output: &output) }
             writer.finish()
             console.show("* registration refused; choose another ID with --id")
             return 2

@@ -48,8 +48,10 @@ extension ChatClientStateMachine {
             if hidden > 0 { emit(.moreOnline(hidden)) }
         case .chat(let from, let text, let route):
             emit(.chat(from: from, text: text, origin: .authenticated(route)))
+            chatted(with: from, now: now)
         case .delivered(let to, _, _):
             emit(.delivered(to: to))
+            chatted(with: to, now: now)
         case .undelivered(let to, let text, let reason):
             emit(.undelivered(to: to, text: text, reason: reason))
         case .noSuchPeer(let id, _):

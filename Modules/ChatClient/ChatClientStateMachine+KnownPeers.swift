@@ -6,8 +6,9 @@ import KnownPeers
 import MonotonicTime
 import Wire
 
-/// Known peers: every natchat/2 peer's key, whichever path showed it (the roster, a look-up,
-/// a punch), is checked against the key remembered from earlier sessions
+/// Known peers: a peer's key is remembered once the user has chatted with it (a chat shown
+/// from it, or one it acknowledged), and from then on every sighting of its keys, whichever
+/// path showed them (the roster, a look-up, a punch), is checked against the key remembered
 /// (``ChatClientStateMachine/knownPeers``). A peer that shows another key is held (chat to
 /// and from it stops) until `@trust`; the table is saved through
 /// ``ChatClientStateMachine/Output/saveKnownPeers(_:)``, at most once per
@@ -34,12 +35,16 @@ extension ChatClientStateMachine {
 
     /// Checks a peer's keys, as the roster, a look-up or a punch showed them, against the
     /// known peers; holds the peer when they differ, releases it when the pinned key is back.
-    mutating func vet(_ info: PeerInfo, now: Instant) {
-        guard info.dialect == .extended, let keys = info.keys, info.id != configuration.id, knownPeers != nil else { return }
+    /// `pin`: remember the key of a peer not known yet (the user chatted with it); otherwise
+    /// a peer not known is left alone, so that the file holds the peers talked to, not
+    /// everyone the server lists.
+    mutating func vet(_ info: PeerInfo, pin: Bool = false, now: Instant) {
+        guard info.dialect == .extended, let keys = info.keys, info.id != configuration.id, let table = knownPeers else { return }
+        guard pin || table.whois(server: configuration.knownPeersServer, id: info.id.rawValue) != nil else { return }
         let fingerprint = IdentityKey.fingerprint(of: keys)
         let unixNow = configuration.wallClock.unixSeconds(at: now)
-        switch knownPeers!.observe(server: configuration.knownPeersServer, id: info.id.rawValue, fingerprint: fingerprint, now: unixNow) {
-        case .new:
+        switch knownPeers?.observe(server: configuration.knownPeersServer, id: info.id.rawValue, fingerprint: fingerprint, now: unixNow) {
+        case .new, nil:
             break
         case .known:
             _ = withNatchat2 { $0.router.release(info.id) }
@@ -52,18 +57,25 @@ extension ChatClientStateMachine {
         scheduleKnownPeersSave(now: now)
     }
 
+    /// A chat with `id` went through (shown from it, or acknowledged by it): its key, the one
+    /// the pair key was made from, is remembered if it is not yet.
+    mutating func chatted(with id: ClientID, now: Instant) {
+        guard let info = natchat2Router?.peer(id) else { return }
+        vet(info, pin: true, now: now)
+    }
+
     /// `@trust ID`: the key the peer showed while held replaces the pinned one.
     mutating func trust(_ id: ClientID, now: Instant) {
         let unixNow = configuration.wallClock.unixSeconds(at: now)
         guard knownPeers != nil else { return emit(.knownPeersOff) }
-        switch knownPeers!.trust(server: configuration.knownPeersServer, id: id.rawValue, now: unixNow) {
+        switch knownPeers?.trust(server: configuration.knownPeersServer, id: id.rawValue, now: unixNow) {
         case .trusted(let previous, let current):
             _ = withNatchat2 { $0.router.release(id) }
             emit(.trusted(id, previous: previous, now: current))
             scheduleKnownPeersSave(now: now)
         case .notHeld(let fingerprint):
             emit(.trustNotNeeded(id, fingerprint: fingerprint))
-        case .unknown:
+        case .unknown, nil:
             emit(.nothingPinned(id))
         }
     }

@@ -148,23 +148,32 @@ struct ChatClientKnownPeersTests {
         #expect(events(client.machine.handle(.trust(carol), now: at(10))) == [.nothingPinned(carol)])
     }
 
-    @Test func aNewPeerIsPinnedAndSavedAfterADelay() {
+    @Test func aPeerChattedWithIsPinnedAndSavedAfterADelay() {
         var client = Alice(known: known)
         let shown = client.receive(roster(1, [.present(entry("carol", B, keys: carolKey.publicKeys, version: 1))]), at: at(1))
         #expect(!events(shown).contains { if case .peerKeyChanged = $0 { true } else { false } })
-        #expect(saves(shown).isEmpty)
+        // Listed only: not remembered (the file holds the peers talked to, not the server's roster).
+        #expect(client.machine.knownPeers?.whois(server: serverName, id: "carol") == nil)
+        #expect(saves(client.run(until: at(5))).isEmpty)
+        // A chat from carol: her key is pinned, and saved a second later.
+        let chat = client.receive(client.relayedChat(from: carol, key: carolKey, messageID: 5, text: "hi alice"), at: at(6))
+        #expect(events(chat) == [.chat(from: carol, text: "hi alice", origin: .authenticated(.relayed))])
+        #expect(saves(chat).isEmpty)
         #expect(client.machine.knownPeers?.whois(server: serverName, id: "carol")?.fingerprint == carolKey.fingerprint)
-        #expect(saves(client.machine.handleTimeout(now: at(1) + .milliseconds(500))).isEmpty)
-        let saved = saves(client.run(until: at(2)))
-        #expect(saved.count == 1 && saved.first?.contains { $0.id == "carol" && $0.firstSeen == day + 1 } == true)
+        #expect(saves(client.machine.handleTimeout(now: at(6) + .milliseconds(500))).isEmpty)
+        let saved = saves(client.run(until: at(7)))
+        #expect(saved.count == 1 && saved.first?.contains { $0.id == "carol" && $0.firstSeen == day + 6 } == true)
         // Seen again within the minute: nothing to save.
         _ = client.receive(roster(2, [.present(entry("carol", ep("198.51.100.9:50001"), keys: carolKey.publicKeys, version: 2))]),
                            at: at(30))
         #expect(saves(client.run(until: at(40))).isEmpty)
+        // A minute later it is: last seen moved.
+        _ = client.receive(roster(3, [.present(entry("carol", B, keys: carolKey.publicKeys, version: 3))]), at: at(70))
+        #expect(saves(client.run(until: at(72))).first?.first { $0.id == "carol" }?.lastSeen == day + 70)
         // A classic peer has no key: nothing is pinned.
-        _ = client.receive(roster(3, [.present(entry("eve", ep("192.0.2.5:1"), keys: nil, version: 3))]), at: at(41))
+        _ = client.receive(roster(4, [.present(entry("eve", ep("192.0.2.5:1"), keys: nil, version: 4))]), at: at(73))
         #expect(client.machine.knownPeers?.whois(server: serverName, id: "eve") == nil)
-        #expect(events(client.machine.handle(.whois(id("eve")), now: at(42)))
+        #expect(events(client.machine.handle(.whois(id("eve")), now: at(74)))
             == [.whois(WhoisReport(id: id("eve"), record: nil, path: .classicPeer))])
     }
 
