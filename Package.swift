@@ -57,6 +57,7 @@ let package = Package(
         .library(name: "TransportPosix", targets: ["TransportPosix"]),
         .library(name: "LineEditor", targets: ["LineEditor"]),
         .library(name: "RendezvousServer", targets: ["RendezvousServer"]),
+        .library(name: "KnownPeers", targets: ["KnownPeers"]),
         .library(name: "ChatClient", targets: ["ChatClient"]),
     ],
     traits: [
@@ -95,6 +96,9 @@ let package = Package(
         module("Store"),
         // The store in an SQLite file, through GRDB (which links Debian's libsqlite3).
         module("SQLiteStore", ["Store", grdb]),
+        // The client's known peers (pins across sessions), their file format and file: no
+        // dependency, so students can reuse the table without the client.
+        module("KnownPeers"),
         module("Registry", ["Addressing", "Wire", "NATGrouping", "KeepAlive", "MonotonicTime", "HolePunch", "Admission", "Identity", "Roster", "Store", crypto, heap]),
         module("ClientSession", ["Addressing", "Wire", "Identity", "KeepAlive", "AddressDiscovery", "MonotonicTime"]),
         module("ChatRouter", ["Addressing", "Wire", "NATGrouping", "HolePunch", "Delivery", "MonotonicTime", "Identity", "Roster"]),
@@ -109,7 +113,7 @@ let package = Package(
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
         module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Store", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, logging]),
-        module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", nioCore, nioPosix, logging]),
+        module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", "KnownPeers", nioCore, nioPosix, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Admission", "Addressing", "MonotonicTime", "Store",
                                                                 "SQLiteStore", "Identity", "Wire", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
@@ -128,7 +132,7 @@ let package = Package(
         tests("Transport", ["Transport", "Addressing", "MonotonicTime", nioCore, nioEmbedded]),
         tests("TransportPosix", ["TransportPosix", "Transport", "Addressing", "MonotonicTime", nioCore, nioPosix, logging]),
         tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", nioCore, logging, crypto]),
-        tests("ChatClient", ["ChatClient", "ChatRouter", "ClientSession", "HolePunch", "STUN", "TestSupport", "Addressing", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", nioCore, logging]),
+        tests("ChatClient", ["ChatClient", "ChatRouter", "ClientSession", "HolePunch", "STUN", "TestSupport", "Addressing", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", "KnownPeers", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),
         tests("MonotonicTime", ["MonotonicTime"]),
         tests("STUN", ["STUN", "TestSupport", "Addressing", "Wire"]),
@@ -138,5 +142,6 @@ let package = Package(
         tests("Roster", ["Roster", "TestSupport", "Addressing", "Wire", "MonotonicTime"]),
         tests("Identity", ["Identity", "TestSupport", "Addressing", "Wire", crypto]),
         tests("Store", ["Store", "SQLiteStore", "TestSupport", grdb]),
+        tests("KnownPeers", ["KnownPeers"]),
     ]
 )

@@ -13,7 +13,7 @@ struct Natchat: ParsableCommand {
         commandName: "natchat",
         abstract: "Chat peer to peer over UDP, finding peers through a natchat rendezvous server.",
         discussion: """
-            Commands: @show_list [<id prefix>] [<page>], @chat <id> <text>, @exit, @help. A long list \
+            Commands: @show_list [<id prefix>] [<page>], @chat <id> <text>, @whois <id>, @trust <id>, @exit, @help. A long list \
             is shown a page at a time. On a terminal the shell has \
             line editing, history and Tab completion of commands and peer IDs; with stdin from a \
             pipe it reads one command per line and end of input acts as @exit.
@@ -45,6 +45,9 @@ struct Natchat: ParsableCommand {
 
     @Option(help: "Identity key file, created on first run with owner-only permissions (default: $XDG_CONFIG_HOME/natchat/identity or ~/.config/natchat/identity). 'none': a key for this run only.")
     var identity: String?
+
+    @Option(help: "Known peers file: each peer's key, remembered per server; a peer that shows another key is held until @trust (default: $XDG_STATE_HOME/natchat/known_peers or ~/.local/state/natchat/known_peers). 'none': remember for this run only.")
+    var knownPeers: String?
 
     @Flag(help: "Probe the NAT instead of chatting: ask --server (any STUN server) for this socket's mapped address and, with --alt-port, whether the mapping is endpoint-independent.")
     var probe = false
@@ -96,6 +99,8 @@ struct Natchat: ParsableCommand {
             peerPrivatePort: UInt16(peerPort), historyPath: historyFile ?? ChatClientRunner.defaultHistoryPath())
         options.offerExtended = !classic
         if let identity { options.identityPath = identity == "none" ? nil : identity }
+        if let knownPeers { options.knownPeersPath = knownPeers == "none" ? nil : knownPeers }
+        options.serverName = "\(serverText):\(serverPort)"
         let status = ChatClientRunner.run(options, logger: logger)
         if status != 0 { throw ExitCode(status) }
     }

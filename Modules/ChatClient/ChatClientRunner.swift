@@ -7,8 +7,10 @@ import AddressDiscovery
 import Addressing
 import Dispatch
 import Identity
+import KnownPeers
 import LineEditor
 import Logging
+import MonotonicTime
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -32,6 +34,12 @@ public enum ChatClientRunner {
         public var offerExtended: Bool = true
         /// The identity file (created on first run); `nil`: a key for this run only.
         public var identityPath: String? = IdentityKey.defaultPath()
+        /// The known-peers file (created when a first peer is seen); `nil`: known peers are
+        /// off (no key is checked beyond the session's own pins).
+        public var knownPeersPath: String? = KnownPeersFile.defaultPath()
+        /// The server as the user named it (`host:port`), the known peers' server field
+        /// (`nil`: ``server``'s address and port).
+        public var serverName: String?
 
         public init(id: ClientID, server: Endpoint, bindAddress: String = "0.0.0.0", port: Int = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
@@ -109,18 +117,34 @@ public enum ChatClientRunner {
                 return 1
             }
         }
+        // A file that cannot be read is not overwritten: natchat refuses to start (the user's
+        // pins would be lost, and a lost pin makes an impostor look like a new peer).
+        let knownPeersFile = options.knownPeersPath.map(KnownPeersFile.init(path:))
+        var knownPeers: KnownPeers?
+        if let knownPeersFile {
+            do {
+                knownPeers = KnownPeers(records: try knownPeersFile.load())
+            } catch {
+                LineWriter.write("natchat: \(error)")
+                return 1
+            }
+        }
+        let writer = KnownPeersWriter(file: knownPeersFile, report: { console.show($0) })
         let configuration = ChatClientService.Configuration(
             id: options.id, server: options.server,
             privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server), identity: identity,
             keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort,
             offerExtended: options.offerExtended,
-            listPageSize: interactive ? listPageSize() : ChatClientService.Configuration.defaultListPageSize)
+            listPageSize: interactive ? listPageSize() : ChatClientService.Configuration.defaultListPageSize,
+            knownPeers: knownPeers, knownPeersServer: options.serverName,
+            wallClock: .init(instant: SystemClock().now(), unixSeconds: Int64(time(nil))))
         let sinks = ChatClientService.Sinks(
             display: { console.show($0) },
             registrationRefused: { _ in
                 refused.store(true, ordering: .relaxed)
                 console.stop()
-            })
+            },
+            saveKnownPeers: { writer.save($0) })
         let host: DatagramHost<ChatClientService>
         do {
             host = try DatagramHost.bindBlocking(host: options.bindAddress, port: options.port,
@@ -176,11 +200,60 @@ public enum ChatClientRunner {
             return .keepReading
         }
         if refused.load(ordering: .relaxed) {
+            writer.finish()
             console.show("* registration refused; choose another ID with --id")
             return 2
         }
         host.performBlocking { service, output, now in service.leave(now: now, output: &output) }
+        writer.finish()
         LineWriter.write("* bye")
         return 0
+    }
+}
+
+/// Writes the known-peers file on a thread of its own, so that the event loop never waits on
+/// the disk: each save replaces the one still waiting, and a failure is reported once per
+/// kind of error (the table stays in memory; the next save tries again).
+final class KnownPeersWriter: Sendable {
+    private let file: KnownPeersFile?
+    private let report: @Sendable (String) -> Void
+    private let queue = DispatchQueue(label: "natchat.known-peers")
+    private let state = Mutex<(pending: [KnownPeers.Record]?, lastError: KnownPeersFile.FileError?)>((nil, nil))
+
+    init(file: KnownPeersFile?, report: @escaping @Sendable (String) -> Void) {
+        self.file = file
+        self.report = report
+    }
+
+    /// Queues `records` to be written (a later call before the write replaces them).
+    func save(_ records: [KnownPeers.Record]) {
+        guard file != nil else { return }
+        let first = state.withLock { state in
+            defer { state.pending = records }
+            return state.pending == nil
+        }
+        if first { queue.async { self.write() } }
+    }
+
+    /// Waits until what was queued is written.
+    func finish() {
+        queue.sync {}
+    }
+
+    private func write() {
+        guard let file, let records = state.withLock({ state in
+            defer { state.pending = nil }
+            return state.pending
+        }) else { return }
+        do {
+            try file.save(records)
+            state.withLock { $0.lastError = nil }
+        } catch {
+            let isNew = state.withLock { state in
+                defer { state.lastError = error }
+                return state.lastError != error
+            }
+            if isNew { report("* known peers not saved: \(error)") }
+        }
     }
 }

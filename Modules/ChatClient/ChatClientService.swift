@@ -1,6 +1,7 @@
 import Addressing
 import ChatRouter
 import ClientSession
+import KnownPeers
 import Logging
 import MonotonicTime
 import NATGrouping
@@ -22,19 +23,26 @@ public final class ChatClientService: DatagramDriver {
     public struct Sinks: Sendable {
         /// Every event for the user, in order.
         public var event: @Sendable (ClientEvent) -> Void
+        /// The known peers to save (called on the event loop: hand the writing to another thread).
+        public var saveKnownPeers: @Sendable ([KnownPeers.Record]) -> Void = { _ in }
 
-        public init(event: @escaping @Sendable (ClientEvent) -> Void) {
+        public init(event: @escaping @Sendable (ClientEvent) -> Void,
+                    saveKnownPeers: @escaping @Sendable ([KnownPeers.Record]) -> Void = { _ in }) {
             self.event = event
+            self.saveKnownPeers = saveKnownPeers
         }
 
         /// The shell's sinks: each event's lines (``ShellFormatter``) go to `display`; a
-        /// refused registration also goes to `registrationRefused` (the client cannot go on).
+        /// refused registration also goes to `registrationRefused` (the client cannot go on);
+        /// known peers to save go to `saveKnownPeers`.
         public init(display: @escaping @Sendable (String) -> Void,
-                    registrationRefused: @escaping @Sendable (String) -> Void = { _ in }) {
+                    registrationRefused: @escaping @Sendable (String) -> Void = { _ in },
+                    saveKnownPeers: @escaping @Sendable ([KnownPeers.Record]) -> Void = { _ in }) {
             event = { event in
                 for line in ShellFormatter.lines(for: event) { display(line) }
                 if case .registrationRefused(let text) = event { registrationRefused(text) }
             }
+            self.saveKnownPeers = saveKnownPeers
         }
     }
 
@@ -116,6 +124,8 @@ public final class ChatClientService: DatagramDriver {
                 log(diagnostic)
             case .completion(let request, let ids):
                 completions.removeValue(forKey: request)?(ids)
+            case .saveKnownPeers(let records):
+                sinks.saveKnownPeers(records)
             }
         }
     }

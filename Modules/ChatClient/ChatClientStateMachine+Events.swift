@@ -9,6 +9,7 @@ extension ChatClientStateMachine {
     mutating func handle(_ event: ExtendedRouter.Event, now: Instant) {
         switch event {
         case .joined(let info, let arrival):
+            vet(info, now: now)
             switch arrival {
             case .registered:
                 break
@@ -33,6 +34,7 @@ extension ChatClientStateMachine {
                 emit(.sameNAT(info.id, privateAddress: address))
             }
         case .updated(let info):
+            vet(info, now: now)
             outputs.append(.diagnostic(.peerUpdated(info.id, publicEndpoint: info.publicEndpoint)))
         case .left(let id, let reason, let endpoint):
             emit(.left(id, reason, endpoint))
@@ -46,8 +48,10 @@ extension ChatClientStateMachine {
             if hidden > 0 { emit(.moreOnline(hidden)) }
         case .chat(let from, let text, let route):
             emit(.chat(from: from, text: text, origin: .authenticated(route)))
+            chatted(with: from, now: now)
         case .delivered(let to, _, _):
             emit(.delivered(to: to))
+            chatted(with: to, now: now)
         case .undelivered(let to, let text, let reason):
             emit(.undelivered(to: to, text: text, reason: reason))
         case .noSuchPeer(let id, _):
@@ -66,6 +70,10 @@ extension ChatClientStateMachine {
             emit(.keyChanged(id))
         case .forged(let id):
             outputs.append(.diagnostic(.forged(claimedFrom: id)))
+        case .chatHeld(let id, let text):
+            emit(.chatHeld(to: id, text: text))
+        case .chatFromHeldPeer(let id):
+            emit(.chatFromHeldPeer(id))
         }
     }
 

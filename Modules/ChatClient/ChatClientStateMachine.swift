@@ -4,6 +4,7 @@ import ChatRouter
 import ClientSession
 import HolePunch
 import Identity
+import KnownPeers
 import MonotonicTime
 import NATGrouping
 import STUN
@@ -18,7 +19,9 @@ import Wire
 /// - the peer tables, as ``Peers``: the seed's ``ChatRouter`` until the server answers in
 ///   natchat/2, then an ``ExtendedRouter`` (roster, paths, reliable chat) — one or the
 ///   other, never both;
-/// - ``MappingProbe`` — the NAT classification after the first natchat/2 registration.
+/// - ``MappingProbe`` — the NAT classification after the first natchat/2 registration;
+/// - ``KnownPeers`` — the keys of peers seen in earlier sessions: a peer that shows another
+///   key is held until `@trust` (see ``knownPeers``).
 ///
 /// ``ChatClientService`` drives it from a socket and a timer; tests drive it with a fake clock.
 public struct ChatClientStateMachine: Sendable, SansIOCore {
@@ -42,6 +45,17 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         public var identity: IdentityKey
         /// Entries `@show_list` prints at most before it pages (at least 1).
         public var listPageSize: Int
+        /// The peers known from earlier sessions (as loaded from the known-peers file);
+        /// `nil`: no peer's key is checked beyond the session's own pins (`--known-peers none`).
+        public var knownPeers: KnownPeers?
+        /// The server as the known-peers table names it: the user's `host:port` (default:
+        /// ``server``'s address and port).
+        public var knownPeersServer: String
+        /// The Unix time of one instant, for the known-peers dates.
+        public var wallClock: WallClock
+        /// How long a change to the known peers waits before it is saved (changes in the
+        /// meantime go with it), so that the file is not written for every datagram.
+        public var knownPeersSaveDelay: Duration
 
         /// The page size when the terminal's height is unknown.
         public static let defaultListPageSize = 50
@@ -50,7 +64,9 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                     localPort: UInt16 = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
                     registrationRetry: Duration = .seconds(1), offerExtended: Bool = true,
-                    pathConfiguration: PathAgent.Configuration = .init(), listPageSize: Int = defaultListPageSize) {
+                    pathConfiguration: PathAgent.Configuration = .init(), listPageSize: Int = defaultListPageSize,
+                    knownPeers: KnownPeers? = KnownPeers(), knownPeersServer: String? = nil, wallClock: WallClock = WallClock(),
+                    knownPeersSaveDelay: Duration = .seconds(1)) {
             self.id = id
             self.server = server
             self.privateAddress = privateAddress
@@ -62,6 +78,10 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             self.pathConfiguration = pathConfiguration
             self.identity = identity
             self.listPageSize = listPageSize
+            self.knownPeers = knownPeers
+            self.knownPeersServer = knownPeersServer ?? "\(server)"
+            self.wallClock = wallClock
+            self.knownPeersSaveDelay = knownPeersSaveDelay
         }
     }
 
@@ -75,6 +95,8 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         case diagnostic(Diagnostic)
         /// The answer to Tab completion request `request`: peer IDs, sorted.
         case completion(request: Int, ids: [String])
+        /// Save these known peers (every server's), off the event loop.
+        case saveKnownPeers([KnownPeers.Record])
     }
 
     /// How many peers a listing (the first roster, a resynchronisation) shows as joins
@@ -119,6 +141,12 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
     var random = SystemRandomNumberGenerator()
     /// Datagrams that decoded to nothing, for diagnostics.
     public private(set) var malformedCount = 0
+    /// The peers known from this and earlier sessions, on every server (`nil`: off).
+    public internal(set) var knownPeers: KnownPeers?
+    /// The table's revision last handed to ``Output/saveKnownPeers(_:)``.
+    var savedKnownPeersRevision: UInt64
+    /// When the changes to the known peers are to be saved (`nil`: nothing waits).
+    var knownPeersSaveDue: Instant?
     /// What the input being handled has to say (returned, in order, when it ends).
     var outputs: [Output] = []
 
@@ -131,6 +159,8 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             registrationRetry: configuration.registrationRetry, offerNatchat2: configuration.offerExtended))
         peers = .classic(ChatRouter(selfID: configuration.id, server: configuration.server, privatePort: configuration.peerPrivatePort),
                          RosterIndex(selfID: configuration.id))
+        knownPeers = configuration.knownPeers
+        savedKnownPeersRevision = configuration.knownPeers?.revision ?? 0
     }
 
     // MARK: - What it knows
@@ -207,17 +237,23 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             showList(prefix: prefix, page: page, now: now)
         case .chat(let to, let text):
             chat(to: to, text: text, now: now)
+        case .trust(let id):
+            trust(id, now: now)
+        case .whois(let id):
+            whois(id)
         case .help:
             emit(.help)
         case .exit:
             runSession(session.leave(now: now), now: now)
+            saveKnownPeersIfDue(now: now, force: true)
         }
         return takeOutputs()
     }
 
-    /// Unregisters (once) and stops every timer.
+    /// Unregisters (once) and stops every timer; known peers not saved yet are saved now.
     public mutating func leave(now: Instant) -> [Output] {
         runSession(session.leave(now: now), now: now)
+        saveKnownPeersIfDue(now: now, force: true)
         return takeOutputs()
     }
 
@@ -232,12 +268,13 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         if let routerOutputs = withNatchat2({ $0.router.handleTimeout(now: now) }) {
             runRouter(routerOutputs, now: now)
         }
+        saveKnownPeersIfDue(now: now)
         return takeOutputs()
     }
 
     public var nextDeadline: Instant? {
         guard !session.hasLeft else { return nil }
-        return [session.nextDeadline, probe?.nextDeadline, natchat2Router?.nextDeadline].compactMap { $0 }.min()
+        return [session.nextDeadline, probe?.nextDeadline, natchat2Router?.nextDeadline, knownPeersSaveDue].compactMap { $0 }.min()
     }
 
     // MARK: - Datagrams
@@ -251,6 +288,11 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         case .roster, .lookupResult, .listPage, .punch, .relayed, .claimResult, .depositResult, .mail, .mailDelivered:
             guard fromServer else { return ignored(source, message) }
             runSession(session.handleServerMessage(message, now: now), now: now)
+            if case .lookupResult(_, _, _, _, let found?) = message, natchat2Router != nil {
+                // The chats waiting for this answer go out as the router takes it: the key is
+                // checked first, so that none goes to a key that differs from the one known.
+                vet(found.info, now: now)
+            }
             if let routerOutputs = withNatchat2({ $0.router.handleServerMessage(message, now: now) }) {
                 runRouter(routerOutputs, now: now)
             }
@@ -311,6 +353,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                                             firstMessageID: random.next() >> 1, transactionSeed: random.next(),
                                             pathConfiguration: configuration.pathConfiguration)
                 router.natKind = session.natKind
+                for id in heldPeerIDs() { router.hold(id) }
                 peers = .natchat2(Natchat2Peers(router: router))
                 emit(.registered(configuration.id, publicEndpoint: endpoint, .natchat2(keyFingerprint: configuration.identity.fingerprint)))
                 startProbe(alternatePort: alternatePort, now: now)

@@ -47,6 +47,23 @@ public enum ClientEvent: Hashable, Sendable {
     case pathChanged(ClientID, PathAgent.Path)
     /// The server announced other keys for a peer than those pinned (ignored).
     case keyChanged(ClientID)
+    /// A peer showed another key than the one known from earlier sessions (fingerprints):
+    /// chat with it is held until `@trust`.
+    case peerKeyChanged(ClientID, pinned: String, seen: String)
+    /// A chat for a held peer was not sent.
+    case chatHeld(to: ClientID, text: String)
+    /// A chat from a held peer was dropped (not shown, not acknowledged).
+    case chatFromHeldPeer(ClientID)
+    /// `@trust`: the key the peer showed replaced the pinned one; chat goes on.
+    case trusted(ClientID, previous: String, now: String)
+    /// `@trust` of a peer that is not held: its key is the pinned one.
+    case trustNotNeeded(ClientID, fingerprint: String)
+    /// `@trust` of a peer whose key is not known.
+    case nothingPinned(ClientID)
+    /// `@trust` while known peers are off (`--known-peers none`).
+    case knownPeersOff
+    /// `@whois`.
+    case whois(WhoisReport)
 
     /// One line of `@show_list`.
     case listEntry(ListLine)

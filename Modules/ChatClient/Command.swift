@@ -7,6 +7,10 @@ public enum Command: Hashable, Sendable {
     /// ID starts with `prefix` (all of them when `nil`).
     case showList(prefix: String? = nil, page: Int = 1)
     case chat(to: ClientID, text: String)
+    /// `@trust <id>`: the key `id` showed while held replaces the pinned one.
+    case trust(ClientID)
+    /// `@whois <id>`: the pinned key, when it was first and last seen, whether `id` is held, the path.
+    case whois(ClientID)
     case exit
     case help
 
@@ -14,12 +18,12 @@ public enum Command: Hashable, Sendable {
     public static let names = table.map(\.name)
 
     /// The commands whose first argument is a peer ID (`@show_list`'s ID prefix, `@chat`'s
-    /// recipient): Tab completes that word from the roster.
+    /// recipient, `@whois` and `@trust`): Tab completes that word from the roster.
     public static let peerArgumentNames = table.filter(\.takesPeerID).map(\.name)
 
     /// Each command word, in `@help` order, and whether its first argument is a peer ID.
     private static let table: [(name: String, takesPeerID: Bool)] = [
-        ("@show_list", true), ("@chat", true), ("@exit", false), ("@help", false),
+        ("@show_list", true), ("@chat", true), ("@whois", true), ("@trust", true), ("@exit", false), ("@help", false),
     ]
 
     /// Why a typed line is not a command.
@@ -60,6 +64,13 @@ public enum Command: Hashable, Sendable {
             return .exit
         case "@help":
             return .help
+        case "@trust", "@whois":
+            let usage = "\(wordText) <id>"
+            let words = argument.split(whereSeparator: isBlank)
+            guard words.count == 1 else { throw .usage(usage) }
+            let idText = String(decoding: words[0], as: UTF8.self)
+            guard let id = try? ClientID(idText) else { throw .usage(usage + " (\"\(idText.prefix(40))\" is not a valid ID)") }
+            return wordText == "@trust" ? .trust(id) : .whois(id)
         case "@chat":
             let idBytes = argument.prefix { !isBlank($0) }
             guard !idBytes.isEmpty else { throw .usage(chatUsage) }
@@ -127,6 +138,9 @@ public enum Command: Hashable, Sendable {
           @show_list <prefix>   only the clients whose ID starts with <prefix>;
                                 @show_list <prefix> <n> for page <n> of those
           @chat <id> <text>     send <text> to client <id>
+          @whois <id>           the key pinned for <id>, when it was first and last seen, whether chat
+                                with <id> is held (its key changed), and the path to it
+          @trust <id>           after checking <id>'s new key out of band: pin it, and chat goes on
           @exit                 unregister and quit (end of input and Ctrl-C do the same)
           @help                 this help
         """

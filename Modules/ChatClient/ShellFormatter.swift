@@ -1,3 +1,4 @@
+import KnownPeers
 import Wire
 
 /// The shell's words: turns each ``ClientEvent`` into the lines the user reads. The one
@@ -7,7 +8,28 @@ import Wire
 public enum ShellFormatter {
     /// The lines for `event` (none for an event the shell does not print).
     public static func lines(for event: ClientEvent) -> [String] {
-        line(for: event).map { [$0] } ?? []
+        if case .whois(let report) = event { return lines(for: report) }
+        return line(for: event).map { [$0] } ?? []
+    }
+
+    /// `@whois`: the pinned key and its dates, and the path; a second line when the peer is held.
+    static func lines(for report: WhoisReport) -> [String] {
+        let id = report.id
+        let path: String = switch report.path {
+        case .path(let path): "path \(path)"
+        case .classicPeer: "classic client (no key), path classic"
+        case .notHeld: "not online (as far as this client knows)"
+        case .classicSession: "classic session (no keys or paths)"
+        case .yourself: "yourself"
+        }
+        guard !report.knownPeersOff else { return ["* \(id): known peers are off (--known-peers none); \(path)"] }
+        guard let record = report.record else { return ["* \(id): no key pinned; \(path)"] }
+        var lines = ["* \(id): key \(record.fingerprint), first seen \(KnownPeersFormat.iso8601(record.firstSeen)), "
+            + "last seen \(KnownPeersFormat.iso8601(record.lastSeen)); \(path)"]
+        if let seen = record.heldFingerprint {
+            lines.append("* \(id) is HELD: it showed key \(seen) instead; check it with \(id) out of band, then @trust \(id)")
+        }
+        return lines
     }
 
     static func line(for event: ClientEvent) -> String? {
@@ -64,6 +86,23 @@ public enum ShellFormatter {
         case .keyChanged(let id):
             "!!! WARNING: the server announced a different key for \(id); keeping the key pinned at first sight. "
                 + "Someone may be impersonating \(id)."
+        case .peerKeyChanged(let id, let pinned, let seen):
+            "* WARNING: \(id)'s key changed: pinned \(pinned), now \(seen). Chat with \(id) is held; "
+                + "check the new fingerprint with \(id) out of band, then @trust \(id)"
+        case .chatHeld(let id, let text):
+            "* NOT sent to \(id): \"\(text)\" (chat with \(id) is held: its key changed; @whois \(id), then @trust \(id))"
+        case .chatFromHeldPeer(let id):
+            "* a message from \(id) was not shown: chat with \(id) is held (its key changed; @whois \(id), then @trust \(id))"
+        case .trusted(let id, let previous, let now):
+            "* \(id)'s key \(now) is trusted (was \(previous)); chat with \(id) goes on"
+        case .trustNotNeeded(let id, let fingerprint):
+            "* \(id) is not held: its key \(fingerprint) is the one pinned"
+        case .nothingPinned(let id):
+            "* no key is pinned for \(id): nothing to trust"
+        case .knownPeersOff:
+            "* known peers are off (--known-peers none): nothing to trust"
+        case .whois(let report):
+            lines(for: report).joined(separator: "\n")
         case .listEntry(let entry):
             line(for: entry)
         case .listFooter(let footer):

@@ -10,6 +10,7 @@ extension ExtendedRouter {
     /// Queues `text` for `id` and sends attempt 1. `firstSent` starts the message's
     /// deadline (a chat that waited for a look-up keeps its own).
     mutating func send(_ text: String, to id: ClientID, firstSent: Instant, now: Instant) throws(SendError) {
+        guard !heldPeers.contains(id) else { return emit(.chatHeld(to: id, text: text)) }
         guard link(for: id) != nil else { return }
         let sent: [ReliableSender.Output]
         do {
@@ -62,6 +63,10 @@ extension ExtendedRouter {
 
     mutating func receiveChat(from: ClientID, messageID: UInt64, text: String, route: Route, now: Instant) {
         guard let key = links[from]?.pairKey else { return }
+        guard !heldPeers.contains(from) else {
+            if heldChatsReported.count < Self.heldChatsReportedLimit, heldChatsReported.insert(HeldChat(from: from, messageID: messageID)).inserted { emit(.chatFromHeldPeer(from)) }
+            return
+        }
         let ack = SessionCrypto.sealed(.chatAck(from: selfID, to: from, messageID: messageID), key: key)
         switch route {
         case .direct(let source): outputs.append(.send(ack, to: source))

@@ -71,6 +71,12 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         case keyChanged(ClientID)
         /// A datagram claiming to be from a peer failed authentication.
         case forged(claimedFrom: ClientID)
+        /// A chat for a held peer (``hold(_:)``) was not sent.
+        case chatHeld(to: ClientID, text: String)
+        /// A chat from a held peer was dropped unacknowledged (once per message: the sender's
+        /// retransmissions are not reported again, and one that comes after
+        /// ``release(_:)`` is shown).
+        case chatFromHeldPeer(ClientID)
         /// An answer to ``listIDs(prefix:offset:limit:now:)``.
         case listAnswered(query: UInt32, total: Int, offset: Int, entries: [ListEntry])
         /// No answer to that query came in time.
@@ -114,6 +120,12 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         var pairKey: KeyBytes
     }
 
+    /// A chat from a held peer that was reported.
+    struct HeldChat: Hashable, Sendable {
+        var from: ClientID
+        var messageID: UInt64
+    }
+
     /// A look-up in flight, and the chats waiting for its answer.
     struct Lookup: Sendable {
         var query: UInt32
@@ -144,6 +156,13 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     var nextQuery: UInt32 = 1
     var sender: ReliableSender
     var duplicates = DuplicateFilter()
+    /// Peers whose chat is held: nothing is sent to them, and their chats are dropped.
+    public private(set) var heldPeers: Set<ClientID> = []
+    /// Chats from held peers already reported, so that retransmissions are not.
+    var heldChatsReported: Set<HeldChat> = []
+    /// Past this many reported held chats, more are dropped without a report (a held peer
+    /// cannot grow the set without bound).
+    static let heldChatsReportedLimit = 1024
     private var transactionSeed: UInt64
     private let pathConfiguration: PathAgent.Configuration
     let queries: QueryConfiguration
@@ -289,6 +308,21 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         }
         for request in lists.values { deadlines.append(min(request.nextSend, request.deadline)) }
         return deadlines.min()
+    }
+
+    /// Holds chat with `id`: chats to it are not sent (``Event/chatHeld(to:text:)``, for
+    /// those typed and those waiting for a look-up), and chats from it are dropped without an
+    /// acknowledgement (``Event/chatFromHeldPeer(_:)``). The owner holds a peer whose key
+    /// differs from the one it remembers from earlier sessions (the KnownPeers module), until
+    /// the user trusts the new key.
+    public mutating func hold(_ id: ClientID) {
+        heldPeers.insert(id)
+    }
+
+    /// Ends a hold: chat with `id` goes on (a chat it retransmits is now shown).
+    public mutating func release(_ id: ClientID) {
+        guard heldPeers.remove(id) != nil else { return }
+        heldChatsReported = heldChatsReported.filter { $0.from != id }
     }
 
     /// The server session was lost: every path starts over (the new session brings a

@@ -92,13 +92,21 @@ struct CommandParseTests {
         #expect(parseError(line) == .unknown(word))
     }
 
+    @Test func trustAndWhois() throws {
+        #expect(try Command.parse("@trust bob") == .trust(ClientID("bob")))
+        #expect(try Command.parse("  @whois\tbob  ") == .whois(ClientID("bob")))
+        #expect(parseError("@trust") == .usage("@trust <id>"))
+        #expect(parseError("@whois bob carol") == .usage("@whois <id>"))
+        #expect(parseError("@trust b@b") == .usage("@trust <id> (\"b@b\" is not a valid ID)"))
+    }
+
     @Test func errorDescriptions() {
         #expect(Command.ParseError.usage("@exit").description == "usage: @exit")
         #expect(Command.ParseError.unknown("hello").description == "unknown command: hello (try @help)")
     }
 
     @Test func names() {
-        #expect(Command.names == ["@show_list", "@chat", "@exit", "@help"])
+        #expect(Command.names == ["@show_list", "@chat", "@whois", "@trust", "@exit", "@help"])
         for name in Command.names {
             #expect(Command.helpText.contains(name), "\(name) missing from the help text")
         }
@@ -106,7 +114,7 @@ struct CommandParseTests {
 
     @Test func peerArgumentNames() {
         // The ReadlineConsole completes the word after these from the roster.
-        #expect(Command.peerArgumentNames == ["@show_list", "@chat"])
+        #expect(Command.peerArgumentNames == ["@show_list", "@chat", "@whois", "@trust"])
         #expect(Command.peerArgumentNames.allSatisfy(Command.names.contains))
     }
 }

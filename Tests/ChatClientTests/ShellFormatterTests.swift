@@ -2,6 +2,7 @@ import Addressing
 import ChatRouter
 import ClientSession
 import HolePunch
+import KnownPeers
 import Testing
 import Wire
 @testable import ChatClient
@@ -29,7 +30,8 @@ private func isCovered(_ event: ClientEvent) -> Bool {
     case .registered, .registeredAgain, .registeringAgain, .publicEndpointChanged, .serverNotice, .registrationRefused,
          .natClassified, .joined, .sameNAT, .moved, .left, .moreOnline, .rosterScopeChanged, .chat, .delivered, .undelivered,
          .noSuchPeer, .lookupPending, .tooManyInFlight, .pathChanged, .keyChanged, .listEntry, .listFooter, .listEmpty,
-         .listUnanswered, .help:
+         .listUnanswered, .help, .peerKeyChanged, .chatHeld, .chatFromHeldPeer, .trusted, .trustNotNeeded, .nothingPinned,
+         .knownPeersOff, .whois:
         true
     }
 }
@@ -114,6 +116,41 @@ struct ShellFormatterTests {
             + "first sight. Someone may be impersonating bob.")
     }
 
+    @Test func knownPeers() {
+        let old = "0f:4a:44:bc:e7:a7:40:08", new = "8b:c7:2a:8d:9e:92:f1:f2"
+        #expect(line(.peerKeyChanged(bob, pinned: old, seen: new))
+            == "* WARNING: bob's key changed: pinned \(old), now \(new). Chat with bob is held; "
+            + "check the new fingerprint with bob out of band, then @trust bob")
+        #expect(line(.chatHeld(to: bob, text: "hi"))
+            == "* NOT sent to bob: \"hi\" (chat with bob is held: its key changed; @whois bob, then @trust bob)")
+        #expect(line(.chatFromHeldPeer(bob))
+            == "* a message from bob was not shown: chat with bob is held (its key changed; @whois bob, then @trust bob)")
+        #expect(line(.trusted(bob, previous: old, now: new)) == "* bob's key \(new) is trusted (was \(old)); chat with bob goes on")
+        #expect(line(.trustNotNeeded(bob, fingerprint: old)) == "* bob is not held: its key \(old) is the one pinned")
+        #expect(line(.nothingPinned(dave)) == "* no key is pinned for dave: nothing to trust")
+        #expect(line(.knownPeersOff) == "* known peers are off (--known-peers none): nothing to trust")
+        #expect(lines(.whois(WhoisReport(id: bob, record: nil, path: .path(.relayed), knownPeersOff: true)))
+            == ["* bob: known peers are off (--known-peers none); path relayed"])
+        var record = KnownPeers.Record(server: "127.0.0.1:10080", id: "bob", fingerprint: old, firstSeen: 1_777_629_600,
+                                       lastSeen: 1_777_633_200)
+        #expect(lines(.whois(WhoisReport(id: bob, record: record, path: .path(.direct(B, .publicEndpoint))))) == [
+            "* bob: key \(old), first seen 2026-05-01T10:00:00Z, last seen 2026-05-01T11:00:00Z; path direct 203.0.113.7:40002",
+        ])
+        record.heldFingerprint = new
+        #expect(lines(.whois(WhoisReport(id: bob, record: record, path: .path(.relayed)))) == [
+            "* bob: key \(old), first seen 2026-05-01T10:00:00Z, last seen 2026-05-01T11:00:00Z; path relayed",
+            "* bob is HELD: it showed key \(new) instead; check it with bob out of band, then @trust bob",
+        ])
+        #expect(lines(.whois(WhoisReport(id: dave, record: nil, path: .notHeld)))
+            == ["* dave: no key pinned; not online (as far as this client knows)"])
+        #expect(lines(.whois(WhoisReport(id: carol, record: nil, path: .classicPeer)))
+            == ["* carol: no key pinned; classic client (no key), path classic"])
+        #expect(lines(.whois(WhoisReport(id: bob, record: nil, path: .path(.none)))) == ["* bob: no key pinned; path none yet"])
+        #expect(lines(.whois(WhoisReport(id: alice, record: nil, path: .yourself))) == ["* alice: no key pinned; yourself"])
+        #expect(lines(.whois(WhoisReport(id: bob, record: nil, path: .classicSession)))
+            == ["* bob: no key pinned; classic session (no keys or paths)"])
+    }
+
     @Test func listLines() {
         #expect(line(.listEntry(.classic(bob, B))) == "bob 203.0.113.7:40002")
         #expect(line(.listEntry(.own(alice, A, .unknown))) == "alice 203.0.113.7:40001 (you; NAT: unknown)")
@@ -139,6 +176,9 @@ struct ShellFormatterTests {
               @show_list <prefix>   only the clients whose ID starts with <prefix>;
                                     @show_list <prefix> <n> for page <n> of those
               @chat <id> <text>     send <text> to client <id>
+              @whois <id>           the key pinned for <id>, when it was first and last seen, whether chat
+                                    with <id> is held (its key changed), and the path to it
+              @trust <id>           after checking <id>'s new key out of band: pin it, and chat goes on
               @exit                 unregister and quit (end of input and Ctrl-C do the same)
               @help                 this help
             """)

@@ -312,6 +312,31 @@ struct ExtendedRouterEndToEndTests {
         }
     }
 
+    @Test func aHeldPeerGetsNoChatAndItsChatsAreDroppedUntilReleased() throws {
+        var world = World([(alice, A), (bob, B)])
+        _ = world.takeEvents(alice); _ = world.takeEvents(bob)
+        world.routers[alice]!.hold(bob)
+        #expect(world.routers[alice]!.heldPeers == [bob])
+        // To bob: not sent, nothing in flight.
+        try world.send("not for an unchecked key", from: alice, to: bob)
+        #expect(world.takeEvents(alice) == [.chatHeld(to: bob, text: "not for an unchecked key")])
+        #expect(world.routers[alice]!.messagesInFlight == 0)
+        #expect(world.chats(bob).isEmpty)
+        // From bob: dropped, not acknowledged, reported once whatever the retransmissions.
+        try world.send("it is me", from: bob, to: alice)
+        world.run(until: world.now + .seconds(3))
+        #expect(world.takeEvents(alice).filter { if case .pathChanged = $0 { false } else { true } } == [.chatFromHeldPeer(bob)])
+        #expect(world.routers[bob]!.messagesInFlight == 1)
+        #expect(!world.takeEvents(bob).contains { if case .delivered = $0 { true } else { false } })
+        // Released: bob's next retransmission is shown and acknowledged; alice's chat goes out.
+        world.routers[alice]!.release(bob)
+        world.run(until: world.now + .seconds(3))
+        #expect(world.chats(alice).map(\.text) == ["it is me"])
+        #expect(world.takeEvents(bob).contains { if case .delivered(to: alice, _, _) = $0 { true } else { false } })
+        try world.send("checked now", from: alice, to: bob)
+        #expect(world.chats(bob).map(\.text) == ["checked now"])
+    }
+
     @Test func shownOnceWhenDeliveredBothDirectAndRelayed() throws {
         var world = World([(alice, A), (bob, B)])
         try world.send("warm-up", from: alice, to: bob)

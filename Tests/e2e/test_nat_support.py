@@ -219,7 +219,10 @@ class Client(NatNode):
         cid = cid or host
         super().__init__(tb, host, cid, [binary('natchat'), '--id', cid, '--server', server_ip,
                                          '--server-port', SERVER_PORT, '--port', CLIENT_PORT,
-                                         '--history-file', '/dev/null', *log_args(), *extra])
+                                         '--history-file', '/dev/null',
+                                         # no known-peers file in the real HOME: every test (and
+                                         # every run) starts knowing no peer's key
+                                         '--known-peers', 'none', *log_args(), *extra])
         self.cid = cid
         self.chat_times = {}        # peer -> monotonic time of the first @chat to it
 

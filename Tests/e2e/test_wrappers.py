@@ -125,6 +125,7 @@ class WrapperTest(unittest.TestCase):
                 name=f"bin/natchat-{cid}",
                 argv=["--id", cid, "--server", SERVER_IP, "--server-port", port,
                       "--port", client_port, "--bind", ip, "--identity", "none",
+                      "--known-peers", os.path.join(self.g.home(cid), "known_peers"),
                       "--history-file", history])
 
         alice = client("alice", ALICE_IP)
