@@ -21,6 +21,10 @@ extension Registry {
         let outcome: DepositOutcome
         var actions: [Output] = []
         let at = unixTime(now)
+        if let earlier = mailbox?.answered(query, from: sender.id) {
+            // The same deposit again (its answer was lost): the same answer, nothing queued twice.
+            return [.sendExtended(.depositResult(query: query, to: recipient, outcome: earlier), to: sender.publicEndpoint)]
+        }
         if mailbox == nil {
             outcome = .refused(.noMailbox)
         } else if let online = entries[recipient], online.dialect == .extended {
@@ -36,6 +40,7 @@ extension Registry {
         } else {
             outcome = .refused(.noMailbox)
         }
+        mailbox?.remember(outcome, for: query, from: sender.id, now: now)
         actions.append(.sendExtended(.depositResult(query: query, to: recipient, outcome: outcome), to: sender.publicEndpoint))
         return actions
     }

@@ -1453,6 +1453,20 @@ struct MailboxTests {
         #expect(server.receiveBytes(server.sessionBytes(carol, .mailAck(id: carol, serial: 1)), from: E, at: at(21)).isEmpty)
     }
 
+    /// A deposit sent again (its answer was lost) gets the same answer and is queued once.
+    @Test func aRepeatedDepositIsQueuedOnce() {
+        var server = Self.carolAway()
+        let first = Self.deposit(&server, query: 7, to: carol, [1, 2], at: at(3))
+        let again = Self.deposit(&server, query: 7, to: carol, [1, 2], at: at(4))
+        let answer = ExtendedMessage.depositResult(query: 7, to: carol, outcome: .queued(serial: 1, keptSeconds: 604_800))
+        #expect(first.contains(.sendExtended(answer, to: A)))
+        #expect(again == [.sendExtended(answer, to: A)])
+        #expect(server.registry.mailCount == 1)
+        // Another query is another message.
+        #expect(Self.persisted(Self.deposit(&server, query: 8, to: carol, [1, 2], at: at(5))).count == 1)
+        #expect(server.registry.mailCount == 2)
+    }
+
     /// Online recipients get chats, unclaimed IDs have no mailbox, a server without claims
     /// keeps no mail.
     @Test func depositsThatAreNotQueued() {
