@@ -20,6 +20,14 @@ public enum ClientEvent: Hashable, Sendable {
     case serverNotice(String)
     /// The server refused the registration: the client cannot go on (the notice came first).
     case registrationRefused(String)
+    /// Our ID's claim was released (`--release-id`): any key may register it now.
+    case claimReleased
+    /// Our ID's claim now belongs to the key with this fingerprint (`--rotate-identity`).
+    case claimRotated(fingerprint: String)
+    /// The server did not make the claim change asked (our key does not hold the claim).
+    case claimChangeRefused
+    /// The server did not answer the claim change asked.
+    case claimChangeUnanswered
     /// The mapping probe classified our NAT.
     case natClassified(NATKind)
 

@@ -51,6 +51,14 @@ public enum ShellFormatter {
             "From server [\(text)]"
         case .registrationRefused:
             nil
+        case .claimReleased:
+            "* the claim on your ID was released: any key may register it now"
+        case .claimRotated(let fingerprint):
+            "* your ID is now claimed by the new key \(fingerprint)"
+        case .claimChangeRefused:
+            "* the server did not change the claim: this key does not hold it"
+        case .claimChangeUnanswered:
+            "* the server did not answer the claim change"
         case .natClassified(let kind):
             "* NAT: \(kind)"
         case .joined(let id, let endpoint, let classicPeer):

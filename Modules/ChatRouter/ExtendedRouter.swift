@@ -224,7 +224,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
             if let inner = try? ExtendedMessage.decode(payload) { handleRelayed(inner, bytes: payload, from: from, now: now) }
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .challenge, .registered,
              .refused, .keepAliveAck, .unknownSession, .ping, .pong, .chat, .chatAck, .claimLookup, .deposit, .mailAck,
-             .claimResult, .depositResult, .mail, .mailDelivered:
+             .claimResult, .depositResult, .mail, .mailDelivered, .releaseClaim, .rotateKey, .claimChanged:
             break
         }
         return takeOutputs()

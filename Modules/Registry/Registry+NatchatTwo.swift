@@ -167,6 +167,18 @@ extension Registry {
             }
             liveness.touch(id, now: now)
             return acknowledgeMail(serial, by: id)
+        case .releaseClaim(let id):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            return releaseClaim(of: entry)
+        case .rotateKey(let id, let newKeys, let signature):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            return rotateClaim(of: entry, to: newKeys, signature: signature, now: now)
         case .listQuery(let id, let query, let prefix, let offset, let limit):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
@@ -175,7 +187,8 @@ extension Registry {
             guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
             return [.sendExtended(listPage(query: query, prefix: prefix, offset: offset, limit: limit), to: entry.publicEndpoint)]
         case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
-             .unknownSession, .ping, .pong, .chat, .chatAck, .claimResult, .depositResult, .mail, .mailDelivered:
+             .unknownSession, .ping, .pong, .chat, .chatAck, .claimResult, .depositResult, .mail, .mailDelivered,
+             .claimChanged:
             return [.report(.ignoredExtended(from: source, .notForServer))]
         }
     }

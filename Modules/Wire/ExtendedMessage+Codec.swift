@@ -37,6 +37,17 @@ extension ExtendedMessage {
             w.clientID(id); w.u32(query); w.clientID(to); w.longBytes(sealed)
         case .mailAck(let id, let serial):
             w.clientID(id); w.u64(serial)
+        case .releaseClaim(let id):
+            w.clientID(id)
+        case .rotateKey(let id, let newKeys, let signature):
+            w.clientID(id); w.keys(newKeys); w.fixed(signature, 64)
+        case .claimChanged(let id, let keys):
+            w.clientID(id)
+            if let keys {
+                w.u8(1); w.keys(keys)
+            } else {
+                w.u8(0)
+            }
         case .claimResult(let query, let peer, let keys, let claimedSince):
             w.u32(query); w.clientID(peer)
             if let keys {
@@ -156,6 +167,17 @@ extension ExtendedMessage {
             return .deposit(id: id, query: query, to: to, sealed: Array(sealed))
         case .mailAck:
             return .mailAck(id: try r.clientID(), serial: try r.u64())
+        case .releaseClaim:
+            return .releaseClaim(id: try r.clientID())
+        case .rotateKey:
+            return .rotateKey(id: try r.clientID(), newKeys: try r.keys(), signature: try r.array(64, "signature"))
+        case .claimChanged:
+            let id = try r.clientID()
+            switch try r.u8("claim flag") {
+            case 0: return .claimChanged(id: id, keys: nil)
+            case 1: return .claimChanged(id: id, keys: try r.keys())
+            default: throw .malformed("bad claim flag")
+            }
         case .claimResult:
             let query = try r.u32(), peer = try r.clientID()
             switch try r.u8("claim flag") {

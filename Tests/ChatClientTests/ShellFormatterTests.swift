@@ -31,7 +31,7 @@ private func isCovered(_ event: ClientEvent) -> Bool {
          .natClassified, .joined, .sameNAT, .moved, .left, .moreOnline, .rosterScopeChanged, .chat, .delivered, .undelivered,
          .noSuchPeer, .lookupPending, .tooManyInFlight, .pathChanged, .keyChanged, .listEntry, .listFooter, .listEmpty,
          .listUnanswered, .help, .peerKeyChanged, .chatHeld, .chatFromHeldPeer, .trusted, .trustNotNeeded, .nothingPinned,
-         .knownPeersOff, .whois:
+         .knownPeersOff, .whois, .claimReleased, .claimRotated, .claimChangeRefused, .claimChangeUnanswered:
         true
     }
 }
@@ -60,6 +60,13 @@ struct ShellFormatterTests {
         // The refusal's text was shown as the notice before it; the refusal itself prints
         // nothing (the shell quits on it).
         #expect(lines(.registrationRefused(notice)) == [])
+    }
+
+    @Test func claimChanges() {
+        #expect(line(.claimReleased) == "* the claim on your ID was released: any key may register it now")
+        #expect(line(.claimRotated(fingerprint: "0f:1e:2d:3c:4b:5a:69:78")) == "* your ID is now claimed by the new key 0f:1e:2d:3c:4b:5a:69:78")
+        #expect(line(.claimChangeRefused) == "* the server did not change the claim: this key does not hold it")
+        #expect(line(.claimChangeUnanswered) == "* the server did not answer the claim change")
     }
 
     @Test func natClassification() {

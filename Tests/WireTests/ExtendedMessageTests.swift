@@ -100,6 +100,10 @@ struct ExtendedRoundTripTests {
         plain(.depositResult(query: .max, to: id("bob"), outcome: .refused(.noMailbox))),
         plain(.mail(serial: 3, from: id("alice"), queuedAt: 1_764_900_000, sealed: Array(repeating: 1, count: ExtendedMessage.maxMailBytes))),
         plain(.mailDelivered(to: id("bob"), serial: 3)),
+        session(.releaseClaim(id: id("alice")), 12, tagX),
+        session(.rotateKey(id: id("alice"), newKeys: keysB, signature: Array(repeating: 0x5A, count: 64)), 13, tagX),
+        plain(.claimChanged(id: id("alice"), keys: keysA)),
+        plain(.claimChanged(id: id("alice"), keys: nil)),
     ]
 
     @Test("encode then decode gives the same datagram", arguments: messages)
@@ -121,7 +125,7 @@ struct ExtendedRoundTripTests {
     func everyCaseCovered() {
         let kinds = Set(Self.messages.map { $0.encode()[2] })
         // 0x44 and 0x45 (the per-peer notices the roster delta replaced) are retired.
-        let all: Set<UInt8> = Set((0x01...0x0B) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x50).union(0x81...0x84)
+        let all: Set<UInt8> = Set((0x01...0x0D) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x51).union(0x81...0x84)
         #expect(kinds == all)
     }
 
@@ -266,7 +270,7 @@ struct ExtendedRejectionTests {
             #expect(extendedError(bytes) == .malformed("unsupported version"))
         }
         bytes[1] = 0x01
-        for type: UInt8 in [0x00, 0x0C, 0x40, 0x44, 0x45, 0x51, 0x80, 0x85, 0xFF] {
+        for type: UInt8 in [0x00, 0x0E, 0x40, 0x44, 0x45, 0x52, 0x80, 0x85, 0xFF] {
             bytes[2] = type
             #expect(extendedError(bytes) == .malformed("unknown message type"), "type \(type)")
         }
