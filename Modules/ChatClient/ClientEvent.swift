@@ -109,8 +109,9 @@ public enum ListLine: Hashable, Sendable {
     case classic(ClientID, Endpoint)
     /// Our own line (natchat/2): the endpoint the server sees, our NAT's kind.
     case own(ClientID, Endpoint?, NATKind)
-    /// A natchat/2 roster entry and the path to it (`nil`: a classic peer).
-    case peer(ClientID, Endpoint, PathAgent.Path?)
+    /// A natchat/2 roster entry and the path to it (`nil`: a classic peer); `claimedSince`:
+    /// since when its key has claimed the ID on the server (Unix seconds; 0: no claim).
+    case peer(ClientID, Endpoint, PathAgent.Path?, claimedSince: UInt32 = 0)
 }
 
 /// The line under a `@show_list` page: where the page is among the entries (of those

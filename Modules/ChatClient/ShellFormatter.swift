@@ -130,8 +130,9 @@ public enum ShellFormatter {
             ClassicMessage.peer(id, endpoint).text
         case .own(let id, let endpoint, let natKind):
             "\(id) \(endpoint.map { "\($0)" } ?? "?") (you; NAT: \(natKind))"
-        case .peer(let id, let endpoint, let path):
+        case .peer(let id, let endpoint, let path, let claimedSince):
             "\(id) \(endpoint) \(path.map { "\($0)" } ?? "classic")"
+                + (claimedSince == 0 ? "" : " (claimed since \(KnownPeersFormat.iso8601(Int64(claimedSince)).prefix(10)))")
         }
     }
 

@@ -54,9 +54,14 @@ extension Registry {
                                                             cookie: cookie, nonce: nonce, id: id)
             else { return [.report(.ignoredExtended(from: source, .badSignature))] }
             let privateAddress = privateEndpoints.first?.address ?? source.address
-            let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
+            var newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
                                  sessionKey: sessionKey, keys: keys, cookieIssuedAt: issued,
                                  privateEndpoints: privateEndpoints, natKind: natKind, subscribed: subscribe)
+            if let claims = claimBook {
+                // The owner's claim, or the one this registration makes (the verdict let it).
+                let at = unixTime(now)
+                newcomer.claimedSince = UInt32(clamping: claims.claim(of: id, at: at)?.claimedAt ?? at)
+            }
             let answer = registeredMessage(to: source, nonce: nonce, cookie: cookie)
             if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
                 // The key holder itself, from a new address (restarted behind a new mapping): it
@@ -269,6 +274,6 @@ extension Registry {
             }
         }
         return PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: privates,
-                        natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys)
+                        natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys, claimedSince: entry.claimedSince)
     }
 }

@@ -169,6 +169,9 @@ struct ShellFormatterTests {
         #expect(line(.listEntry(.peer(bob, B, .direct(ep("10.0.0.6:10081"), .privateEndpoint))))
             == "bob 203.0.113.7:40002 private 10.0.0.6:10081")
         #expect(line(.listEntry(.peer(dave, C, nil))) == "dave 198.51.100.9:50000 classic")
+        // A peer whose key the server has held the ID with since a date.
+        #expect(line(.listEntry(.peer(bob, B, .relayed, claimedSince: 1_764_900_000)))
+            == "bob 203.0.113.7:40002 relayed (claimed since 2025-12-05)")
         #expect(line(.listEmpty) == "(no registered clients yet)")
         #expect(line(.listUnanswered) == "* the server did not answer @show_list; try again")
     }

@@ -72,9 +72,12 @@ struct ExtendedRoundTripTests {
         plain(.listPage(query: 4, total: 100_000, offset: 50, entries: [
             ListEntry(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), natKind: .endpointDependent, dialect: .extended),
             ListEntry(id: id("carol"), publicEndpoint: ep("198.51.100.2:1"), natKind: .unknown, dialect: .classic),
+            ListEntry(id: id("dave"), publicEndpoint: ep("198.51.100.2:2"), natKind: .unknown, dialect: .extended, claimedSince: .max),
         ])),
         plain(.listPage(query: 5, total: 0, offset: 0, entries: [])),
         plain(.punch(peer: fullPeer, round: 1, delayMillis: 0)),
+        plain(.punch(peer: PeerInfo(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), keys: keysB, claimedSince: 1_764_900_000),
+                     round: 1, delayMillis: 0)),
         plain(.punch(peer: classicPeer, round: .max, delayMillis: 800)),
         plain(.relayed(from: id("alice"), payload: [1, 2, 3])),
         plain(.relayed(from: id("alice"), payload: [])),
@@ -323,7 +326,7 @@ struct ExtendedRejectionTests {
         bad[natOffset + 1] = 2
         #expect(extendedError(bad) == .malformed("unknown dialect"))
         bad = peer
-        bad[natOffset + 2] = 2
+        bad[natOffset + 2] = 3
         #expect(extendedError(bad) == .malformed("bad key flag"))
         // Flag 1 without the 64 key bytes is truncated.
         bad = peer

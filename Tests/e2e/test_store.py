@@ -16,7 +16,9 @@
    0, `* your ID is now claimed by the new key FP`, her identity file now holds the new key and
    `identity.old` the old one); a shell with the old key is refused, one with the new key
    registers; `natchat --release-id` (exit 0) frees the ID, and mallory then registers it.
-5. test_memory_store_keeps_nothing: with --store memory no file is written and an ID is free
+5. test_show_list_marks_claimed_peers: bob's `@show_list` line for alice ends with
+   `(claimed since YYYY-MM-DD)`.
+6. test_memory_store_keeps_nothing: with --store memory no file is written and an ID is free
    once its holder leaves (as before the store).
 """
 
@@ -25,6 +27,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -184,6 +187,19 @@ class StoreTest(unittest.TestCase):
         mallory = self.client("alice", MALLORY_IP, srv, "mallory", port)
         mallory.wait_registered()
         self.assertEqual(mallory.exit(), 0)
+
+    def test_show_list_marks_claimed_peers(self):
+        srv = self.g.start_server("natchat", bind=SERVER_IP)
+        port = free_udp_port((ALICE_IP, MALLORY_IP))
+        alice = self.client("alice", ALICE_IP, srv, "alice", port)
+        alice.wait_registered()
+        bob = self.client("bob", MALLORY_IP, srv, "bob", port)
+        bob.wait_registered()
+        bob.wait_joined(alice)
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        since = bob.mark()
+        bob.send_line("@show_list")
+        bob.wait_for_line(re.escape(f"alice {alice.endpoint} ") + r".* \(claimed since " + today + r"\)", since=since)
 
     def test_memory_store_keeps_nothing(self):
         srv = self.g.start_server("natchat", bind=SERVER_IP, state="memory-state", extra=["--store", "memory"])
