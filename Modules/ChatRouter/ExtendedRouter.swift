@@ -29,6 +29,10 @@ import Wire
 ///   once (``DuplicateFilter``). Every peer datagram names its addressee and is
 ///   authenticated under the pair key only the two peers can derive (chat is sealed with
 ///   it, so the relay can neither read nor alter it).
+/// - **Mailbox.** A chat for a peer that is offline, or that did not acknowledge it, goes to
+///   the server's mailbox when the peer's ID is claimed, sealed end to end to the claim's
+///   keys; mail that waited for us is opened, shown once and acknowledged (see
+///   `ExtendedRouter+Mailbox.swift`).
 public struct ExtendedRouter: Sendable, SansIOCore {
     /// How a message travelled.
     public enum Route: Hashable, Sendable {
