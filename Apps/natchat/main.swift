@@ -55,6 +55,12 @@ struct Natchat: ParsableCommand {
     @Option(help: "With --probe: the server's second (STUN-only) port; 0 for a plain STUN server.")
     var altPort: Int = 10082
 
+    @Flag(help: "Release your ID's claim on the server (registers with your identity key, asks, leaves): any key may register the ID afterwards.")
+    var releaseId = false
+
+    @Flag(help: "Hand your ID's claim to a new identity key: registers with the current key, asks the server, and on its answer keeps the old key as IDENTITY.old and the new one as IDENTITY.")
+    var rotateIdentity = false
+
     @Flag(help: "Speak only the seed's classic protocol (no hole punching, relay or acknowledgements).")
     var classic = false
 
@@ -68,6 +74,10 @@ struct Natchat: ParsableCommand {
         guard keepaliveInterval > 0, keepaliveInterval < 86_400 else { throw ValidationError("--keepalive-interval must be in (0, 86400) seconds") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if let id, let violation = ClientID.violation(in: id) { throw ValidationError("invalid --id: \(violation)") }
+        guard !(releaseId && rotateIdentity) else { throw ValidationError("--release-id and --rotate-identity exclude each other") }
+        guard !((releaseId || rotateIdentity) && (classic || probe)) else {
+            throw ValidationError("--release-id and --rotate-identity need natchat/2 (not --classic or --probe)")
+        }
     }
 
     func run() throws {
@@ -101,6 +111,8 @@ struct Natchat: ParsableCommand {
         if let identity { options.identityPath = identity == "none" ? nil : identity }
         if let knownPeers { options.knownPeersPath = knownPeers == "none" ? nil : knownPeers }
         options.serverName = "\(serverText):\(serverPort)"
+        if releaseId { options.claimChange = .release }
+        if rotateIdentity { options.claimChange = .rotate }
         let status = ChatClientRunner.run(options, logger: logger)
         if status != 0 { throw ExitCode(status) }
     }

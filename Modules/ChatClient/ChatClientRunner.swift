@@ -40,6 +40,8 @@ public enum ChatClientRunner {
         /// The server as the user named it (`host:port`), the known peers' server field
         /// (`nil`: ``server``'s address and port).
         public var serverName: String?
+        /// Instead of a chat shell: release our ID's claim, or hand it to a new key.
+        public var claimChange: ClaimChangeMode?
 
         public init(id: ClientID, server: Endpoint, bindAddress: String = "0.0.0.0", port: Int = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
@@ -98,8 +100,114 @@ public enum ChatClientRunner {
     /// server; the service falls back to the peers it holds when the server is slower).
     static let completionWait = DispatchTimeInterval.milliseconds(2500)
 
+    /// What `--release-id` and `--rotate-identity` ask.
+    public enum ClaimChangeMode: Sendable {
+        case release
+        case rotate
+    }
+
+    /// `--release-id` / `--rotate-identity`: registers with the identity file's key, asks the
+    /// server for the change, leaves. A rotation writes the new key to `PATH.new` before it
+    /// asks (so that a key the server already took is never lost), and once the server
+    /// confirms, keeps the old one as `PATH.old` and puts the new one at `PATH`.
+    /// Exit status: 0 done, 1 refused or unanswered (or no identity file), 2 registration refused.
+    static func runClaimChange(_ mode: ClaimChangeMode, options: Options, logger: Logger) -> Int32 {
+        guard let path = options.identityPath else {
+            LineWriter.write("natchat: --release-id and --rotate-identity need the identity file (not --identity none)")
+            return 1
+        }
+        let identity: IdentityKey
+        do {
+            identity = try IdentityKey.load(from: path)
+        } catch {
+            LineWriter.write("natchat: \(error)")
+            return 1
+        }
+        let newPath = path + ".new"
+        var newIdentity: IdentityKey?
+        if mode == .rotate {
+            let key = IdentityKey()
+            unlink(newPath)
+            do {
+                try key.save(to: newPath)
+            } catch {
+                LineWriter.write("natchat: \(error)")
+                return 1
+            }
+            newIdentity = key
+        }
+        let outcome = Mutex<ClientEvent?>(nil)
+        let finished = DispatchSemaphore(value: 0)
+        let configuration = ChatClientService.Configuration(
+            id: options.id, server: options.server,
+            privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server), identity: identity,
+            keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort, offerExtended: true)
+        let sinks = ChatClientService.Sinks(event: { event in
+            switch event {
+            case .registered, .registrationRefused, .serverNotice, .claimReleased, .claimRotated, .claimChangeRefused,
+                 .claimChangeUnanswered:
+                for line in ShellFormatter.lines(for: event) { LineWriter.write(line) }
+            default:
+                break
+            }
+            switch event {
+            case .registrationRefused, .claimReleased, .claimRotated, .claimChangeRefused, .claimChangeUnanswered:
+                outcome.withLock { $0 = $0 ?? event }
+                finished.signal()
+            default:
+                break
+            }
+        })
+        let host: DatagramHost<ChatClientService>
+        do {
+            host = try DatagramHost.bindBlocking(host: options.bindAddress, port: options.port,
+                                                 group: MultiThreadedEventLoopGroup.singleton, logger: logger) {
+                ChatClientService(configuration: configuration, sinks: sinks, logger: logger)
+            }
+        } catch {
+            LineWriter.write("natchat: cannot bind UDP \(options.bindAddress):\(options.port): \(error)")
+            return 1
+        }
+        let request: ClaimChangeRequest
+        do {
+            request = try newIdentity.map { try ChatClientStateMachine(configuration: configuration).rotation(to: $0) } ?? .release
+        } catch {
+            LineWriter.write("natchat: cannot sign the rotation: \(error)")
+            return 1
+        }
+        let boundPort = UInt16(clamping: host.localAddress?.port ?? options.port)
+        host.perform { service, output, now in
+            service.localPortChosen(boundPort)
+            service.start(now: now, output: &output)
+            service.requestClaimChange(request, now: now, output: &output)
+        }
+        // Registration retries and ten sendings of the request fit well within this.
+        _ = finished.wait(timeout: .now() + 30)
+        host.performBlocking { service, output, now in service.leave(now: now, output: &output) }
+        switch outcome.withLock({ $0 }) {
+        case .claimReleased?:
+            return 0
+        case .claimRotated?:
+            guard rename(path, path + ".old") == 0, rename(newPath, path) == 0 else {
+                LineWriter.write("natchat: the server took the new key, but it could not be moved into place: it is in \(newPath)")
+                return 1
+            }
+            LineWriter.write("* the new key is in \(path); the old one is in \(path).old")
+            return 0
+        case .registrationRefused?:
+            return 2
+        default:
+            if case nil = outcome.withLock({ $0 }) { LineWriter.write("* the server did not answer") }
+            if mode == .rotate {
+                LineWriter.write("* the key is unchanged in \(path); if the server took the new one anyway, it is in \(newPath)")
+            }
+            return 1
+        }
+    }
+
     /// Runs the client; returns the process exit status.
     public static func run(_ options: Options, logger: Logger) -> Int32 {
+        if let mode = options.claimChange { return runClaimChange(mode, options: options, logger: logger) }
         let interactive = options.interactive ?? standardStreamsAreTerminals()
         let console: any Console = interactive
             ? ReadlineConsole(prompt: "\(options.id)> ", commands: Command.names,

@@ -86,6 +86,11 @@ public final class ChatClientService: DatagramDriver {
         return command != .exit
     }
 
+    /// Asks the server to release our claim or hand it to a new key, once registered.
+    public func requestClaimChange(_ request: ClaimChangeRequest, now: Instant, output: inout DatagramOutput) {
+        run(machine.requestClaimChange(request, now: now), output: &output)
+    }
+
     /// Unregisters (once) and stops keep-alives.
     public func leave(now: Instant, output: inout DatagramOutput) {
         run(machine.leave(now: now), output: &output)

@@ -105,7 +105,7 @@ extension ChatClientStateMachine {
                 continue
             }
             let path = entry.dialect == .classic ? nil : router?.path(to: entry.id) ?? PathAgent.Path.none
-            emit(.listEntry(.peer(entry.id, entry.publicEndpoint, path)))
+            emit(.listEntry(.peer(entry.id, entry.publicEndpoint, path, claimedSince: entry.claimedSince)))
         }
         if let footer = ListFooter(total: total, shown: pending.entries.count, first: first, prefix: pending.prefix,
                                    page: max(1, pending.page), pageSize: pending.pageSize) {
@@ -145,7 +145,7 @@ extension ChatClientStateMachine {
         guard let info = router.peer(id), let path = router.path(to: id) else {
             return outputs.append(.diagnostic(.rosterListsUnknownPeer(id)))
         }
-        emit(.listEntry(.peer(info.id, info.publicEndpoint, info.dialect == .classic ? nil : path)))
+        emit(.listEntry(.peer(info.id, info.publicEndpoint, info.dialect == .classic ? nil : path, claimedSince: info.claimedSince)))
     }
 
     private mutating func showClassicList(router: ChatRouter, index: RosterIndex, prefix: String?, page: Int, pageSize: Int) {

@@ -149,6 +149,8 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
     var knownPeersSaveDue: Instant?
     /// What the input being handled has to say (returned, in order, when it ends).
     var outputs: [Output] = []
+    /// A change to our own claim asked of the server (`--release-id`, `--rotate-identity`).
+    var claimChange: PendingClaimChange?
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -269,12 +271,14 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             runRouter(routerOutputs, now: now)
         }
         saveKnownPeersIfDue(now: now)
+        sendClaimChangeIfDue(now: now)
         return takeOutputs()
     }
 
     public var nextDeadline: Instant? {
         guard !session.hasLeft else { return nil }
-        return [session.nextDeadline, probe?.nextDeadline, natchat2Router?.nextDeadline, knownPeersSaveDue].compactMap { $0 }.min()
+        return [session.nextDeadline, probe?.nextDeadline, natchat2Router?.nextDeadline, knownPeersSaveDue, claimChangeDue]
+            .compactMap { $0 }.min()
     }
 
     // MARK: - Datagrams
@@ -285,6 +289,11 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         case .challenge, .registered, .refused, .keepAliveAck, .unknownSession:
             guard fromServer else { return ignored(source, message) }
             runSession(session.handleServerMessage(message, now: now), now: now)
+            if case .registered = message { sendClaimChangeIfDue(now: now) }
+        case .claimChanged(let id, let keys):
+            guard fromServer else { return ignored(source, message) }
+            runSession(session.handleServerMessage(message, now: now), now: now)
+            claimChanged(id, keys: keys)
         case .roster, .lookupResult, .listPage, .punch, .relayed, .claimResult, .depositResult, .mail, .mailDelivered:
             guard fromServer else { return ignored(source, message) }
             runSession(session.handleServerMessage(message, now: now), now: now)
@@ -304,7 +313,8 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             if let routerOutputs = withNatchat2({ $0.router.handlePeerMessage(message, bytes: bytes, from: source, now: now) }) {
                 runRouter(routerOutputs, now: now)
             }
-        case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck:
+        case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck,
+             .releaseClaim, .rotateKey:
             ignored(source, message)
         }
     }

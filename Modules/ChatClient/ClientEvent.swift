@@ -20,6 +20,14 @@ public enum ClientEvent: Hashable, Sendable {
     case serverNotice(String)
     /// The server refused the registration: the client cannot go on (the notice came first).
     case registrationRefused(String)
+    /// Our ID's claim was released (`--release-id`): any key may register it now.
+    case claimReleased
+    /// Our ID's claim now belongs to the key with this fingerprint (`--rotate-identity`).
+    case claimRotated(fingerprint: String)
+    /// The server did not make the claim change asked (our key does not hold the claim).
+    case claimChangeRefused
+    /// The server did not answer the claim change asked.
+    case claimChangeUnanswered
     /// The mapping probe classified our NAT.
     case natClassified(NATKind)
 
@@ -113,8 +121,9 @@ public enum ListLine: Hashable, Sendable {
     case classic(ClientID, Endpoint)
     /// Our own line (natchat/2): the endpoint the server sees, our NAT's kind.
     case own(ClientID, Endpoint?, NATKind)
-    /// A natchat/2 roster entry and the path to it (`nil`: a classic peer).
-    case peer(ClientID, Endpoint, PathAgent.Path?)
+    /// A natchat/2 roster entry and the path to it (`nil`: a classic peer); `claimedSince`:
+    /// since when its key has claimed the ID on the server (Unix seconds; 0: no claim).
+    case peer(ClientID, Endpoint, PathAgent.Path?, claimedSince: UInt32 = 0)
 }
 
 /// The line under a `@show_list` page: where the page is among the entries (of those

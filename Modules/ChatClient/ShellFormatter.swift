@@ -52,6 +52,14 @@ public enum ShellFormatter {
             "From server [\(text)]"
         case .registrationRefused:
             nil
+        case .claimReleased:
+            "* the claim on your ID was released: any key may register it now"
+        case .claimRotated(let fingerprint):
+            "* your ID is now claimed by the new key \(fingerprint)"
+        case .claimChangeRefused:
+            "* the server did not change the claim: this key does not hold it"
+        case .claimChangeUnanswered:
+            "* the server did not answer the claim change"
         case .natClassified(let kind):
             "* NAT: \(kind)"
         case .joined(let id, let endpoint, let classicPeer):
@@ -140,8 +148,9 @@ public enum ShellFormatter {
             ClassicMessage.peer(id, endpoint).text
         case .own(let id, let endpoint, let natKind):
             "\(id) \(endpoint.map { "\($0)" } ?? "?") (you; NAT: \(natKind))"
-        case .peer(let id, let endpoint, let path):
+        case .peer(let id, let endpoint, let path, let claimedSince):
             "\(id) \(endpoint) \(path.map { "\($0)" } ?? "classic")"
+                + (claimedSince == 0 ? "" : " (claimed since \(KnownPeersFormat.iso8601(Int64(claimedSince)).prefix(10)))")
         }
     }
 

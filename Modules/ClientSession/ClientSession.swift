@@ -229,11 +229,12 @@ public struct ClientSession: Sendable, SansIOCore {
                   session.recentTags.contains(where: { $0.constantTimeEquals(echo) })
             else { return [] }
             return lose(session, .unknownSession, now: now)
-        case .roster, .lookupResult, .listPage, .punch, .relayed, .claimResult, .depositResult, .mail, .mailDelivered:
+        case .roster, .lookupResult, .listPage, .punch, .relayed, .claimResult, .depositResult, .mail, .mailDelivered,
+             .claimChanged:
             heard(now: now)
             return []
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck,
-             .ping, .pong, .chat, .chatAck:
+             .releaseClaim, .rotateKey, .ping, .pong, .chat, .chatAck:
             return []
         }
     }

@@ -73,6 +73,16 @@ struct ClaimBook: Sendable {
         return .putClaim(Self.record(id, claim))
     }
 
+    /// Hands `id`'s live claim held by `keys` to `newKeys` (its date stays); `nil` when `keys`
+    /// do not hold a live claim on `id`.
+    mutating func rotate(_ id: ClientID, from keys: PublicKeys, to newKeys: PublicKeys, at now: Int64) -> StoreChange? {
+        guard var claim = claims[id], claim.keys == keys, isLive(claim, at: now) else { return nil }
+        claim.keys = newKeys
+        claim.lastSeen = max(claim.lastSeen, now)
+        claims[id] = claim
+        return .putClaim(Self.record(id, claim))
+    }
+
     /// Drops `id`'s claim (released by its owner or the operator); `nil` when there was none.
     mutating func release(_ id: ClientID) -> StoreChange? {
         guard claims.removeValue(forKey: id) != nil else { return nil }

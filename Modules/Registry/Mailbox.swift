@@ -47,6 +47,11 @@ struct Mailbox: Sendable {
     /// Each recent sender's rate, and when it last deposited (pruned a minute later: by then
     /// its bucket is full again).
     private var senders: [ClientID: (bucket: TokenBucket, lastUsed: Instant)] = [:]
+    /// Each recent sender's last deposits (query number and answer, at most
+    /// ``recentDepositsPerSender``): a deposit sent again because its answer was lost gets
+    /// the same answer and is not queued twice. Forgotten with the sender's rate.
+    private var recentDeposits: [ClientID: [(query: UInt32, outcome: DepositOutcome)]] = [:]
+    static let recentDepositsPerSender = 16
     /// Online recipients with mail, and when their next sending is due.
     private var deliveries: [ClientID: Instant] = [:]
 
@@ -63,6 +68,25 @@ struct Mailbox: Sendable {
             waiting[recipient, default: []].append(record)
             totalBytes += record.sealed.count
             nextSerial = max(nextSerial, record.serial + 1)
+        }
+    }
+
+    /// The answer already given to `sender`'s deposit `query`, if it is recent.
+    func answered(_ query: UInt32, from sender: ClientID) -> DepositOutcome? {
+        recentDeposits[sender]?.last(where: { $0.query == query })?.outcome
+    }
+
+    /// Remembers the answer to `sender`'s deposit `query` (see ``answered(_:from:)``).
+    mutating func remember(_ outcome: DepositOutcome, for query: UInt32, from sender: ClientID, now: Instant) {
+        var list = recentDeposits[sender] ?? []
+        list.append((query, outcome))
+        if list.count > Self.recentDepositsPerSender { list.removeFirst(list.count - Self.recentDepositsPerSender) }
+        recentDeposits[sender] = list
+        if senders[sender] == nil {
+            let perMinute = configuration.perSenderPerMinute
+            senders[sender] = (TokenBucket(rate: perMinute / 60, burst: perMinute, now: now), now)
+        } else {
+            senders[sender]?.lastUsed = now
         }
     }
 
@@ -129,6 +153,7 @@ struct Mailbox: Sendable {
     /// Deletes the messages older than the TTL, and forgets senders idle for a minute (at sweeps).
     mutating func expire(unixTime: Int64, now: Instant) -> [StoreChange] {
         senders = senders.filter { now - $0.value.lastUsed < .seconds(60) }
+        recentDeposits = recentDeposits.filter { senders[$0.key] != nil }
         let oldest = unixTime - configuration.ttl.components.seconds
         var changes: [StoreChange] = []
         for (recipient, list) in waiting {

@@ -29,6 +29,9 @@ extension Registry {
         public var cookieIssuedAt: Instant
         /// The keys the ID is bound to (extended clients).
         public var keys: PublicKeys?
+        /// Since when these keys have claimed the ID (Unix seconds; 0: no claim). Peers are
+        /// shown it (`claimed since DATE`). 32 bits, so the entry stays its size (until 2106).
+        public var claimedSince: UInt32 = 0
         /// The extended session key's HMAC midstates (`nil` for classic clients).
         public var sessionMAC: SessionMAC?
         // Nearly every client reports one private endpoint: kept inline, the rest (at most

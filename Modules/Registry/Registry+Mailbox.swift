@@ -1,4 +1,5 @@
 import Addressing
+import Crypto
 import MonotonicTime
 import Store
 import Wire
@@ -15,12 +16,38 @@ extension Registry {
         return [.sendExtended(answer, to: entry.publicEndpoint)]
     }
 
+    /// The owner (its session proves the key) gives up its claim. Answered with the claim's
+    /// new state (none) even when there was none, so a repeat gets the same answer.
+    mutating func releaseClaim(of entry: Entry) -> [Output] {
+        var actions: [Output] = []
+        if let change = claimBook?.release(entry.id) { actions.append(.persist(change)) }
+        actions.append(.sendExtended(.claimChanged(id: entry.id, keys: nil), to: entry.publicEndpoint))
+        return actions
+    }
+
+    /// The owner hands its claim to `newKeys`, whose signature proves they are held. Nothing
+    /// changes for a bad signature, or when the session's keys do not hold the claim.
+    mutating func rotateClaim(of entry: Entry, to newKeys: PublicKeys, signature: [UInt8], now: Instant) -> [Output] {
+        guard let verifier = try? Curve25519.Signing.PublicKey(rawRepresentation: newKeys.signing),
+              verifier.isValidSignature(signature, for: ExtendedMessage.rotationStatement(id: entry.id, newKeys: newKeys))
+        else { return [.report(.ignoredExtended(from: entry.publicEndpoint, .badSignature))] }
+        let at = unixTime(now)
+        guard let keys = entry.keys, let change = claimBook?.rotate(entry.id, from: keys, to: newKeys, at: at) else {
+            return [.sendExtended(.claimChanged(id: entry.id, keys: claimBook?.claim(of: entry.id, at: at)?.keys), to: entry.publicEndpoint)]
+        }
+        return [.persist(change), .sendExtended(.claimChanged(id: entry.id, keys: newKeys), to: entry.publicEndpoint)]
+    }
+
     /// Takes a sealed message for an offline, claimed recipient.
     mutating func takeDeposit(query: UInt32, to recipient: ClientID, sealed: [UInt8], from sender: Entry,
                               now: Instant) -> [Output] {
         let outcome: DepositOutcome
         var actions: [Output] = []
         let at = unixTime(now)
+        if let earlier = mailbox?.answered(query, from: sender.id) {
+            // The same deposit again (its answer was lost): the same answer, nothing queued twice.
+            return [.sendExtended(.depositResult(query: query, to: recipient, outcome: earlier), to: sender.publicEndpoint)]
+        }
         if mailbox == nil {
             outcome = .refused(.noMailbox)
         } else if let online = entries[recipient], online.dialect == .extended {
@@ -36,6 +63,7 @@ extension Registry {
         } else {
             outcome = .refused(.noMailbox)
         }
+        mailbox?.remember(outcome, for: query, from: sender.id, now: now)
         actions.append(.sendExtended(.depositResult(query: query, to: recipient, outcome: outcome), to: sender.publicEndpoint))
         return actions
     }

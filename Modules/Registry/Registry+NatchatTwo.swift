@@ -54,9 +54,14 @@ extension Registry {
                                                             cookie: cookie, nonce: nonce, id: id)
             else { return [.report(.ignoredExtended(from: source, .badSignature))] }
             let privateAddress = privateEndpoints.first?.address ?? source.address
-            let newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
+            var newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
                                  sessionKey: sessionKey, keys: keys, cookieIssuedAt: issued,
                                  privateEndpoints: privateEndpoints, natKind: natKind, subscribed: subscribe)
+            if let claims = claimBook {
+                // The owner's claim, or the one this registration makes (the verdict let it).
+                let at = unixTime(now)
+                newcomer.claimedSince = UInt32(clamping: claims.claim(of: id, at: at)?.claimedAt ?? at)
+            }
             let answer = registeredMessage(to: source, nonce: nonce, cookie: cookie)
             if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
                 // The key holder itself, from a new address (restarted behind a new mapping): it
@@ -167,6 +172,18 @@ extension Registry {
             }
             liveness.touch(id, now: now)
             return acknowledgeMail(serial, by: id)
+        case .releaseClaim(let id):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            return releaseClaim(of: entry)
+        case .rotateKey(let id, let newKeys, let signature):
+            guard let entry = session(id, counter: counter, bytes: bytes) else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            return rotateClaim(of: entry, to: newKeys, signature: signature, now: now)
         case .listQuery(let id, let query, let prefix, let offset, let limit):
             guard let entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
@@ -175,7 +192,8 @@ extension Registry {
             guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
             return [.sendExtended(listPage(query: query, prefix: prefix, offset: offset, limit: limit), to: entry.publicEndpoint)]
         case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
-             .unknownSession, .ping, .pong, .chat, .chatAck, .claimResult, .depositResult, .mail, .mailDelivered:
+             .unknownSession, .ping, .pong, .chat, .chatAck, .claimResult, .depositResult, .mail, .mailDelivered,
+             .claimChanged:
             return [.report(.ignoredExtended(from: source, .notForServer))]
         }
     }
@@ -256,6 +274,6 @@ extension Registry {
             }
         }
         return PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: privates,
-                        natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys)
+                        natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys, claimedSince: entry.claimedSince)
     }
 }

@@ -31,9 +31,10 @@ extension Registry {
 
     /// About how many bytes a client's present record takes (its private endpoints counted
     /// even when a recipient does not get them): kind, peer info (ID, endpoint, private
-    /// endpoints, NAT kind, dialect, key flag, keys), order, version.
+    /// endpoints, NAT kind, dialect, key flag, keys, the claim's date), order, version.
     static func recordSize(_ entry: Entry) -> Int {
-        1 + (1 + entry.id.rawValue.utf8.count) + 6 + (1 + 6 * entry.privateEndpointCount) + 3 + (entry.keys == nil ? 0 : 64) + 16
+        1 + (1 + entry.id.rawValue.utf8.count) + 6 + (1 + 6 * entry.privateEndpointCount) + 3 + (entry.keys == nil ? 0 : 64)
+            + (entry.claimedSince == 0 ? 0 : 4) + 16
     }
 
     /// The size of a departed client's record: kind, ID, version, reason, endpoint.
@@ -81,9 +82,10 @@ extension Registry {
         var listed: [ListEntry] = []
         for id in sortedIDs.elements(from: start + skip, limit: min(Int(limit), ListEntry.maxPerDatagram, total - skip)) {
             guard let entry = entries[id] else { continue }
-            budget -= 9 + id.rawValue.utf8.count
+            budget -= 13 + id.rawValue.utf8.count
             guard budget >= 0 else { break }
-            listed.append(ListEntry(id: id, publicEndpoint: entry.publicEndpoint, natKind: entry.natKind, dialect: entry.dialect))
+            listed.append(ListEntry(id: id, publicEndpoint: entry.publicEndpoint, natKind: entry.natKind, dialect: entry.dialect,
+                                    claimedSince: entry.claimedSince))
         }
         return .listPage(query: query, total: UInt32(clamping: total), offset: UInt32(skip), entries: listed)
     }

@@ -37,6 +37,17 @@ extension ExtendedMessage {
             w.clientID(id); w.u32(query); w.clientID(to); w.longBytes(sealed)
         case .mailAck(let id, let serial):
             w.clientID(id); w.u64(serial)
+        case .releaseClaim(let id):
+            w.clientID(id)
+        case .rotateKey(let id, let newKeys, let signature):
+            w.clientID(id); w.keys(newKeys); w.fixed(signature, 64)
+        case .claimChanged(let id, let keys):
+            w.clientID(id)
+            if let keys {
+                w.u8(1); w.keys(keys)
+            } else {
+                w.u8(0)
+            }
         case .claimResult(let query, let peer, let keys, let claimedSince):
             w.u32(query); w.clientID(peer)
             if let keys {
@@ -156,6 +167,17 @@ extension ExtendedMessage {
             return .deposit(id: id, query: query, to: to, sealed: Array(sealed))
         case .mailAck:
             return .mailAck(id: try r.clientID(), serial: try r.u64())
+        case .releaseClaim:
+            return .releaseClaim(id: try r.clientID())
+        case .rotateKey:
+            return .rotateKey(id: try r.clientID(), newKeys: try r.keys(), signature: try r.array(64, "signature"))
+        case .claimChanged:
+            let id = try r.clientID()
+            switch try r.u8("claim flag") {
+            case 0: return .claimChanged(id: id, keys: nil)
+            case 1: return .claimChanged(id: id, keys: try r.keys())
+            default: throw .malformed("bad claim flag")
+            }
         case .claimResult:
             let query = try r.u32(), peer = try r.clientID()
             switch try r.u8("claim flag") {
@@ -276,8 +298,10 @@ extension WireWriter {
         u8(info.natKind.rawValue)
         u8(info.dialect.rawValue)
         if let keys = info.keys {
-            u8(1)
+            // 2: the keys and the claim's date; 1: the keys, unclaimed.
+            u8(info.claimedSince == 0 ? 1 : 2)
             self.keys(keys)
+            if info.claimedSince != 0 { u32(info.claimedSince) }
         } else {
             u8(0)
         }
@@ -311,6 +335,7 @@ extension WireWriter {
 
     mutating func listEntry(_ entry: ListEntry) {
         clientID(entry.id); endpoint(entry.publicEndpoint); u8(entry.natKind.rawValue); u8(entry.dialect.rawValue)
+        u32(entry.claimedSince)
     }
 
     /// Exactly `count` bytes: cut or zero-padded.
@@ -353,13 +378,18 @@ extension WireReader {
         let natKind = try natKind()
         guard let dialect = Dialect(rawValue: try u8("dialect")) else { throw .malformed("unknown dialect") }
         let keys: PublicKeys?
+        var claimedSince: UInt32 = 0
         switch try u8("key flag") {
         case 0: keys = nil
         case 1: keys = try self.keys()
+        case 2:
+            keys = try self.keys()
+            claimedSince = try u32()
+            guard claimedSince != 0 else { throw .malformed("a claim dated 0") }
         default: throw .malformed("bad key flag")
         }
         return PeerInfo(id: id, publicEndpoint: publicEndpoint, privateEndpoints: privateEndpoints, natKind: natKind,
-                        dialect: dialect, keys: keys)
+                        dialect: dialect, keys: keys, claimedSince: claimedSince)
     }
 
     mutating func keys() throws(WireError) -> PublicKeys {
@@ -397,7 +427,7 @@ extension WireReader {
     mutating func listEntry() throws(WireError) -> ListEntry {
         let id = try clientID(), endpoint = try endpoint(), natKind = try natKind()
         guard let dialect = Dialect(rawValue: try u8("dialect")) else { throw .malformed("unknown dialect") }
-        return ListEntry(id: id, publicEndpoint: endpoint, natKind: natKind, dialect: dialect)
+        return ListEntry(id: id, publicEndpoint: endpoint, natKind: natKind, dialect: dialect, claimedSince: try u32())
     }
 
     /// The start of an ID (empty allowed), with an ID's rules for what it may contain.

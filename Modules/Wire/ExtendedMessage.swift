@@ -47,6 +47,12 @@ public enum ExtendedMessage: Hashable, Sendable {
     case deposit(id: ClientID, query: UInt32, to: ClientID, sealed: [UInt8])
     /// The recipient has the mailbox message `serial` (shown it): the server deletes it.
     case mailAck(id: ClientID, serial: UInt64)
+    /// The owner gives up its claim on its ID (answered with ``claimChanged(id:keys:)``, no keys).
+    case releaseClaim(id: ClientID)
+    /// The owner hands its claim to `newKeys`; `signature` is the new signing key's over
+    /// ``rotationStatement(id:newKeys:)``, which proves the new key is held (the session
+    /// proves the old). Answered with ``claimChanged(id:keys:)``.
+    case rotateKey(id: ClientID, newKeys: PublicKeys, signature: [UInt8])
 
     // Server → client
     /// Proves that the registering address receives: echo the cookie to register.
@@ -78,6 +84,9 @@ public enum ExtendedMessage: Hashable, Sendable {
     case mail(serial: UInt64, from: ClientID, queuedAt: UInt64, sealed: [UInt8])
     /// To the sender of mailbox message `serial`: its recipient has it.
     case mailDelivered(to: ClientID, serial: UInt64)
+    /// The claim on `id` now belongs to `keys` (after ``rotateKey(id:newKeys:signature:)``),
+    /// or to nobody (`nil`, after ``releaseClaim(id:)``).
+    case claimChanged(id: ClientID, keys: PublicKeys?)
     /// Punch towards `peer` now (after `delayMillis`).
     case punch(peer: PeerInfo, round: UInt32, delayMillis: UInt32)
     /// A payload that `from` asked the server to forward (the server vouches for `from`).
@@ -111,17 +120,25 @@ public enum ExtendedMessage: Hashable, Sendable {
     /// Most bytes of a sealed mailbox message: a chat's text with its seal and signature.
     public static let maxMailBytes = 1400
 
+    /// What the new key signs in ``rotateKey(id:newKeys:signature:)``: a fixed context, the
+    /// ID and both new keys (so a rotation statement is good for that ID and those keys only).
+    public static func rotationStatement(id: ClientID, newKeys: PublicKeys) -> [UInt8] {
+        let idBytes = Array(id.rawValue.utf8)
+        return Array("natchat rotate key v1".utf8) + [UInt8(idBytes.count)] + idBytes + newKeys.signing + newKeys.agreement
+    }
+
     /// Whether `bytes` starts like an extended datagram.
     public static func looksExtended(_ bytes: some Collection<UInt8>) -> Bool {
         bytes.first == magic
     }
 
     enum Kind: UInt8 {
-        case register = 0x01, keepAlive, exit, connect, relay, rosterAck, lookup, listQuery, claimLookup, deposit, mailAck
+        case register = 0x01, keepAlive, exit, connect, relay, rosterAck, lookup, listQuery, claimLookup, deposit, mailAck,
+             releaseClaim, rotateKey
         // 0x44 and 0x45 were the per-peer roster notices that `roster` replaced.
         case challenge = 0x41, registered, refused
         case punch = 0x46, relayed, keepAliveAck, unknownSession, roster, lookupResult, listPage, claimResult, depositResult, mail,
-             mailDelivered
+             mailDelivered, claimChanged
         case ping = 0x81, pong, chat, chatAck
     }
 
@@ -153,6 +170,9 @@ public enum ExtendedMessage: Hashable, Sendable {
         case .claimLookup: .claimLookup
         case .deposit: .deposit
         case .mailAck: .mailAck
+        case .releaseClaim: .releaseClaim
+        case .rotateKey: .rotateKey
+        case .claimChanged: .claimChanged
         case .claimResult: .claimResult
         case .depositResult: .depositResult
         case .mail: .mail
@@ -179,10 +199,11 @@ extension ExtendedMessage.Kind {
     var authentication: ExtendedMessage.Authentication {
         switch self {
         case .register: .signature
-        case .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck: .session
+        case .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck, .releaseClaim,
+             .rotateKey: .session
         case .ping, .pong, .chatAck: .pair
         case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
-             .unknownSession, .chat, .claimResult, .depositResult, .mail, .mailDelivered: .none
+             .unknownSession, .chat, .claimResult, .depositResult, .mail, .mailDelivered, .claimChanged: .none
         }
     }
 }

@@ -95,9 +95,13 @@ public struct PeerInfo: Hashable, Sendable {
     public var dialect: Dialect
     /// The keys it registered with (extended clients only).
     public var keys: PublicKeys?
+    /// Since when these keys have claimed the ID on the server (Unix seconds, to 2106; 0: no
+    /// claim). 32 bits: a message carrying peer info stays within a server action's size.
+    public var claimedSince: UInt32
 
     public init(id: ClientID, publicEndpoint: Endpoint, privateEndpoints: [Endpoint] = [],
-                natKind: NATKind = .unknown, dialect: Dialect = .extended, keys: PublicKeys? = nil) {
+                natKind: NATKind = .unknown, dialect: Dialect = .extended, keys: PublicKeys? = nil, claimedSince: UInt32 = 0) {
+        self.claimedSince = keys == nil ? 0 : claimedSince
         self.id = id
         self.publicEndpoint = publicEndpoint
         self.privateEndpoints = privateEndpoints

@@ -94,8 +94,11 @@ public struct ListEntry: Hashable, Sendable {
     public var publicEndpoint: Endpoint
     public var natKind: NATKind
     public var dialect: Dialect
+    /// Since when its key has claimed the ID (Unix seconds; 0: no claim).
+    public var claimedSince: UInt32
 
-    public init(id: ClientID, publicEndpoint: Endpoint, natKind: NATKind, dialect: Dialect) {
+    public init(id: ClientID, publicEndpoint: Endpoint, natKind: NATKind, dialect: Dialect, claimedSince: UInt32 = 0) {
+        self.claimedSince = claimedSince
         self.id = id
         self.publicEndpoint = publicEndpoint
         self.natKind = natKind

@@ -31,7 +31,8 @@ private func isCovered(_ event: ClientEvent) -> Bool {
          .natClassified, .joined, .sameNAT, .moved, .left, .moreOnline, .rosterScopeChanged, .chat, .delivered, .undelivered,
          .noSuchPeer, .lookupPending, .tooManyInFlight, .pathChanged, .keyChanged, .listEntry, .listFooter, .listEmpty,
          .listUnanswered, .help, .peerKeyChanged, .chatHeld, .chatFromHeldPeer, .trusted, .trustNotNeeded, .nothingPinned,
-         .knownPeersOff, .whois, .queued, .mail, .mailRejected, .mailDelivered:
+         .knownPeersOff, .whois, .queued, .mail, .mailRejected, .mailDelivered, .claimReleased, .claimRotated,
+         .claimChangeRefused, .claimChangeUnanswered:
         true
     }
 }
@@ -60,6 +61,13 @@ struct ShellFormatterTests {
         // The refusal's text was shown as the notice before it; the refusal itself prints
         // nothing (the shell quits on it).
         #expect(lines(.registrationRefused(notice)) == [])
+    }
+
+    @Test func claimChanges() {
+        #expect(line(.claimReleased) == "* the claim on your ID was released: any key may register it now")
+        #expect(line(.claimRotated(fingerprint: "0f:1e:2d:3c:4b:5a:69:78")) == "* your ID is now claimed by the new key 0f:1e:2d:3c:4b:5a:69:78")
+        #expect(line(.claimChangeRefused) == "* the server did not change the claim: this key does not hold it")
+        #expect(line(.claimChangeUnanswered) == "* the server did not answer the claim change")
     }
 
     @Test func natClassification() {
@@ -195,6 +203,9 @@ struct ShellFormatterTests {
         #expect(line(.listEntry(.peer(bob, B, .direct(ep("10.0.0.6:10081"), .privateEndpoint))))
             == "bob 203.0.113.7:40002 private 10.0.0.6:10081")
         #expect(line(.listEntry(.peer(dave, C, nil))) == "dave 198.51.100.9:50000 classic")
+        // A peer whose key the server has held the ID with since a date.
+        #expect(line(.listEntry(.peer(bob, B, .relayed, claimedSince: 1_764_900_000)))
+            == "bob 203.0.113.7:40002 relayed (claimed since 2025-12-05)")
         #expect(line(.listEmpty) == "(no registered clients yet)")
         #expect(line(.listUnanswered) == "* the server did not answer @show_list; try again")
     }

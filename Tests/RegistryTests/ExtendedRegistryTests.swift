@@ -1379,6 +1379,43 @@ struct ClaimTests {
         #expect(Self.persisted(owner) == [Self.aliceClaim(claimedAt: -1000, lastSeen: 2)])
     }
 
+    /// The owner releases its claim: another key may take the ID once the owner is gone.
+    @Test func theOwnerReleasesItsClaim() {
+        var server = Server(configuration: Self.withClaims)
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        let released = server.receiveBytes(server.sessionBytes(alice, .releaseClaim(id: alice)), from: A, at: at(1))
+        #expect(released == [.persist(.removeClaim(id: "alice")), .sendExtended(.claimChanged(id: alice, keys: nil), to: A)])
+        // Asked again (the answer was lost): the same answer, nothing to store.
+        #expect(server.receiveBytes(server.sessionBytes(alice, .releaseClaim(id: alice)), from: A, at: at(2))
+            == [.sendExtended(.claimChanged(id: alice, keys: nil), to: A)])
+        _ = server.receiveBytes(server.sessionBytes(alice, .exit(id: alice)), from: A, at: at(3))
+        let other = server.register(alice, malloryKey, from: X, privateEndpoints: [], natKind: .unknown, at: at(4))
+        #expect(other.contains { if case .report(.registered) = $0 { true } else { false } })
+    }
+
+    /// The owner hands its claim to a new key it proves it holds; the old key is refused after.
+    @Test func theOwnerRotatesItsClaimToANewKey() throws {
+        var server = Server(configuration: Self.withClaims)
+        _ = server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(0))
+        let newKey = identity(7)
+        let statement = ExtendedMessage.rotationStatement(id: alice, newKeys: newKey.publicKeys)
+        // Signed by the wrong key: nothing changes.
+        let forged = Array(try malloryKey.signing.signature(for: statement))
+        #expect(server.receiveBytes(server.sessionBytes(alice, .rotateKey(id: alice, newKeys: newKey.publicKeys, signature: forged)),
+                                    from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .badSignature))])
+        let signature = Array(try newKey.signing.signature(for: statement))
+        let rotated = server.receiveBytes(server.sessionBytes(alice, .rotateKey(id: alice, newKeys: newKey.publicKeys, signature: signature)),
+                                          from: A, at: at(2))
+        #expect(rotated == [.persist(.putClaim(ClaimRecord(id: "alice", signingKey: newKey.publicKeys.signing,
+                                                          agreementKey: newKey.publicKeys.agreement, claimedAt: 0, lastSeen: 2))),
+                            .sendExtended(.claimChanged(id: alice, keys: newKey.publicKeys), to: A)])
+        _ = server.receiveBytes(server.sessionBytes(alice, .exit(id: alice)), from: A, at: at(3))
+        #expect(server.register(alice, aliceKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(4))
+            .contains(.report(.refused(alice, from: A, .claimed))))
+        let back = server.register(alice, newKey, from: A, privateEndpoints: alicePrivate, natKind: .endpointIndependent, at: at(5))
+        #expect(back.contains { if case .report(.registered) = $0 { true } else { false } })
+    }
+
     /// Without a claim TTL (`--store memory`) nothing outlives a session, as before claims.
     @Test func withoutClaimsAnotherKeyTakesAFreeID() {
         var server = Server()
@@ -1451,6 +1488,20 @@ struct MailboxTests {
         #expect(Self.mails(server.registry.handleTimeout(now: at(20)), to: E).isEmpty)
         // A second acknowledgement (a repeat) changes nothing.
         #expect(server.receiveBytes(server.sessionBytes(carol, .mailAck(id: carol, serial: 1)), from: E, at: at(21)).isEmpty)
+    }
+
+    /// A deposit sent again (its answer was lost) gets the same answer and is queued once.
+    @Test func aRepeatedDepositIsQueuedOnce() {
+        var server = Self.carolAway()
+        let first = Self.deposit(&server, query: 7, to: carol, [1, 2], at: at(3))
+        let again = Self.deposit(&server, query: 7, to: carol, [1, 2], at: at(4))
+        let answer = ExtendedMessage.depositResult(query: 7, to: carol, outcome: .queued(serial: 1, keptSeconds: 604_800))
+        #expect(first.contains(.sendExtended(answer, to: A)))
+        #expect(again == [.sendExtended(answer, to: A)])
+        #expect(server.registry.mailCount == 1)
+        // Another query is another message.
+        #expect(Self.persisted(Self.deposit(&server, query: 8, to: carol, [1, 2], at: at(5))).count == 1)
+        #expect(server.registry.mailCount == 2)
     }
 
     /// Online recipients get chats, unclaimed IDs have no mailbox, a server without claims

@@ -72,9 +72,12 @@ struct ExtendedRoundTripTests {
         plain(.listPage(query: 4, total: 100_000, offset: 50, entries: [
             ListEntry(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), natKind: .endpointDependent, dialect: .extended),
             ListEntry(id: id("carol"), publicEndpoint: ep("198.51.100.2:1"), natKind: .unknown, dialect: .classic),
+            ListEntry(id: id("dave"), publicEndpoint: ep("198.51.100.2:2"), natKind: .unknown, dialect: .extended, claimedSince: .max),
         ])),
         plain(.listPage(query: 5, total: 0, offset: 0, entries: [])),
         plain(.punch(peer: fullPeer, round: 1, delayMillis: 0)),
+        plain(.punch(peer: PeerInfo(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), keys: keysB, claimedSince: 1_764_900_000),
+                     round: 1, delayMillis: 0)),
         plain(.punch(peer: classicPeer, round: .max, delayMillis: 800)),
         plain(.relayed(from: id("alice"), payload: [1, 2, 3])),
         plain(.relayed(from: id("alice"), payload: [])),
@@ -100,6 +103,10 @@ struct ExtendedRoundTripTests {
         plain(.depositResult(query: .max, to: id("bob"), outcome: .refused(.noMailbox))),
         plain(.mail(serial: 3, from: id("alice"), queuedAt: 1_764_900_000, sealed: Array(repeating: 1, count: ExtendedMessage.maxMailBytes))),
         plain(.mailDelivered(to: id("bob"), serial: 3)),
+        session(.releaseClaim(id: id("alice")), 12, tagX),
+        session(.rotateKey(id: id("alice"), newKeys: keysB, signature: Array(repeating: 0x5A, count: 64)), 13, tagX),
+        plain(.claimChanged(id: id("alice"), keys: keysA)),
+        plain(.claimChanged(id: id("alice"), keys: nil)),
     ]
 
     @Test("encode then decode gives the same datagram", arguments: messages)
@@ -121,7 +128,7 @@ struct ExtendedRoundTripTests {
     func everyCaseCovered() {
         let kinds = Set(Self.messages.map { $0.encode()[2] })
         // 0x44 and 0x45 (the per-peer notices the roster delta replaced) are retired.
-        let all: Set<UInt8> = Set((0x01...0x0B) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x50).union(0x81...0x84)
+        let all: Set<UInt8> = Set((0x01...0x0D) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x51).union(0x81...0x84)
         #expect(kinds == all)
     }
 
@@ -266,7 +273,7 @@ struct ExtendedRejectionTests {
             #expect(extendedError(bytes) == .malformed("unsupported version"))
         }
         bytes[1] = 0x01
-        for type: UInt8 in [0x00, 0x0C, 0x40, 0x44, 0x45, 0x51, 0x80, 0x85, 0xFF] {
+        for type: UInt8 in [0x00, 0x0E, 0x40, 0x44, 0x45, 0x52, 0x80, 0x85, 0xFF] {
             bytes[2] = type
             #expect(extendedError(bytes) == .malformed("unknown message type"), "type \(type)")
         }
@@ -319,7 +326,7 @@ struct ExtendedRejectionTests {
         bad[natOffset + 1] = 2
         #expect(extendedError(bad) == .malformed("unknown dialect"))
         bad = peer
-        bad[natOffset + 2] = 2
+        bad[natOffset + 2] = 3
         #expect(extendedError(bad) == .malformed("bad key flag"))
         // Flag 1 without the 64 key bytes is truncated.
         bad = peer

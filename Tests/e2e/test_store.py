@@ -12,7 +12,13 @@
 3. test_bad_store_files_stop_the_server_cleanly: a file of garbage bytes, a path under a
    regular file, and an unknown URL scheme each stop natchat-server at start with exit status
    1 (64 for the URL, a usage error) and a message naming the problem; the garbage file is left byte for byte as it was.
-4. test_memory_store_keeps_nothing: with --store memory no file is written and an ID is free
+4. test_owner_rotates_then_releases_the_claim: alice runs `natchat --rotate-identity` (exit
+   0, `* your ID is now claimed by the new key FP`, her identity file now holds the new key and
+   `identity.old` the old one); a shell with the old key is refused, one with the new key
+   registers; `natchat --release-id` (exit 0) frees the ID, and mallory then registers it.
+5. test_show_list_marks_claimed_peers: bob's `@show_list` line for alice ends with
+   `(claimed since YYYY-MM-DD)`.
+6. test_memory_store_keeps_nothing: with --store memory no file is written and an ID is free
    once its holder leaves (as before the store).
 """
 
@@ -21,6 +27,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -133,6 +140,66 @@ class StoreTest(unittest.TestCase):
             self.assertNotIn("Fatal error", run.stderr)
         with open(garbage, "rb") as f:
             self.assertEqual(f.read(), content, "the damaged store file was changed")
+
+    def one_shot(self, cid, ip, port, srv, home, *flags):
+        """natchat with a one-shot flag (--release-id, --rotate-identity): its exit status and output."""
+        proc = self.g.start_client("natchat", cid, ip, port, srv, home=home, extra=list(flags))
+        rc = proc.wait_exit(timeout=40)
+        return rc, proc
+
+    def test_owner_rotates_then_releases_the_claim(self):
+        srv = self.g.start_server("natchat", bind=SERVER_IP)
+        port = free_udp_port((ALICE_IP, MALLORY_IP))
+        alice = self.client("alice", ALICE_IP, srv, "alice", port)
+        first = alice.wait_registered()
+        old_fp = re.search(r"key (\S+)$", first.text).group(1)
+        self.assertEqual(alice.exit(), 0)
+        identity = os.path.join(self.g.home("alice"), ".config", "natchat", "identity")
+        with open(identity) as f:
+            old_identity = f.read()
+
+        rc, rotate = self.one_shot("alice", ALICE_IP, port, srv, "alice", "--rotate-identity")
+        self.assertEqual(rc, 0, rotate.describe())
+        hit = rotate.wait_for_line(r"\* your ID is now claimed by the new key (\S+)")
+        new_fp = hit.group(1)
+        self.assertNotEqual(new_fp, old_fp)
+        with open(identity + ".old") as f:
+            self.assertEqual(f.read(), old_identity)
+        self.assertEqual(os.stat(identity).st_mode & 0o777, 0o600)
+
+        # The old key (in another home, as a copy) is refused; the new one registers.
+        old_home = self.g.home("alice-old")
+        os.makedirs(os.path.join(old_home, ".config", "natchat"), exist_ok=True)
+        with open(os.path.join(old_home, ".config", "natchat", "identity"), "w") as f:
+            f.write(old_identity)
+        os.chmod(os.path.join(old_home, ".config", "natchat", "identity"), 0o600)
+        stale = self.client("alice", MALLORY_IP, srv, "alice-old", port)
+        stale.wait_for_line(re.escape("From server [ID alice is claimed by another key]"))
+        self.assertEqual(stale.wait_exit(), 2, stale.describe())
+        alice = self.client("alice", ALICE_IP, srv, "alice", port)
+        renewed = alice.wait_registered()
+        self.assertTrue(renewed.text.endswith(f"key {new_fp}"), renewed.text)
+        self.assertEqual(alice.exit(), 0)
+
+        rc, release = self.one_shot("alice", ALICE_IP, port, srv, "alice", "--release-id")
+        self.assertEqual(rc, 0, release.describe())
+        release.wait_for_line(re.escape("* the claim on your ID was released: any key may register it now"))
+        mallory = self.client("alice", MALLORY_IP, srv, "mallory", port)
+        mallory.wait_registered()
+        self.assertEqual(mallory.exit(), 0)
+
+    def test_show_list_marks_claimed_peers(self):
+        srv = self.g.start_server("natchat", bind=SERVER_IP)
+        port = free_udp_port((ALICE_IP, MALLORY_IP))
+        alice = self.client("alice", ALICE_IP, srv, "alice", port)
+        alice.wait_registered()
+        bob = self.client("bob", MALLORY_IP, srv, "bob", port)
+        bob.wait_registered()
+        bob.wait_joined(alice)
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        since = bob.mark()
+        bob.send_line("@show_list")
+        bob.wait_for_line(re.escape(f"alice {alice.endpoint} ") + r".* \(claimed since " + today + r"\)", since=since)
 
     def test_memory_store_keeps_nothing(self):
         srv = self.g.start_server("natchat", bind=SERVER_IP, state="memory-state", extra=["--store", "memory"])
