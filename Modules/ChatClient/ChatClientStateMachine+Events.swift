@@ -74,6 +74,15 @@ extension ChatClientStateMachine {
             emit(.chatHeld(to: id, text: text))
         case .chatFromHeldPeer(let id):
             emit(.chatFromHeldPeer(id))
+        case .queued(let to, _, _, let keptSeconds, let reason):
+            emit(.queued(to: to, keptSeconds: keptSeconds, reason: reason))
+        case .mail(let from, let text, let sentAt, _, let signedBy):
+            receivedMail(from: from, text: text, sentAt: sentAt, signedBy: signedBy, now: now)
+        case .mailRejected(let from, let rejection):
+            emit(.mailRejected(from: from, rejection))
+        case .mailDelivered(let to, _, let queuedThisSession):
+            emit(.mailDelivered(to: to, queuedEarlier: !queuedThisSession))
+            chatted(with: to, now: now)
         }
     }
 

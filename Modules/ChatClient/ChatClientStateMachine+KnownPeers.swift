@@ -16,22 +16,9 @@ import Wire
 extension ChatClientStateMachine {
     /// The wall-clock time of an instant of the machine's clock: the driver gives one
     /// instant's Unix time at start, and the machine counts from there (a wall-clock step
-    /// during a run is not followed; dates in the known-peers file are to the second).
-    public struct WallClock: Hashable, Sendable {
-        public var instant: Instant
-        public var unixSeconds: Int64
-
-        /// `instant` was at `unixSeconds` (Unix time).
-        public init(instant: Instant = .zero, unixSeconds: Int64 = 0) {
-            self.instant = instant
-            self.unixSeconds = unixSeconds
-        }
-
-        /// The Unix time (seconds) at `now`.
-        public func unixSeconds(at now: Instant) -> Int64 {
-            unixSeconds + (now - instant).components.seconds
-        }
-    }
+    /// during a run is not followed; dates in the known-peers file, and the date a mailbox
+    /// message says it was written, are to the second). The router's, which it is given.
+    public typealias WallClock = ExtendedRouter.WallClock
 
     /// Checks a peer's keys, as the roster, a look-up or a punch showed them, against the
     /// known peers; holds the peer when they differ, releases it when the pinned key is back.
@@ -39,22 +26,41 @@ extension ChatClientStateMachine {
     /// a peer not known is left alone, so that the file holds the peers talked to, not
     /// everyone the server lists.
     mutating func vet(_ info: PeerInfo, pin: Bool = false, now: Instant) {
-        guard info.dialect == .extended, let keys = info.keys, info.id != configuration.id, let table = knownPeers else { return }
-        guard pin || table.whois(server: configuration.knownPeersServer, id: info.id.rawValue) != nil else { return }
-        let fingerprint = IdentityKey.fingerprint(of: keys)
+        guard info.dialect == .extended, let keys = info.keys else { return }
+        vet(info.id, fingerprint: IdentityKey.fingerprint(of: keys), pin: pin, now: now)
+    }
+
+    /// Checks the key (its fingerprint) a natchat/2 peer showed (in the roster, a look-up, a
+    /// punch, or the claim a mailbox message is sealed to), as ``vet(_:pin:now:)``.
+    mutating func vet(_ id: ClientID, fingerprint: String, pin: Bool = false, now: Instant) {
+        guard id != configuration.id, let table = knownPeers else { return }
+        guard pin || table.whois(server: configuration.knownPeersServer, id: id.rawValue) != nil else { return }
         let unixNow = configuration.wallClock.unixSeconds(at: now)
-        switch knownPeers?.observe(server: configuration.knownPeersServer, id: info.id.rawValue, fingerprint: fingerprint, now: unixNow) {
+        switch knownPeers?.observe(server: configuration.knownPeersServer, id: id.rawValue, fingerprint: fingerprint, now: unixNow) {
         case .new, nil:
             break
         case .known:
-            _ = withNatchat2 { $0.router.release(info.id) }
+            _ = withNatchat2 { $0.router.release(id) }
         case .changed(let pinned, let seen):
-            _ = withNatchat2 { $0.router.hold(info.id) }
-            emit(.peerKeyChanged(info.id, pinned: pinned, seen: seen))
+            _ = withNatchat2 { $0.router.hold(id) }
+            emit(.peerKeyChanged(id, pinned: pinned, seen: seen))
         case .stillHeld:
-            _ = withNatchat2 { $0.router.hold(info.id) }
+            _ = withNatchat2 { $0.router.hold(id) }
         }
         scheduleKnownPeersSave(now: now)
+    }
+
+    /// A message from the mailbox, signed by the key `signedBy` (a fingerprint): shown, and
+    /// its key pinned if `from` is not known yet, unless `from` is known with another key;
+    /// then it is not shown as from `from` (a warning instead; the router acknowledged it, so
+    /// the server does not resend it: the key that signed it is not `from`'s as far as this
+    /// client knows, and holding it would hold nothing that `@trust` could release).
+    mutating func receivedMail(from: ClientID, text: String, sentAt: UInt64, signedBy: String, now: Instant) {
+        if let record = knownPeers?.whois(server: configuration.knownPeersServer, id: from.rawValue), record.fingerprint != signedBy {
+            return emit(.mailRejected(from: from, .otherKey(seen: signedBy, known: record.fingerprint)))
+        }
+        emit(.mail(from: from, text: text, sentAt: sentAt))
+        vet(from, fingerprint: signedBy, pin: true, now: now)
     }
 
     /// A chat with `id` went through (shown from it, or acknowledged by it): its key, the one

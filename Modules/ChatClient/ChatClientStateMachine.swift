@@ -302,6 +302,10 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                 // checked first, so that none goes to a key that differs from the one known.
                 vet(found.info, now: now)
             }
+            if case .claimResult(_, let peer, let keys?, _) = message, natchat2Router != nil {
+                // Likewise for mail: it is sealed to the claim's keys as the router takes them.
+                vet(peer, fingerprint: IdentityKey.fingerprint(of: keys), now: now)
+            }
             if let routerOutputs = withNatchat2({ $0.router.handleServerMessage(message, now: now) }) {
                 runRouter(routerOutputs, now: now)
             }
@@ -363,6 +367,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                                             firstMessageID: random.next() >> 1, transactionSeed: random.next(),
                                             pathConfiguration: configuration.pathConfiguration)
                 router.natKind = session.natKind
+                router.wallClock = configuration.wallClock
                 for id in heldPeerIDs() { router.hold(id) }
                 peers = .natchat2(Natchat2Peers(router: router))
                 emit(.registered(configuration.id, publicEndpoint: endpoint, .natchat2(keyFingerprint: configuration.identity.fingerprint)))

@@ -58,6 +58,18 @@ public enum ClientEvent: Hashable, Sendable {
     /// A peer showed another key than the one known from earlier sessions (fingerprints):
     /// chat with it is held until `@trust`.
     case peerKeyChanged(ClientID, pinned: String, seen: String)
+    /// A chat went to the server's mailbox: `to` is offline, or did not acknowledge it
+    /// (`reason`); the server keeps it `keptSeconds` or until `to` has it.
+    case queued(to: ClientID, keptSeconds: UInt32, reason: ExtendedRouter.MailReason)
+    /// A message that waited in the server's mailbox, written at `sentAt` (Unix seconds, the
+    /// sender's clock). Shown once.
+    case mail(from: ClientID, text: String, sentAt: UInt64)
+    /// A message from the mailbox was not shown: it could not be opened, or it is signed by
+    /// another key than the sender's as this client knows it.
+    case mailRejected(from: ClientID, ExtendedRouter.MailRejection)
+    /// The recipient of a message queued at the server has it. `queuedEarlier`: queued by an
+    /// earlier run of this client, not this one.
+    case mailDelivered(to: ClientID, queuedEarlier: Bool)
     /// A chat for a held peer was not sent.
     case chatHeld(to: ClientID, text: String)
     /// A chat from a held peer was dropped (not shown, not acknowledged).

@@ -137,7 +137,8 @@ public enum Command: Hashable, Sendable {
           @show_list <n>        page <n> of the list
           @show_list <prefix>   only the clients whose ID starts with <prefix>;
                                 @show_list <prefix> <n> for page <n> of those
-          @chat <id> <text>     send <text> to client <id>
+          @chat <id> <text>     send <text> to client <id>; when <id> is offline (or does not answer) but
+                                its ID is claimed, the server keeps it, sealed, until <id> registers
           @whois <id>           the key pinned for <id>, when it was first and last seen, whether chat
                                 with <id> is held (its key changed), and the path to it
           @trust <id>           after checking <id>'s new key out of band: pin it, and chat goes on

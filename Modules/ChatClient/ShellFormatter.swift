@@ -1,3 +1,4 @@
+import Identity
 import KnownPeers
 import Wire
 
@@ -81,6 +82,12 @@ public enum ShellFormatter {
             "* delivered to \(to)"
         case .undelivered(let to, let text, .serverSilent):
             "* NOT delivered to \(to): \"\(text)\" (the server did not answer whether \(to) is registered)"
+        case .undelivered(let to, let text, .mailboxRefused(let refusal)):
+            "* NOT delivered to \(to): \"\(text)\" (the server would not queue it: \(refusal))"
+        case .undelivered(let to, let text, .mailboxSilent):
+            "* NOT delivered to \(to): \"\(text)\" (the server did not answer the request to queue it)"
+        case .undelivered(let to, let text, .unsealable):
+            "* NOT delivered to \(to): \"\(text)\" (it could not be sealed to \(to)'s key)"
         case .undelivered(let to, let text, _):
             "* NOT delivered to \(to): \"\(text)\""
         case .noSuchPeer(let id):
@@ -97,6 +104,17 @@ public enum ShellFormatter {
         case .peerKeyChanged(let id, let pinned, let seen):
             "* WARNING: \(id)'s key changed: pinned \(pinned), now \(seen). Chat with \(id) is held; "
                 + "check the new fingerprint with \(id) out of band, then @trust \(id)"
+        case .queued(let to, let keptSeconds, let reason):
+            "* \(to) \(reason == .offline ? "is offline" : "did not answer"): queued at the server (kept \(keptFor(keptSeconds)))"
+        case .mail(let from, let text, let sentAt):
+            "From \(from) [\(text)] (sent \(minuteUTC(sentAt)), queued)"
+        case .mailRejected(let from, .unreadable(let problem)):
+            "* a queued message from \(from) was not shown: it could not be opened (\(unreadable(problem)))"
+        case .mailRejected(let from, .otherKey(let seen, let known)):
+            "* WARNING: a queued message said to be from \(from) was not shown: it is signed by key \(seen), "
+                + "not by \(from)'s key \(known). Someone may be impersonating \(from)."
+        case .mailDelivered(let to, let queuedEarlier):
+            "* delivered to \(to)\(queuedEarlier ? " (queued earlier)" : "")"
         case .chatHeld(let id, let text):
             "* NOT sent to \(id): \"\(text)\" (chat with \(id) is held: its key changed; @whois \(id), then @trust \(id))"
         case .chatFromHeldPeer(let id):
@@ -157,6 +175,31 @@ public enum ShellFormatter {
             return "-- \(position); @show_list \(prefix) \(page + 1) for the next page --"
         case (_?, true):
             return footer.pages == 1 ? "-- \(position) --" : "-- \(position), the last page --"
+        }
+    }
+
+    /// How long the mailbox keeps a message: whole days, else hours, minutes or seconds.
+    static func keptFor(_ seconds: UInt32) -> String {
+        switch seconds {
+        case 86_400...: counted(Int(seconds / 86_400), "day")
+        case 3_600...: counted(Int(seconds / 3_600), "hour")
+        case 60...: counted(Int(seconds / 60), "minute")
+        default: counted(Int(seconds), "second")
+        }
+    }
+
+    /// A Unix time as `yyyy-MM-dd HH:mm`, in UTC (the sender's clock says it: past the year
+    /// 9999 it is shown as 9999-12-31 23:59).
+    static func minuteUTC(_ unixSeconds: UInt64) -> String {
+        let iso = KnownPeersFormat.iso8601(Int64(min(unixSeconds, 253_402_300_799)))   // 2026-12-04T14:03:00Z
+        return String(iso.prefix(16).map { $0 == "T" ? " " : $0 })
+    }
+
+    private static func unreadable(_ problem: MailSeal.OpenError) -> String {
+        switch problem {
+        case .malformed: "malformed"
+        case .badSignature: "bad signature"
+        case .cannotDecrypt: "not sealed to your key"
         }
     }
 

@@ -31,7 +31,10 @@ extension ExtendedRouter {
             case .delivered(let message):
                 emit(.delivered(to: message.peer, messageID: message.id, attempts: message.attempts))
             case .expired(let message):
-                emit(.undelivered(to: message.peer, text: message.text, reason: .notAcknowledged))
+                // Not acknowledged in time: the server's mailbox keeps it if the peer's ID is
+                // claimed (else, or when the mailbox cannot take it, it is undelivered).
+                startMail(message.text, to: message.peer, typedAt: message.firstSent, reason: .notAcknowledged,
+                          deadline: now + queries.mailWindow, now: now)
             case .abandoned(let message):
                 emit(.undelivered(to: message.peer, text: message.text, reason: .peerLeft))
             }

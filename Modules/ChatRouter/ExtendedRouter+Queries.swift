@@ -15,13 +15,18 @@ extension ExtendedRouter {
     }
 
     /// The server's answer to a look-up: the chats that waited go out, or, when the server
-    /// says `peer` is not registered, are reported as ``Event/noSuchPeer(_:text:)``.
+    /// says `peer` is not registered, go to the mailbox if `peer` is claimed (a claim
+    /// look-up first; ``Event/noSuchPeer(_:text:)`` when nobody claims it).
     mutating func answerLookup(query: UInt32, epoch: UInt32, version: UInt64, peer: ClientID, found: RosterEntry?, now: Instant) {
         guard let lookup = lookups[peer], lookup.query == query else { return }
         lookups[peer] = nil
         apply(roster.applyLookup(epoch: epoch, version: version, peer: peer, found: found), now: now)
         guard let info = roster.peer(peer)?.info, found != nil else {
-            for waiting in lookup.waiting { emit(.noSuchPeer(peer, text: waiting.text)) }
+            for waiting in lookup.waiting {
+                let deadline = waiting.mailboxTried ? waiting.deadline : max(waiting.deadline, now + queries.mailWindow)
+                startMail(waiting.text, to: peer, typedAt: waiting.deadline - sender.configuration.deadline,
+                          reason: .offline, deadline: deadline, now: now)
+            }
             return
         }
         for waiting in lookup.waiting {

@@ -29,6 +29,10 @@ import Wire
 ///   once (``DuplicateFilter``). Every peer datagram names its addressee and is
 ///   authenticated under the pair key only the two peers can derive (chat is sealed with
 ///   it, so the relay can neither read nor alter it).
+/// - **Mailbox.** A chat for a peer that is offline, or that did not acknowledge it, goes to
+///   the server's mailbox when the peer's ID is claimed, sealed end to end to the claim's
+///   keys; mail that waited for us is opened, shown once and acknowledged (see
+///   `ExtendedRouter+Mailbox.swift`).
 public struct ExtendedRouter: Sendable, SansIOCore {
     /// How a message travelled.
     public enum Route: Hashable, Sendable {
@@ -44,6 +48,13 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         case serverSilent
         /// The peer left before acknowledging it.
         case peerLeft
+        /// The server's mailbox would not queue it (the peer was offline, or did not answer).
+        case mailboxRefused(DepositRefusal)
+        /// The server did not answer the request to queue it for an offline peer.
+        case mailboxSilent
+        /// It could not be sealed to the peer's claim keys (malformed keys, too long, or keys
+        /// other than the ones pinned for the peer this session).
+        case unsealable
     }
 
     /// What the user should hear about.
@@ -81,6 +92,19 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         case listAnswered(query: UInt32, total: Int, offset: Int, entries: [ListEntry])
         /// No answer to that query came in time.
         case listUnanswered(query: UInt32)
+        /// A chat went to the server's mailbox for `to` (``MailReason``): stored as `serial`,
+        /// kept `keptSeconds` or until `to` has it.
+        case queued(to: ClientID, text: String, serial: UInt64, keptSeconds: UInt32, reason: MailReason)
+        /// A message that waited in the server's mailbox, opened and signed by the key whose
+        /// fingerprint is `signedBy` (checked against the roster's key for `from`, when it
+        /// holds one; the owner checks it against what it remembers). `sentAt`: the sender's
+        /// clock, `queuedAt`: the server's (Unix seconds). Each serial is reported once.
+        case mail(from: ClientID, text: String, sentAt: UInt64, queuedAt: UInt64, signedBy: String)
+        /// A message that waited in the server's mailbox was not shown (it was acknowledged).
+        case mailRejected(from: ClientID, MailRejection)
+        /// The recipient of mailbox message `serial` has it. `queuedThisSession`: this router
+        /// queued it (else it was queued by an earlier run of the client).
+        case mailDelivered(to: ClientID, serial: UInt64, queuedThisSession: Bool)
     }
 
     /// What the owner should do.
@@ -111,6 +135,9 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         /// before the deadline must not send a message and give up on it at once (5 s is
         /// five attempts with the reliable sender's default backoff).
         public var leastDeliveryWindow: Duration = .seconds(5)
+        /// A chat handed to the mailbox (its peer is offline, or did not acknowledge it) gets
+        /// at least this long for the claim look-up and the deposit to be answered.
+        public var mailWindow: Duration = .seconds(10)
         public init() {}
     }
 
@@ -126,6 +153,14 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         var messageID: UInt64
     }
 
+    /// A chat waiting for a look-up. `mailboxTried`: it went to the mailbox once already
+    /// (the server then said the peer is online), so its deadline is not extended again.
+    struct WaitingChat: Sendable {
+        var text: String
+        var deadline: Instant
+        var mailboxTried = false
+    }
+
     /// A look-up in flight, and the chats waiting for its answer.
     struct Lookup: Sendable {
         var query: UInt32
@@ -133,7 +168,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         var interval: Duration
         var startedAt: Instant
         var noticed = false
-        var waiting: [(text: String, deadline: Instant)] = []
+        var waiting: [WaitingChat] = []
     }
 
     struct ListRequest: Sendable {
@@ -163,6 +198,20 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     /// Past this many reported held chats, more are dropped without a report (a held peer
     /// cannot grow the set without bound).
     static let heldChatsReportedLimit = 1024
+    /// The Unix time of the instants given to the router (for the date a mailbox message
+    /// says it was written).
+    public var wallClock = WallClock()
+    /// Chats on their way to the server's mailbox, by the query number of the request in flight.
+    var mailSends: [UInt32: MailSend] = [:]
+    /// Mailbox messages this session received (shown once), and in which order (the oldest
+    /// is forgotten past ``mailSeenLimit``).
+    var mailSeen: Set<UInt64> = []
+    var mailSeenOrder: [UInt64] = []
+    static let mailSeenLimit = 4096
+    /// Serials of the messages this session queued (for ``Event/mailDelivered(to:serial:queuedThisSession:)``).
+    var mailQueued: Set<UInt64> = []
+    /// Mailbox messages from held peers already reported (by serial).
+    var heldMailReported: Set<HeldChat> = []
     private var transactionSeed: UInt64
     private let pathConfiguration: PathAgent.Configuration
     let queries: QueryConfiguration
@@ -224,8 +273,16 @@ public struct ExtendedRouter: Sendable, SansIOCore {
             if let inner = try? ExtendedMessage.decode(payload) { handleRelayed(inner, bytes: payload, from: from, now: now) }
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .challenge, .registered,
              .refused, .keepAliveAck, .unknownSession, .ping, .pong, .chat, .chatAck, .claimLookup, .deposit, .mailAck,
-             .claimResult, .depositResult, .mail, .mailDelivered, .releaseClaim, .rotateKey, .claimChanged:
+             .releaseClaim, .rotateKey, .claimChanged:
             break
+        case .claimResult(let query, let peer, let keys, _):
+            answerClaim(query: query, peer: peer, keys: keys, now: now)
+        case .depositResult(let query, let to, let outcome):
+            answerDeposit(query: query, to: to, outcome: outcome, now: now)
+        case .mail(let serial, let from, let queuedAt, let sealed):
+            receiveMail(serial: serial, from: from, queuedAt: queuedAt, sealed: sealed)
+        case .mailDelivered(let to, let serial):
+            emit(.mailDelivered(to: to, serial: serial, queuedThisSession: mailQueued.remove(serial) != nil))
         }
         return takeOutputs()
     }
@@ -269,7 +326,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
             }
         } else {
             ask(about: id, now: now)
-            lookups[id]?.waiting.append((text, now + sender.configuration.deadline))
+            lookups[id]?.waiting.append(WaitingChat(text: text, deadline: now + sender.configuration.deadline))
         }
         return takeOutputs()
     }
@@ -295,6 +352,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         }
         runSender(sender.handleTimeout(now: now), now: now)
         sendDueQueries(now: now)
+        sendDueMail(now: now)
         return takeOutputs()
     }
 
@@ -307,12 +365,15 @@ public struct ExtendedRouter: Sendable, SansIOCore {
             if !lookup.noticed, !lookup.waiting.isEmpty { deadlines.append(lookup.startedAt + queries.pendingNotice) }
         }
         for request in lists.values { deadlines.append(min(request.nextSend, request.deadline)) }
+        for mail in mailSends.values { deadlines.append(min(mail.nextSend, mail.deadline)) }
         return deadlines.min()
     }
 
     /// Holds chat with `id`: chats to it are not sent (``Event/chatHeld(to:text:)``, for
-    /// those typed and those waiting for a look-up), and chats from it are dropped without an
-    /// acknowledgement (``Event/chatFromHeldPeer(_:)``). The owner holds a peer whose key
+    /// those typed and those waiting for a look-up or on their way to the mailbox), and chats
+    /// from it, and mailbox messages from it, are dropped without an acknowledgement
+    /// (``Event/chatFromHeldPeer(_:)``, once per message; the server resends mail until it
+    /// is acknowledged, so it is shown after ``release(_:)``). The owner holds a peer whose key
     /// differs from the one it remembers from earlier sessions (the KnownPeers module), until
     /// the user trusts the new key.
     public mutating func hold(_ id: ClientID) {
@@ -323,6 +384,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     public mutating func release(_ id: ClientID) {
         guard heldPeers.remove(id) != nil else { return }
         heldChatsReported = heldChatsReported.filter { $0.from != id }
+        heldMailReported = heldMailReported.filter { $0.from != id }
     }
 
     /// The server session was lost: every path starts over (the new session brings a

@@ -680,10 +680,18 @@ struct ChatClientExtendedSessionTests {
             Issue.record("no look-up for zed"); return
         }
         _ = client.recorder.takeLines()
-        client.receive(.lookupResult(query: zedQuery, epoch: 1, version: 10, peer: id("zed"), found: nil), at: at(6))
+        let claimAsked = ExtendedClient.extended(client.receive(.lookupResult(query: zedQuery, epoch: 1, version: 10, peer: id("zed"),
+                                                                              found: nil), at: at(6)))
+        // Not registered: is the ID claimed (then the chat would wait in the server's mailbox)?
+        guard case .claimLookup(_, let claimQuery, id("zed"))? = claimAsked.first?.1 else {
+            Issue.record("no claim look-up for zed: \(claimAsked)"); return
+        }
+        #expect(client.recorder.lines.isEmpty)
+        client.receive(.claimResult(query: claimQuery, peer: id("zed"), keys: nil, claimedSince: 0), at: at(6))
         #expect(client.recorder.takeLines() == ["There is no zed in registration list."])
         // An answer to a question not asked (or asked again since) changes nothing.
         client.receive(.lookupResult(query: zedQuery, epoch: 1, version: 10, peer: id("zed"), found: nil), at: at(6))
+        client.receive(.claimResult(query: claimQuery, peer: id("zed"), keys: nil, claimedSince: 0), at: at(6))
         #expect(client.recorder.lines.isEmpty)
     }
 
@@ -731,8 +739,11 @@ struct ChatClientExtendedSessionTests {
         // Typed at 1 s, its own deadline was 31 s: still in flight at 35 s...
         runTimers(until: at(35))
         #expect(!client.recorder.lines.contains { $0.hasPrefix("* NOT delivered") })
-        // ...and given up 5 s after the answer.
+        // ...and, 5 s after the answer, handed to the mailbox (bob's claim is looked up); this
+        // server does not answer, so the chat is given up 10 s later.
         runTimers(until: at(36))
+        #expect(!client.recorder.lines.contains { $0.hasPrefix("* NOT delivered") })
+        runTimers(until: at(46))
         #expect(client.recorder.takeLines().contains("* NOT delivered to bob: \"late\""))
     }
 

@@ -373,7 +373,11 @@ struct ChatClientStateMachineNatchat2Tests {
         guard case .lookup(_, let query, dave)? = asked.first?.message else {
             Issue.record("no look-up: \(asked)"); return
         }
-        #expect(events(client.receive(.lookupResult(query: query, epoch: 1, version: 3, peer: dave, found: nil), at: at(1)))
+        let claimAsked = toServer(client.receive(.lookupResult(query: query, epoch: 1, version: 3, peer: dave, found: nil), at: at(1)))
+        guard case .claimLookup(_, let claimQuery, dave)? = claimAsked.first?.message else {
+            Issue.record("no claim look-up: \(claimAsked)"); return
+        }
+        #expect(events(client.receive(.claimResult(query: claimQuery, peer: dave, keys: nil, claimedSince: 0), at: at(1)))
             == [.noSuchPeer(dave)])
     }
 

@@ -31,7 +31,8 @@ private func isCovered(_ event: ClientEvent) -> Bool {
          .natClassified, .joined, .sameNAT, .moved, .left, .moreOnline, .rosterScopeChanged, .chat, .delivered, .undelivered,
          .noSuchPeer, .lookupPending, .tooManyInFlight, .pathChanged, .keyChanged, .listEntry, .listFooter, .listEmpty,
          .listUnanswered, .help, .peerKeyChanged, .chatHeld, .chatFromHeldPeer, .trusted, .trustNotNeeded, .nothingPinned,
-         .knownPeersOff, .whois, .claimReleased, .claimRotated, .claimChangeRefused, .claimChangeUnanswered:
+         .knownPeersOff, .whois, .queued, .mail, .mailRejected, .mailDelivered, .claimReleased, .claimRotated,
+         .claimChangeRefused, .claimChangeUnanswered:
         true
     }
 }
@@ -113,6 +114,39 @@ struct ShellFormatterTests {
         #expect(line(.tooManyInFlight(to: bob)) == "* cannot send to bob: too many messages waiting for acknowledgement")
     }
 
+    @Test func mailbox() {
+        #expect(line(.queued(to: bob, keptSeconds: 7 * 86_400, reason: .offline)) == "* bob is offline: queued at the server (kept 7 days)")
+        #expect(line(.queued(to: bob, keptSeconds: 7 * 86_400, reason: .notAcknowledged))
+            == "* bob did not answer: queued at the server (kept 7 days)")
+        #expect(line(.queued(to: bob, keptSeconds: 86_400 + 3_600, reason: .offline)) == "* bob is offline: queued at the server (kept 1 day)")
+        #expect(line(.queued(to: bob, keptSeconds: 7_200, reason: .offline)) == "* bob is offline: queued at the server (kept 2 hours)")
+        #expect(line(.queued(to: bob, keptSeconds: 60, reason: .offline)) == "* bob is offline: queued at the server (kept 1 minute)")
+        #expect(line(.queued(to: bob, keptSeconds: 5, reason: .offline)) == "* bob is offline: queued at the server (kept 5 seconds)")
+        // 2026-12-04T14:03:59Z: the minute, in UTC.
+        #expect(line(.mail(from: alice, text: "hello", sentAt: 1_796_393_039)) == "From alice [hello] (sent 2026-12-04 14:03, queued)")
+        #expect(line(.mail(from: alice, text: "", sentAt: 0)) == "From alice [] (sent 1970-01-01 00:00, queued)")
+        #expect(line(.mail(from: alice, text: "x", sentAt: .max)) == "From alice [x] (sent 9999-12-31 23:59, queued)")
+        #expect(line(.mailDelivered(to: bob, queuedEarlier: false)) == "* delivered to bob")
+        #expect(line(.mailDelivered(to: bob, queuedEarlier: true)) == "* delivered to bob (queued earlier)")
+        #expect(line(.mailRejected(from: alice, .unreadable(.badSignature)))
+            == "* a queued message from alice was not shown: it could not be opened (bad signature)")
+        #expect(line(.mailRejected(from: alice, .unreadable(.cannotDecrypt)))
+            == "* a queued message from alice was not shown: it could not be opened (not sealed to your key)")
+        #expect(line(.mailRejected(from: alice, .unreadable(.malformed)))
+            == "* a queued message from alice was not shown: it could not be opened (malformed)")
+        #expect(line(.mailRejected(from: alice, .otherKey(seen: "8b:c7:2a:8d:9e:92:f1:f2", known: "0f:4a:44:bc:e7:a7:40:08")))
+            == "* WARNING: a queued message said to be from alice was not shown: it is signed by key 8b:c7:2a:8d:9e:92:f1:f2, "
+            + "not by alice's key 0f:4a:44:bc:e7:a7:40:08. Someone may be impersonating alice.")
+        #expect(line(.undelivered(to: bob, text: "hello", reason: .mailboxRefused(.recipientFull)))
+            == "* NOT delivered to bob: \"hello\" (the server would not queue it: the recipient's mailbox is full)")
+        #expect(line(.undelivered(to: bob, text: "hello", reason: .mailboxRefused(.rateLimited)))
+            == "* NOT delivered to bob: \"hello\" (the server would not queue it: too many queued messages; wait a minute)")
+        #expect(line(.undelivered(to: bob, text: "hello", reason: .mailboxSilent))
+            == "* NOT delivered to bob: \"hello\" (the server did not answer the request to queue it)")
+        #expect(line(.undelivered(to: bob, text: "hello", reason: .unsealable))
+            == "* NOT delivered to bob: \"hello\" (it could not be sealed to bob's key)")
+    }
+
     @Test func pathsAndKeys() {
         #expect(line(.pathChanged(bob, .none)) == "* path to bob: none yet")
         #expect(line(.pathChanged(bob, .relayed)) == "* path to bob: relayed")
@@ -185,7 +219,8 @@ struct ShellFormatterTests {
               @show_list <n>        page <n> of the list
               @show_list <prefix>   only the clients whose ID starts with <prefix>;
                                     @show_list <prefix> <n> for page <n> of those
-              @chat <id> <text>     send <text> to client <id>
+              @chat <id> <text>     send <text> to client <id>; when <id> is offline (or does not answer) but
+                                    its ID is claimed, the server keeps it, sealed, until <id> registers
               @whois <id>           the key pinned for <id>, when it was first and last seen, whether chat
                                     with <id> is held (its key changed), and the path to it
               @trust <id>           after checking <id>'s new key out of band: pin it, and chat goes on
