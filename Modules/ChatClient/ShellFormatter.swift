@@ -1,4 +1,5 @@
 import Identity
+import ChatRouter
 import KnownPeers
 import Wire
 
@@ -105,7 +106,7 @@ public enum ShellFormatter {
             "* WARNING: \(id)'s key changed: pinned \(pinned), now \(seen). Chat with \(id) is held; "
                 + "check the new fingerprint with \(id) out of band, then @trust \(id)"
         case .queued(let to, let keptSeconds, let reason):
-            "* \(to) \(reason == .offline ? "is offline" : "did not answer"): queued at the server (kept \(keptFor(keptSeconds)))"
+            "* \(to) \(queuedBecause(reason)): queued at the server (kept \(keptFor(keptSeconds)))"
         case .mail(let from, let text, let sentAt):
             "From \(from) [\(text)] (sent \(minuteUTC(sentAt)), queued)"
         case .mailRejected(let from, .unreadable(let problem)):
@@ -139,6 +140,14 @@ public enum ShellFormatter {
             "* the server did not answer @show_list; try again"
         case .help:
             Command.helpText
+        }
+    }
+
+    static func queuedBecause(_ reason: ExtendedRouter.MailReason) -> String {
+        switch reason {
+        case .offline: "is offline"
+        case .notAcknowledged: "did not answer"
+        case .peerLeft: "left"
         }
     }
 

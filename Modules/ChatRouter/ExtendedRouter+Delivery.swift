@@ -36,7 +36,10 @@ extension ExtendedRouter {
                 startMail(message.text, to: message.peer, typedAt: message.firstSent, reason: .notAcknowledged,
                           deadline: now + queries.mailWindow, now: now)
             case .abandoned(let message):
-                emit(.undelivered(to: message.peer, text: message.text, reason: .peerLeft))
+                // The peer left with the chat unacknowledged: the mailbox keeps it if the
+                // peer's ID is claimed (else it is undelivered, as before).
+                startMail(message.text, to: message.peer, typedAt: message.firstSent, reason: .peerLeft,
+                          deadline: now + queries.mailWindow, now: now)
             }
         }
     }

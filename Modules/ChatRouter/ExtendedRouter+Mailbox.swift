@@ -27,6 +27,8 @@ extension ExtendedRouter {
         case offline
         /// The peer did not acknowledge the chat before its deadline, and its ID is claimed.
         case notAcknowledged
+        /// The peer left before it acknowledged the chat, and its ID is claimed.
+        case peerLeft
     }
 
     /// Why a message from the mailbox was not shown.
@@ -142,6 +144,7 @@ extension ExtendedRouter {
         switch mail.reason {
         case .offline: emit(.noSuchPeer(mail.to, text: mail.text))
         case .notAcknowledged: emit(.undelivered(to: mail.to, text: mail.text, reason: .notAcknowledged))
+        case .peerLeft: emit(.undelivered(to: mail.to, text: mail.text, reason: .peerLeft))
         }
     }
 
@@ -167,7 +170,11 @@ extension ExtendedRouter {
             guard var mail = mailSends[query] else { continue }
             if now >= mail.deadline {
                 mailSends[query] = nil
-                let reason: UndeliveredReason = mail.reason == .notAcknowledged ? .notAcknowledged : .mailboxSilent
+                let reason: UndeliveredReason = switch mail.reason {
+                case .notAcknowledged: .notAcknowledged
+                case .peerLeft: .peerLeft
+                case .offline: .mailboxSilent
+                }
                 emit(.undelivered(to: mail.to, text: mail.text, reason: reason))
                 continue
             }

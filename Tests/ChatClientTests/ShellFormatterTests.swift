@@ -118,6 +118,7 @@ struct ShellFormatterTests {
         #expect(line(.queued(to: bob, keptSeconds: 7 * 86_400, reason: .offline)) == "* bob is offline: queued at the server (kept 7 days)")
         #expect(line(.queued(to: bob, keptSeconds: 7 * 86_400, reason: .notAcknowledged))
             == "* bob did not answer: queued at the server (kept 7 days)")
+        #expect(line(.queued(to: bob, keptSeconds: 7 * 86_400, reason: .peerLeft)) == "* bob left: queued at the server (kept 7 days)")
         #expect(line(.queued(to: bob, keptSeconds: 86_400 + 3_600, reason: .offline)) == "* bob is offline: queued at the server (kept 1 day)")
         #expect(line(.queued(to: bob, keptSeconds: 7_200, reason: .offline)) == "* bob is offline: queued at the server (kept 2 hours)")
         #expect(line(.queued(to: bob, keptSeconds: 60, reason: .offline)) == "* bob is offline: queued at the server (kept 1 minute)")

@@ -169,6 +169,31 @@ struct ExtendedRouterMailboxTests {
             == [.event(.queued(to: bob, text: "are you there?", serial: 9, keptSeconds: week, reason: .notAcknowledged))])
     }
 
+    /// bob leaves with alice's chat unacknowledged: it goes to the mailbox (his ID is claimed).
+    @Test func aChatToAPeerThatLeftGoesToTheMailbox() throws {
+        var alices = router(alice, aliceKey)
+        _ = try alices.sendChat(to: bob, text: "wait for me", now: ms(0))
+        _ = alices.handleServerMessage(found(bob, bobKey, query: 1), now: ms(10))
+        let left = ExtendedMessage.roster(RosterDelta(epoch: 1, sequence: 1, version: 5, registered: 1, scope: .complete, synced: false,
+                                                      records: [.absent(bob, version: 5, reason: .unregistered, publicEndpoint: B)]))
+        let afterLeaving = alices.handleServerMessage(left, now: ms(100))
+        #expect(events(afterLeaving).allSatisfy { if case .undelivered = $0 { false } else { true } })
+        guard case .claimLookup(alice, let claimQuery, bob)? = toServer(afterLeaving).first(where: { if case .claimLookup = $0 { true } else { false } })
+        else {
+            Issue.record("no claim look-up: \(afterLeaving)")
+            return
+        }
+        let deposited = toServer(alices.handleServerMessage(.claimResult(query: claimQuery, peer: bob, keys: bobKey.publicKeys,
+                                                                         claimedSince: 1), now: ms(200)))
+        guard case .deposit(alice, let depositQuery, bob, _)? = deposited.first else {
+            Issue.record("no deposit: \(deposited)")
+            return
+        }
+        #expect(alices.handleServerMessage(.depositResult(query: depositQuery, to: bob, outcome: .queued(serial: 3, keptSeconds: week)),
+                                           now: ms(300))
+            == [.event(.queued(to: bob, text: "wait for me", serial: 3, keptSeconds: week, reason: .peerLeft))])
+    }
+
     @Test func aChatNotAcknowledgedToAnUnclaimedPeerIsUndelivered() throws {
         var alices = router(alice, aliceKey)
         _ = try alices.sendChat(to: bob, text: "hi", now: ms(0))
