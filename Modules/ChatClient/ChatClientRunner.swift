@@ -100,6 +100,21 @@ public enum ChatClientRunner {
     /// server; the service falls back to the peers it holds when the server is slower).
     static let completionWait = DispatchTimeInterval.milliseconds(2500)
 
+    /// Binds the client's socket and starts its service on it; `nil` (said on the console's
+    /// stream) when the address cannot be bound.
+    static func bindService(_ options: Options, configuration: ChatClientService.Configuration, sinks: ChatClientService.Sinks,
+                            logger: Logger) -> DatagramHost<ChatClientService>? {
+        do {
+            return try DatagramHost.bindBlocking(host: options.bindAddress, port: options.port,
+                                                 group: MultiThreadedEventLoopGroup.singleton, logger: logger) {
+                ChatClientService(configuration: configuration, sinks: sinks, logger: logger)
+            }
+        } catch {
+            LineWriter.write("natchat: cannot bind UDP \(options.bindAddress):\(options.port): \(error)")
+            return nil
+        }
+    }
+
     /// What `--release-id` and `--rotate-identity` ask.
     public enum ClaimChangeMode: Sendable {
         case release
@@ -158,16 +173,7 @@ public enum ChatClientRunner {
                 break
             }
         })
-        let host: DatagramHost<ChatClientService>
-        do {
-            host = try DatagramHost.bindBlocking(host: options.bindAddress, port: options.port,
-                                                 group: MultiThreadedEventLoopGroup.singleton, logger: logger) {
-                ChatClientService(configuration: configuration, sinks: sinks, logger: logger)
-            }
-        } catch {
-            LineWriter.write("natchat: cannot bind UDP \(options.bindAddress):\(options.port): \(error)")
-            return 1
-        }
+        guard let host = bindService(options, configuration: configuration, sinks: sinks, logger: logger) else { return 1 }
         let request: ClaimChangeRequest
         do {
             request = try newIdentity.map { try ChatClientStateMachine(configuration: configuration).rotation(to: $0) } ?? .release
@@ -253,16 +259,7 @@ public enum ChatClientRunner {
                 console.stop()
             },
             saveKnownPeers: { writer.save($0) })
-        let host: DatagramHost<ChatClientService>
-        do {
-            host = try DatagramHost.bindBlocking(host: options.bindAddress, port: options.port,
-                                                 group: MultiThreadedEventLoopGroup.singleton, logger: logger) {
-                ChatClientService(configuration: configuration, sinks: sinks, logger: logger)
-            }
-        } catch {
-            LineWriter.write("natchat: cannot bind UDP \(options.bindAddress):\(options.port): \(error)")
-            return 1
-        }
+        guard let host = bindService(options, configuration: configuration, sinks: sinks, logger: logger) else { return 1 }
         // With --port 0 the kernel chose the port: report the real one as our private endpoint.
         let boundPort = UInt16(clamping: host.localAddress?.port ?? options.port)
         host.perform { service, output, now in
