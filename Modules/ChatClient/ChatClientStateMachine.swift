@@ -314,7 +314,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                 runRouter(routerOutputs, now: now)
             }
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck,
-             .releaseClaim, .rotateKey:
+             .releaseClaim, .rotateKey, .serverPunch, .serverRelay:
             ignored(source, message)
         }
     }

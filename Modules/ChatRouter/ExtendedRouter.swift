@@ -273,7 +273,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
             if let inner = try? ExtendedMessage.decode(payload) { handleRelayed(inner, bytes: payload, from: from, now: now) }
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .challenge, .registered,
              .refused, .keepAliveAck, .unknownSession, .ping, .pong, .chat, .chatAck, .claimLookup, .deposit, .mailAck,
-             .releaseClaim, .rotateKey, .claimChanged:
+             .releaseClaim, .rotateKey, .claimChanged, .serverPunch, .serverRelay:
             break
         case .claimResult(let query, let peer, let keys, _):
             answerClaim(query: query, peer: peer, keys: keys, now: now)

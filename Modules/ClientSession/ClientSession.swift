@@ -234,7 +234,7 @@ public struct ClientSession: Sendable, SansIOCore {
             heard(now: now)
             return []
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck,
-             .releaseClaim, .rotateKey, .ping, .pong, .chat, .chatAck:
+             .releaseClaim, .rotateKey, .ping, .pong, .chat, .chatAck, .serverPunch, .serverRelay:
             return []
         }
     }

@@ -124,6 +124,14 @@ public enum SessionCrypto {
         return KeyBytes(key.withUnsafeBytes { Array($0) })
     }
 
+    /// The key servers that share a database authenticate their datagrams to each other with:
+    /// HKDF-SHA256 of the cluster's shared secret (which any length of random bytes may be).
+    public static func clusterKey(secret: [UInt8]) -> KeyBytes {
+        let key = HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: secret), salt: Array("natchat cluster v1".utf8),
+                                         info: Array("server datagrams".utf8), outputByteCount: 32)
+        return KeyBytes(key.withUnsafeBytes { Array($0) })
+    }
+
     /// The key two clients share, bound to both IDs (in sorted order).
     public static func pairKey(privateKey: Curve25519.KeyAgreement.PrivateKey, peerPublicKey: [UInt8],
                                selfID: ClientID, peerID: ClientID) -> KeyBytes? {

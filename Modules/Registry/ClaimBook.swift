@@ -49,6 +49,13 @@ struct ClaimBook: Sendable {
         }
     }
 
+    /// Takes in a claim another server made or the database decided (several servers).
+    mutating func learn(_ record: ClaimRecord) {
+        guard let id = try? ClientID(record.id), record.signingKey.count == 32, record.agreementKey.count == 32 else { return }
+        claims[id] = Claim(keys: PublicKeys(signing: record.signingKey, agreement: record.agreementKey),
+                           claimedAt: record.claimedAt, lastSeen: record.lastSeen)
+    }
+
     func isLive(_ claim: Claim, at now: Int64) -> Bool { now < claim.lastSeen.addingReportingOverflow(ttl).partialValue }
 
     /// Whether a registration of `id` with `keys` (`nil`: a classic registrant) may go on.

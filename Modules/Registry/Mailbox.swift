@@ -44,6 +44,9 @@ struct Mailbox: Sendable {
     private(set) var waiting: [ClientID: [MailRecord]] = [:]
     private(set) var totalBytes = 0
     private var nextSerial: Int64 = 1
+    /// 1 alone; 256 in a cluster, where every serial ends in this server's ``serialTag``.
+    private var serialStride: Int64 = 1
+    private var serialTag: Int64 = 0
     /// Each recent sender's rate, and when it last deposited (pruned a minute later: by then
     /// its bucket is full again).
     private var senders: [ClientID: (bucket: TokenBucket, lastUsed: Instant)] = [:]
@@ -67,8 +70,36 @@ struct Mailbox: Sendable {
             guard let recipient = try? ClientID(record.recipient), (try? ClientID(record.sender)) != nil else { continue }
             waiting[recipient, default: []].append(record)
             totalBytes += record.sealed.count
-            nextSerial = max(nextSerial, record.serial + 1)
+            bumpSerial(past: record.serial)
         }
+    }
+
+    /// Several servers share the mailbox: serials are `(time and count) << 8 | tag`, so two
+    /// servers with different tags never make the same one.
+    mutating func useClusterSerials(tag: UInt8, atLeast: Int64) {
+        serialStride = 256
+        serialTag = Int64(tag)
+        bumpSerial(past: max(nextSerial, atLeast))
+    }
+
+    private mutating func bumpSerial(past serial: Int64) {
+        guard serialStride > 1 else {
+            nextSerial = max(nextSerial, serial + 1)
+            return
+        }
+        nextSerial = max(nextSerial, ((serial >> 8) + 1) << 8 | serialTag)
+    }
+
+    /// What waits for `recipient` is `records` (several servers: the shared database's
+    /// list, fetched when the recipient registers here, replaces this server's copy).
+    mutating func replaceMail(for recipient: ClientID, with records: [MailRecord]) {
+        let old = waiting.removeValue(forKey: recipient) ?? []
+        totalBytes -= old.reduce(0) { $0 + $1.sealed.count }
+        let kept = records.filter { $0.recipient == recipient.rawValue }.sorted { $0.serial < $1.serial }
+        guard !kept.isEmpty else { return }
+        waiting[recipient] = kept
+        totalBytes += kept.reduce(0) { $0 + $1.sealed.count }
+        for record in kept { bumpSerial(past: record.serial) }
     }
 
     /// The answer already given to `sender`'s deposit `query`, if it is recent.
@@ -103,7 +134,7 @@ struct Mailbox: Sendable {
         guard allowed else { return (.refused(.rateLimited), nil) }
         let record = MailRecord(serial: nextSerial, recipient: recipient.rawValue, sender: sender.rawValue, queuedAt: unixTime,
                                 sealed: sealed)
-        nextSerial += 1
+        nextSerial += serialStride
         waiting[recipient, default: []].append(record)
         totalBytes += sealed.count
         let kept = UInt32(clamping: configuration.ttl.components.seconds)

@@ -32,6 +32,10 @@ extension Registry {
         /// Since when these keys have claimed the ID (Unix seconds; 0: no claim). Peers are
         /// shown it (`claimed since DATE`). 32 bits, so the entry stays its size (until 2106).
         public var claimedSince: UInt32 = 0
+        /// Where the client is registered: 0 here; otherwise the index of another server of
+        /// the cluster (a remote entry: shown to this server's clients, never swept here, no
+        /// session here; its home publishes its changes and its departure).
+        public var home: UInt16 = 0
         /// The extended session key's HMAC midstates (`nil` for classic clients).
         public var sessionMAC: SessionMAC?
         // Nearly every client reports one private endpoint: kept inline, the rest (at most
@@ -77,6 +81,9 @@ extension Registry {
                 otherPrivateEndpoints = Array(newValue.dropFirst())
             }
         }
+
+        /// Whether the client is registered with this server (not a remote entry).
+        public var isLocal: Bool { home == 0 }
 
         var position: NATPosition {
             NATPosition(publicAddress: publicEndpoint.address, privateAddress: privateAddress)

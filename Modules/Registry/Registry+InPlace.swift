@@ -62,7 +62,7 @@ extension Registry {
         guard entry.dialect == .extended, entry.publicEndpoint == source, frame.counter > entry.lastCounter,
               let mac = entry.sessionMAC, mac.isValid(frame.tag, for: frame.authenticated),
               let peerPosition = entries.position(idBytes: frame.toBytes),
-              case let peer = entries[position: peerPosition], peer.dialect == .extended
+              case let peer = entries[position: peerPosition], peer.dialect == .extended, peer.isLocal
         else { return .useGeneralPath }
         entries.setLastCounter(frame.counter, at: index)
         guard relayLimiter.allow(entry.id, bytes: frame.payload.count, now: now) else { return .rateLimited }

@@ -14,7 +14,8 @@ extension Registry {
         guard let change = claimBook?.registered(id, keys: keys, at: at) else { return [] }
         // A new session of the owner: what waits for it in the mailbox goes now.
         mailbox?.recipientArrived(id, now: now)
-        return [.persist(change)]
+        // Several servers: the database renewed the claim when it decided it.
+        return cluster == nil ? [.persist(change)] : []
     }
 
     /// Handles one decoded natchat/2 datagram that arrived from `source` at `now`; `bytes`
@@ -25,60 +26,8 @@ extension Registry {
         let counter = datagram.trailer.counter ?? 0
         let tag = datagram.trailer.tag ?? .zero
         switch datagram.message {
-        case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let subscribe):
-            guard case .signature(let signature) = datagram.trailer else {
-                return [.report(.ignoredExtended(from: source, .badSignature))]
-            }
-            guard let issued = validator.issueTime(of: cookie, for: source, now: now) else {
-                return [.report(.ignoredExtended(from: source, .badCookie))]
-            }
-            guard SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature) else {
-                return [.report(.ignoredExtended(from: source, .badSignature))]
-            }
-            switch freshness(ofRegistration: id, keys: keys, cookieIssuedAt: issued, from: source) {
-            case .fresh:
-                break
-            case .repeated:
-                // The registration this session began with, again (a duplicate, or captured
-                // and replayed): nothing is touched and nothing answered. A client whose answer
-                // was lost asks for a new challenge, whose cookie is fresh.
-                return [.report(.ignoredExtended(from: source, .repeatedRegistration))]
-            case .replayed:
-                return [.report(.ignoredExtended(from: source, .replayed))]
-            }
-            if claimBook?.verdict(for: id, keys: keys, at: unixTime(now)) == .claimedByAnother {
-                return refuse(id, from: source, .claimed, dialect: .extended)
-            }
-            let nonce = Token128.random(using: &random)
-            guard let sessionKey = SessionCrypto.sessionKey(privateKey: serverKey, peerPublicKey: keys.agreement,
-                                                            cookie: cookie, nonce: nonce, id: id)
-            else { return [.report(.ignoredExtended(from: source, .badSignature))] }
-            let privateAddress = privateEndpoints.first?.address ?? source.address
-            var newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
-                                 sessionKey: sessionKey, keys: keys, cookieIssuedAt: issued,
-                                 privateEndpoints: privateEndpoints, natKind: natKind, subscribed: subscribe)
-            if let claims = claimBook {
-                // The owner's claim, or the one this registration makes (the verdict let it).
-                let at = unixTime(now)
-                newcomer.claimedSince = UInt32(clamping: claims.claim(of: id, at: at)?.claimedAt ?? at)
-            }
-            let answer = registeredMessage(to: source, nonce: nonce, cookie: cookie)
-            if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
-                // The key holder itself, from a new address (restarted behind a new mapping): it
-                // proves the key, so the registration moves rather than being refused.
-                var moved = newcomer
-                moved.sequence = holder.sequence
-                moved.version = roster.nextVersion()
-                store(moved)
-                liveness.touch(id, now: now)
-                startFeed(moved, now: now)
-                var actions: [Output] = [.report(.moved(moved, from: holder.publicEndpoint)), answer]
-                actions += published(moved, publicEndpointChanged: true, now: now)
-                return actions + claimed(id, keys: keys, now: now)
-            }
-            let actions = register(newcomer, answer: answer, now: now)
-            guard entries[id]?.keys == keys else { return actions }
-            return actions + claimed(id, keys: keys, now: now)
+        case .register:
+            return receiveRegistration(datagram, bytes: bytes, from: source, now: now, claimConfirmed: false, random: &random)
         case .keepAlive(let id, let natKind):
             guard var entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
@@ -117,8 +66,15 @@ extension Registry {
             var actions: [Output] = []
             for instruction in instructions {
                 guard let recipient = entries[instruction.recipient], let other = entries[instruction.peer] else { continue }
+                let delay = UInt32(clamping: instruction.delay.nanosecondsClamped / 1_000_000)
+                guard recipient.isLocal else {
+                    // The recipient's own server tells it, with what it may know of `other`.
+                    actions += toHome(of: recipient, .serverPunch(target: recipient.id, peer: Self.fullInfo(other),
+                                                                  round: instruction.round, delayMillis: delay), now: now)
+                    continue
+                }
                 let message = ExtendedMessage.punch(peer: Self.peerInfo(other, for: recipient), round: instruction.round,
-                                                    delayMillis: UInt32(clamping: instruction.delay.nanosecondsClamped / 1_000_000))
+                                                    delayMillis: delay)
                 actions.append(.sendExtended(message, to: recipient.publicEndpoint))
             }
             actions.append(.report(.punchRound(entry.id, peer.id, round: instructions.first?.round ?? 0)))
@@ -132,6 +88,11 @@ extension Registry {
             }
             guard relayLimiter.allow(id, bytes: payload.count, now: now) else {
                 return [.report(.ignoredExtended(from: source, .relayRateLimited))]
+            }
+            guard peer.isLocal else {
+                // alice → her server → bob's server → bob, within alice's relay budget here.
+                return toHome(of: peer, .serverRelay(from: id, to: to, payload: payload), now: now)
+                    + [.report(.relayed(from: id, to: to, bytes: payload.count))]
             }
             return [.sendExtended(.relayed(from: id, payload: payload), to: peer.publicEndpoint),
                     .report(.relayed(from: id, to: to, bytes: payload.count))]
@@ -191,11 +152,79 @@ extension Registry {
             liveness.touch(id, now: now)
             guard allowQuery(id, now: now) else { return [.report(.ignoredExtended(from: source, .queryRateLimited))] }
             return [.sendExtended(listPage(query: query, prefix: prefix, offset: offset, limit: limit), to: entry.publicEndpoint)]
+        case .serverPunch, .serverRelay:
+            return receiveFromServer(datagram, bytes: bytes, from: source, now: now)
         case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
              .unknownSession, .ping, .pong, .chat, .chatAck, .claimResult, .depositResult, .mail, .mailDelivered,
              .claimChanged:
             return [.report(.ignoredExtended(from: source, .notForServer))]
         }
+    }
+
+    /// A signed registration: checked, then (several servers, before the database decided
+    /// its claim) parked, or registered.
+    mutating func receiveRegistration<G: RandomNumberGenerator>(_ datagram: ExtendedDatagram, bytes: [UInt8], from source: Endpoint,
+                                                               now: Instant, claimConfirmed: Bool, random: inout G) -> [Output] {
+        guard case .register(let id, let cookie, let privateEndpoints, let natKind, let keys, let subscribe) = datagram.message else {
+            return []
+        }
+        guard case .signature(let signature) = datagram.trailer else {
+            return [.report(.ignoredExtended(from: source, .badSignature))]
+        }
+        guard let issued = validator.issueTime(of: cookie, for: source, now: now) else {
+            return [.report(.ignoredExtended(from: source, .badCookie))]
+        }
+        guard SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature) else {
+            return [.report(.ignoredExtended(from: source, .badSignature))]
+        }
+        switch freshness(ofRegistration: id, keys: keys, cookieIssuedAt: issued, from: source) {
+        case .fresh:
+            break
+        case .repeated:
+            // The registration this session began with, again (a duplicate, or captured
+            // and replayed): nothing is touched and nothing answered. A client whose answer
+            // was lost asks for a new challenge, whose cookie is fresh.
+            return [.report(.ignoredExtended(from: source, .repeatedRegistration))]
+        case .replayed:
+            return [.report(.ignoredExtended(from: source, .replayed))]
+        }
+        if cluster != nil, !claimConfirmed {
+            // Several servers: only the shared database can say whether the ID is free.
+            return parkForClaim(datagram, bytes: bytes, from: source, id: id, keys: keys, now: now)
+        }
+        if claimBook?.verdict(for: id, keys: keys, at: unixTime(now)) == .claimedByAnother {
+            return refuse(id, from: source, .claimed, dialect: .extended)
+        }
+        let nonce = Token128.random(using: &random)
+        guard let sessionKey = SessionCrypto.sessionKey(privateKey: serverKey, peerPublicKey: keys.agreement,
+                                                        cookie: cookie, nonce: nonce, id: id)
+        else { return [.report(.ignoredExtended(from: source, .badSignature))] }
+        let privateAddress = privateEndpoints.first?.address ?? source.address
+        var newcomer = Entry(id: id, publicEndpoint: source, privateAddress: privateAddress, sequence: 0, dialect: .extended,
+                             sessionKey: sessionKey, keys: keys, cookieIssuedAt: issued,
+                             privateEndpoints: privateEndpoints, natKind: natKind, subscribed: subscribe)
+        if let claims = claimBook {
+            // The owner's claim, or the one this registration makes (the verdict let it).
+            let at = unixTime(now)
+            newcomer.claimedSince = UInt32(clamping: claims.claim(of: id, at: at)?.claimedAt ?? at)
+        }
+        let answer = registeredMessage(to: source, nonce: nonce, cookie: cookie)
+        if let holder = entries[id], holder.dialect == .extended, holder.keys == keys, holder.publicEndpoint != source {
+            // The key holder itself, from a new address (restarted behind a new mapping): it
+            // proves the key, so the registration moves rather than being refused.
+            var moved = newcomer
+            moved.sequence = holder.sequence
+            moved.version = roster.nextVersion()
+            store(moved)
+            liveness.touch(id, now: now)
+            startFeed(moved, now: now)
+            var actions: [Output] = [.report(.moved(moved, from: holder.publicEndpoint)), answer]
+            actions += published(moved, publicEndpointChanged: true, now: now)
+            return actions + claimed(id, keys: keys, now: now)
+        }
+        let actions = register(newcomer, answer: answer, now: now)
+        guard entries[id]?.keys == keys else { return actions }
+        return actions + claimed(id, keys: keys, now: now)
     }
 
     /// What a signed registration with a valid cookie proves.

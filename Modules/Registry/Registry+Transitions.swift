@@ -42,6 +42,7 @@ extension Registry {
                 refreshed.sequence = holder.sequence
                 // Classic peers see only the public endpoint, which has not changed.
                 let visible = !holder.hasSamePrivateEndpoints(as: refreshed) || holder.natKind != refreshed.natKind
+                    || !holder.isLocal
                 refreshed.version = visible ? roster.nextVersion() : holder.version
                 store(refreshed)
                 liveness.touch(id, now: now)
@@ -85,6 +86,7 @@ extension Registry {
             actions += announceClassic(newcomer, to: recipient)
         }
         roster.changed(id, .present, size: Self.recordSize(newcomer), now: now)
+        if cluster != nil { actions.append(.publish(presenceRecord(newcomer, now: now))) }
         if nextSweep == nil { nextSweep = now + configuration.sweepInterval }
         if newcomer.dialect == .extended { startFeed(newcomer, now: now) }
         updateRosterScope(now: now)
@@ -106,8 +108,9 @@ extension Registry {
     /// and the classic clients when its public endpoint is new to them.
     mutating func published(_ entry: Entry, publicEndpointChanged: Bool, now: Instant) -> [Output] {
         roster.changed(entry.id, .present, size: Self.recordSize(entry), now: now)
-        guard publicEndpointChanged else { return [] }
         var actions: [Output] = []
+        if cluster != nil, entry.isLocal { actions.append(.publish(presenceRecord(entry, now: now))) }
+        guard publicEndpointChanged else { return actions }
         for recipient in classicSubscribers where recipient.id != entry.id { actions += announceClassic(entry, to: recipient) }
         return actions
     }
@@ -118,7 +121,9 @@ extension Registry {
         roster.changed(entry.id, .absent(version: version, reason: reason, publicEndpoint: entry.publicEndpoint),
                        size: Self.absentRecordSize(entry.id), now: now)
         sortedIDs.remove(entry.id)
-        return recipients.compactMap { departureClassic(entry, reason: reason, to: $0) }
+        var actions = recipients.compactMap { departureClassic(entry, reason: reason, to: $0) }
+        if cluster != nil, entry.isLocal { actions.append(.publish(departureRecord(entry, reason: reason, now: now))) }
+        return actions
     }
 
     mutating func store(_ entry: Entry) {
@@ -131,7 +136,7 @@ extension Registry {
             extendedByEndpoint[old.publicEndpoint] = nil
         }
         entries.store(entry)
-        if entry.dialect == .extended { extendedByEndpoint[entry.publicEndpoint] = entry.id }
+        if entry.dialect == .extended, entry.isLocal { extendedByEndpoint[entry.publicEndpoint] = entry.id }
     }
 
     mutating func forgetHelpers(_ id: ClientID) {

@@ -149,9 +149,13 @@ public struct Registry: Sendable, SansIOCore {
         case reservedID
         case full
         case classicDisabled
+        /// Several servers: the shared database, which decides new claims, cannot be reached
+        /// (and the ID is not one this server knows the registrant owns).
+        case claimUnavailable
 
         public var description: String {
             switch self {
+            case .claimUnavailable: "new IDs cannot be claimed now (the database is unreachable); try again later"
             case .idInUse: "the ID is in use from another address"
             case .claimed: "the ID is claimed by another key"
             case .reservedID: "the ID is reserved"
@@ -179,6 +183,18 @@ public struct Registry: Sendable, SansIOCore {
         case mailQueued(from: ClientID, to: ClientID, bytes: Int)
         /// `to` acknowledged a mailbox message from `from` (an ID's raw value: it may be gone).
         case mailDelivered(from: String, to: ClientID)
+        /// Several servers: a client of another server appeared or changed (a remote entry).
+        indirect case remoteChanged(Entry, home: String)
+        /// Several servers: a client of another server left, or its server is gone.
+        indirect case remoteLeft(Entry, home: String)
+        /// Several servers: this server's client registered with another server since; its
+        /// entry here became a remote entry (no departure is announced).
+        indirect case movedAway(Entry, to: String)
+        /// Several servers: another server's heartbeat stopped (`alive: false`) or came back.
+        case serverStatus(name: String, alive: Bool)
+        /// Several servers: a datagram from a source that is not a server of the cluster, or
+        /// a replay, or for a client that is not registered here.
+        case ignoredServerDatagram(from: Endpoint)
     }
 
     /// What the caller must do.
@@ -188,6 +204,15 @@ public struct Registry: Sendable, SansIOCore {
         case report(Event)
         /// A durable change for the store's writer (applied in batches, off the event loop).
         case persist(StoreChange)
+        /// Several servers: this client's presence changed; the driver writes it to the shared
+        /// database in batches (keep-alives never cause one).
+        indirect case publish(PresenceRecord)
+        /// Several servers: a registration waits for the database to decide this claim; the
+        /// driver asks it (``ClusterStore/claim(_:ttl:at:)``), fetches the mail of a granted
+        /// ID, and calls ``Registry/claimDecided(_:outcome:mail:now:random:)``.
+        indirect case confirmClaim(ClaimRecord)
+        /// Several servers: a datagram for another server, authenticated already.
+        case sendToServer([UInt8], to: Endpoint)
     }
 
     public private(set) var configuration: Configuration
@@ -222,6 +247,8 @@ public struct Registry: Sendable, SansIOCore {
     /// seconds, mapped from the monotonic instants the registry is given.
     let unixTimeAtStart: Int64
     let startInstant: Instant
+    /// The cluster this server belongs to (`nil`: it serves alone).
+    var cluster: ClusterMembership?
 
     /// - Parameters:
     ///   - validator: makes and checks registration cookies.
@@ -329,7 +356,7 @@ public struct Registry: Sendable, SansIOCore {
     /// Whether an extended client is registered at `endpoint` (it proved it receives there).
     public func hasExtendedClient(at endpoint: Endpoint) -> Bool {
         guard let id = extendedByEndpoint[endpoint], let entry = entries[id] else { return false }
-        return entry.publicEndpoint == endpoint && entry.dialect == .extended
+        return entry.publicEndpoint == endpoint && entry.dialect == .extended && entry.isLocal
     }
 
 }

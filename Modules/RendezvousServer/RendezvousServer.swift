@@ -17,10 +17,19 @@ public enum RendezvousServer {
     ///     bound (a store that cannot be read stops the server here, with the store's error),
     ///     and changes go to it in batches through a ``StoreWriter`` off the event loop,
     ///     flushed when the server stops. `nil`: nothing is kept (`--store memory`).
+    ///   - cluster: several servers share `store` (a ``ClusterStore``): the link that joins
+    ///     this server to the others (before the socket is bound) and runs while it serves.
     public static func run(host: String, port: Int, alternatePort: Int = 0, configuration: RendezvousService.Configuration,
-                           store: (any DurableStore)? = nil, logger: Logger,
+                           store: (any DurableStore)? = nil, cluster: ClusterLink? = nil, logger: Logger,
                            printLine: @escaping @Sendable (String) -> Void) async throws {
         let stored = try store?.load() ?? StoreSnapshot()
+        var hooks: RendezvousService.ClusterHooks?
+        if let cluster {
+            let secret = try await cluster.join()
+            hooks = cluster.hooks(secret: secret)
+            logger.info("cluster", metadata: ["name": "\(cluster.configuration.name)", "advertise": "\(cluster.configuration.advertise)"])
+        }
+        let clusterHooks = hooks
         let writer = store.map { store in
             StoreWriter(store: store, onError: { error in
                 logger.error("store write failed; the changes are kept and retried", metadata: ["error": "\(error)"])
@@ -43,7 +52,7 @@ public enum RendezvousServer {
         let server = try await DatagramHost.bind(host: host, port: port, group: group, logger: logger,
                                                  receiveBufferBytes: 4 << 20) {
             RendezvousService(configuration: finalConfiguration, logger: logger, now: startedAt, stored: stored, unixTime: unixTime,
-                              persist: persist, printLine: printLine)
+                              persist: persist, cluster: clusterHooks, printLine: printLine)
         }
         var alternate: DatagramHost<STUNOnlyService>?
         if alternatePort != 0 {
@@ -51,6 +60,7 @@ public enum RendezvousServer {
                 STUNOnlyService()
             }
         }
+        let linkTask = cluster.map { link in Task { await link.run(host: server) } }
         printLine("server program starts....")
         logger.info("listening", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? "?")"])
         let signal = await signals.wait()
@@ -62,6 +72,9 @@ public enum RendezvousServer {
                                                      "malformed": "\(counters.malformed)", "ignored": "\(counters.ignored)",
                                                      "refused": "\(counters.refused)", "evictions": "\(counters.evictions)"])
         }
+        linkTask?.cancel()
+        cluster?.stop()
+        await linkTask?.value
         await server.close()
         await alternate?.close()
         do {

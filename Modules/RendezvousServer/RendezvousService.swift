@@ -66,6 +66,28 @@ public final class RendezvousService: DatagramDriver {
     private var random = SystemRandomNumberGenerator()
     private var sources: SourceGuard
     private let persist: (@Sendable (StoreChange) -> Void)?
+    private let cluster: ClusterHooks?
+
+    /// What a server in a cluster hands its database link (``ClusterLink``); both closures
+    /// are called on the event loop and must not block.
+    public struct ClusterHooks: Sendable {
+        /// This server's name and the cluster's shared secret.
+        public var name: String
+        public var secret: [UInt8]
+        /// A presence record to publish (batched by the link).
+        public var publish: @Sendable (PresenceRecord) -> Void
+        /// A claim for the database to decide; the answer comes back through
+        /// ``claimDecided(_:outcome:mail:now:output:)``.
+        public var confirmClaim: @Sendable (ClaimRecord) -> Void
+
+        public init(name: String, secret: [UInt8], publish: @escaping @Sendable (PresenceRecord) -> Void,
+                    confirmClaim: @escaping @Sendable (ClaimRecord) -> Void) {
+            self.name = name
+            self.secret = secret
+            self.publish = publish
+            self.confirmClaim = confirmClaim
+        }
+    }
 
     /// - Parameters:
     ///   - validator: makes and checks the cookies of extended registrations.
@@ -73,16 +95,21 @@ public final class RendezvousService: DatagramDriver {
     ///   - unixTime: the wall-clock time at `now` (Unix seconds), for dating claims.
     ///   - persist: takes each durable change (the store's writer, which batches them off the
     ///     event loop; it must not block). `nil`: nothing is kept.
+    ///   - cluster: several servers share the store: this one's name, the shared secret and
+    ///     the link's inputs. `nil`: it serves alone.
     ///   - printLine: receives the operator's event lines (stdout in the app).
     public init(configuration: Configuration, validator: any AddressValidator = HMACAddressValidator(), logger: Logger,
                 now: Instant = SystemClock().now(), stored: StoreSnapshot = StoreSnapshot(), unixTime: Int64 = 0,
-                persist: (@Sendable (StoreChange) -> Void)? = nil, printLine: @escaping @Sendable (String) -> Void) {
+                persist: (@Sendable (StoreChange) -> Void)? = nil, cluster: ClusterHooks? = nil,
+                printLine: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
         var registry = Registry(configuration: configuration.registry, validator: validator, now: now,
                                 rosterEpoch: UInt32.random(in: 1...UInt32.max), unixTime: unixTime)
         registry.restore(stored)
+        if let cluster { registry.joinCluster(name: cluster.name, secret: cluster.secret, now: now) }
         self.registry = registry
         self.persist = persist
+        self.cluster = cluster
         self.sources = SourceGuard(configuration: configuration.sources)
         self.logger = logger
         self.printLine = printLine
@@ -144,6 +171,29 @@ public final class RendezvousService: DatagramDriver {
     }
 
     public func nextDeadline() -> Instant? { registry.nextDeadline }
+
+    /// Several servers: the other servers' presence records, as the link read them.
+    public func applyPresence(_ records: [PresenceRecord], now: Instant, output: inout DatagramOutput) {
+        perform(registry.applyPresence(records, now: now), now: now, output: &output)
+        flushRosterIfDue(now: now, output: &output)
+    }
+
+    /// Several servers: the servers as the database lists them (each heartbeat).
+    public func updateServers(_ servers: [ServerRecord], unixTime: Int64, now: Instant, output: inout DatagramOutput) {
+        perform(registry.updateServers(servers, unixTime: unixTime, now: now), now: now, output: &output)
+        flushRosterIfDue(now: now, output: &output)
+    }
+
+    /// Several servers: the database's decision on a claim a registration waits for (`nil`:
+    /// the database could not be asked), with the mail waiting for a granted ID.
+    public func claimDecided(_ id: ClientID, outcome: ClaimOutcome?, mail: [MailRecord], now: Instant, output: inout DatagramOutput) {
+        perform(registry.claimDecided(id, outcome: outcome, mail: mail, now: now, random: &random), now: now, output: &output)
+        flushRosterIfDue(now: now, output: &output)
+    }
+
+    private func flushRosterIfDue(now: Instant, output: inout DatagramOutput) {
+        if let due = registry.rosterDeadline, now >= due { perform(registry.flushRoster(now: now), now: now, output: &output) }
+    }
 
     private func admitRegistration(from source: Endpoint, countsTowardsTotal: Bool = true, now: Instant) -> Bool {
         guard sources.allowRegistration(from: source, countsTowardsTotal: countsTowardsTotal, now: now) else {
@@ -224,6 +274,13 @@ public final class RendezvousService: DatagramDriver {
                 report(event)
             case .persist(let change):
                 persist?(change)
+            case .publish(let record):
+                cluster?.publish(record)
+            case .confirmClaim(let record):
+                cluster?.confirmClaim(record)
+            case .sendToServer(let bytes, let destination):
+                // To a server the database lists: no amplification budget applies.
+                output.send(bytes, to: destination)
             }
         }
     }
@@ -263,6 +320,22 @@ public final class RendezvousService: DatagramDriver {
         case .mailDelivered(let from, let to):
             counters.mailDelivered += 1
             logger.info("mail delivered", metadata: ["from": "\(from)", "to": "\(to)"])
+        case .remoteChanged(let entry, let home):
+            logger.debug("remote client", metadata: ["id": "\(entry.id)", "home": "\(home)", "at": "\(entry.publicEndpoint)"])
+        case .remoteLeft(let entry, let home):
+            logger.debug("remote client left", metadata: ["id": "\(entry.id)", "home": "\(home)"])
+        case .movedAway(let entry, let home):
+            logger.info("client moved to another server", metadata: ["id": "\(entry.id)", "server": "\(home)"])
+        case .serverStatus(let name, let alive):
+            if alive {
+                logger.notice("server is back", metadata: ["server": "\(name)"])
+            } else {
+                logger.warning("server stopped its heartbeat; its clients are taken for gone unless they moved",
+                               metadata: ["server": "\(name)"])
+            }
+        case .ignoredServerDatagram(let source):
+            counters.ignored += 1
+            logger.debug("ignored server datagram", metadata: ["from": "\(source)"])
         }
     }
 }

@@ -103,6 +103,10 @@ extension ExtendedMessage {
             w.clientID(from); w.clientID(to); w.u64(messageID); w.longBytes(sealed)
         case .chatAck(let from, let to, let messageID):
             w.clientID(from); w.clientID(to); w.u64(messageID)
+        case .serverPunch(let target, let peer, let round, let delay):
+            w.clientID(target); w.peerInfo(peer); w.u32(round); w.u32(delay)
+        case .serverRelay(let from, let to, let payload):
+            w.clientID(from); w.clientID(to); w.longBytes(payload)
         }
         return w.bytes
     }
@@ -233,6 +237,13 @@ extension ExtendedMessage {
             return .listPage(query: query, total: total, offset: offset, entries: entries)
         case .punch:
             return .punch(peer: try r.peerInfo(), round: try r.u32(), delayMillis: try r.u32())
+        case .serverPunch:
+            return .serverPunch(target: try r.clientID(), peer: try r.peerInfo(), round: try r.u32(), delayMillis: try r.u32())
+        case .serverRelay:
+            let from = try r.clientID(), to = try r.clientID()
+            let payload = try r.longBytes("payload")
+            guard payload.count <= maxRelayPayload else { throw .malformed("relay payload too long") }
+            return .serverRelay(from: from, to: to, payload: Array(payload))
         case .relayed:
             let from = try r.clientID()
             let payload = try r.longBytes("payload")
@@ -437,5 +448,30 @@ extension WireReader {
         guard let text = String(validating: raw, as: UTF8.self) else { throw .invalidUTF8 }
         if !text.isEmpty, let violation = ClientID.violation(in: text) { throw .invalidClientID(violation) }
         return text
+    }
+}
+
+extension PeerInfo {
+    /// The peer's bytes as every message that carries one writes them (what servers that
+    /// share a database publish of their clients).
+    public func encode() -> [UInt8] {
+        var w = WireWriter(capacity: 128)
+        w.peerInfo(self)
+        return w.bytes
+    }
+
+    /// Reads ``encode()``'s bytes (all of them): a typed error for anything else.
+    public static func decode(_ bytes: [UInt8]) throws(WireError) -> PeerInfo {
+        let result = bytes.withUnsafeBytes { raw -> Result<PeerInfo, WireError> in
+            do throws(WireError) {
+                var r = WireReader(raw)
+                let info = try r.peerInfo()
+                guard r.isAtEnd else { throw .malformed("bytes after the peer") }
+                return .success(info)
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
     }
 }

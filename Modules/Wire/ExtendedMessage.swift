@@ -107,6 +107,17 @@ public enum ExtendedMessage: Hashable, Sendable {
     case chat(from: ClientID, to: ClientID, messageID: UInt64, sealed: [UInt8])
     case chatAck(from: ClientID, to: ClientID, messageID: UInt64)
 
+    // Server ↔ server (several servers sharing one database: a counter and a tag under the
+    // cluster key, the session trailer's layout)
+    /// To `target`'s home: have `target` punch towards `peer` (a client of the sender) now,
+    /// after `delayMillis`. `peer` carries its private endpoints; the home shows them to
+    /// `target` only when both are behind the same NAT, as for its own clients. (Indirect: a
+    /// message, and every output that carries one, stays the size of the common ones.)
+    indirect case serverPunch(target: ClientID, peer: PeerInfo, round: UInt32, delayMillis: UInt32)
+    /// To `to`'s home: forward `payload`, which `from` (a client of the sender, whose session
+    /// the sender checked) asked to relay.
+    case serverRelay(from: ClientID, to: ClientID, payload: [UInt8])
+
     /// The first byte of every extended datagram.
     public static let magic: UInt8 = 0xFE
     public static let version: UInt8 = 1
@@ -140,6 +151,7 @@ public enum ExtendedMessage: Hashable, Sendable {
         case punch = 0x46, relayed, keepAliveAck, unknownSession, roster, lookupResult, listPage, claimResult, depositResult, mail,
              mailDelivered, claimChanged
         case ping = 0x81, pong, chat, chatAck
+        case serverPunch = 0xC1, serverRelay
     }
 
     /// How a datagram of this kind is authenticated: the trailer ``ExtendedDatagram`` adds.
@@ -149,7 +161,8 @@ public enum ExtendedMessage: Hashable, Sendable {
         /// An Ed25519 signature (64 bytes) over every byte before it: `register`.
         case signature
         /// A counter (8 bytes) and a tag (16 bytes) under the session key, over every byte
-        /// before the tag: client→server messages after registering.
+        /// before the tag: client→server messages after registering (and server→server
+        /// messages, under the cluster key).
         case session
         /// A tag (16 bytes) under the pair key, over every byte before it: peer checks and acks.
         case pair
@@ -191,6 +204,8 @@ public enum ExtendedMessage: Hashable, Sendable {
         case .pong: .pong
         case .chat: .chat
         case .chatAck: .chatAck
+        case .serverPunch: .serverPunch
+        case .serverRelay: .serverRelay
         }
     }
 }
@@ -200,7 +215,7 @@ extension ExtendedMessage.Kind {
         switch self {
         case .register: .signature
         case .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck, .releaseClaim,
-             .rotateKey: .session
+             .rotateKey, .serverPunch, .serverRelay: .session
         case .ping, .pong, .chatAck: .pair
         case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
              .unknownSession, .chat, .claimResult, .depositResult, .mail, .mailDelivered, .claimChanged: .none

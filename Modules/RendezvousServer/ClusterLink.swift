@@ -1,0 +1,348 @@
+import Addressing
+import Foundation
+import Logging
+import MonotonicTime
+import Registry
+import Store
+import Synchronization
+import TransportPosix
+
+/// The driver between a server's registry and the database its cluster shares: it performs
+/// the registry's cluster outputs off the event loop and feeds the answers back on it.
+///
+/// - **Presence out:** records the registry emits (``RendezvousService/ClusterHooks/publish``)
+///   are coalesced per ID and written every ``Configuration/publishInterval`` as one
+///   transaction. Keep-alives never emit one, so the writes per client-hour are those of its
+///   registrations, moves and departure (docs/several-servers.md).
+/// - **Presence in:** on each notification from the database, and every
+///   ``Configuration/pollInterval`` in case one was lost, it reads what every other server
+///   wrote since its cursor for that server, and hands it to the registry.
+/// - **Heartbeat:** every ``Configuration/heartbeatInterval`` it renews this server's and
+///   reads the others' (the registry takes a server silent past the keep-alive timeout for
+///   dead); a server silent for twice that is retired in the database (its clients' records
+///   become departures), by whichever server sees it first.
+/// - **Claims:** each registration the registry parks is decided by the database
+///   (``ClusterStore/claim(_:ttl:at:)``), a few at a time; a granted ID's mail is fetched
+///   with it. A database that does not answer makes the decision `nil`: the registry then
+///   registers only IDs it knows the registrant owns, and this link logs it loudly once.
+///
+/// Every failure is logged and retried at the next interval; what waits is bounded.
+public final class ClusterLink: Sendable {
+    /// Intervals and bounds.
+    public struct Configuration: Sendable {
+        /// This server's name in the cluster.
+        public var name: String
+        /// Where clients and other servers reach it (`IP:PORT`).
+        public var advertise: String
+        /// Seconds an ID's claim lives after its owner's latest registration.
+        public var claimTTL: Int64
+        /// A server whose heartbeat is this old is taken for dead (the keep-alive timeout).
+        public var deadAfter: Duration
+        public var heartbeatInterval: Duration = .seconds(5)
+        public var publishInterval: Duration = .milliseconds(200)
+        public var pollInterval: Duration = .seconds(1)
+        /// Departed presence records older than this are deleted.
+        public var pruneAfter: Duration = .seconds(3600)
+        /// Claims decided at once.
+        public var claimConcurrency = 16
+        /// Presence records kept waiting while the database is down; beyond it the oldest go.
+        public var maxPendingPresence = 100_000
+
+        public init(name: String, advertise: String, claimTTL: Int64, deadAfter: Duration) {
+            self.name = name
+            self.advertise = advertise
+            self.claimTTL = claimTTL
+            self.deadAfter = deadAfter
+        }
+    }
+
+    struct State {
+        /// Presence waiting to be written, in order, at most one per ID.
+        var pendingPresence: [PresenceRecord] = []
+        var pendingIndex: [String: Int] = [:]
+        var droppedPresence = 0
+        /// Per other server: the sequence of the last record read.
+        var cursors: [String: Int64] = [:]
+        var servers: [ServerRecord] = []
+        var retired: Set<String> = []
+        var databaseDown = false
+    }
+
+    public let configuration: Configuration
+    let store: any ClusterStore
+    let logger: Logger
+    private let state = Mutex(State())
+    private let claims: AsyncStream<ClaimRecord>
+    private let claimInput: AsyncStream<ClaimRecord>.Continuation
+    private let wake: AsyncStream<Void>
+    private let wakeInput: AsyncStream<Void>.Continuation
+
+    public init(store: any ClusterStore, configuration: Configuration, logger: Logger) {
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+        (claims, claimInput) = AsyncStream<ClaimRecord>.makeStream(bufferingPolicy: .bufferingNewest(ClusterLinkLimits.pendingClaims))
+        (wake, wakeInput) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Enters this server in the cluster: its record, the shared secret, and its previous
+    /// life's presence retired (a starting server knows none of its clients yet).
+    public func join() async throws(StoreError) -> [UInt8] {
+        let now = Self.unixTime()
+        let secret = try await store.join(ServerRecord(name: configuration.name, advertise: configuration.advertise, heartbeat: now))
+        try await store.retire(home: configuration.name)
+        return secret
+    }
+
+    /// The registry's inputs to this link, for ``RendezvousService``.
+    public func hooks(secret: [UInt8]) -> RendezvousService.ClusterHooks {
+        RendezvousService.ClusterHooks(name: configuration.name, secret: secret,
+                                       publish: { [self] record in enqueue(record) },
+                                       confirmClaim: { [claimInput] record in claimInput.yield(record) })
+    }
+
+    /// Presence records waiting to be written (for tests and status).
+    public var pendingPresenceCount: Int { state.withLock { $0.pendingPresence.count } }
+
+    private func enqueue(_ record: PresenceRecord) {
+        state.withLock { state in
+            if let index = state.pendingIndex[record.id] {
+                state.pendingPresence[index] = record
+                return
+            }
+            if state.pendingPresence.count >= configuration.maxPendingPresence {
+                let dropped = state.pendingPresence.removeFirst()
+                state.pendingIndex[dropped.id] = nil
+                state.pendingIndex = Dictionary(uniqueKeysWithValues: state.pendingPresence.enumerated().map { ($1.id, $0) })
+                state.droppedPresence += 1
+            }
+            state.pendingIndex[record.id] = state.pendingPresence.count
+            state.pendingPresence.append(record)
+        }
+    }
+
+    /// Runs the link's loops until the task is cancelled; then writes what presence waits.
+    public func run(host: DatagramHost<RendezvousService>) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.heartbeatLoop(host: host) }
+            group.addTask { await self.publishLoop() }
+            group.addTask { await self.notificationLoop() }
+            group.addTask { await self.pollLoop() }
+            group.addTask { await self.readLoop(host: host) }
+            group.addTask { await self.claimLoop(host: host) }
+            group.addTask { await self.pruneLoop() }
+            await group.waitForAll()
+        }
+    }
+
+    /// Ends the link's streams (with the task cancelled, its loops return). The server's
+    /// clients' presence stays in the database: when they register with another server, their
+    /// peers see them move; those that do not are taken for gone when this server's heartbeat
+    /// is older than the keep-alive timeout, as a silent client is.
+    public func stop() {
+        claimInput.finish()
+        wakeInput.finish()
+    }
+
+    static func unixTime() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    private func sleep(_ duration: Duration) async -> Bool {
+        do {
+            try await Task.sleep(for: duration)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    private func databaseAnswered() {
+        let wasDown = state.withLock { state in
+            defer { state.databaseDown = false }
+            return state.databaseDown
+        }
+        if wasDown { logger.notice("cluster: the database answers again; catching up") }
+    }
+
+    private func databaseFailed(_ error: StoreError, doing what: String) {
+        let wasDown = state.withLock { state in
+            defer { state.databaseDown = true }
+            return state.databaseDown
+        }
+        if !wasDown {
+            logger.error("cluster: the database is unreachable; serving the clients in memory, refusing new IDs until it is back",
+                         metadata: ["doing": "\(what)", "error": "\(error)"])
+        } else {
+            logger.debug("cluster: the database is still unreachable", metadata: ["doing": "\(what)", "error": "\(error)"])
+        }
+    }
+
+    private func heartbeatLoop(host: DatagramHost<RendezvousService>) async {
+        repeat {
+            let now = Self.unixTime()
+            do {
+                let servers = try await store.heartbeat(server: configuration.name, at: now)
+                databaseAnswered()
+                let deadAfter = configuration.deadAfter.components.seconds
+                let (revived, toRetire) = state.withLock { state -> ([String], [String]) in
+                    var revived: [String] = []
+                    var toRetire: [String] = []
+                    for server in servers where server.name != configuration.name {
+                        let age = now - server.heartbeat
+                        if age > 2 * deadAfter {
+                            if state.retired.insert(server.name).inserted { toRetire.append(server.name) }
+                        } else if age <= deadAfter, state.retired.remove(server.name) != nil {
+                            revived.append(server.name)
+                        }
+                    }
+                    // A server that came back publishes afresh: read all it holds.
+                    for name in revived { state.cursors[name] = 0 }
+                    state.servers = servers
+                    return (revived, toRetire)
+                }
+                host.perform { service, output, instant in
+                    service.updateServers(servers, unixTime: now, now: instant, output: &output)
+                }
+                for name in toRetire {
+                    logger.warning("cluster: retiring a dead server's clients", metadata: ["server": "\(name)"])
+                    try? await store.retire(home: name)
+                }
+                if !revived.isEmpty { wakeInput.yield() }
+            } catch {
+                databaseFailed(error, doing: "heartbeat")
+            }
+        } while await sleep(configuration.heartbeatInterval)
+    }
+
+    private func publishLoop() async {
+        while true {
+            let alive = await sleep(configuration.publishInterval)
+            let (batch, dropped) = state.withLock { state -> ([PresenceRecord], Int) in
+                defer {
+                    state.pendingPresence = []
+                    state.pendingIndex = [:]
+                    state.droppedPresence = 0
+                }
+                return (state.pendingPresence, state.droppedPresence)
+            }
+            if dropped > 0 {
+                logger.error("cluster: presence records dropped while the database was unreachable", metadata: ["dropped": "\(dropped)"])
+            }
+            if !batch.isEmpty {
+                do {
+                    try await store.publish(batch)
+                    databaseAnswered()
+                } catch {
+                    databaseFailed(error, doing: "publish presence")
+                    // Put them back in front of what came since (newer records of an ID win).
+                    state.withLock { state in
+                        let newer = state.pendingPresence
+                        state.pendingPresence = []
+                        state.pendingIndex = [:]
+                        for record in batch where !newer.contains(where: { $0.id == record.id }) {
+                            state.pendingIndex[record.id] = state.pendingPresence.count
+                            state.pendingPresence.append(record)
+                        }
+                        for record in newer {
+                            state.pendingIndex[record.id] = state.pendingPresence.count
+                            state.pendingPresence.append(record)
+                        }
+                    }
+                }
+            }
+            if !alive {
+                return
+            }
+        }
+    }
+
+    private func notificationLoop() async {
+        while !Task.isCancelled {
+            for await home in store.presenceNotifications() where home != configuration.name {
+                wakeInput.yield()
+            }
+            // The stream ended (the connection dropped or the store closed): listen again.
+            guard await sleep(.seconds(1)) else { return }
+        }
+    }
+
+    private func pollLoop() async {
+        while await sleep(configuration.pollInterval) {
+            wakeInput.yield()
+        }
+    }
+
+    private func readLoop(host: DatagramHost<RendezvousService>) async {
+        for await _ in wake {
+            if Task.isCancelled { return }
+            let homes = state.withLock { state in state.servers.map(\.name).filter { $0 != configuration.name } }
+            for home in homes {
+                await read(home: home, host: host)
+            }
+        }
+    }
+
+    private func read(home: String, host: DatagramHost<RendezvousService>) async {
+        // Bounded: at most 50 pages of 1 000 per wake-up; the rest comes at the next.
+        for _ in 0..<50 {
+            let cursor = state.withLock { $0.cursors[home] ?? 0 }
+            let records: [PresenceRecord]
+            do {
+                records = try await store.presence(home: home, after: cursor, limit: 1000)
+                databaseAnswered()
+            } catch {
+                databaseFailed(error, doing: "read presence")
+                return
+            }
+            guard let last = records.last else { return }
+            state.withLock { $0.cursors[home] = max($0.cursors[home] ?? 0, last.sequence) }
+            host.perform { service, output, now in service.applyPresence(records, now: now, output: &output) }
+            if records.count < 1000 { return }
+        }
+    }
+
+    private func claimLoop(host: DatagramHost<RendezvousService>) async {
+        await withTaskGroup(of: Void.self) { group in
+            var running = 0
+            for await record in claims {
+                if running >= configuration.claimConcurrency {
+                    await group.next()
+                    running -= 1
+                }
+                running += 1
+                group.addTask { await self.decide(record, host: host) }
+            }
+        }
+    }
+
+    private func decide(_ record: ClaimRecord, host: DatagramHost<RendezvousService>) async {
+        guard let id = try? ClientID(record.id) else { return }
+        var outcome: ClaimOutcome?
+        var mail: [MailRecord] = []
+        do {
+            let decided = try await store.claim(record, ttl: configuration.claimTTL, at: Self.unixTime())
+            if case .granted = decided { mail = try await store.mail(for: record.id) }
+            outcome = decided
+            databaseAnswered()
+        } catch {
+            databaseFailed(error, doing: "decide a claim")
+        }
+        host.perform { [outcome, mail] service, output, now in
+            service.claimDecided(id, outcome: outcome, mail: mail, now: now, output: &output)
+        }
+    }
+
+    private func pruneLoop() async {
+        while await sleep(.seconds(600)) {
+            do {
+                try await store.prunePresence(before: Self.unixTime() - configuration.pruneAfter.components.seconds)
+            } catch {
+                databaseFailed(error, doing: "prune presence")
+            }
+        }
+    }
+}
+
+enum ClusterLinkLimits {
+    /// Claims waiting for the database; the registry bounds its parked registrations too.
+    static let pendingClaims = 4096
+}
