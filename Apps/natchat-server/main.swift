@@ -180,6 +180,25 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most bytes of sealed mail the server keeps in all.")
     var mailboxBytes: Int = 64 << 20
 
+    @Option(help: "With a shared database (--store postgres://...): the IPv4 address and UDP port clients and the other servers reach this server at. Default: --bind and --port, unless --bind is 0.0.0.0.")
+    var advertise: String?
+
+    @Option(help: "With a shared database: this server's name among the servers, unique (default: its --advertise address).")
+    var name: String?
+
+    /// Where clients and the other servers reach this server: `--advertise`, else the bound
+    /// address when it is not a wildcard.
+    func advertisedEndpoint() throws -> Endpoint {
+        if let advertise {
+            guard let endpoint = try? Endpoint(parsing: advertise) else { throw ValidationError("--advertise must be IPv4:PORT, not '\(advertise)'") }
+            return endpoint
+        }
+        guard let address = try? IPv4Address(parsing: bind), address.bits != 0 else {
+            throw ValidationError("with a shared database, say where clients reach this server: --advertise IP:PORT (--bind is \(bind))")
+        }
+        return Endpoint(address: address, port: UInt16(clamping: port))
+    }
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (0...65535).contains(altPort) else { throw ValidationError("--alt-port must be 0...65535") }
@@ -198,6 +217,12 @@ struct Serve: AsyncParsableCommand {
         guard mailboxTtl > 0, mailboxTtl <= 3650 else { throw ValidationError("--mailbox-ttl must be in (0, 3650] days") }
         guard mailboxPerRecipient > 0, mailboxPerSenderPerMinute > 0, mailboxBytes > 0 else {
             throw ValidationError("mailbox limits must be positive")
+        }
+        if let advertise, (try? Endpoint(parsing: advertise)) == nil {
+            throw ValidationError("--advertise must be IPv4:PORT, not '\(advertise)'")
+        }
+        if let name, name.isEmpty || name.utf8.count > 64 || name.contains(where: { $0.isWhitespace || $0.isNewline }) {
+            throw ValidationError("--name must be 1 to 64 bytes without spaces")
         }
     }
 
@@ -231,9 +256,17 @@ struct Serve: AsyncParsableCommand {
                                                                            perSenderPerMinute: mailboxPerSenderPerMinute,
                                                                            totalBytes: mailboxBytes)),
             sources: sources)
+        var link: ClusterLink?
+        if let shared = store as? any ClusterStore {
+            let advertised = try advertisedEndpoint()
+            link = ClusterLink(store: shared,
+                               configuration: .init(name: name ?? "\(advertised)", advertise: "\(advertised)",
+                                                    claimTTL: Int64(claimTtl * 86_400), deadAfter: .fractionalSeconds(keepaliveTimeout)),
+                               logger: logger)
+        }
         do {
             try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
-                                           store: store, logger: logger) { line in
+                                           store: store, cluster: link, logger: logger) { line in
                 StandardOutput.writeLine(line)
             }
         } catch let error as StoreError {
