@@ -22,10 +22,10 @@ struct Natchat: ParsableCommand {
     @Option(help: "Your client ID (1-32 bytes; no space, '@', ':' or control characters). Asked for when missing.")
     var id: String?
 
-    @Option(help: "Rendezvous server host or IPv4 address. Asked for when missing.")
+    @Option(help: "Rendezvous server: HOST[:PORT], or several servers sharing one database, comma-separated (HOST[:PORT],HOST[:PORT],...); a host with several IPv4 addresses gives each. The client registers with the first that answers and moves to the next when it stops answering (within 30 s, keeping its ID). Asked for when missing.")
     var server: String?
 
-    @Option(help: "Rendezvous server UDP port.")
+    @Option(help: "Rendezvous server UDP port (for servers given without one).")
     var serverPort: Int = 10080
 
     @Option(help: "Local UDP port (0 picks any free port).")
@@ -96,21 +96,37 @@ struct Natchat: ParsableCommand {
             if let violation = ClientID.violation(in: text) { return .failure("invalid ID: \(violation)") }
             return (try? ClientID(text)).map { .success($0) } ?? .failure("invalid ID")
         }) else { throw ExitCode(1) }
-        let serverText = server ?? Self.ask("Enter server IP address: ", parse: { text in
-            HostResolver.resolveIPv4(text) != nil ? .success(text) : .failure("cannot resolve '\(text)' to an IPv4 address")
-        })
-        guard let serverText, let serverAddress = HostResolver.resolveIPv4(serverText) else {
-            LineWriter.write("natchat: cannot resolve server '\(serverText ?? "")' to an IPv4 address")
-            throw ExitCode(1)
+        let defaultServerPort = UInt16(serverPort)
+        let servers: ServerList
+        if let server {
+            do {
+                servers = try ServerList(parsing: server, defaultPort: defaultServerPort)
+            } catch {
+                LineWriter.write("natchat: --server: \(error)")
+                throw ExitCode(1)
+            }
+        } else {
+            guard let asked = Self.ask("Enter server IP address: ", parse: { text in
+                do throws(ServerList.ParseError) {
+                    return .success(try ServerList(parsing: text, defaultPort: defaultServerPort))
+                } catch {
+                    return .failure("\(error)")
+                }
+            }) else {
+                LineWriter.write("natchat: no server given")
+                throw ExitCode(1)
+            }
+            servers = asked
         }
         var options = ChatClientRunner.Options(
-            id: clientID, server: Endpoint(address: serverAddress, port: UInt16(serverPort)),
+            id: clientID, server: servers.first,
             bindAddress: bind, port: port, keepAliveInterval: .fractionalSeconds(keepaliveInterval),
             peerPrivatePort: UInt16(peerPort), historyPath: historyFile ?? ChatClientRunner.defaultHistoryPath())
+        options.fallbackServers = servers.fallbacks
         options.offerExtended = !classic
         if let identity { options.identityPath = identity == "none" ? nil : identity }
         if let knownPeers { options.knownPeersPath = knownPeers == "none" ? nil : knownPeers }
-        options.serverName = "\(serverText):\(serverPort)"
+        options.serverName = servers.name
         if releaseId { options.claimChange = .release }
         if rotateIdentity { options.claimChange = .rotate }
         let status = ChatClientRunner.run(options, logger: logger)

@@ -22,7 +22,11 @@ public enum ChatClientRunner {
     /// Everything the `natchat` command line decides.
     public struct Options: Sendable {
         public var id: ClientID
+        /// The first server to register with.
         public var server: Endpoint
+        /// The servers to move to, in order, when the current one stops answering (a
+        /// ``ServerList``'s fallbacks); empty: one server.
+        public var fallbackServers: [Endpoint] = []
         public var bindAddress: String
         public var port: Int
         public var keepAliveInterval: Duration
@@ -37,8 +41,8 @@ public enum ChatClientRunner {
         /// The known-peers file (created when a first peer is seen); `nil`: known peers are
         /// off (no key is checked beyond the session's own pins).
         public var knownPeersPath: String? = KnownPeersFile.defaultPath()
-        /// The server as the user named it (`host:port`), the known peers' server field
-        /// (`nil`: ``server``'s address and port).
+        /// The server as the user named it (`host:port`, or the whole list: ``ServerList/name``),
+        /// the known peers' server field (`nil`: the servers' addresses and ports).
         public var serverName: String?
         /// Instead of a chat shell: release our ID's claim, or hand it to a new key.
         public var claimChange: ClaimChangeMode?
@@ -154,7 +158,7 @@ public enum ChatClientRunner {
         let outcome = Mutex<ClientEvent?>(nil)
         let finished = DispatchSemaphore(value: 0)
         let configuration = ChatClientService.Configuration(
-            id: options.id, server: options.server,
+            id: options.id, server: options.server, fallbackServers: options.fallbackServers,
             privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server), identity: identity,
             keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort, offerExtended: true)
         let sinks = ChatClientService.Sinks(event: { event in
@@ -245,7 +249,7 @@ public enum ChatClientRunner {
         }
         let writer = KnownPeersWriter(file: knownPeersFile, report: { console.show($0) })
         let configuration = ChatClientService.Configuration(
-            id: options.id, server: options.server,
+            id: options.id, server: options.server, fallbackServers: options.fallbackServers,
             privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server), identity: identity,
             keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort,
             offerExtended: options.offerExtended,

@@ -28,7 +28,11 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
     /// Client settings.
     public struct Configuration: Sendable {
         public var id: ClientID
+        /// The first server to register with.
         public var server: Endpoint
+        /// The servers to move to, in order, when the current one stops answering (see
+        /// ``ClientSession`` for the rule); empty: one server.
+        public var fallbackServers: [Endpoint]
         /// The private address reported at registration.
         public var privateAddress: IPv4Address
         /// The local UDP port (reported with the private address in natchat/2).
@@ -49,7 +53,8 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         /// `nil`: no peer's key is checked beyond the session's own pins (`--known-peers none`).
         public var knownPeers: KnownPeers?
         /// The server as the known-peers table names it: the user's `host:port` (default:
-        /// ``server``'s address and port).
+        /// ``server``'s address and port, or every server's, comma-separated). It stays the
+        /// same when the client moves to another server: peers are remembered per list.
         public var knownPeersServer: String
         /// The Unix time of one instant, for the known-peers dates.
         public var wallClock: WallClock
@@ -60,7 +65,8 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         /// The page size when the terminal's height is unknown.
         public static let defaultListPageSize = 50
 
-        public init(id: ClientID, server: Endpoint, privateAddress: IPv4Address, identity: IdentityKey = IdentityKey(),
+        public init(id: ClientID, server: Endpoint, fallbackServers: [Endpoint] = [], privateAddress: IPv4Address,
+                    identity: IdentityKey = IdentityKey(),
                     localPort: UInt16 = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
                     registrationRetry: Duration = .seconds(1), offerExtended: Bool = true,
@@ -69,6 +75,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                     knownPeersSaveDelay: Duration = .seconds(1)) {
             self.id = id
             self.server = server
+            self.fallbackServers = fallbackServers
             self.privateAddress = privateAddress
             self.localPort = localPort
             self.keepAliveInterval = keepAliveInterval
@@ -79,7 +86,9 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             self.identity = identity
             self.listPageSize = listPageSize
             self.knownPeers = knownPeers
-            self.knownPeersServer = knownPeersServer ?? "\(server)"
+            var servers = [server]
+            for fallback in fallbackServers where !servers.contains(fallback) { servers.append(fallback) }
+            self.knownPeersServer = knownPeersServer ?? servers.map { "\($0)" }.joined(separator: ",")
             self.wallClock = wallClock
             self.knownPeersSaveDelay = knownPeersSaveDelay
         }
@@ -151,11 +160,17 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
     var outputs: [Output] = []
     /// A change to our own claim asked of the server (`--release-id`, `--rotate-identity`).
     var claimChange: PendingClaimChange?
+    /// The server whose session was lost when the session moved to another one: the move is
+    /// announced once registered elsewhere (``ClientEvent/serverChanged(from:to:publicEndpoint:)``).
+    var serverLeft: Endpoint?
+    /// The mapping probe was under way with a server the session left: it starts again with
+    /// the next server that registers us.
+    var probeAfterMove = false
 
     public init(configuration: Configuration) {
         self.configuration = configuration
         session = ClientSession(configuration: .init(
-            id: configuration.id, server: configuration.server,
+            id: configuration.id, server: configuration.server, fallbackServers: configuration.fallbackServers,
             privateEndpoint: Endpoint(address: configuration.privateAddress, port: configuration.localPort),
             identity: configuration.identity, keepAliveInterval: configuration.keepAliveInterval,
             registrationRetry: configuration.registrationRetry, offerNatchat2: configuration.offerExtended))
@@ -172,6 +187,10 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
 
     /// Whether the server has confirmed the registration (in either dialect).
     public var isRegistered: Bool { session.isRegistered }
+
+    /// The server the client talks to now (it changes when the client fails over): only its
+    /// datagrams are taken as the server's.
+    public var server: Endpoint { session.server }
 
     /// Our NAT's kind, once the probe classified it.
     public var natKind: NATKind { session.natKind }
@@ -284,7 +303,8 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
     // MARK: - Datagrams
 
     private mutating func receiveNatchat2(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint, now: Instant) {
-        let fromServer = source == configuration.server
+        // A late datagram from a server the session left is a stranger's.
+        let fromServer = source == session.server
         switch message {
         case .challenge, .registered, .refused, .keepAliveAck, .unknownSession:
             guard fromServer else { return ignored(source, message) }
@@ -328,7 +348,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             // A natchat/2 session expects only classic peers' chats; nothing proves who sent them.
             if case .chat(let from, let text) = message {
                 emit(.chat(from: from, text: text, origin: .unverifiedClassicPeer))
-            } else if case .serverNotice(let text) = message, source == configuration.server {
+            } else if case .serverNotice(let text) = message, source == session.server {
                 emit(.serverNotice(text))
             }
             return
@@ -373,16 +393,31 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                 emit(.registered(configuration.id, publicEndpoint: endpoint, .natchat2(keyFingerprint: configuration.identity.fingerprint)))
                 startProbe(alternatePort: alternatePort, now: now)
             case .registeredAgain(let endpoint):
+                let left = serverLeft
+                serverLeft = nil
                 _ = withNatchat2 { natchat2 in
-                    natchat2.router.beginSession()
+                    // Another server numbers its roster its own way: what is held is checked
+                    // against its feed afresh (peers in both rosters are neither left nor joined).
+                    natchat2.router.beginSession(newServer: left != nil)
                     natchat2.joinsShown = 0
                     natchat2.joinsHidden = 0
                 }
-                emit(.registeredAgain(configuration.id, publicEndpoint: endpoint))
+                if let left, left != session.server {
+                    emit(.serverChanged(from: left, to: session.server, publicEndpoint: endpoint))
+                } else {
+                    emit(.registeredAgain(configuration.id, publicEndpoint: endpoint))
+                }
+                if probeAfterMove {
+                    probeAfterMove = false
+                    startProbe(alternatePort: session.alternatePort, now: now)
+                }
+            case .serverChanged(let from, let to):
+                followServer(from: from, to: to)
             case .publicEndpointMoved(let endpoint):
                 emit(.publicEndpointChanged(endpoint))
             case .sessionLost(let loss):
-                emit(.registeringAgain(loss))
+                // With another server to go to, the move is told in one line once it is made.
+                if loss != .serverSilent || !session.hasFallbacks { emit(.registeringAgain(loss)) }
                 if loss == .unknownSession, let routerOutputs = withNatchat2({ $0.router.resetPeers() }) {
                     runRouter(routerOutputs, now: now)
                 }
@@ -433,8 +468,20 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         }
     }
 
+    /// The session moved to server `to`: the classic tables take the list from there, and a
+    /// probe under way with `from` starts again once `to` registers us. Roster, paths and
+    /// chats stay (direct paths need no server; what goes through the server is sent again).
+    private mutating func followServer(from: Endpoint, to: Endpoint) {
+        _ = withClassic { router, _ in router.server = to }
+        if session.dialect == .natchat2 { serverLeft = serverLeft ?? from }
+        if probe != nil {
+            probe = nil
+            probeAfterMove = true
+        }
+    }
+
     private mutating func startProbe(alternatePort: UInt16, now: Instant) {
-        let server = configuration.server
+        let server = session.server
         let alternate = alternatePort == 0 ? nil : Endpoint(address: server.address, port: alternatePort)
         let local = Endpoint(address: configuration.privateAddress, port: configuration.localPort)
         var started = MappingProbe(primary: server, alternate: alternate, localEndpoint: local, random: &random)

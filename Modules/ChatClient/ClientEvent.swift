@@ -12,8 +12,13 @@ public enum ClientEvent: Hashable, Sendable {
     case registered(ClientID, publicEndpoint: Endpoint, RegisteredDialect)
     /// A new natchat/2 session replaced one that was lost.
     case registeredAgain(ClientID, publicEndpoint: Endpoint)
-    /// The session was lost; the client registers again.
+    /// The session was lost; the client registers again (with the same server: a move to
+    /// another one is told by ``serverChanged(from:to:publicEndpoint:)`` alone).
     case registeringAgain(ClientSession.Loss)
+    /// Server `from` stopped answering; the client is registered with `to` now, under the same
+    /// ID and key (the claim is in the servers' shared database: peers see it move). Replaces
+    /// ``registeredAgain(_:publicEndpoint:)`` for that registration.
+    case serverChanged(from: Endpoint, to: Endpoint, publicEndpoint: Endpoint)
     /// The server now sees us at another endpoint.
     case publicEndpointChanged(Endpoint)
     /// A notice from the server (a refusal, a warning).

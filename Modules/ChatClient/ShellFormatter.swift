@@ -43,6 +43,8 @@ public enum ShellFormatter {
                 + (others.isEmpty ? "no other clients online" : "online: \(others.map(\.rawValue).joined(separator: " "))")
         case .registeredAgain(let id, let endpoint):
             "* registered again as \(id) (public \(endpoint))"
+        case .serverChanged(let from, let to, _):
+            "* server \(from) is not answering; now registered with \(to)"
         case .registeringAgain(.unknownSession):
             "* the server lost our session; registering again"
         case .registeringAgain(.serverSilent):

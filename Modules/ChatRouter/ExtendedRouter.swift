@@ -395,9 +395,10 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     }
 
     /// A new session with the server began (after registering again): the roster is
-    /// resynchronised from the new session's feed.
-    public mutating func beginSession() {
-        roster.beginSession()
+    /// resynchronised from the new session's feed. `newServer`: with another server than the
+    /// last session's (failover), whose roster versions need not match the ones held.
+    public mutating func beginSession(newServer: Bool = false) {
+        roster.beginSession(newServer: newServer)
     }
 
     // MARK: - Internals

@@ -18,11 +18,34 @@ import Wire
 /// registration with that cookie, and the server's `registered` (echoing the cookie) gives
 /// the key of the session. The seed's server answers with its classic list instead: the
 /// driver's classic peer table sees that and says so with ``handleClassicRegistration(now:)``.
+///
+/// Failover: the configuration may name several servers sharing one database (the ID's
+/// claim lives there, so any of them takes our registration). The session talks to one at a
+/// time (``server``); when it stops answering, the session registers with the next one
+/// (round-robin) under the same ID and identity and says so with
+/// ``Output/serverChanged(from:to:)``. With several servers:
+/// - a session is *silent* when nothing was heard from its server for one keep-alive
+///   interval and ``failoverSilence`` (the keep-alive and its retries every 2 s went
+///   unanswered): with the default 10 s interval, at most 24 s after the server's last word,
+///   so a dead server is left within 24 s of its death and registration at the next one
+///   starts at once (one round trip of offer and challenge, one of registration: well within
+///   the server's 30 s keep-alive timeout);
+/// - a registration that hears nothing from its server for ``registrationFailover`` moves
+///   on to the next server (a client started while its first server is down still gets in);
+/// - a refusal stays final, and `unknownSession` (the server restarted) registers again with
+///   the same server.
+///
+/// With one server nothing changes: silence is three keep-alive intervals and a second, and
+/// registration is retried with that server for ever.
 public struct ClientSession: Sendable, SansIOCore {
     /// Client settings.
     public struct Configuration: Sendable {
         public var id: ClientID
+        /// The first server to register with.
         public var server: Endpoint
+        /// The servers to move to, in this order (round-robin, back to ``server`` after the
+        /// last), when the current one stops answering; empty: one server, as ever.
+        public var fallbackServers: [Endpoint]
         /// The private endpoint reported at registration (the classic dialect carries only its address).
         public var privateEndpoint: Endpoint
         /// The long-term key pair the ID is bound to in natchat/2.
@@ -35,16 +58,25 @@ public struct ClientSession: Sendable, SansIOCore {
         /// Propose natchat/2; `false` speaks the seed's protocol only.
         public var offerNatchat2: Bool
 
-        public init(id: ClientID, server: Endpoint, privateEndpoint: Endpoint, identity: IdentityKey,
-                    keepAliveInterval: Duration = .seconds(10), registrationRetry: Duration = .seconds(1),
+        public init(id: ClientID, server: Endpoint, fallbackServers: [Endpoint] = [], privateEndpoint: Endpoint,
+                    identity: IdentityKey, keepAliveInterval: Duration = .seconds(10), registrationRetry: Duration = .seconds(1),
                     offerNatchat2: Bool = true) {
             self.id = id
             self.server = server
+            self.fallbackServers = fallbackServers
             self.privateEndpoint = privateEndpoint
             self.identity = identity
             self.keepAliveInterval = keepAliveInterval
             self.registrationRetry = registrationRetry
             self.offerNatchat2 = offerNatchat2
+        }
+
+        /// Every server, in order: ``server``, then ``fallbackServers`` (a repeat of one
+        /// already listed is left out).
+        public var servers: [Endpoint] {
+            var list = [server]
+            for fallback in fallbackServers where !list.contains(fallback) { list.append(fallback) }
+            return list
         }
     }
 
@@ -57,6 +89,20 @@ public struct ClientSession: Sendable, SansIOCore {
     /// How many of the last session messages' tags are remembered: an `unknownSession` must
     /// echo one of them to be believed.
     public static let recentTagLimit = 32
+    /// With several servers, a session is given up (``Loss/serverSilent``) and the next
+    /// server tried when nothing was heard from the current one for a keep-alive interval and
+    /// this long: the keep-alive and its retries every 2 s, seven in all, went unanswered.
+    ///
+    /// Under 20 % loss each way a keep-alive round trip fails with probability 0.36, seven
+    /// in a row 0.36⁷ ≈ 0.08 %: a needless move about once in 3½ hours of keep-alives (it
+    /// costs a registration elsewhere, not the ID: peers see the client move). One server
+    /// keeps three intervals and a second (eleven tries: 0.36¹¹ ≈ 0.001 %), since there is
+    /// nowhere else to go.
+    public static let failoverSilence = Duration.seconds(14)
+    /// With several servers, a registration (offers, or a challenge answered) that hears
+    /// nothing from its server for this long moves on to the next server: four offers (at 0,
+    /// 1, 3 and 5 s) went unanswered.
+    public static let registrationFailover = Duration.seconds(6)
 
     /// Which dialect the session speaks.
     public enum Dialect: Hashable, Sendable {
@@ -72,7 +118,9 @@ public struct ClientSession: Sendable, SansIOCore {
     public enum Loss: Hashable, Sendable {
         /// The server answered one of our messages with `unknownSession` (it restarted).
         case unknownSession
-        /// Three keep-alive intervals passed without a word from the server.
+        /// The server said nothing for three keep-alive intervals and a second (one server),
+        /// or for an interval and ``ClientSession/failoverSilence`` (several: the session
+        /// moves to the next one, ``Output/serverChanged(from:to:)``).
         case serverSilent
     }
 
@@ -80,6 +128,12 @@ public struct ClientSession: Sendable, SansIOCore {
     public enum Output: Hashable, Sendable {
         /// Send this datagram (to the server).
         case send([UInt8], to: Endpoint)
+        /// The session left `from` (it stopped answering) and registers with `to` from now
+        /// on: everything meant for the server goes to `to`, and only `to`'s datagrams are the
+        /// server's. Comes before the first datagram to `to`; the registration there ends
+        /// with ``registeredAgain(publicEndpoint:)`` (or ``registered(publicEndpoint:alternatePort:)``
+        /// when none had succeeded yet).
+        case serverChanged(from: Endpoint, to: Endpoint)
         /// The first natchat/2 session started: the server sees us at `publicEndpoint` and
         /// answers mapping probes on `alternatePort` (0: none).
         case registered(publicEndpoint: Endpoint, alternatePort: UInt16)
@@ -103,6 +157,10 @@ public struct ClientSession: Sendable, SansIOCore {
         var backoff: Duration
         /// The server's cookie once it challenged us (it salts the session key).
         var cookie: Token128?
+        /// With several servers: when to move on to the next one if this one stays silent
+        /// (``ClientSession/registrationFailover`` after the attempt began or the server's last
+        /// challenge); `nil` with one server.
+        var moveAt: Instant? = nil
     }
 
     /// A natchat/2 session with the server.
@@ -141,9 +199,16 @@ public struct ClientSession: Sendable, SansIOCore {
     var publicEndpointObserver = PublicEndpointObserver()
     /// Our NAT's mapping behaviour, reported in registrations and keep-alives.
     public private(set) var natKind: NATKind = .unknown
+    /// Every server, in order (``Configuration/servers``).
+    public let servers: [Endpoint]
+    /// The position of the current server in ``servers``.
+    public private(set) var serverIndex = 0
+    /// The mapping probes' second port on the server that last registered us (0: none).
+    public private(set) var alternatePort: UInt16 = 0
 
     public init(configuration: Configuration) {
         self.configuration = configuration
+        servers = configuration.servers
         keepAlive = KeepAliveSchedule(interval: configuration.keepAliveInterval)
         state = .idle
     }
@@ -181,6 +246,13 @@ public struct ClientSession: Sendable, SansIOCore {
         return false
     }
 
+    /// The server the session talks to now: everything for the server goes there, and only
+    /// its datagrams are the server's.
+    public var server: Endpoint { servers.indices.contains(serverIndex) ? servers[serverIndex] : configuration.server }
+
+    /// Whether there is another server to move to.
+    public var hasFallbacks: Bool { servers.count > 1 }
+
     /// The public endpoint the server last reported (natchat/2).
     public var publicEndpoint: Endpoint? { publicEndpointObserver.current }
 
@@ -195,7 +267,7 @@ public struct ClientSession: Sendable, SansIOCore {
     public mutating func start(now: Instant) -> [Output] {
         guard case .idle = state else { return [] }
         keepAlive.start(now: now)
-        var attempt = Attempt(nextAttempt: now, backoff: configuration.registrationRetry)
+        var attempt = newAttempt(now: now)
         let outputs = offer(&attempt, now: now)
         state = .registering(attempt)
         return outputs
@@ -209,7 +281,7 @@ public struct ClientSession: Sendable, SansIOCore {
         if case .left = state { return [] }
         switch message {
         case .challenge(let cookie):
-            return challenged(cookie)
+            return challenged(cookie, now: now)
         case .registered(let serverKey, let endpoint, let keepAliveMillis, _, let nonce, let echoed):
             return registered(serverKey: serverKey, endpoint: endpoint, keepAliveMillis: keepAliveMillis, message: message,
                               nonce: nonce, echoed: echoed, now: now)
@@ -258,11 +330,11 @@ public struct ClientSession: Sendable, SansIOCore {
         case .registered(var session):
             let bytes = seal(message, in: &session)
             state = .registered(session)
-            return [.send(bytes, to: configuration.server)]
+            return [.send(bytes, to: server)]
         case .lost(var session, let attempt):
             let bytes = seal(message, in: &session)
             state = .lost(session, attempt)
-            return [.send(bytes, to: configuration.server)]
+            return [.send(bytes, to: server)]
         case .idle, .registering, .classic, .refused, .left:
             return []
         }
@@ -284,7 +356,7 @@ public struct ClientSession: Sendable, SansIOCore {
         case .registered, .lost:
             outputs = send(.exit(id: configuration.id))
         case .idle, .registering, .classic, .refused, .left:
-            outputs = [.send(ClassicMessage.unregister(configuration.id).encode(), to: configuration.server)]
+            outputs = [.send(ClassicMessage.unregister(configuration.id).encode(), to: server)]
         }
         state = .left
         return outputs
@@ -293,11 +365,11 @@ public struct ClientSession: Sendable, SansIOCore {
     public mutating func handleTimeout(now: Instant) -> [Output] {
         var outputs: [Output] = []
         switch state {
-        case .registering(var attempt) where now >= attempt.nextAttempt:
-            outputs += offer(&attempt, now: now)
+        case .registering(var attempt):
+            outputs += retryRegistration(&attempt, now: now)
             state = .registering(attempt)
-        case .lost(let session, var attempt) where now >= attempt.nextAttempt:
-            outputs += offer(&attempt, now: now)
+        case .lost(let session, var attempt):
+            outputs += retryRegistration(&attempt, now: now)
             state = .lost(session, attempt)
         case .idle, .refused, .left:
             return []
@@ -322,7 +394,7 @@ public struct ClientSession: Sendable, SansIOCore {
         case .idle, .refused, .left:
             return nil
         case .registering(let attempt), .lost(_, let attempt):
-            return [attempt.nextAttempt, keepAlive.nextDeadline].compactMap { $0 }.min()
+            return [attempt.nextAttempt, attempt.moveAt, keepAlive.nextDeadline].compactMap { $0 }.min()
         case .registered(let session):
             return [silenceDeadline(session), keepAlive.nextDeadline, session.keepAliveRetryAt].compactMap { $0 }.min()
         case .classic:
@@ -332,6 +404,32 @@ public struct ClientSession: Sendable, SansIOCore {
 
     // MARK: - Transitions
 
+    /// A registration starting now with the current server.
+    private func newAttempt(now: Instant) -> Attempt {
+        Attempt(nextAttempt: now, backoff: configuration.registrationRetry,
+                moveAt: hasFallbacks ? now + Self.registrationFailover : nil)
+    }
+
+    /// Registering: the next offer when it is due, or, when the server stayed silent too
+    /// long and there is another, the move to it.
+    private mutating func retryRegistration(_ attempt: inout Attempt, now: Instant) -> [Output] {
+        if let moveAt = attempt.moveAt, now >= moveAt {
+            let move = moveToNextServer()
+            attempt = newAttempt(now: now)
+            return move + offer(&attempt, now: now)
+        }
+        guard now >= attempt.nextAttempt else { return [] }
+        return offer(&attempt, now: now)
+    }
+
+    /// Makes the next server (round-robin) the current one.
+    private mutating func moveToNextServer() -> [Output] {
+        guard hasFallbacks else { return [] }
+        let from = server
+        serverIndex = (serverIndex + 1) % servers.count
+        return [.serverChanged(from: from, to: server)]
+    }
+
     /// Sends the (classic) registration, with the natchat/2 offer unless the server turned
     /// out to be classic, and schedules the next attempt.
     private mutating func offer(_ attempt: inout Attempt, now: Instant) -> [Output] {
@@ -340,26 +438,28 @@ public struct ClientSession: Sendable, SansIOCore {
                                            offers: offers).encode()
         attempt.nextAttempt = now + attempt.backoff
         attempt.backoff = min(attempt.backoff * 2, min(configuration.keepAliveInterval, Self.maxRegistrationRetry))
-        return [.send(bytes, to: configuration.server)]
+        return [.send(bytes, to: server)]
     }
 
     /// Only while registering: a challenge we did not ask for (someone sent an offer in our
     /// name) must not make us register again.
-    private mutating func challenged(_ cookie: Token128) -> [Output] {
+    private mutating func challenged(_ cookie: Token128, now: Instant) -> [Output] {
         let bytes = SessionCrypto.signedRegistration(id: configuration.id, cookie: cookie,
                                                      privateEndpoints: [configuration.privateEndpoint],
                                                      natKind: natKind, identity: configuration.identity)
         switch state {
         case .registering(var attempt):
             attempt.cookie = cookie
+            if attempt.moveAt != nil { attempt.moveAt = now + Self.registrationFailover }
             state = .registering(attempt)
         case .lost(let session, var attempt):
             attempt.cookie = cookie
+            if attempt.moveAt != nil { attempt.moveAt = now + Self.registrationFailover }
             state = .lost(session, attempt)
         case .idle, .classic, .registered, .refused, .left:
             return []
         }
-        return [.send(bytes, to: configuration.server)]
+        return [.send(bytes, to: server)]
     }
 
     /// Only the answer to our latest registration counts: an earlier one's answer, arriving
@@ -382,10 +482,10 @@ public struct ClientSession: Sendable, SansIOCore {
         keepAlive.start(now: now)
         _ = publicEndpointObserver.observe(endpoint)
         let session = Session(key: key, cookie: cookie, lastAnswer: now)
+        if case .registered(_, _, _, let port, _, _) = message { alternatePort = port }
         switch state {
         case .registering:
             state = .registered(session)
-            guard case .registered(_, _, _, let alternatePort, _, _) = message else { return [] }
             return [.registered(publicEndpoint: endpoint, alternatePort: alternatePort)]
         case .lost:
             state = .registered(session)
@@ -405,13 +505,17 @@ public struct ClientSession: Sendable, SansIOCore {
         return [.refused(text)]
     }
 
+    /// Gives the session up and registers again: with the next server when this one went
+    /// silent and there is another, else with the same one (it restarted, or it is the only one).
     private mutating func lose(_ session: Session, _ loss: Loss, now: Instant) -> [Output] {
-        var attempt = Attempt(nextAttempt: now, backoff: configuration.registrationRetry)
-        let outputs = offer(&attempt, now: now)
+        var outputs: [Output] = [.sessionLost(loss)]
+        if loss == .serverSilent { outputs += moveToNextServer() }
+        var attempt = newAttempt(now: now)
+        outputs += offer(&attempt, now: now)
         var session = session
         session.keepAliveRetryAt = nil
         state = .lost(session, attempt)
-        return [.sessionLost(loss)] + outputs
+        return outputs
     }
 
     private mutating func heard(now: Instant) {
@@ -438,8 +542,11 @@ public struct ClientSession: Sendable, SansIOCore {
         state = .registered(session)
     }
 
+    /// One server: three keep-alive intervals and a second after its last word. Several: an
+    /// interval and ``failoverSilence`` (see there for the numbers).
     private func silenceDeadline(_ session: Session) -> Instant {
-        session.lastAnswer + keepAlive.interval * 3 + .seconds(1)
+        hasFallbacks ? session.lastAnswer + keepAlive.interval + Self.failoverSilence
+            : session.lastAnswer + keepAlive.interval * 3 + .seconds(1)
     }
 
     private mutating func sendKeepAlive() -> [Output] {
@@ -447,7 +554,7 @@ public struct ClientSession: Sendable, SansIOCore {
         case .registered, .lost:
             return send(.keepAlive(id: configuration.id, natKind: natKind))
         case .idle, .registering, .classic:
-            return [.send(ClassicMessage.keepAlive(configuration.id).encode(), to: configuration.server)]
+            return [.send(ClassicMessage.keepAlive(configuration.id).encode(), to: server)]
         case .refused, .left:
             return []
         }

@@ -113,11 +113,23 @@ public struct RosterReplica: Sendable {
 
     /// A new session with the server: its feed numbers from 1 again, and what is held is
     /// stale until confirmed.
-    public mutating func beginSession() {
+    ///
+    /// `newServer`: the session is with another server (the client failed over). Its epoch
+    /// and versions need not compare with the ones held, so they are forgotten (as for a
+    /// restarted server): any present record of the new feed confirms a client held, and
+    /// only its absence from the whole feed makes it leave.
+    public mutating func beginSession(newServer: Bool = false) {
         largestReceived = 0
         receivedBits = 0
         stale = Set(peers.keys)
         isSynced = false
+        if newServer {
+            for id in Array(peers.keys) { peers[id]?.version = 0 }
+            tombstones.removeAll()
+            tombstoneOrder.removeAll()
+            epoch = nil
+            headerVersion = 0
+        }
     }
 
     /// Stops holding every client for which `keep` is false, telling nobody (the interest

@@ -27,7 +27,7 @@ private func line(_ event: ClientEvent) -> String? {
 /// until it is added here and given its test.
 private func isCovered(_ event: ClientEvent) -> Bool {
     switch event {
-    case .registered, .registeredAgain, .registeringAgain, .publicEndpointChanged, .serverNotice, .registrationRefused,
+    case .registered, .registeredAgain, .registeringAgain, .serverChanged, .publicEndpointChanged, .serverNotice, .registrationRefused,
          .natClassified, .joined, .sameNAT, .moved, .left, .moreOnline, .rosterScopeChanged, .chat, .delivered, .undelivered,
          .noSuchPeer, .lookupPending, .tooManyInFlight, .pathChanged, .keyChanged, .listEntry, .listFooter, .listEmpty,
          .listUnanswered, .help, .peerKeyChanged, .chatHeld, .chatFromHeldPeer, .trusted, .trustNotNeeded, .nothingPinned,
@@ -51,6 +51,9 @@ struct ShellFormatterTests {
         #expect(line(.registeredAgain(alice, publicEndpoint: A)) == "* registered again as alice (public 203.0.113.7:40001)")
         #expect(line(.registeringAgain(.unknownSession)) == "* the server lost our session; registering again")
         #expect(line(.registeringAgain(.serverSilent)) == "* the server stopped answering; registering again")
+        #expect(line(.serverChanged(from: try! Endpoint(parsing: "10.0.0.1:10080"), to: try! Endpoint(parsing: "10.0.0.2:10080"),
+                                    publicEndpoint: A))
+            == "* server 10.0.0.1:10080 is not answering; now registered with 10.0.0.2:10080")
         #expect(line(.publicEndpointChanged(ep("203.0.113.7:41001"))) == "* the server now sees you at 203.0.113.7:41001")
     }
 

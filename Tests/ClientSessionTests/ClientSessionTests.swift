@@ -45,9 +45,10 @@ private let nonce1 = tokens[3], nonce2 = tokens[4]
 private let strayTag = tokens[5]
 
 private func makeSession(keepAlive: Duration = .seconds(10), retry: Duration = .seconds(1),
-                         offer: Bool = true) -> ClientSession {
-    ClientSession(configuration: .init(id: alice, server: S, privateEndpoint: privateEndpoint, identity: clientKey,
-                                       keepAliveInterval: keepAlive, registrationRetry: retry, offerNatchat2: offer))
+                         offer: Bool = true, fallbacks: [Endpoint] = []) -> ClientSession {
+    ClientSession(configuration: .init(id: alice, server: S, fallbackServers: fallbacks, privateEndpoint: privateEndpoint,
+                                       identity: clientKey, keepAliveInterval: keepAlive, registrationRetry: retry,
+                                       offerNatchat2: offer))
 }
 
 /// The classic registration carrying the natchat/2 offer, as sent.
@@ -908,6 +909,224 @@ struct ClientSessionDeadlineTests {
                     _ = session.handleClassicRegistration(now: now)
                     classic = session.state == .classic
                 }
+            }
+        }
+    }
+}
+
+// MARK: - Failover
+
+private let S2 = ep("198.51.100.2:10080"), S3 = ep("198.51.100.3:10090")
+
+/// The offer as sent to `server`.
+private func offer(to server: Endpoint) -> ClientSession.Output { .send(offerBytes, to: server) }
+
+/// Where each datagram in `outputs` goes.
+private func destinations(_ outputs: [ClientSession.Output]) -> [Endpoint] {
+    outputs.compactMap { if case .send(_, let destination) = $0 { destination } else { nil } }
+}
+
+/// A session of several servers registered with the first (`S`) at `now`.
+private func registeredWithFallbacks(_ fallbacks: [Endpoint] = [S2, S3], at now: Instant = at(0)) -> ClientSession {
+    var session = makeSession(fallbacks: fallbacks)
+    #expect(session.start(now: now) == [offer])
+    #expect(session.handleServerMessage(.challenge(cookie: cookie1), now: now).count == 1)
+    #expect(session.handleServerMessage(registered(cookie: cookie1, nonce: nonce1), now: now)
+        == [.registered(publicEndpoint: A, alternatePort: 3479)])
+    return session
+}
+
+@Suite("ClientSession failover")
+struct ClientSessionFailoverTests {
+    @Test func theServersAreTheFirstThenTheFallbacksEachOnce() {
+        let session = makeSession(fallbacks: [S2, S, S3, S2])
+        #expect(session.servers == [S, S2, S3])
+        #expect(session.server == S && session.serverIndex == 0)
+        #expect(session.hasFallbacks)
+        #expect(!makeSession().hasFallbacks)
+        #expect(!makeSession(fallbacks: [S]).hasFallbacks, "a repeat of the first is one server")
+    }
+
+    /// The server answers a keep-alive at 10.1 s and dies. The keep-alive at 20 and its
+    /// retries every 2 s go unanswered; 24 s after its last word (an interval and 14 s) the
+    /// session moves to the next server and offers there at once: registered 24 s after the
+    /// death, within the server's 30 s keep-alive timeout.
+    @Test func silenceMovesToTheNextServerWithinTheKeepAliveTimeout() throws {
+        var session = registeredWithFallbacks()
+        _ = session.handleTimeout(now: at(10))
+        #expect(session.handleServerMessage(.keepAliveAck(publicEndpoint: A), now: at(ms: 10_100)).isEmpty)
+        let death = at(ms: 10_100)
+        var keepAlives: [Instant] = []
+        while let deadline = session.nextDeadline, deadline < at(ms: 34_100) {
+            let outputs = session.handleTimeout(now: deadline)
+            #expect(destinations(outputs) == [S])
+            keepAlives.append(deadline)
+        }
+        #expect(keepAlives == [20, 22, 24, 26, 28, 30, 32, 34].map { at($0) }, "the keep-alives at 20 and 30 and their retries")
+        #expect(session.nextDeadline == at(ms: 34_100))
+        #expect(session.handleTimeout(now: at(ms: 34_100))
+            == [.sessionLost(.serverSilent), .serverChanged(from: S, to: S2), offer(to: S2)])
+        #expect(session.server == S2 && session.serverIndex == 1)
+        #expect(session.isRegistering && session.isRegistered)
+        // The next server challenges and registers us; the same ID and identity.
+        let registration = session.handleServerMessage(.challenge(cookie: cookie2), now: at(ms: 34_150))
+        guard case .send(let bytes, let destination)? = registration.first,
+              case .register(let who, let echoed, _, _, let keys, _) = try ExtendedDatagram.decode(bytes).message else {
+            Issue.record("no registration: \(registration)"); return
+        }
+        #expect(destination == S2 && who == alice && echoed == cookie2 && keys == clientKey.publicKeys)
+        #expect(session.handleServerMessage(registered(cookie: cookie2, nonce: nonce2, alternatePort: 4000), now: at(ms: 34_200))
+            == [.registeredAgain(publicEndpoint: A)])
+        #expect(at(ms: 34_200) - death < .seconds(30))
+        #expect(session.alternatePort == 4000)
+        // The new session goes to the new server.
+        let keepAlive = session.handleTimeout(now: at(ms: 44_200))
+        #expect(destinations(keepAlive) == [S2])
+        guard case .send(let sealedBytes, _)? = keepAlive.first else { Issue.record("no keep-alive"); return }
+        #expect(SessionCrypto.verifyAuthenticated(sealedBytes, key: key2))
+        #expect(session.send(.exit(id: alice)).allSatisfy { destinations([$0]) == [S2] })
+    }
+
+    /// Any word from the server keeps the session (as with one server): silence counts from it.
+    @Test func anAnswerPutsTheMoveOff() {
+        var session = registeredWithFallbacks()
+        while let deadline = session.nextDeadline, deadline <= at(19) { _ = session.handleTimeout(now: deadline) }
+        _ = session.handleServerMessage(.keepAliveAck(publicEndpoint: A), now: at(19))
+        while let deadline = session.nextDeadline, deadline < at(43) {
+            #expect(!session.handleTimeout(now: deadline).contains(.sessionLost(.serverSilent)))
+        }
+        #expect(session.nextDeadline == at(43))
+        #expect(session.handleTimeout(now: at(43)).contains(.serverChanged(from: S, to: S2)))
+    }
+
+    /// Registration hears nothing for 6 s (offers at 0, 1, 3, 5): the next server; after the
+    /// last, the first again.
+    @Test func anUnansweredRegistrationMovesOnRoundRobin() {
+        var session = makeSession(fallbacks: [S2, S3])
+        #expect(session.start(now: at(0)) == [offer])
+        #expect(session.nextDeadline == at(1))
+        var moves: [(Instant, Endpoint, Endpoint)] = []
+        var offersTo: [Endpoint: Int] = [:]
+        while let deadline = session.nextDeadline, deadline <= at(24) {
+            for output in session.handleTimeout(now: deadline) {
+                if case .serverChanged(let from, let to) = output { moves.append((deadline, from, to)) }
+                if case .send(offerBytes, let destination) = output { offersTo[destination, default: 0] += 1 }
+            }
+        }
+        #expect(moves.map { $0.0 } == [at(6), at(12), at(18), at(24)])
+        #expect(moves.map { $0.1 } == [S, S2, S3, S])
+        #expect(moves.map { $0.2 } == [S2, S3, S, S2])
+        // Offers at 0, 1, 3, 5 to S; 6, 7, 9, 11 to S2; 12, 13, 15, 17 to S3; 18, ... to S.
+        #expect(offersTo[S2] == 5 && offersTo[S3] == 4, "\(offersTo)")
+        #expect(session.server == S2)
+    }
+
+    /// The first server is down when the client starts: the second registers it (the first
+    /// registration: no session was lost).
+    @Test func startingWhileTheFirstServerIsDown() {
+        var session = makeSession(fallbacks: [S2])
+        _ = session.start(now: at(0))
+        for second in [1, 3, 5] as [Int64] { #expect(session.handleTimeout(now: at(second)) == [offer]) }
+        #expect(session.nextDeadline == at(6))
+        #expect(session.handleTimeout(now: at(6)) == [.serverChanged(from: S, to: S2), offer(to: S2)])
+        #expect(destinations(session.handleServerMessage(.challenge(cookie: cookie1), now: at(ms: 6_050))) == [S2])
+        #expect(session.handleServerMessage(registered(cookie: cookie1, nonce: nonce1), now: at(ms: 6_100))
+            == [.registered(publicEndpoint: A, alternatePort: 3479)])
+        #expect(session.server == S2)
+        #expect(session.state == .registered(.init(key: key1, cookie: cookie1, lastAnswer: at(ms: 6_100))))
+    }
+
+    /// A challenge is an answer: the server gets another 6 s to finish the registration.
+    @Test func aChallengePutsTheMoveOff() {
+        var session = makeSession(fallbacks: [S2])
+        _ = session.start(now: at(0))
+        while let deadline = session.nextDeadline, deadline <= at(4) { _ = session.handleTimeout(now: deadline) }
+        _ = session.handleServerMessage(.challenge(cookie: cookie1), now: at(4))
+        var moved: Instant?
+        while moved == nil, let deadline = session.nextDeadline, deadline <= at(20) {
+            if session.handleTimeout(now: deadline).contains(.serverChanged(from: S, to: S2)) { moved = deadline }
+        }
+        #expect(moved == at(10))
+    }
+
+    /// One server: silence is three intervals and a second, registration goes on with it for ever.
+    @Test func oneServerNeverMoves() {
+        for fallbacks in [[], [S]] as [[Endpoint]] {
+            var session = makeSession(fallbacks: fallbacks)
+            _ = session.start(now: at(0))
+            _ = session.handleServerMessage(.challenge(cookie: cookie1), now: at(0))
+            _ = session.handleServerMessage(registered(cookie: cookie1, nonce: nonce1), now: at(0))
+            var outputs: [ClientSession.Output] = []
+            while let deadline = session.nextDeadline, deadline <= at(300) {
+                let due = session.handleTimeout(now: deadline)
+                if due.contains(.sessionLost(.serverSilent)) { #expect(deadline == at(31)) }
+                outputs += due
+            }
+            #expect(!outputs.contains { if case .serverChanged = $0 { true } else { false } })
+            #expect(Set(destinations(outputs)) == [S])
+            #expect(outputs.filter { $0 == .sessionLost(.serverSilent) }.count == 1)
+        }
+    }
+
+    /// A refusal is final with any number of servers: no move, nothing more.
+    @Test func aRefusalDoesNotMoveOn() {
+        var session = makeSession(fallbacks: [S2])
+        _ = session.start(now: at(0))
+        #expect(session.handleServerMessage(.refused(text: "ID alice is claimed by another key"), now: at(1))
+            == [.serverNotice("ID alice is claimed by another key"), .refused("ID alice is claimed by another key")])
+        #expect(session.nextDeadline == nil)
+        #expect(session.handleTimeout(now: at(100)).isEmpty)
+        #expect(session.server == S)
+    }
+
+    /// The server restarted (it says it does not know the session): register again with it.
+    @Test func unknownSessionRegistersAgainWithTheSameServer() throws {
+        var session = registeredWithFallbacks()
+        let keepAlive = try sealed(session.handleTimeout(now: at(10)), key: key1)
+        #expect(session.handleServerMessage(.unknownSession(alice, echo: keepAlive.tag), now: at(11))
+            == [.sessionLost(.unknownSession), offer])
+        #expect(session.server == S)
+        // ... unless the restarted server then stays silent: the registration moves on.
+        for second in [12, 14, 16] as [Int64] { _ = session.handleTimeout(now: at(second)) }
+        #expect(session.handleTimeout(now: at(17)) == [.serverChanged(from: S, to: S2), offer(to: S2)])
+    }
+
+    /// After a move, the old server's late answers name a cookie the session no longer waits
+    /// for: nothing changes.
+    @Test func aLateRegistrationAnswerOfTheOldServerIsIgnored() {
+        var session = registeredWithFallbacks([S2])
+        while let deadline = session.nextDeadline, deadline <= at(25) { _ = session.handleTimeout(now: deadline) }
+        #expect(session.server == S2)
+        let state = session.state
+        #expect(session.handleServerMessage(registered(cookie: cookie1, nonce: nonce1), now: at(26)).isEmpty)
+        #expect(session.state == state)
+    }
+
+    /// The deadline property of the one-server test, with three servers.
+    @Test func nothingIsDueBeforeTheDeadlineWithSeveralServers() throws {
+        for seed in 1...20 as ClosedRange<UInt64> {
+            var random = SplitMix64(seed: seed)
+            var session = makeSession(keepAlive: .seconds(Int64(random.next() % 10 + 1)), fallbacks: [S2, S3])
+            var now = at(0)
+            _ = session.start(now: now)
+            var lastCookie: Token128?
+            for step in 0..<200 {
+                let deadline = try #require(session.nextDeadline, "seed \(seed) step \(step)")
+                #expect(deadline >= now)
+                let before = session.state
+                #expect(session.handleTimeout(now: deadline - nanosecond).isEmpty, "seed \(seed) step \(step)")
+                #expect(session.state == before)
+                let choice = random.next() % 6
+                if choice < 4 {
+                    now = deadline
+                    #expect(!session.handleTimeout(now: now).isEmpty, "nothing due at the deadline: seed \(seed) step \(step)")
+                } else if choice == 4 {
+                    let cookie = Token128.random(using: &random)
+                    if !session.handleServerMessage(.challenge(cookie: cookie), now: now).isEmpty { lastCookie = cookie }
+                } else {
+                    _ = session.handleServerMessage(registered(cookie: lastCookie ?? strayTag, nonce: nonce1), now: now)
+                }
+                #expect(session.servers.indices.contains(session.serverIndex))
             }
         }
     }
