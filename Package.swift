@@ -152,7 +152,7 @@ let package = Package(
         tests("Roster", ["Roster", "TestSupport", "Addressing", "Wire", "MonotonicTime"]),
         tests("Identity", ["Identity", "TestSupport", "Addressing", "Wire", crypto]),
         tests("Store", ["Store", "SQLiteStore", "TestSupport", grdb]),
-        tests("PostgresStore", ["PostgresStore", "Store"]),
+        tests("PostgresStore", ["PostgresStore", "Store", postgresNIO]),
         tests("KnownPeers", ["KnownPeers"]),
     ]
 )

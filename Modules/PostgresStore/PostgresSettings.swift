@@ -326,8 +326,8 @@ extension PostgresStore {
             guard let text = String(data: data, encoding: .utf8) else {
                 throw .passwordFile(path: path, reason: "it is not UTF-8 text")
             }
-            var line = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
-            if line.hasSuffix("\r") { line.removeLast() }
+            // "\r\n" is one Character in Swift: up to the first line break of any kind.
+            let line = String(text.prefix { !$0.isNewline })
             guard !line.isEmpty else { throw .passwordFile(path: path, reason: "its first line is empty") }
             return line
         }
