@@ -29,6 +29,10 @@ let deque: Target.Dependency = .product(name: "DequeModule", package: "swift-col
 let heap: Target.Dependency = .product(name: "HeapModule", package: "swift-collections", condition: .when(traits: ["Collections"]))
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["CLI"]))
 let grdb: Target.Dependency = .product(name: "GRDB", package: "GRDB.swift", condition: .when(traits: ["SQLite"]))
+// PostgresStore's own: postgres-nio, and swift-log for the logger it hands the driver.
+let postgresql = TargetDependencyCondition.when(traits: ["PostgreSQL"])
+let postgresNIO: Target.Dependency = .product(name: "PostgresNIO", package: "postgres-nio", condition: postgresql)
+let pgLogging: Target.Dependency = .product(name: "Logging", package: "swift-log", condition: postgresql)
 
 let package = Package(
     name: "natchat",
@@ -50,6 +54,7 @@ let package = Package(
         .library(name: "Roster", targets: ["Roster"]),
         .library(name: "Store", targets: ["Store"]),
         .library(name: "SQLiteStore", targets: ["SQLiteStore"]),
+        .library(name: "PostgresStore", targets: ["PostgresStore"]),
         .library(name: "Registry", targets: ["Registry"]),
         .library(name: "ChatRouter", targets: ["ChatRouter"]),
         .library(name: "ClientSession", targets: ["ClientSession"]),
@@ -66,7 +71,8 @@ let package = Package(
         .trait(name: "Collections", description: "swift-collections: Roster, and Registry, ChatRouter and the nodes through it"),
         .trait(name: "CLI", description: "swift-argument-parser: the programs natchat-server and natchat"),
         .trait(name: "SQLite", description: "GRDB.swift (and Debian's libsqlite3-dev): SQLiteStore"),
-        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite"]),
+        .trait(name: "PostgreSQL", description: "postgres-nio and swift-log: PostgresStore"),
+        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -75,6 +81,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         module("MonotonicTime"),
@@ -96,6 +103,9 @@ let package = Package(
         module("Store"),
         // The store in an SQLite file, through GRDB (which links Debian's libsqlite3).
         module("SQLiteStore", ["Store", grdb]),
+        // The store in a PostgreSQL database several servers share (a ClusterStore), through
+        // postgres-nio's connection pool; no libpq, the socket is NIO's.
+        module("PostgresStore", ["Store", postgresNIO, pgLogging]),
         // The client's known peers (pins across sessions), their file format and file: no
         // dependency, so students can reuse the table without the client.
         module("KnownPeers"),
@@ -115,7 +125,7 @@ let package = Package(
         module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Store", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, logging]),
         module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", "KnownPeers", nioCore, nioPosix, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Admission", "Addressing", "MonotonicTime", "Store",
-                                                                "SQLiteStore", "Identity", "Wire", argumentParser, logging],
+                                                                "SQLiteStore", "PostgresStore", "Identity", "Wire", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
         .executableTarget(name: "natchat", dependencies: ["ChatClient", "AddressDiscovery", "LineEditor", "Addressing", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat", swiftSettings: swiftSettings),
@@ -142,6 +152,7 @@ let package = Package(
         tests("Roster", ["Roster", "TestSupport", "Addressing", "Wire", "MonotonicTime"]),
         tests("Identity", ["Identity", "TestSupport", "Addressing", "Wire", crypto]),
         tests("Store", ["Store", "SQLiteStore", "TestSupport", grdb]),
+        tests("PostgresStore", ["PostgresStore", "Store", postgresNIO]),
         tests("KnownPeers", ["KnownPeers"]),
     ]
 )

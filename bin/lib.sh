@@ -94,3 +94,75 @@ ensure_release_build() {
     fi
     echo "natchat: build done" >&2
 }
+
+# start_test_postgres: a throwaway PostgreSQL cluster for the tests (PostgresStore's unit
+# tests, end-to-end tests through Tests/e2e/pg.py). Does nothing when NATCHAT_TEST_POSTGRES
+# is already set (a database someone provides). Otherwise installs Debian's postgresql when
+# missing (as root), runs initdb in a new temporary folder (owned by the postgres user when
+# run as root: PostgreSQL refuses to run as root), starts it on a free private port,
+# listening on 127.0.0.1 and on a Unix socket in that folder (traversable by every user, so
+# that processes in test network namespaces can use it), trust authentication, and exports
+#   NATCHAT_TEST_POSTGRES=postgres://postgres@127.0.0.1:PORT/postgres
+#   NATCHAT_TEST_POSTGRES_SOCKET_DIR=DIR   NATCHAT_TEST_POSTGRES_PORT=PORT
+# Returns 1 (and exports nothing) when it cannot. stop_test_postgres stops that cluster and
+# removes its folder; it never touches a cluster it did not start.
+NATCHAT_TEST_POSTGRES_STARTED=""
+
+start_test_postgres() {
+    if [ -n "${NATCHAT_TEST_POSTGRES:-}" ]; then return 0; fi
+    local bindir dir port as=()
+    if [ "$(id -u)" = 0 ]; then
+        need_packages "ls /usr/lib/postgresql/*/bin/initdb" postgresql || return 1
+        as=(runuser -u postgres --)
+    fi
+    bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+    if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl" ]; then
+        echo "natchat: initdb/pg_ctl not found under /usr/lib/postgresql/*/bin" >&2
+        return 1
+    fi
+    dir="$(mktemp -d /tmp/natchat-pg.XXXXXX)" || return 1
+    # The folder: traversable by all (the socket's users); the data folder inside it, the
+    # server's own (initdb wants it 0700 and owned by the user the server runs as).
+    chmod 755 "$dir"
+    mkdir "$dir/data"
+    if [ "${#as[@]}" -gt 0 ]; then chown postgres: "$dir" "$dir/data"; fi
+    if ! "${as[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres --no-sync >"$dir/initdb.log" 2>&1; then
+        echo "natchat: initdb failed:" >&2; tail -5 "$dir/initdb.log" >&2
+        rm -rf "$dir"; return 1
+    fi
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    if ! "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 30 \
+            -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null 2>&1; then
+        echo "natchat: PostgreSQL did not start:" >&2; tail -5 "$dir/log" >&2
+        "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1
+        rm -rf "$dir"; return 1
+    fi
+    local tries=0
+    until "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" 2>/dev/null; do
+        tries=$((tries + 1))
+        if [ "$tries" -ge 50 ]; then
+            echo "natchat: PostgreSQL did not become ready" >&2
+            "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1
+            rm -rf "$dir"; return 1
+        fi
+        sleep 0.2
+    done
+    NATCHAT_TEST_POSTGRES_STARTED="$dir"
+    NATCHAT_TEST_POSTGRES_BINDIR="$bindir"
+    export NATCHAT_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port/postgres"
+    export NATCHAT_TEST_POSTGRES_SOCKET_DIR="$dir"
+    export NATCHAT_TEST_POSTGRES_PORT="$port"
+    echo "natchat: test PostgreSQL on 127.0.0.1:$port and $dir/.s.PGSQL.$port" >&2
+}
+
+# stop_test_postgres: stops the cluster start_test_postgres started (none other) and
+# removes its folder.
+stop_test_postgres() {
+    local dir="$NATCHAT_TEST_POSTGRES_STARTED" as=()
+    [ -n "$dir" ] || return 0
+    if [ "$(id -u)" = 0 ]; then as=(runuser -u postgres --); fi
+    "${as[@]}" "$NATCHAT_TEST_POSTGRES_BINDIR/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1
+    rm -rf "$dir"
+    NATCHAT_TEST_POSTGRES_STARTED=""
+    unset NATCHAT_TEST_POSTGRES NATCHAT_TEST_POSTGRES_SOCKET_DIR NATCHAT_TEST_POSTGRES_PORT
+}

@@ -7,6 +7,7 @@ import Logging
 import MonotonicTime
 import Registry
 import RendezvousServer
+import PostgresStore
 import SQLiteStore
 import Store
 import Wire
@@ -25,8 +26,11 @@ struct NatchatServer: AsyncParsableCommand {
 
 /// The `--store` option, shared by the subcommands.
 struct StoreOptions: ParsableArguments {
-    @Option(help: "Durable state (ID claims): an SQLite file, or 'memory' to keep nothing. Default: $STATE_DIRECTORY/natchat-server.sqlite, else $XDG_STATE_HOME/natchat-server/natchat-server.sqlite, else ~/.local/state/natchat-server/natchat-server.sqlite.")
+    @Option(help: "Durable state (ID claims): an SQLite file, a PostgreSQL database (postgres://USER@HOST[:PORT]/DB, or postgres://USER@/DB?host=/socket/dir; PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD fill what it leaves out), or 'memory' to keep nothing. Default: $STATE_DIRECTORY/natchat-server.sqlite, else $XDG_STATE_HOME/natchat-server/natchat-server.sqlite, else ~/.local/state/natchat-server/natchat-server.sqlite.")
     var store: String?
+
+    @Option(help: "A file whose first line is the PostgreSQL password (for a postgres:// store; a password in the URL wins, PGPASSWORD comes after).")
+    var storePasswordFile: String?
 
     /// The store to use: `nil` for memory. Throws a ``StoreError`` or a usage error the
     /// command prints as it is.
@@ -37,9 +41,20 @@ struct StoreOptions: ParsableArguments {
         } catch {
             throw ValidationError("--store: \(error)")
         }
+        if storePasswordFile != nil {
+            guard case .postgres = location else { throw ValidationError("--store-password-file is for a postgres:// store") }
+        }
         switch location {
         case .memory: return nil
         case .file(let path): return try SQLiteStore(path: path)
+        case .postgres(let url):
+            let settings: PostgresStore.Settings
+            do {
+                settings = try PostgresStore.Settings.parse(url, passwordFile: storePasswordFile)
+            } catch {
+                throw ValidationError("--store: \(error)")
+            }
+            return try PostgresStore(settings: settings)
         }
     }
 }

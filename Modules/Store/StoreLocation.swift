@@ -13,6 +13,9 @@ public enum StoreLocation: Hashable, Sendable, CustomStringConvertible {
     case memory
     /// An SQLite file.
     case file(path: String)
+    /// A PostgreSQL database (`postgres://...` or `postgresql://...`, as given; the
+    /// PostgresStore module reads it). Its description hides the password.
+    case postgres(url: String)
 
     /// The store's file when `--store` is not given:
     /// - `$STATE_DIRECTORY/natchat-server.sqlite` when `STATE_DIRECTORY` is set (systemd's
@@ -43,22 +46,52 @@ public enum StoreLocation: Hashable, Sendable, CustomStringConvertible {
         return fileName
     }
 
-    /// Reads a `--store` value: `memory`, or a file path. A URL (`postgres://...`, or any
-    /// `scheme://`) is refused with ``StoreLocationError/unsupported(scheme:)`` rather than taken
-    /// for a file named after it: PostgreSQL is for a later natchat.
+    /// Reads a `--store` value: `memory`, a PostgreSQL URL (`postgres://...` or
+    /// `postgresql://...`, any case), or a file path. Another URL (any `scheme://`) is refused
+    /// with ``StoreLocationError/unsupported(scheme:)`` rather than taken for a file named
+    /// after it. The URL itself is checked when the store is opened.
     public static func parse(_ value: String) throws(StoreLocationError) -> StoreLocation {
         if value == "memory" { return .memory }
         if value.isEmpty { throw .empty }
-        if let scheme = urlScheme(value) { throw .unsupported(scheme: scheme) }
+        if let scheme = urlScheme(value) {
+            guard ["postgres", "postgresql"].contains(scheme.lowercased()) else { throw .unsupported(scheme: scheme) }
+            return .postgres(url: value)
+        }
         return .file(path: value)
     }
 
-    /// What the server prints at start: `memory`, or the file's path.
+    /// What the server prints at start: `memory`, the file's path, or the URL without its
+    /// password.
     public var description: String {
         switch self {
         case .memory: "memory"
         case .file(let path): path
+        case .postgres(let url): Self.redacted(url)
         }
+    }
+
+    /// `url` without a password: the `:PASSWORD` of its user part, and the value of a
+    /// `password=` query parameter, are left out.
+    public static func redacted(_ url: String) -> String {
+        guard let schemeEnd = url.range(of: "://") else { return url }
+        var rest = url[schemeEnd.upperBound...]
+        var query: Substring = ""
+        if let mark = rest.firstIndex(of: "?") {
+            query = rest[mark...]
+            rest = rest[..<mark]
+        }
+        let authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
+        var authority = rest[..<authorityEnd]
+        let path = rest[authorityEnd...]
+        if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") {
+            authority = authority[..<colon] + authority[at...]
+        }
+        if !query.isEmpty {
+            let parameters = query.dropFirst().split(separator: "&", omittingEmptySubsequences: false)
+                .filter { !$0.lowercased().hasPrefix("password=") }
+            query = parameters.isEmpty ? "" : "?" + parameters.joined(separator: "&")
+        }
+        return String(url[..<schemeEnd.upperBound]) + authority + path + query
     }
 
     static let fileName = "natchat-server.sqlite"
@@ -91,18 +124,16 @@ public enum StoreLocation: Hashable, Sendable, CustomStringConvertible {
 public enum StoreLocationError: Error, Hashable, Sendable, CustomStringConvertible {
     /// `--store ""`.
     case empty
-    /// A URL such as `postgres://...`: not supported yet.
+    /// A URL of a scheme natchat has no store for (`redis://...`).
     case unsupported(scheme: String)
 
     /// What natchat-server prints when it refuses the option.
     public var description: String {
         switch self {
         case .empty:
-            "--store needs a value: a file path, or memory"
-        case .unsupported(let scheme) where scheme.lowercased() == "postgres" || scheme.lowercased() == "postgresql":
-            "--store \(scheme)://...: PostgreSQL is not supported yet; use a file path or memory"
+            "--store needs a value: a file path, a postgres:// URL, or memory"
         case .unsupported(let scheme):
-            "--store \(scheme)://...: not a store natchat knows; use a file path or memory"
+            "--store \(scheme)://...: not a store natchat knows; use a file path, a postgres:// URL, or memory"
         }
     }
 }

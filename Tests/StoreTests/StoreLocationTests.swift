@@ -40,12 +40,21 @@ struct StoreLocationTests {
         #expect(StoreLocation.file(path: "/x").description == "/x")
     }
 
+    @Test func aPostgresURLIsAPostgresStore() throws {
+        #expect(try StoreLocation.parse("postgres://natchat@db/natchat") == .postgres(url: "postgres://natchat@db/natchat"))
+        #expect(try StoreLocation.parse("postgresql://db") == .postgres(url: "postgresql://db"))
+        #expect(try StoreLocation.parse("POSTGRES://db") == .postgres(url: "POSTGRES://db"))
+        // The description never shows a password.
+        #expect(StoreLocation.postgres(url: "postgres://natchat:s3cret@db:5433/natchat").description == "postgres://natchat@db:5433/natchat")
+        #expect(StoreLocation.postgres(url: "postgres://u:p%40ss@h/d?host=/run/pg&password=x&port=1").description
+                == "postgres://u@h/d?host=/run/pg&port=1")
+        #expect(StoreLocation.postgres(url: "postgres://natchat@db/natchat").description == "postgres://natchat@db/natchat")
+        #expect(StoreLocation.postgres(url: "postgres:///natchat?password=x").description == "postgres:///natchat")
+    }
+
     @Test func aURLIsNotTakenForAFileName() {
-        #expect(throws: StoreLocationError.unsupported(scheme: "postgres")) { try StoreLocation.parse("postgres://natchat@db/natchat") }
-        #expect(throws: StoreLocationError.unsupported(scheme: "postgresql")) { try StoreLocation.parse("postgresql://db") }
         #expect(throws: StoreLocationError.unsupported(scheme: "redis")) { try StoreLocation.parse("redis://localhost") }
         #expect(throws: StoreLocationError.empty) { try StoreLocation.parse("") }
-        #expect(StoreLocationError.unsupported(scheme: "postgres").description.contains("PostgreSQL is not supported yet"))
         #expect(StoreLocationError.unsupported(scheme: "redis").description.contains("redis://"))
         // A path with "://" after a slash is a path.
         #expect((try? StoreLocation.parse("/tmp/a://b")) == .file(path: "/tmp/a://b"))
