@@ -121,8 +121,13 @@ extension Registry {
                 return refuse(id, from: parked.source, .claimUnavailable, dialect: .extended)
             }
         }
-        return receiveRegistration(parked.datagram, bytes: parked.bytes, from: parked.source, now: now, claimConfirmed: true,
-                                   random: &random)
+        let actions = receiveRegistration(parked.datagram, bytes: parked.bytes, from: parked.source, now: now, claimConfirmed: true,
+                                          random: &random)
+        // A client that held a remote entry here (it registered with another server before)
+        // takes it over as a refresh or a move, paths that expect a local holder and so a
+        // sweep already due: on a server with no client of its own yet, none is.
+        if nextSweep == nil, entries[id]?.isLocal == true { nextSweep = now + configuration.sweepInterval }
+        return actions
     }
 
     /// Parks a registration until the database decides its claim; asks once per ID.
