@@ -99,6 +99,8 @@ private final class Cluster {
     var held: [(node: String, record: ClaimRecord)] = []
     /// The database does not answer: claims are decided `nil`.
     var databaseDown = false
+    /// Servers that read no presence (their link is behind) until ``catchUp(_:)``.
+    var deaf: Set<String> = []
 
     init(_ names: [String] = ["a", "b"], configuration: Registry.Configuration = Cluster.configuration) async throws {
         for (index, name) in names.enumerated() {
@@ -172,12 +174,21 @@ private final class Cluster {
             }
             if !published.isEmpty {
                 try await store.publish(published)
-                for other in nodes.keys.sorted() where other != source {
+                for other in nodes.keys.sorted() where other != source && !deaf.contains(other) {
                     queue.append((other, try await readPresence(of: source, on: other)))
                 }
             }
         }
         return produced
+    }
+
+    /// Server `name` hears again, and reads what every other server published meanwhile.
+    @discardableResult
+    func catchUp(_ name: String) async throws -> [Sent] {
+        deaf.remove(name)
+        var sent: [Sent] = []
+        for home in nodes.keys.sorted() where home != name { sent += try await run(name, try await readPresence(of: home, on: name)) }
+        return sent
     }
 
     /// What server `reader` reads of `home`'s presence since its cursor, applied.
@@ -587,6 +598,36 @@ struct ClusterRegistryTests {
         let bSweep = try await cluster.timeout(on: "b")
         #expect(events(bSweep, of: "b").contains { if case .evicted(let entry) = $0 { entry.id == alice } else { false } })
         #expect(cluster["a"].registry.entry(for: alice) == nil)
+    }
+
+    @Test func aClientThatMovedAndLeftBeforeAServerReadTheMoveLeavesThere() async throws {
+        let cluster = try await Cluster(["a", "b", "c"])
+        try await cluster.register(bob, bobKey, from: bobEP, on: "b")
+        try await cluster.register(alice, aliceKey, from: aliceEP, on: "a")
+        #expect(cluster["b"].registry.entry(for: alice)?.isLocal == false)
+        _ = try await cluster.roster(on: "b")
+
+        // b's link is behind while alice moves to c and says goodbye there: the database
+        // keeps one record per ID, so all b will read of her is c's departure.
+        cluster.deaf = ["b"]
+        cluster.now = at(3)
+        try await cluster.register(alice, aliceKey, from: aliceEP, on: "c")
+        cluster.now = at(4)
+        try await cluster.send(alice, .exit(id: alice))
+        // a, which heard her move, heard her leave.
+        #expect(cluster["a"].registry.entry(for: alice) == nil)
+        let caughtUp = try await cluster.catchUp("b")
+        #expect(events(caughtUp, of: "b").contains { if case .remoteLeft(let entry, _) = $0 { entry.id == alice } else { false } })
+        #expect(cluster["b"].registry.entry(for: alice) == nil)
+        let pushed = try await cluster.roster(on: "b")
+        #expect(pushed[bob]?.contains { if case .absent(alice, _, .unregistered, _) = $0 { true } else { false } } == true)
+
+        // A departure of an older session than the one shown changes nothing.
+        try await cluster.register(alice, aliceKey, from: aliceEP, on: "a")
+        #expect(cluster["b"].registry.entry(for: alice)?.isLocal == false)
+        let old = PresenceRecord(id: "alice", home: "c", sessionStart: (unixBase + 4) * 1000, info: [], departure: .offline)
+        #expect(cluster["b"].registry.applyPresence([old], now: cluster.now).isEmpty)
+        #expect(cluster["b"].registry.entry(for: alice) != nil)
     }
 
     @Test func aSilentServersClientsLeave() async throws {
