@@ -48,6 +48,9 @@ struct ClusterMembership: Sendable {
     /// Replay windows of authenticated senders, by source (as many as there are servers).
     var replay: [Endpoint: ReplayWindow] = [:]
     var pending: [ClientID: PendingRegistration] = [:]
+    /// When each remote entry's session began (its home's ``PresenceRecord/sessionStart``):
+    /// a departure of a later session, from another server, ends it too.
+    var remoteSessionStarts: [ClientID: Int64] = [:]
     /// Whether the last claim the driver reported came back from the database.
     var databaseReachable = true
 
