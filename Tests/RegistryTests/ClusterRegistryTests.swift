@@ -465,6 +465,14 @@ struct ClusterRegistryTests {
         let mallory = try await cluster.register(alice, malloryKey, from: malloryEP, on: "a")
         #expect(events(mallory, of: "a").contains(.refused(alice, from: malloryEP, .claimUnavailable)))
 
+        // b knows her claim from a's presence: she can move there meanwhile.
+        cluster.now = at(6)
+        let aliceAtB = ep("203.0.113.7:41001")
+        let failover = try await cluster.register(alice, aliceKey, from: aliceAtB, on: "b")
+        #expect(messages(failover, of: "b", to: aliceAtB).contains { if case .registered = $0 { true } else { false } })
+        #expect(cluster["b"].registry.entry(for: alice)?.isLocal == true)
+        #expect(cluster["a"].registry.entry(for: alice)?.isLocal == false)
+
         // The database answers again.
         cluster.databaseDown = false
         cluster.now = at(6)
