@@ -212,7 +212,14 @@ public final class ClusterLink: Sendable {
                 }
                 for name in toRetire {
                     logger.warning("cluster: retiring a dead server's clients", metadata: ["server": "\(name)"])
-                    try? await store.retire(home: name)
+                    do {
+                        try await store.retire(home: name)
+                    } catch {
+                        // Tried again at the next heartbeat: until it is done, a server that
+                        // starts meanwhile reads the dead server's clients as present.
+                        state.withLock { _ = $0.retired.remove(name) }
+                        databaseFailed(error, doing: "retire a dead server's clients")
+                    }
                 }
                 if !revived.isEmpty { wakeInput.yield() }
             } catch {
