@@ -141,7 +141,7 @@ let package = Package(
         tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Addressing", "STUN", "MonotonicTime"]),
         tests("Transport", ["Transport", "Addressing", "MonotonicTime", nioCore, nioEmbedded]),
         tests("TransportPosix", ["TransportPosix", "Transport", "Addressing", "MonotonicTime", nioCore, nioPosix, logging]),
-        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", nioCore, logging, crypto]),
+        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", "Store", "TransportPosix", nioCore, nioPosix, logging, crypto]),
         tests("ChatClient", ["ChatClient", "ChatRouter", "ClientSession", "HolePunch", "STUN", "TestSupport", "Addressing", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", "KnownPeers", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),
         tests("MonotonicTime", ["MonotonicTime"]),

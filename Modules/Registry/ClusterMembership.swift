@@ -48,6 +48,9 @@ struct ClusterMembership: Sendable {
     /// Replay windows of authenticated senders, by source (as many as there are servers).
     var replay: [Endpoint: ReplayWindow] = [:]
     var pending: [ClientID: PendingRegistration] = [:]
+    /// When each remote entry's session began (its home's ``PresenceRecord/sessionStart``):
+    /// a departure of a later session, from another server, ends it too.
+    var remoteSessionStarts: [ClientID: Int64] = [:]
     /// Whether the last claim the driver reported came back from the database.
     var databaseReachable = true
 
@@ -76,10 +79,15 @@ struct ClusterMembership: Sendable {
         return SessionCrypto.sealed(message, counter: nextCounter, key: key)
     }
 
-    /// Whether `bytes` (a server datagram with `counter`) carry a valid tag under the cluster
-    /// key and a counter not seen before from `source` (which is then recorded).
+    /// Whether `bytes` (a server datagram with `counter`) come from a server of the cluster
+    /// (an endpoint the database lists), carry a valid tag under the cluster key and a counter
+    /// not seen before from `source` (which is then recorded). The replay windows are kept per
+    /// source: a datagram accepted from anywhere else could be replayed once from each
+    /// address an attacker can send from.
     mutating func accept(_ bytes: [UInt8], counter: UInt64, from source: Endpoint) -> Bool {
-        guard SessionCrypto.verifyAuthenticated(bytes, key: key) else { return false }
+        guard peers.contains(where: { $0.endpoint == source }), SessionCrypto.verifyAuthenticated(bytes, key: key) else {
+            return false
+        }
         var window = replay[source] ?? ReplayWindow()
         guard window.accept(counter) else { return false }
         replay[source] = window

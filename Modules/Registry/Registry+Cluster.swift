@@ -82,9 +82,17 @@ extension Registry {
         for record in records where record.home != name {
             guard let id = try? ClientID(record.id), let home = cluster?.index(of: record.home) else { continue }
             if let departure = record.departure {
-                guard let entry = entries[id], entry.home == home else { continue }
-                actions += removeRemote(entry, home: record.home, reason: departure == .unregistered ? .unregistered : .offline,
-                                        now: now)
+                guard let entry = entries[id], !entry.isLocal else { continue }
+                let reason: LeaveReason = departure == .unregistered ? .unregistered : .offline
+                if entry.home == home {
+                    actions += removeRemote(entry, home: record.home, reason: reason, now: now)
+                } else if record.sessionStart > sessionStartMillis(entry, now: now) {
+                    // It moved to `record.home` and left there before this server read the
+                    // move (the database keeps one record per ID, the departure in the end):
+                    // the session shown here is over too. Its old home's own departure, an
+                    // older session's, is dropped by the database.
+                    actions += removeRemote(entry, home: cluster?.peer(entry.home)?.name ?? record.home, reason: reason, now: now)
+                }
                 continue
             }
             guard let info = try? PeerInfo.decode(record.info), info.id == id else { continue }
@@ -95,7 +103,7 @@ extension Registry {
                 rememberDeparture(holder)
                 actions.append(.report(.movedAway(holder, to: record.home)))
             }
-            actions += upsertRemote(info, home: home, homeName: record.home, now: now)
+            actions += upsertRemote(info, home: home, homeName: record.home, sessionStart: record.sessionStart, now: now)
         }
         return actions
     }
@@ -121,8 +129,16 @@ extension Registry {
                 return refuse(id, from: parked.source, .claimUnavailable, dialect: .extended)
             }
         }
-        return receiveRegistration(parked.datagram, bytes: parked.bytes, from: parked.source, now: now, claimConfirmed: true,
-                                   random: &random)
+        let actions = receiveRegistration(parked.datagram, bytes: parked.bytes, from: parked.source, now: now, claimConfirmed: true,
+                                          random: &random)
+        // A client that held a remote entry here (it registered with another server before)
+        // takes it over as a refresh or a move, paths that expect a local holder and so a
+        // sweep already due: on a server with no client of its own yet, none is.
+        if entries[id]?.isLocal == true {
+            if nextSweep == nil { nextSweep = now + configuration.sweepInterval }
+            cluster?.remoteSessionStarts[id] = nil
+        }
+        return actions
     }
 
     /// Parks a registration until the database decides its claim; asks once per ID.
@@ -193,9 +209,11 @@ extension Registry {
         unixTimeAtStart &* 1000 &+ Int64(((instant - startInstant) / .milliseconds(1)).rounded(.down))
     }
 
-    /// When `entry`'s session began (Unix milliseconds): its cookie's issue time.
+    /// When `entry`'s session began (Unix milliseconds): its cookie's issue time (a remote
+    /// entry: as its home published it).
     func sessionStartMillis(_ entry: Entry, now: Instant) -> Int64 {
-        entry.dialect == .extended ? unixMillis(entry.cookieIssuedAt) : unixMillis(now)
+        guard entry.isLocal else { return cluster?.remoteSessionStarts[entry.id] ?? 0 }
+        return entry.dialect == .extended ? unixMillis(entry.cookieIssuedAt) : unixMillis(now)
     }
 
     func presenceRecord(_ entry: Entry, now: Instant) -> PresenceRecord {
@@ -208,8 +226,10 @@ extension Registry {
                        info: [], departure: reason == .unregistered ? .unregistered : .offline)
     }
 
-    /// Adds or updates the remote entry for `info` (registered with server `home`).
-    mutating func upsertRemote(_ info: PeerInfo, home: UInt16, homeName: String, now: Instant) -> [Output] {
+    /// Adds or updates the remote entry for `info` (registered with server `home`, in a
+    /// session that began at `sessionStart`).
+    mutating func upsertRemote(_ info: PeerInfo, home: UInt16, homeName: String, sessionStart: Int64, now: Instant) -> [Output] {
+        cluster?.remoteSessionStarts[info.id] = sessionStart
         var entry = Entry(id: info.id, publicEndpoint: info.publicEndpoint,
                           privateAddress: info.privateEndpoints.first?.address ?? info.publicEndpoint.address, sequence: 0,
                           dialect: info.dialect, keys: info.keys, privateEndpoints: info.privateEndpoints, natKind: info.natKind,
@@ -232,7 +252,10 @@ extension Registry {
             guard visible else { return [] }
             return [.report(.remoteChanged(entry, home: homeName))] + published(entry, publicEndpointChanged: endpointChanged, now: now)
         }
-        guard entries.count < configuration.maxClients else { return [] }
+        guard entries.count < configuration.maxClients else {
+            cluster?.remoteSessionStarts[info.id] = nil
+            return []
+        }
         entry.sequence = nextSequence
         nextSequence += 1
         entry.version = roster.nextVersion()
@@ -247,6 +270,7 @@ extension Registry {
 
     /// Removes remote `entry` (its home said it left, or its home is gone).
     mutating func removeRemote(_ entry: Entry, home: String, reason: LeaveReason, now: Instant) -> [Output] {
+        cluster?.remoteSessionStarts[entry.id] = nil
         forgetHelpers(entry.id)
         entries.removeValue(forKey: entry.id)
         var actions: [Output] = [.report(.remoteLeft(entry, home: home))]

@@ -64,6 +64,9 @@ public final class ClusterLink: Sendable {
         /// Per other server: the sequence of the last record read.
         var cursors: [String: Int64] = [:]
         var servers: [ServerRecord] = []
+        /// Servers whose heartbeat is older than ``Configuration/deadAfter`` (the registry
+        /// removed their clients), and those of them whose presence was retired.
+        var dead: Set<String> = []
         var retired: Set<String> = []
         var databaseDown = false
     }
@@ -188,13 +191,18 @@ public final class ClusterLink: Sendable {
                     var toRetire: [String] = []
                     for server in servers where server.name != configuration.name {
                         let age = now - server.heartbeat
+                        if age > deadAfter { state.dead.insert(server.name) }
                         if age > 2 * deadAfter {
                             if state.retired.insert(server.name).inserted { toRetire.append(server.name) }
-                        } else if age <= deadAfter, state.retired.remove(server.name) != nil {
+                        } else if age <= deadAfter, state.dead.remove(server.name) != nil {
+                            // The registry removed its clients when it was taken for dead
+                            // (retired or not): they come back only if read again.
+                            state.retired.remove(server.name)
                             revived.append(server.name)
                         }
                     }
-                    // A server that came back publishes afresh: read all it holds.
+                    // A server that came back: read all it holds (what it published since it
+                    // came back, or what it still held from before it went silent).
                     for name in revived { state.cursors[name] = 0 }
                     state.servers = servers
                     return (revived, toRetire)
@@ -204,7 +212,14 @@ public final class ClusterLink: Sendable {
                 }
                 for name in toRetire {
                     logger.warning("cluster: retiring a dead server's clients", metadata: ["server": "\(name)"])
-                    try? await store.retire(home: name)
+                    do {
+                        try await store.retire(home: name)
+                    } catch {
+                        // Tried again at the next heartbeat: until it is done, a server that
+                        // starts meanwhile reads the dead server's clients as present.
+                        state.withLock { _ = $0.retired.remove(name) }
+                        databaseFailed(error, doing: "retire a dead server's clients")
+                    }
                 }
                 if !revived.isEmpty { wakeInput.yield() }
             } catch {
