@@ -382,12 +382,12 @@ public final class PostgresStore: ClusterStore {
         }
     }
 
-    /// Deletes the departed rows whose session started before `unixTime` (in seconds:
-    /// `session_start / 1000 < unixTime`), the rule ``MemoryClusterStore`` follows.
+    /// Deletes the departed rows written before `unixTime` (their `updated_at`: the
+    /// departure's time, so a tombstone lives its full time whatever its session's length).
     public func prunePresence(before unixTime: Int64) async throws(StoreError) {
         try await timed("prune presence") { [client, logger] in
             for try await _ in try await client.query("""
-                DELETE FROM presence WHERE departure IS NOT NULL AND session_start / 1000 < \(unixTime)
+                DELETE FROM presence WHERE departure IS NOT NULL AND updated_at < to_timestamp(\(Double(unixTime)))
                 """, logger: logger) {}
         }
     }

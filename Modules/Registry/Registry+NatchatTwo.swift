@@ -91,8 +91,9 @@ extension Registry {
             }
             guard peer.isLocal else {
                 // alice → her server → bob's server → bob, within alice's relay budget here.
-                return toHome(of: peer, .serverRelay(from: id, to: to, payload: payload), now: now)
-                    + [.report(.relayed(from: id, to: to, bytes: payload.count))]
+                let forwarded = toHome(of: peer, .serverRelay(from: id, to: to, payload: payload), now: now)
+                guard case .sendToServer = forwarded.first else { return forwarded }
+                return forwarded + [.report(.relayed(from: id, to: to, bytes: payload.count))]
             }
             return [.sendExtended(.relayed(from: id, payload: payload), to: peer.publicEndpoint),
                     .report(.relayed(from: id, to: to, bytes: payload.count))]

@@ -180,11 +180,20 @@ public final class ClusterLink: Sendable {
     }
 
     private func heartbeatLoop(host: DatagramHost<RendezvousService>) async {
+        var failedLast = false
         repeat {
             let now = Self.unixTime()
             do {
                 let servers = try await store.heartbeat(server: configuration.name, at: now)
                 databaseAnswered()
+                if failedLast {
+                    // After an outage every server's last heartbeat may be old only because
+                    // none could write it: judge them at the next beat, when the live ones
+                    // have written theirs (else their clients would leave and come back).
+                    failedLast = false
+                    state.withLock { $0.servers = servers }
+                    continue
+                }
                 let deadAfter = configuration.deadAfter.components.seconds
                 let (revived, toRetire) = state.withLock { state -> ([String], [String]) in
                     var revived: [String] = []
@@ -223,6 +232,7 @@ public final class ClusterLink: Sendable {
                 }
                 if !revived.isEmpty { wakeInput.yield() }
             } catch {
+                failedLast = true
                 databaseFailed(error, doing: "heartbeat")
             }
         } while await sleep(configuration.heartbeatInterval)

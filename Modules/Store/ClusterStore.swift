@@ -105,7 +105,8 @@ public protocol ClusterStore: DurableStore {
     /// whose heartbeat stopped.
     func retire(home: String) async throws(StoreError)
 
-    /// Deletes departed records older than `unixTime` (tombstones every server has read).
+    /// Deletes departed records written before `unixTime` (tombstones every server has read:
+    /// the time is the departure's, not the session start's).
     func prunePresence(before unixTime: Int64) async throws(StoreError)
 
     /// The mail waiting for `recipient`, oldest first (a server fetches it when the recipient

@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 
 /// A ``ClusterStore`` in memory: several registries in one process (unit tests, coursework)
@@ -11,15 +12,22 @@ public final class MemoryClusterStore: ClusterStore {
         var presence: [String: PresenceRecord] = [:]
         var nextSequence: Int64 = 1
         var listeners: [Int: AsyncStream<String>.Continuation] = [:]
+        /// When each record was last written (Unix seconds): tombstones are pruned by it.
+        var writtenAt: [String: Int64] = [:]
         var nextListener = 0
     }
 
     private let state = Mutex(State())
     private let makeSecret: @Sendable () -> [UInt8]
+    private let clock: @Sendable () -> Int64
 
-    /// - Parameter secret: makes the shared secret when the first server joins.
-    public init(secret: @escaping @Sendable () -> [UInt8] = { (0..<32).map { _ in UInt8.random(in: 0...255) } }) {
+    /// - Parameters:
+    ///   - secret: makes the shared secret when the first server joins.
+    ///   - clock: the Unix time (seconds) records are written at, for ``prunePresence(before:)``.
+    public init(secret: @escaping @Sendable () -> [UInt8] = { (0..<32).map { _ in UInt8.random(in: 0...255) } },
+                clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
         makeSecret = secret
+        self.clock = clock
     }
 
     public var location: String { "memory (cluster)" }
@@ -81,6 +89,7 @@ public final class MemoryClusterStore: ClusterStore {
     }
 
     public func publish(_ records: [PresenceRecord]) async throws(StoreError) {
+        let now = clock()
         let listeners = state.withLock { state in
             var homes: Set<String> = []
             for var record in records {
@@ -88,6 +97,7 @@ public final class MemoryClusterStore: ClusterStore {
                 record.sequence = state.nextSequence
                 state.nextSequence += 1
                 state.presence[record.id] = record
+                state.writtenAt[record.id] = now
                 homes.insert(record.home)
             }
             return (Array(state.listeners.values), homes)
@@ -103,6 +113,7 @@ public final class MemoryClusterStore: ClusterStore {
     }
 
     public func retire(home: String) async throws(StoreError) {
+        let now = clock()
         let listeners = state.withLock { state in
             for (id, var record) in state.presence where record.home == home && record.departure == nil {
                 record.departure = .offline
@@ -110,6 +121,7 @@ public final class MemoryClusterStore: ClusterStore {
                 record.sequence = state.nextSequence
                 state.nextSequence += 1
                 state.presence[id] = record
+                state.writtenAt[id] = now
             }
             return Array(state.listeners.values)
         }
@@ -118,7 +130,10 @@ public final class MemoryClusterStore: ClusterStore {
 
     public func prunePresence(before unixTime: Int64) async throws(StoreError) {
         state.withLock { state in
-            state.presence = state.presence.filter { $0.value.departure == nil || $0.value.sessionStart / 1000 >= unixTime }
+            for (id, record) in state.presence where record.departure != nil && state.writtenAt[id, default: 0] < unixTime {
+                state.presence[id] = nil
+                state.writtenAt[id] = nil
+            }
         }
     }
 
