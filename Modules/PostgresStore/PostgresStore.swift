@@ -291,6 +291,93 @@ public final class PostgresStore: ClusterStore {
         }
     }
 
+    /// Decides `records` in one statement: the same upsert as ``claim(_:ttl:at:)`` over an
+    /// `unnest` of the batch, then one `SELECT` of the holders of the IDs it did not grant.
+    /// The rows are inserted in ID order: two servers' batches that share IDs then lock them
+    /// in the same order and wait for each other instead of deadlocking.
+    /// An ID that appears twice, or whose row changed between the two statements, is
+    /// decided again alone. The outcomes follow the order of `records`.
+    public func claims(_ records: [ClaimRecord], ttl: Int64, at unixTime: Int64) async throws(StoreError) -> [ClaimOutcome] {
+        if records.count == 1, let record = records.first { return [try await claim(record, ttl: ttl, at: unixTime)] }
+        guard !records.isEmpty else { return [] }
+        var firstIndex: [String: Int] = [:]
+        for (index, record) in records.enumerated() where firstIndex[record.id] == nil { firstIndex[record.id] = index }
+        let unique = firstIndex.values.sorted().map { records[$0] }
+        let indexOf = firstIndex
+        let decided = try await timed("claim \(unique.count) IDs") { [client, logger] () async throws -> [String: ClaimOutcome] in
+            var decided: [String: ClaimOutcome] = [:]
+            let ids = unique.map(\.id)
+            let signing = unique.map { Self.hex($0.signingKey) }
+            let agreement = unique.map { Self.hex($0.agreementKey) }
+            let claimedAt = unique.map(\.claimedAt)
+            let lastSeen = unique.map(\.lastSeen)
+            let granted = try await Self.claims(client.query("""
+                INSERT INTO claims AS c (id, signing_key, agreement_key, claimed_at, last_seen)
+                SELECT t.id, decode(t.sk, 'hex'), decode(t.ak, 'hex'), t.ca, t.ls
+                FROM unnest(\(ids)::text[], \(signing)::text[], \(agreement)::text[], \(claimedAt)::bigint[], \(lastSeen)::bigint[])
+                    AS t(id, sk, ak, ca, ls)
+                ORDER BY t.id
+                ON CONFLICT (id) DO UPDATE SET
+                    signing_key = CASE WHEN c.last_seen::numeric + \(ttl) <= \(unixTime) THEN EXCLUDED.signing_key ELSE c.signing_key END,
+                    agreement_key = CASE WHEN c.last_seen::numeric + \(ttl) <= \(unixTime) THEN EXCLUDED.agreement_key ELSE c.agreement_key END,
+                    claimed_at = CASE WHEN c.last_seen::numeric + \(ttl) <= \(unixTime) THEN EXCLUDED.claimed_at ELSE c.claimed_at END,
+                    last_seen = CASE WHEN c.last_seen::numeric + \(ttl) <= \(unixTime) THEN EXCLUDED.last_seen
+                                     ELSE GREATEST(c.last_seen, EXCLUDED.last_seen) END
+                WHERE c.last_seen::numeric + \(ttl) <= \(unixTime)
+                   OR (c.signing_key = EXCLUDED.signing_key AND c.agreement_key = EXCLUDED.agreement_key)
+                RETURNING id, signing_key, agreement_key, claimed_at, last_seen
+                """, logger: logger))
+            for claim in granted { decided[claim.id] = .granted(claim) }
+            let rest = ids.filter { decided[$0] == nil }
+            guard !rest.isEmpty else { return decided }
+            let held = try await Self.claims(client.query("""
+                SELECT id, signing_key, agreement_key, claimed_at, last_seen FROM claims WHERE id = ANY(\(rest)::text[])
+                """, logger: logger))
+            for holder in held {
+                guard let index = indexOf[holder.id], unixTime < holder.lastSeen &+ ttl,
+                      holder.signingKey != records[index].signingKey || holder.agreementKey != records[index].agreementKey
+                else { continue }
+                decided[holder.id] = .heldByAnother(holder)
+            }
+            return decided
+        }
+        var outcomes: [ClaimOutcome] = []
+        for (index, record) in records.enumerated() {
+            if firstIndex[record.id] == index, let outcome = decided[record.id] {
+                outcomes.append(outcome)
+            } else {
+                outcomes.append(try await claim(record, ttl: ttl, at: unixTime))
+            }
+        }
+        return outcomes
+    }
+
+    /// The mail waiting for any of `recipients`, by serial, in one query.
+    public func mail(forRecipients recipients: [String]) async throws(StoreError) -> [MailRecord] {
+        guard !recipients.isEmpty else { return [] }
+        return try await timed("mail for \(recipients.count) recipients") { [client, logger] in
+            let rows = try await client.query("""
+                SELECT serial, recipient, sender, queued_at, sealed FROM mail WHERE recipient = ANY(\(recipients)::text[]) ORDER BY serial
+                """, logger: logger)
+            var mail: [MailRecord] = []
+            for try await (serial, recipient, sender, queuedAt, sealed) in rows.decode((Int64, String, String, Int64, Data).self) {
+                mail.append(MailRecord(serial: serial, recipient: recipient, sender: sender, queuedAt: queuedAt, sealed: [UInt8](sealed)))
+            }
+            return mail
+        }
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = []
+        text.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0x0F)])
+        }
+        return String(decoding: text, as: UTF8.self)
+    }
+
     /// The claim of `id` when it lives at `unixTime` (`last_seen + ttl > unixTime`).
     public func currentClaim(of id: String, ttl: Int64, at unixTime: Int64) async throws(StoreError) -> ClaimRecord? {
         try await timed("current claim of \(id)") { [client, logger] in

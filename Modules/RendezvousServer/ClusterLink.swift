@@ -43,8 +43,8 @@ public final class ClusterLink: Sendable {
         public var pollInterval: Duration = .seconds(1)
         /// Departed presence records older than this are deleted.
         public var pruneAfter: Duration = .seconds(3600)
-        /// Claims decided at once.
-        public var claimConcurrency = 16
+        /// Batches of claims being decided at once.
+        public var claimConcurrency = 4
         /// Presence records kept waiting while the database is down; beyond it the oldest go.
         public var maxPendingPresence = 100_000
 
@@ -69,14 +69,17 @@ public final class ClusterLink: Sendable {
         var dead: Set<String> = []
         var retired: Set<String> = []
         var databaseDown = false
+        /// Claims waiting for a batch (the registry parks at most 4 096 registrations).
+        var pendingClaims: [ClaimRecord] = []
     }
 
     public let configuration: Configuration
     let store: any ClusterStore
     let logger: Logger
     private let state = Mutex(State())
-    private let claims: AsyncStream<ClaimRecord>
-    private let claimInput: AsyncStream<ClaimRecord>.Continuation
+    /// Wakes the claim loop: claims wait in ``State/pendingClaims`` and are decided in batches.
+    private let claimWake: AsyncStream<Void>
+    private let claimInput: AsyncStream<Void>.Continuation
     private let wake: AsyncStream<Void>
     private let wakeInput: AsyncStream<Void>.Continuation
 
@@ -84,7 +87,7 @@ public final class ClusterLink: Sendable {
         self.store = store
         self.configuration = configuration
         self.logger = logger
-        (claims, claimInput) = AsyncStream<ClaimRecord>.makeStream(bufferingPolicy: .bufferingNewest(ClusterLinkLimits.pendingClaims))
+        (claimWake, claimInput) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         (wake, wakeInput) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -101,7 +104,7 @@ public final class ClusterLink: Sendable {
     public func hooks(secret: [UInt8]) -> RendezvousService.ClusterHooks {
         RendezvousService.ClusterHooks(name: configuration.name, secret: secret,
                                        publish: { [self] record in enqueue(record) },
-                                       confirmClaim: { [claimInput] record in claimInput.yield(record) })
+                                       confirmClaim: { [self] record in enqueueClaim(record) })
     }
 
     /// Presence records waiting to be written (for tests and status).
@@ -325,34 +328,67 @@ public final class ClusterLink: Sendable {
         }
     }
 
+    private func enqueueClaim(_ record: ClaimRecord) {
+        let queued = state.withLock { state in
+            guard state.pendingClaims.count < ClusterLinkLimits.pendingClaims else { return false }
+            state.pendingClaims.append(record)
+            return true
+        }
+        if queued {
+            claimInput.yield()
+        } else {
+            logger.warning("cluster: too many claims waiting for the database; a registration is dropped (its client retries)")
+        }
+    }
+
+    /// Decides the waiting claims in batches of up to ``ClusterLinkLimits/claimBatch``, a
+    /// few batches at a time: one round trip for a batch rather than one per claim, which
+    /// is what a burst of registrations (a mass failover) needs.
     private func claimLoop(host: DatagramHost<RendezvousService>) async {
         await withTaskGroup(of: Void.self) { group in
             var running = 0
-            for await record in claims {
-                if running >= configuration.claimConcurrency {
-                    await group.next()
-                    running -= 1
+            for await _ in claimWake {
+                while true {
+                    let batch = state.withLock { state -> [ClaimRecord] in
+                        let batch = Array(state.pendingClaims.prefix(ClusterLinkLimits.claimBatch))
+                        state.pendingClaims.removeFirst(batch.count)
+                        return batch
+                    }
+                    if batch.isEmpty { break }
+                    if running >= configuration.claimConcurrency {
+                        await group.next()
+                        running -= 1
+                    }
+                    running += 1
+                    group.addTask { await self.decide(batch, host: host) }
                 }
-                running += 1
-                group.addTask { await self.decide(record, host: host) }
             }
         }
     }
 
-    private func decide(_ record: ClaimRecord, host: DatagramHost<RendezvousService>) async {
-        guard let id = try? ClientID(record.id) else { return }
-        var outcome: ClaimOutcome?
-        var mail: [MailRecord] = []
+    private func decide(_ batch: [ClaimRecord], host: DatagramHost<RendezvousService>) async {
+        var outcomes: [ClaimOutcome?] = Array(repeating: nil, count: batch.count)
+        var mail: [String: [MailRecord]] = [:]
         do {
-            let decided = try await store.claim(record, ttl: configuration.claimTTL, at: Self.unixTime())
-            if case .granted = decided { mail = try await store.mail(for: record.id) }
-            outcome = decided
+            let decided = try await store.claims(batch, ttl: configuration.claimTTL, at: Self.unixTime())
+            let granted = zip(batch, decided).compactMap { record, outcome -> String? in
+                if case .granted = outcome { return record.id }
+                return nil
+            }
+            if !granted.isEmpty {
+                for message in try await store.mail(forRecipients: granted) { mail[message.recipient, default: []].append(message) }
+            }
+            for (index, outcome) in decided.enumerated() where index < outcomes.count { outcomes[index] = outcome }
             databaseAnswered()
         } catch {
-            databaseFailed(error, doing: "decide a claim")
+            databaseFailed(error, doing: "decide \(batch.count) claim(s)")
         }
-        host.perform { [outcome, mail] service, output, now in
-            service.claimDecided(id, outcome: outcome, mail: mail, now: now, output: &output)
+        let answers = zip(batch, outcomes).compactMap { record, outcome -> (ClientID, ClaimOutcome?, [MailRecord])? in
+            guard let id = try? ClientID(record.id) else { return nil }
+            return (id, outcome, mail[record.id] ?? [])
+        }
+        host.perform { service, output, now in
+            for (id, outcome, mail) in answers { service.claimDecided(id, outcome: outcome, mail: mail, now: now, output: &output) }
         }
     }
 
@@ -370,4 +406,6 @@ public final class ClusterLink: Sendable {
 enum ClusterLinkLimits {
     /// Claims waiting for the database; the registry bounds its parked registrations too.
     static let pendingClaims = 4096
+    /// Most claims decided in one round trip.
+    static let claimBatch = 128
 }

@@ -89,6 +89,13 @@ public protocol ClusterStore: DurableStore {
     /// keys hold it (then only `lastSeen` moves on); otherwise names the holder.
     func claim(_ record: ClaimRecord, ttl: Int64, at unixTime: Int64) async throws(StoreError) -> ClaimOutcome
 
+    /// Decides several claims (as ``claim(_:ttl:at:)`` each, in one round trip where the
+    /// store can): the outcomes in the order of `records`.
+    func claims(_ records: [ClaimRecord], ttl: Int64, at unixTime: Int64) async throws(StoreError) -> [ClaimOutcome]
+
+    /// The mail waiting for any of `recipients`, oldest first.
+    func mail(forRecipients recipients: [String]) async throws(StoreError) -> [MailRecord]
+
     /// The live claim of `id` at `unixTime`, if any (a server that missed a change asks).
     func currentClaim(of id: String, ttl: Int64, at unixTime: Int64) async throws(StoreError) -> ClaimRecord?
 
@@ -117,4 +124,20 @@ public protocol ClusterStore: DurableStore {
     /// ends when the store is closed. A server still polls: a notification can be lost with
     /// a connection.
     func presenceNotifications() -> AsyncStream<String>
+}
+
+extension ClusterStore {
+    /// One ``claim(_:ttl:at:)`` after another (stores without a batch statement).
+    public func claims(_ records: [ClaimRecord], ttl: Int64, at unixTime: Int64) async throws(StoreError) -> [ClaimOutcome] {
+        var outcomes: [ClaimOutcome] = []
+        for record in records { outcomes.append(try await claim(record, ttl: ttl, at: unixTime)) }
+        return outcomes
+    }
+
+    /// One ``mail(for:)`` after another, oldest first.
+    public func mail(forRecipients recipients: [String]) async throws(StoreError) -> [MailRecord] {
+        var mail: [MailRecord] = []
+        for recipient in Set(recipients) { mail += try await self.mail(for: recipient) }
+        return mail.sorted { $0.serial < $1.serial }
+    }
 }

@@ -143,6 +143,40 @@ struct PostgresStoreTests {
         }
     }
 
+    /// Batches of claims (one statement each) decided by two servers at once: per ID
+    /// exactly one key wins, whichever batch it was in; a batch answers in its own order,
+    /// an ID twice in one batch included; the batch agrees with the memory store.
+    @Test func concurrentBatchesGrantExactlyOnePerID() async throws {
+        let settings = try await TestDatabase.fresh("batch")
+        let a = try await PostgresStore.open(settings: settings)
+        let b = try await PostgresStore.open(settings: settings)
+        defer { a.close(); b.close() }
+        for round in 0..<10 {
+            let ids = (0..<40).map { "r\(round)id\($0)" }
+            let mine = ids.map { claim($0, key: 1, claimedAt: 100, lastSeen: 100) }
+            let theirs = ids.reversed().map { claim($0, key: 3, claimedAt: 100, lastSeen: 100) }
+            async let first = a.claims(mine, ttl: 60, at: 100)
+            async let second = b.claims(theirs, ttl: 60, at: 100)
+            let (ours, others) = try await (first, second)
+            #expect(ours.count == ids.count && others.count == ids.count)
+            for (index, id) in ids.enumerated() {
+                let pair = [ours[index], others[ids.count - 1 - index]]
+                let granted = pair.compactMap { if case .granted(let record) = $0 { record } else { nil } }
+                let held = pair.compactMap { if case .heldByAnother(let record) = $0 { record } else { nil } }
+                #expect(granted.count == 1 && held.count == 1 && granted == held, "\(id): \(pair)")
+            }
+        }
+        let memory = MemoryClusterStore()
+        let batch = [claim("x", key: 1, claimedAt: 5, lastSeen: 5), claim("y", key: 1, claimedAt: 5, lastSeen: 5),
+                     claim("x", key: 3, claimedAt: 6, lastSeen: 6), claim("x", key: 1, claimedAt: 7, lastSeen: 7)]
+        let postgres = try await a.claims(batch, ttl: 60, at: 7)
+        #expect(postgres == (try await memory.claims(batch, ttl: 60, at: 7)))
+        #expect(postgres[0] == .granted(batch[0]) && postgres[2] == .heldByAnother(claim("x", key: 1, claimedAt: 5, lastSeen: 5)))
+        #expect(postgres[3] == .granted(claim("x", key: 1, claimedAt: 5, lastSeen: 7)))
+        let mail = try await a.mail(forRecipients: ["x", "y"])
+        #expect(mail.isEmpty)
+    }
+
     @Test func renewalKeepsClaimedAtAndAnExpiredClaimIsReplaced() async throws {
         let store = try PostgresStore(settings: try await TestDatabase.fresh("renew"))
         let memory = MemoryClusterStore()
