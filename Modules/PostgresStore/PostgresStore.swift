@@ -399,7 +399,31 @@ public final class PostgresStore: ClusterStore {
         try await timed("publish (\(records.count) records)") { [client, logger] in
             try await client.withTransaction(logger: logger) { connection in
                 var homes: Set<String> = []
-                for record in records {
+                let oneStatement = records.count > 1 && Set(records.map(\.id)).count == records.count
+                if oneStatement {
+                    // One statement for the batch (the link sends one record per ID). Rows
+                    // go in ID order, so two servers' batches that share IDs (a client moving)
+                    // lock them in the same order. Within a batch every ID is another row, so
+                    // the order of their sequence numbers does not matter to a reader.
+                    let ids = records.map(\.id)
+                    let homesOf = records.map(\.home)
+                    let starts = records.map(\.sessionStart)
+                    let infos = records.map { Self.hex($0.info) }
+                    let departures = records.map { Int16($0.departure?.rawValue ?? 0) }
+                    let rows = try await connection.query("""
+                        INSERT INTO presence AS p (id, home, session_start, info, departure, seq, updated_at)
+                        SELECT t.id, t.home, t.start, decode(t.info, 'hex'), NULLIF(t.departure, 0), nextval('presence_seq'), now()
+                        FROM unnest(\(ids)::text[], \(homesOf)::text[], \(starts)::bigint[], \(infos)::text[], \(departures)::int2[])
+                            AS t(id, home, start, info, departure)
+                        ORDER BY t.id
+                        ON CONFLICT (id) DO UPDATE SET home = EXCLUDED.home, session_start = EXCLUDED.session_start,
+                            info = EXCLUDED.info, departure = EXCLUDED.departure, seq = EXCLUDED.seq, updated_at = now()
+                        WHERE p.home = EXCLUDED.home OR p.session_start <= EXCLUDED.session_start
+                        RETURNING home
+                        """, logger: logger)
+                    for try await home in rows.decode(String.self) { homes.insert(home) }
+                }
+                for record in records where !oneStatement {
                     let rows = try await connection.query("""
                         INSERT INTO presence AS p (id, home, session_start, info, departure, seq, updated_at)
                         VALUES (\(record.id), \(record.home), \(record.sessionStart), \(Data(record.info)),

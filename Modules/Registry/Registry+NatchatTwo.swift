@@ -175,7 +175,9 @@ extension Registry {
         guard let issued = validator.issueTime(of: cookie, for: source, now: now) else {
             return [.report(.ignoredExtended(from: source, .badCookie))]
         }
-        guard SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature) else {
+        // A registration parked for its claim was verified before it was parked (the
+        // signature costs more than the rest of a registration).
+        guard claimConfirmed || SessionCrypto.verifyRegistration(bytes, keys: keys, signature: signature) else {
             return [.report(.ignoredExtended(from: source, .badSignature))]
         }
         switch freshness(ofRegistration: id, keys: keys, cookieIssuedAt: issued, from: source) {
