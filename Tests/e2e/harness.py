@@ -191,6 +191,7 @@ class Proc:
         self.group = group
         self._cond = threading.Condition()
         self._lines = {"stdout": [], "stderr": []}
+        self._times = {"stdout": [], "stderr": []}  # time.monotonic() when each line was read
         self._eof = {"stdout": False, "stderr": False}
         self._stopped = False
         self.popen = subprocess.Popen(
@@ -216,8 +217,10 @@ class Proc:
         try:
             for raw in iter(pipe.readline, b""):
                 text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                t = time.monotonic()
                 with self._cond:
                     self._lines[stream].append(text)
+                    self._times[stream].append(t)
                     self._cond.notify_all()
         except (OSError, ValueError):
             pass
@@ -236,6 +239,11 @@ class Proc:
         """Current number of captured lines: pass as since= to look only at newer ones."""
         with self._cond:
             return len(self._lines[stream])
+
+    def line_time(self, index, stream="stdout"):
+        """time.monotonic() when line `index` of `stream` was read (a Hit's .index)."""
+        with self._cond:
+            return self._times[stream][index]
 
     def count(self, regex, stream="stdout", since=0, until=None):
         pat = re.compile(regex)

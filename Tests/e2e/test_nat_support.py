@@ -202,13 +202,17 @@ class NatNode:
 
 
 class Server(NatNode):
-    def __init__(self, tb, host='srv', extra=()):
+    """natchat-server on a public testbed host. store: its --store (default memory; a later
+    --store in extra wins too); name: the node's name in failure output; start_timeout:
+    seconds to wait for 'server program starts....' (a server joining a database needs more)."""
+
+    def __init__(self, tb, host='srv', extra=(), store='memory', name='server', start_timeout=10.0):
         ip = tb.addr(host)
-        super().__init__(tb, host, 'server', [binary('natchat-server'), '--bind', ip, '--port', SERVER_PORT,
-                                              '--alt-port', ALT_PORT, '--store', 'memory', *log_args(), *extra],
+        super().__init__(tb, host, name, [binary('natchat-server'), '--bind', ip, '--port', SERVER_PORT,
+                                          '--alt-port', ALT_PORT, '--store', store, *log_args(), *extra],
                          stdin=False)
         self.ip = ip
-        if self.wait(re.escape('server program starts....'), 10) is None:
+        if self.wait(re.escape('server program starts....'), start_timeout) is None:
             raise AssertionError('natchat-server did not start\n' + self.describe())
 
 

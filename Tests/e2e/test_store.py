@@ -10,8 +10,10 @@
 2. test_classic_client_cannot_take_a_claimed_id: the reference (seed) client cannot register
    an ID a key claimed, and gets the server's notice.
 3. test_bad_store_files_stop_the_server_cleanly: a file of garbage bytes, a path under a
-   regular file, and an unknown URL scheme each stop natchat-server at start with exit status
-   1 (64 for the URL, a usage error) and a message naming the problem; the garbage file is left byte for byte as it was.
+   regular file, a URL whose scheme is no store (mysql://) and a postgres:// URL to a closed
+   port each stop natchat-server at start with exit status 1 (64 for mysql://, a usage
+   error) and a message naming the problem, never a crash and never "server program
+   starts"; the garbage file is left byte for byte as it was.
 4. test_owner_rotates_then_releases_the_claim: alice runs `natchat --rotate-identity` (exit
    0, `* your ID is now claimed by the new key FP`, her identity file now holds the new key and
    `identity.old` the old one); a shell with the old key is refused, one with the new key
@@ -25,6 +27,7 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +45,16 @@ from harness import (  # noqa: E402
 
 SERVER_IP, ALICE_IP, MALLORY_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 STORE_FILE = "natchat-server.sqlite"
+
+
+def free_tcp_port(addr):
+    """A TCP port on addr where nothing listens (bound for a moment, then closed)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
 
 
 class StoreTest(unittest.TestCase):
@@ -125,10 +138,14 @@ class StoreTest(unittest.TestCase):
         plain_file = os.path.join(folder, "plain")
         with open(plain_file, "w") as f:
             f.write("a regular file\n")
+        # A PostgreSQL server on a port where nothing listens (TCP; nothing is sent anywhere else).
+        closed = free_tcp_port(SERVER_IP)
         # Exit 1 for a store that cannot be used, 64 (a usage error) for a value that is no store.
         cases = ((garbage, r"damaged or not a natchat store", 1),
                  (os.path.join(plain_file, "natchat.sqlite"), r"cannot open the store", 1),
-                 ("postgres://natchat@localhost/natchat", r"PostgreSQL is not supported yet", 64))
+                 ("mysql://natchat@localhost/natchat", r"--store mysql://\.\.\.: not a store natchat knows", 64),
+                 (f"postgres://natchat@{SERVER_IP}:{closed}/natchat",
+                  rf"cannot open the store postgres://natchat@{SERVER_IP}:{closed}/natchat: \S", 1))
         for store, message, status in cases:
             port = free_udp_port((SERVER_IP,))
             run = subprocess.run([binary_path(SERVER_BIN), "--bind", SERVER_IP, "--port", str(port),
