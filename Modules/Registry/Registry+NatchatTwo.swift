@@ -221,7 +221,9 @@ extension Registry {
             store(moved)
             liveness.touch(id, now: now)
             startFeed(moved, now: now)
-            var actions: [Output] = [.report(.moved(moved, from: holder.publicEndpoint)), answer]
+            // A client of another server registering here is new to this server's operator.
+            let event: Event = holder.isLocal ? .moved(moved, from: holder.publicEndpoint) : .registered(moved)
+            var actions: [Output] = [.report(event), answer]
             actions += published(moved, publicEndpointChanged: true, now: now)
             return actions + claimed(id, keys: keys, now: now)
         }

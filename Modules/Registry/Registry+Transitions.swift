@@ -46,7 +46,8 @@ extension Registry {
                 refreshed.version = visible ? roster.nextVersion() : holder.version
                 store(refreshed)
                 liveness.touch(id, now: now)
-                actions.append(.report(.refreshed(refreshed)))
+                // A client of another server registering here is new to this server's operator.
+                actions.append(.report(holder.isLocal ? .refreshed(refreshed) : .registered(refreshed)))
                 if refreshed.dialect == .extended {
                     if let answer { actions.append(answer) }
                     startFeed(refreshed, now: now)

@@ -132,7 +132,7 @@ public final class ClusterLink: Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.heartbeatLoop(host: host) }
             group.addTask { await self.publishLoop() }
-            group.addTask { await self.notificationLoop() }
+            group.addTask { await self.notificationLoop(host: host) }
             group.addTask { await self.pollLoop() }
             group.addTask { await self.readLoop(host: host) }
             group.addTask { await self.claimLoop(host: host) }
@@ -185,60 +185,79 @@ public final class ClusterLink: Sendable {
     private func heartbeatLoop(host: DatagramHost<RendezvousService>) async {
         var failedLast = false
         repeat {
-            let now = Self.unixTime()
             do {
-                let servers = try await store.heartbeat(server: configuration.name, at: now)
-                databaseAnswered()
-                if failedLast {
-                    // After an outage every server's last heartbeat may be old only because
-                    // none could write it: judge them at the next beat, when the live ones
-                    // have written theirs (else their clients would leave and come back).
-                    failedLast = false
-                    state.withLock { $0.servers = servers }
-                    continue
-                }
-                let deadAfter = configuration.deadAfter.components.seconds
-                let (revived, toRetire) = state.withLock { state -> ([String], [String]) in
-                    var revived: [String] = []
-                    var toRetire: [String] = []
-                    for server in servers where server.name != configuration.name {
-                        let age = now - server.heartbeat
-                        if age > deadAfter { state.dead.insert(server.name) }
-                        if age > 2 * deadAfter {
-                            if state.retired.insert(server.name).inserted { toRetire.append(server.name) }
-                        } else if age <= deadAfter, state.dead.remove(server.name) != nil {
-                            // The registry removed its clients when it was taken for dead
-                            // (retired or not): they come back only if read again.
-                            state.retired.remove(server.name)
-                            revived.append(server.name)
-                        }
-                    }
-                    // A server that came back: read all it holds (what it published since it
-                    // came back, or what it still held from before it went silent).
-                    for name in revived { state.cursors[name] = 0 }
-                    state.servers = servers
-                    return (revived, toRetire)
-                }
-                host.perform { service, output, instant in
-                    service.updateServers(servers, unixTime: now, now: instant, output: &output)
-                }
-                for name in toRetire {
-                    logger.warning("cluster: retiring a dead server's clients", metadata: ["server": "\(name)"])
-                    do {
-                        try await store.retire(home: name)
-                    } catch {
-                        // Tried again at the next heartbeat: until it is done, a server that
-                        // starts meanwhile reads the dead server's clients as present.
-                        state.withLock { _ = $0.retired.remove(name) }
-                        databaseFailed(error, doing: "retire a dead server's clients")
-                    }
-                }
-                if !revived.isEmpty { wakeInput.yield() }
+                // After an outage every server's last heartbeat may be old only because none
+                // could write it: judge them at the next beat, when the live ones have
+                // written theirs (else their clients would leave and come back).
+                try await beat(host: host, judge: !failedLast)
+                failedLast = false
             } catch {
                 failedLast = true
                 databaseFailed(error, doing: "heartbeat")
             }
         } while await sleep(configuration.heartbeatInterval)
+    }
+
+    /// Renews this server's heartbeat and takes in every server's record; with `judge`, also
+    /// tells the registry which are alive, retires the long dead and re-reads the revived.
+    private func beat(host: DatagramHost<RendezvousService>, judge: Bool) async throws(StoreError) {
+        let now = Self.unixTime()
+        let servers = try await store.heartbeat(server: configuration.name, at: now)
+        databaseAnswered()
+        guard judge else {
+            state.withLock { $0.servers = servers }
+            return
+        }
+        let deadAfter = configuration.deadAfter.components.seconds
+        let (revived, toRetire) = state.withLock { state -> ([String], [String]) in
+            var revived: [String] = []
+            var toRetire: [String] = []
+            for server in servers where server.name != configuration.name {
+                let age = now - server.heartbeat
+                if age > deadAfter { state.dead.insert(server.name) }
+                if age > 2 * deadAfter {
+                    if state.retired.insert(server.name).inserted { toRetire.append(server.name) }
+                } else if age <= deadAfter, state.dead.remove(server.name) != nil {
+                    // The registry removed its clients when it was taken for dead
+                    // (retired or not): they come back only if read again.
+                    state.retired.remove(server.name)
+                    revived.append(server.name)
+                }
+            }
+            // A server that came back: read all it holds (what it published since it
+            // came back, or what it still held from before it went silent).
+            for name in revived { state.cursors[name] = 0 }
+            state.servers = servers
+            return (revived, toRetire)
+        }
+        host.perform { service, output, instant in
+            service.updateServers(servers, unixTime: now, now: instant, output: &output)
+        }
+        for name in toRetire {
+            logger.warning("cluster: retiring a dead server's clients", metadata: ["server": "\(name)"])
+            do {
+                try await store.retire(home: name)
+            } catch {
+                // Tried again at the next heartbeat: until it is done, a server that
+                // starts meanwhile reads the dead server's clients as present.
+                state.withLock { _ = $0.retired.remove(name) }
+                databaseFailed(error, doing: "retire a dead server's clients")
+            }
+        }
+        if !revived.isEmpty { wakeInput.yield() }
+    }
+
+    /// A notification from a server this link has not listed yet (it just started): its
+    /// record is read now rather than at the next heartbeat, so that its clients show within
+    /// the notification's round trip and punches and relays can reach it.
+    private func learnServer(_ name: String, host: DatagramHost<RendezvousService>) async {
+        let known = state.withLock { state in state.servers.contains { $0.name == name } }
+        guard !known else { return }
+        do {
+            try await beat(host: host, judge: true)
+        } catch {
+            databaseFailed(error, doing: "read the servers")
+        }
     }
 
     private func publishLoop() async {
@@ -283,9 +302,10 @@ public final class ClusterLink: Sendable {
         }
     }
 
-    private func notificationLoop() async {
+    private func notificationLoop(host: DatagramHost<RendezvousService>) async {
         while !Task.isCancelled {
             for await home in store.presenceNotifications() where home != configuration.name {
+                await learnServer(home, host: host)
                 wakeInput.yield()
             }
             // The stream ended (the connection dropped or the store closed): listen again.
