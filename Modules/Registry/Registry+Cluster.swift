@@ -15,8 +15,15 @@ extension Registry {
     /// Registrations waiting for the database to decide their claims.
     public var pendingClaimCount: Int { cluster?.pending.count ?? 0 }
 
-    /// Whether the last claim the database was asked about came back (`true` alone).
+    /// Whether the database answered the last time it was asked, by this registry or its
+    /// link (`true` alone).
     public var databaseReachable: Bool { cluster?.databaseReachable ?? true }
+
+    /// The link's word on the database (it answers, or it stopped answering). While it does
+    /// not, a registration of an ID this registry knows the registrant owns is not parked.
+    public mutating func setDatabaseReachable(_ reachable: Bool) {
+        cluster?.databaseReachable = reachable
+    }
 
     /// The other servers, with whether their heartbeat is recent.
     public var clusterServers: [(name: String, endpoint: Endpoint?, alive: Bool)] {

@@ -191,8 +191,11 @@ extension Registry {
         case .replayed:
             return [.report(.ignoredExtended(from: source, .replayed))]
         }
-        if cluster != nil, !claimConfirmed {
+        if let cluster, !claimConfirmed,
+           cluster.databaseReachable || claimBook?.verdict(for: id, keys: keys, at: unixTime(now)) != .owner {
             // Several servers: only the shared database can say whether the ID is free.
+            // (While it is known to be unreachable, an ID this server knows the registrant
+            // owns goes on at once: asking would only wait for the deadline.)
             return parkForClaim(datagram, bytes: bytes, from: source, id: id, keys: keys, now: now)
         }
         if claimBook?.verdict(for: id, keys: keys, at: unixTime(now)) == .claimedByAnother {

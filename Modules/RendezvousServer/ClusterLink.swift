@@ -69,6 +69,9 @@ public final class ClusterLink: Sendable {
         var dead: Set<String> = []
         var retired: Set<String> = []
         var databaseDown = false
+        /// The server the link runs for (set by ``run(host:)``): told when the database goes
+        /// and comes back.
+        var host: DatagramHost<RendezvousService>?
         /// Claims waiting for a batch (the registry parks at most 4 096 registrations).
         var pendingClaims: [ClaimRecord] = []
     }
@@ -129,6 +132,7 @@ public final class ClusterLink: Sendable {
 
     /// Runs the link's loops until the task is cancelled; then writes what presence waits.
     public func run(host: DatagramHost<RendezvousService>) async {
+        state.withLock { $0.host = host }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.heartbeatLoop(host: host) }
             group.addTask { await self.publishLoop() }
@@ -162,19 +166,22 @@ public final class ClusterLink: Sendable {
     }
 
     private func databaseAnswered() {
-        let wasDown = state.withLock { state in
+        let (wasDown, host) = state.withLock { state in
             defer { state.databaseDown = false }
-            return state.databaseDown
+            return (state.databaseDown, state.host)
         }
-        if wasDown { logger.notice("cluster: the database answers again; catching up") }
+        guard wasDown else { return }
+        logger.notice("cluster: the database answers again; catching up")
+        host?.perform { service, _, _ in service.databaseReachable(true) }
     }
 
     private func databaseFailed(_ error: StoreError, doing what: String) {
-        let wasDown = state.withLock { state in
+        let (wasDown, host) = state.withLock { state in
             defer { state.databaseDown = true }
-            return state.databaseDown
+            return (state.databaseDown, state.host)
         }
         if !wasDown {
+            host?.perform { service, _, _ in service.databaseReachable(false) }
             logger.error("cluster: the database is unreachable; serving the clients in memory, refusing new IDs until it is back",
                          metadata: ["doing": "\(what)", "error": "\(error)"])
         } else {

@@ -191,6 +191,13 @@ public final class RendezvousService: DatagramDriver {
         flushRosterIfDue(now: now, output: &output)
     }
 
+    /// Several servers: whether the shared database answers, as the link last saw it. While
+    /// it does not, registrations of IDs the registry knows the registrant owns go on without
+    /// asking it.
+    public func databaseReachable(_ reachable: Bool) {
+        registry.setDatabaseReachable(reachable)
+    }
+
     private func flushRosterIfDue(now: Instant, output: inout DatagramOutput) {
         if let due = registry.rosterDeadline, now >= due { perform(registry.flushRoster(now: now), now: now, output: &output) }
     }
