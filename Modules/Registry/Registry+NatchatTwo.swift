@@ -191,12 +191,17 @@ extension Registry {
         case .replayed:
             return [.report(.ignoredExtended(from: source, .replayed))]
         }
-        if let cluster, !claimConfirmed,
-           cluster.databaseReachable || claimBook?.verdict(for: id, keys: keys, at: unixTime(now)) != .owner {
-            // Several servers: only the shared database can say whether the ID is free.
-            // (While it is known to be unreachable, an ID this server knows the registrant
-            // owns goes on at once: asking would only wait for the deadline.)
-            return parkForClaim(datagram, bytes: bytes, from: source, id: id, keys: keys, now: now)
+        if let cluster, !claimConfirmed {
+            // Several servers: only the shared database can say whether the ID is free. While
+            // it is known to be unreachable (the link checks every heartbeat), asking would
+            // only wait out the deadline: an ID this server knows the registrant owns goes on
+            // at once, and any other is refused at once.
+            let owner = claimBook?.verdict(for: id, keys: keys, at: unixTime(now)) == .owner
+            if cluster.databaseReachable {
+                return parkForClaim(datagram, bytes: bytes, from: source, id: id, keys: keys, now: now)
+            } else if !owner {
+                return refuse(id, from: source, .claimUnavailable, dialect: .extended)
+            }
         }
         if claimBook?.verdict(for: id, keys: keys, at: unixTime(now)) == .claimedByAnother {
             return refuse(id, from: source, .claimed, dialect: .extended)

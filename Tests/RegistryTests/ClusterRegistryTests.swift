@@ -475,9 +475,14 @@ struct ClusterRegistryTests {
         #expect(cluster["b"].registry.entry(for: alice)?.isLocal == true)
         #expect(cluster["a"].registry.entry(for: alice)?.isLocal == false)
 
-        // The database answers again.
+        // The database answers again, and a's link says so at its next heartbeat: until
+        // then a refuses new IDs at once, without asking.
         cluster.databaseDown = false
         cluster.now = at(6)
+        let early = try await cluster.register(carol, carolKey, from: carolEP, on: "a")
+        #expect(events(early, of: "a").contains(.refused(carol, from: carolEP, .claimUnavailable)))
+        #expect(!early.contains { if case .confirmClaim = $0.output { true } else { false } })
+        cluster["a"].registry.setDatabaseReachable(true)
         let back = try await cluster.register(carol, carolKey, from: carolEP, on: "a")
         #expect(registered(back, of: "a") == [carol])
         #expect(cluster["a"].registry.databaseReachable)
