@@ -7,22 +7,9 @@ import Addressing
 
 /// Turns a host name or dotted-quad text into an IPv4 address (`getaddrinfo`).
 public enum HostResolver {
+    /// The first IPv4 address `host` resolves to (a dotted quad: itself).
     public static func resolveIPv4(_ host: String) -> IPv4Address? {
-        if let literal = try? IPv4Address(parsing: host) { return literal }
-        var hints = addrinfo()
-        hints.ai_family = AF_INET
-        #if canImport(Glibc)
-        hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
-        #else
-        hints.ai_socktype = SOCK_DGRAM
-        #endif
-        var result: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return nil }
-        defer { freeaddrinfo(result) }
-        guard let socketAddress = first.pointee.ai_addr, socketAddress.pointee.sa_family == sa_family_t(AF_INET) else { return nil }
-        return socketAddress.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
-            IPv4Address(bits: UInt32(bigEndian: $0.pointee.sin_addr.s_addr))
-        }
+        resolveAllIPv4(host).first
     }
 }
 

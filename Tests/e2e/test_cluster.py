@@ -38,30 +38,20 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pg  # noqa: E402
-from harness import (  # noqa: E402
-    CLIENT_BIN,
-    SERVER_BIN,
-    ProcessGroup,
-    free_udp_port,
-    require_binaries,
-    require_loopback_aliases,
-)
+from cluster_support import FINGERPRINT, SERVER_IP, ClusterMixin  # noqa: E402
+from harness import ProcessGroup, free_udp_port  # noqa: E402
 
-SERVER_IP = "127.0.0.1"
 ALICE_IP, BOB_IP, CAROL_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 RIVAL_IPS = ("127.0.0.5", "127.0.0.6")
 ALL_IPS = (SERVER_IP, ALICE_IP, BOB_IP, CAROL_IP) + RIVAL_IPS
 
-SERVER_START = 30.0      # a debug server joining a fresh database on a busy machine
 REGISTER = 20.0
 JOIN_BOUND = 10.0        # loose: the target is 2 s, printed, not asserted
 FAILOVER_BOUND = 40.0    # the keep-alive timeout (30 s) plus one interval (10 s)
 DEAD_AFTER_KILL = 36.0   # b takes a for dead 30 s after its last heartbeat (every 5 s)
 HEARTBEAT = 5.0          # a server learns of another from its heartbeat (ClusterLink)
-SETTLE = 1.0             # late duplicates would show up here
 CLAIM_ROUNDS = 5
 REFUSED = "From server [ID {} is claimed by another key]"
-FINGERPRINT = re.compile(r"key ([0-9a-f]{2}(?::[0-9a-f]{2}){7})$")
 
 
 def left_regex(cid):
@@ -69,36 +59,17 @@ def left_regex(cid):
     return r"\* " + re.escape(cid) + r" (?:is unregistered|is off-line|left)\b.*"
 
 
-class ClusterTest(unittest.TestCase):
+class ClusterTest(ClusterMixin, unittest.TestCase):
     maxDiff = None
 
     def setUp(self):
-        require_binaries(self, SERVER_BIN, CLIENT_BIN)
-        if not pg.available():
-            sys.stderr.write("\n*** " + pg.UNAVAILABLE + " ***\n")
-            self.skipTest(pg.UNAVAILABLE)
-        require_loopback_aliases(self, ALL_IPS)
+        self.require_cluster(ALL_IPS)
         self.db_url, _ = pg.fresh_database("cluster")
         self.addCleanup(pg.drop, pg.name_of(self.db_url))
         self.g = ProcessGroup()
         self.addCleanup(self.g.stop_all)   # runs before the drop (cleanups are LIFO)
 
     # ------------------------------------------------------------------ helpers
-
-    def server(self, name, port=None, alt_port=None):
-        """natchat-server NAME on 127.0.0.1 and the test's database; waits until it serves
-        and has logged its cluster name and address."""
-        port = port or free_udp_port((SERVER_IP,))
-        alt_port = alt_port or free_udp_port((SERVER_IP,))
-        srv = self.g.start_server("natchat", bind=SERVER_IP, port=port, wait=False, state=f"state-{name}",
-                                  extra=["--alt-port", alt_port, "--store", self.db_url, "--name", name])
-        srv.alt_port = alt_port
-        srv.cluster_name = name
-        srv.wait_for_line(r"server program starts\.\.\.\.", timeout=SERVER_START)
-        advertise = re.escape(f"advertise={SERVER_IP}:{port}")
-        srv.wait_for_line(rf"(?=.*{advertise})(?=.*\bname={re.escape(name)}\b).*\bcluster\b",
-                          stream="stderr", search=True, timeout=5)
-        return srv
 
     def restart(self, old):
         """The same server again: same name, ports and database."""
@@ -113,27 +84,6 @@ class ClusterTest(unittest.TestCase):
     @staticmethod
     def endpoint(srv):
         return f"{srv.bind}:{srv.port}"
-
-    def chat_once(self, sender, receiver, others=(), timeout=15.0):
-        """sender @chat receiver; the text is shown once by receiver, acknowledged once,
-        and shown by nobody else (checked after a sync and SETTLE)."""
-        text = f"{sender.cid}-to-{receiver.cid}-{uuid.uuid4().hex[:8]}"
-        s_mark, r_mark = sender.mark(), receiver.mark()
-        t0 = time.monotonic()
-        sender.chat(receiver.cid, text)
-        shown = receiver.wait_chat(sender.cid, text, since=r_mark, timeout=timeout)
-        sender.wait_for_line(re.escape(f"* delivered to {receiver.cid}"), since=s_mark, timeout=timeout)
-        took = receiver.line_time(shown.index) - t0
-        time.sleep(SETTLE)
-        receiver.sync()
-        self.assertEqual(receiver.count(receiver.chat_regex(sender.cid, text), since=r_mark), 1,
-                         f"{text!r} not shown exactly once by {receiver.cid}\n{self.g.describe()}")
-        self.assertEqual(sender.count(re.escape(f"* delivered to {receiver.cid}"), since=s_mark), 1,
-                         f"{sender.cid}: not one '* delivered to {receiver.cid}'\n{self.g.describe()}")
-        for other in (sender, *others):
-            self.assertEqual(other.count(".*" + re.escape(text) + ".*"), 0,
-                             f"{text!r} shown by {other.cid}\n{self.g.describe()}")
-        return took
 
     # ------------------------------------------------------------------ 1
 

@@ -40,38 +40,27 @@ import threading
 import time
 import unittest
 import urllib.parse
-import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pg  # noqa: E402
-from harness import (  # noqa: E402
-    CLIENT_BIN,
-    SERVER_BIN,
-    ProcessGroup,
-    free_udp_port,
-    require_binaries,
-    require_loopback_aliases,
-)
+from cluster_support import FINGERPRINT, SERVER_IP, ClusterMixin  # noqa: E402
+from harness import ProcessGroup, free_udp_port  # noqa: E402
 
-SERVER_IP = "127.0.0.1"
 ALICE_IP, BOB_IP, CAROL_IP, DAVE_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 ALL_IPS = (SERVER_IP, ALICE_IP, BOB_IP, CAROL_IP, DAVE_IP)
 
-SERVER_START = 30.0      # a debug server joining a fresh database on a busy machine
 REGISTER = 20.0
 JOIN_BOUND = 15.0
 OUTAGE_NOTICED = 15.0    # the cut to the server's error line (it reads presence every 1 s)
 PASSIVE_NOTICE = 8.0     # without a new client: a presence read (every 1 s) failing within its 5 s deadline
 RECOVERY = 20.0          # the restore to "answers again" (every call has a 5 s deadline)
-SETTLE = 1.0
 
 UNREACHABLE = ("cluster: the database is unreachable; serving the clients in memory, "
                "refusing new IDs until it is back")
 ANSWERS_AGAIN = "cluster: the database answers again; catching up"
 REFUSED_NEW = ("From server [registration refused: ID {} - new IDs cannot be claimed now "
                "(the database is unreachable); try again later]")
-FINGERPRINT = re.compile(r"key ([0-9a-f]{2}(?::[0-9a-f]{2}){7})$")
 
 
 class PgProxy:
@@ -205,15 +194,11 @@ class PgProxy:
     close = cut
 
 
-class ClusterOutageTest(unittest.TestCase):
+class ClusterOutageTest(ClusterMixin, unittest.TestCase):
     maxDiff = None
 
     def setUp(self):
-        require_binaries(self, SERVER_BIN, CLIENT_BIN)
-        if not pg.available():
-            sys.stderr.write("\n*** " + pg.UNAVAILABLE + " ***\n")
-            self.skipTest(pg.UNAVAILABLE)
-        require_loopback_aliases(self, ALL_IPS)
+        self.require_cluster(ALL_IPS)
         direct_url, _ = pg.fresh_database("outage")
         name = pg.name_of(direct_url)
         self.addCleanup(pg.drop, name)
@@ -227,41 +212,9 @@ class ClusterOutageTest(unittest.TestCase):
 
     # ------------------------------------------------------------------ helpers
 
-    def server(self, name):
-        port = free_udp_port((SERVER_IP,))
-        alt_port = free_udp_port((SERVER_IP,))
-        srv = self.g.start_server("natchat", bind=SERVER_IP, port=port, wait=False, state=f"state-{name}",
-                                  extra=["--alt-port", alt_port, "--store", self.db_url, "--name", name])
-        srv.cluster_name = name
-        srv.wait_for_line(r"server program starts\.\.\.\.", timeout=SERVER_START)
-        advertise = re.escape(f"advertise={SERVER_IP}:{port}")
-        srv.wait_for_line(rf"(?=.*{advertise})(?=.*\bname={re.escape(name)}\b).*\bcluster\b",
-                          stream="stderr", search=True, timeout=5)
-        return srv
-
     def client(self, cid, ip, port, srv, home=None):
         return self.g.start_client("natchat", cid, ip, port, srv, prompt_server=True,
                                    home=home or cid, extra=["--server", f"{srv.bind}:{srv.port}"])
-
-    def chat_once(self, sender, receiver, others=(), timeout=20.0):
-        """As in test_cluster.py: shown once by receiver, acknowledged once, nowhere else."""
-        text = f"{sender.cid}-to-{receiver.cid}-{uuid.uuid4().hex[:8]}"
-        s_mark, r_mark = sender.mark(), receiver.mark()
-        t0 = time.monotonic()
-        sender.chat(receiver.cid, text)
-        shown = receiver.wait_chat(sender.cid, text, since=r_mark, timeout=timeout)
-        sender.wait_for_line(re.escape(f"* delivered to {receiver.cid}"), since=s_mark, timeout=timeout)
-        took = receiver.line_time(shown.index) - t0
-        time.sleep(SETTLE)
-        receiver.sync()
-        self.assertEqual(receiver.count(receiver.chat_regex(sender.cid, text), since=r_mark), 1,
-                         f"{text!r} not shown exactly once by {receiver.cid}\n{self.g.describe()}")
-        self.assertEqual(sender.count(re.escape(f"* delivered to {receiver.cid}"), since=s_mark), 1,
-                         f"{sender.cid}: not one '* delivered to {receiver.cid}'\n{self.g.describe()}")
-        for other in (sender, *others):
-            self.assertEqual(other.count(".*" + re.escape(text) + ".*"), 0,
-                             f"{text!r} shown by {other.cid}\n{self.g.describe()}")
-        return took
 
     def wait_any_stderr(self, servers, text, since, deadline):
         """The first server (in time) whose stderr has a line containing text after its
