@@ -178,6 +178,19 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(help: "The admin HTTP listener (Prometheus /metrics, /healthz, a status page at /): HOST:PORT, or off. Default: 127.0.0.1:10090 (when that port is taken, the server warns and serves without it).")
+    var admin: String?
+
+    /// `--admin` parsed: `nil` for off.
+    func adminEndpoint() throws -> AdminEndpoint? {
+        guard let admin else { return AdminEndpoint() }
+        do {
+            return try AdminEndpoint.parse(admin)
+        } catch {
+            throw ValidationError("--admin: \(error)")
+        }
+    }
+
     @OptionGroup var storeOptions: StoreOptions
 
     @Option(help: "Days an ID's claim lives after its owner's latest registration.")
@@ -233,6 +246,7 @@ struct Serve: AsyncParsableCommand {
         guard mailboxPerRecipient > 0, mailboxPerSenderPerMinute > 0, mailboxBytes > 0 else {
             throw ValidationError("mailbox limits must be positive")
         }
+        _ = try adminEndpoint()
         if let advertise, (try? Endpoint(parsing: advertise)) == nil {
             throw ValidationError("--advertise must be IPv4:PORT, not '\(advertise)'")
         }
@@ -281,7 +295,7 @@ struct Serve: AsyncParsableCommand {
         }
         do {
             try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
-                                           store: store, cluster: link, logger: logger) { line in
+                                           store: store, cluster: link, admin: try adminEndpoint(), logger: logger) { line in
                 StandardOutput.writeLine(line)
             }
         } catch let error as StoreError {

@@ -19,8 +19,9 @@ public enum RendezvousServer {
     ///     flushed when the server stops. `nil`: nothing is kept (`--store memory`).
     ///   - cluster: several servers share `store` (a ``ClusterStore``): the link that joins
     ///     this server to the others (before the socket is bound) and runs while it serves.
+    ///   - admin: where the admin HTTP listener binds (`nil`: none).
     public static func run(host: String, port: Int, alternatePort: Int = 0, configuration: RendezvousService.Configuration,
-                           store: (any DurableStore)? = nil, cluster: ClusterLink? = nil, logger: Logger,
+                           store: (any DurableStore)? = nil, cluster: ClusterLink? = nil, admin: AdminEndpoint? = nil, logger: Logger,
                            printLine: @escaping @Sendable (String) -> Void) async throws {
         let stored = try store?.load() ?? StoreSnapshot()
         var hooks: RendezvousService.ClusterHooks?
