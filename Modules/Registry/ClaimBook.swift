@@ -42,11 +42,7 @@ struct ClaimBook: Sendable {
     /// Loads the claims the store holds (at start). Records with keys of the wrong size are
     /// skipped: they cannot have been written by this server.
     mutating func restore(_ records: [ClaimRecord]) {
-        for record in records {
-            guard let id = try? ClientID(record.id), record.signingKey.count == 32, record.agreementKey.count == 32 else { continue }
-            claims[id] = Claim(keys: PublicKeys(signing: record.signingKey, agreement: record.agreementKey),
-                               claimedAt: record.claimedAt, lastSeen: record.lastSeen)
-        }
+        for record in records { learn(record) }
     }
 
     /// Takes in a claim another server made or the database decided (several servers).

@@ -153,7 +153,7 @@ extension Registry {
                                keys: PublicKeys, now: Instant) -> [Output] {
         let asked = cluster?.pending[id] != nil
         guard asked || (cluster?.pending.count ?? 0) < ClusterMembership.pendingLimit else {
-            return [.report(.ignoredExtended(from: source, .queryRateLimited))]
+            return [.report(.ignoredExtended(from: source, .claimQueueFull))]
         }
         // The latest registration of the ID is the one that goes on when the answer comes.
         cluster?.pending[id] = ClusterMembership.PendingRegistration(datagram: datagram, bytes: bytes, source: source, keys: keys)

@@ -135,6 +135,10 @@ public struct Registry: Sendable, SansIOCore {
         case relayRateLimited
         /// A look-up or list query over the client's rate.
         case queryRateLimited
+        /// A registration whose claim the shared database must decide, while
+        /// ``ClusterMembership/pendingLimit`` others already wait for theirs: the client
+        /// registers again on its own schedule.
+        case claimQueueFull
         /// The registration the client's current session began with, received again (a
         /// retransmission, or a replay): not answered, and nothing changes (a replay proves
         /// nothing about the client being alive now; see docs/security.md).
