@@ -14,7 +14,10 @@ import Store
 /// server's list of options, their defaults and their checks. A value from the environment
 /// or the file is converted by the same `ExpressibleByArgument` parser as on the command line
 /// and checked by the same rules, and an error names where the value came from.
+/// (macOS 15: swift-configuration's floor on Apple platforms; no restriction on Linux.)
+@available(macOS 15, *)
 struct ServeSettings {
+
     /// The environment variables' prefix.
     static let environmentPrefix = "NATCHAT_SERVER"
     /// The environment variable that names the configuration file when `--config` is absent.
@@ -192,6 +195,7 @@ struct ServeSettings {
 }
 
 /// One resolution: the layers, and what each key resolved to.
+@available(macOS 15, *)
 private struct Resolver {
     let layers: LayeredSettings
     let configEntry: ServeSettings.Entry

@@ -38,6 +38,7 @@ struct StoreOptions: ParsableArguments {
     /// The store the `claims` subcommands use: `--store` and `--store-password-file`, else
     /// their environment variables or the `$NATCHAT_SERVER_CONFIG` file, as `serve` reads them.
     func open() throws -> (any DurableStore)? {
+        guard #available(macOS 15, *) else { throw ValidationError("natchat-server needs macOS 15 or later (swift-configuration)") }
         let settings = try ServeSettings.resolveStore(self, environment: ProcessInfo.processInfo.environment)
         return try Self.open(store: settings.store, passwordFile: settings.storePasswordFile)
     }
@@ -240,6 +241,7 @@ struct Serve: AsyncParsableCommand {
     var name: String?
 
     func run() async throws {
+        guard #available(macOS 15, *) else { throw ValidationError("natchat-server needs macOS 15 or later (swift-configuration)") }
         let settings = try ServeSettings.resolve(self, environment: ProcessInfo.processInfo.environment)
         for variable in settings.unknownEnvironmentVariables {
             FileHandle.standardError.write(Data("natchat-server: warning: the environment variable \(variable) names no option; ignored\n".utf8))
