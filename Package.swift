@@ -33,6 +33,9 @@ let grdb: Target.Dependency = .product(name: "GRDB", package: "GRDB.swift", cond
 let postgresql = TargetDependencyCondition.when(traits: ["PostgreSQL"])
 let postgresNIO: Target.Dependency = .product(name: "PostgresNIO", package: "postgres-nio", condition: postgresql)
 let pgLogging: Target.Dependency = .product(name: "Logging", package: "swift-log", condition: postgresql)
+// LayeredSettings' own: swift-configuration (its JSON trait, on by default there) reads the
+// environment and the --config file.
+let configuration: Target.Dependency = .product(name: "Configuration", package: "swift-configuration", condition: .when(traits: ["Config"]))
 
 let package = Package(
     name: "natchat",
@@ -64,15 +67,18 @@ let package = Package(
         .library(name: "RendezvousServer", targets: ["RendezvousServer"]),
         .library(name: "KnownPeers", targets: ["KnownPeers"]),
         .library(name: "ChatClient", targets: ["ChatClient"]),
+        .library(name: "LayeredSettings", targets: ["LayeredSettings"]),
+        .library(name: "JSONLogging", targets: ["JSONLogging"]),
     ],
     traits: [
-        .trait(name: "NIO", description: "swift-nio and swift-log: Transport, TransportPosix, RendezvousServer, ChatClient"),
+        .trait(name: "NIO", description: "swift-nio and swift-log: Transport, TransportPosix, RendezvousServer, ChatClient, JSONLogging"),
         .trait(name: "Crypto", description: "swift-crypto: Identity, and ClientSession, Registry, ChatRouter and the nodes through it"),
         .trait(name: "Collections", description: "swift-collections: Roster, and Registry, ChatRouter and the nodes through it"),
         .trait(name: "CLI", description: "swift-argument-parser: the programs natchat-server and natchat"),
         .trait(name: "SQLite", description: "GRDB.swift (and Debian's libsqlite3-dev): SQLiteStore"),
         .trait(name: "PostgreSQL", description: "postgres-nio and swift-log: PostgresStore"),
-        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL"]),
+        .trait(name: "Config", description: "swift-configuration: LayeredSettings (the server's environment variables and --config file)"),
+        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL", "Config"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -82,6 +88,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0"),
     ],
     targets: [
         module("MonotonicTime"),
@@ -123,9 +130,14 @@ let package = Package(
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
         module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Store", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, logging]),
+        // Settings from the command line, the environment and a JSON file, with where each
+        // came from (the server's --config and --print-config), through swift-configuration.
+        module("LayeredSettings", [configuration]),
+        // A swift-log handler writing one JSON object per line (the server's --log-format json).
+        module("JSONLogging", [logging]),
         module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", "KnownPeers", nioCore, nioPosix, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Admission", "Addressing", "MonotonicTime", "Store",
-                                                                "SQLiteStore", "PostgresStore", "Identity", "Wire", argumentParser, logging],
+                                                                "SQLiteStore", "PostgresStore", "Identity", "Wire", "LayeredSettings", "JSONLogging", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
         .executableTarget(name: "natchat", dependencies: ["ChatClient", "AddressDiscovery", "LineEditor", "Addressing", "MonotonicTime", argumentParser, logging],
                           path: "Apps/natchat", swiftSettings: swiftSettings),
@@ -154,5 +166,7 @@ let package = Package(
         tests("Store", ["Store", "SQLiteStore", "TestSupport", grdb]),
         tests("PostgresStore", ["PostgresStore", "Store", postgresNIO]),
         tests("KnownPeers", ["KnownPeers"]),
+        tests("LayeredSettings", ["LayeredSettings"]),
+        tests("JSONLogging", ["JSONLogging", logging]),
     ]
 )

@@ -3,6 +3,8 @@ import Admission
 import ArgumentParser
 import Foundation
 import Identity
+import JSONLogging
+import LayeredSettings
 import Logging
 import MonotonicTime
 import Registry
@@ -14,7 +16,8 @@ import Wire
 
 /// `natchat-server`: the rendezvous server. All of the work is in the RendezvousServer module.
 /// With no subcommand it serves (`serve`); `claims` lists and releases ID claims in the store.
-@main
+/// (Started by the last line of this file rather than `@main`: the target has more than one
+/// file, and a `main.swift` is top-level code.)
 struct NatchatServer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "natchat-server",
@@ -32,9 +35,17 @@ struct StoreOptions: ParsableArguments {
     @Option(help: "A file whose first line is the PostgreSQL password (for a postgres:// store; a password in the URL wins, PGPASSWORD comes after).")
     var storePasswordFile: String?
 
+    /// The store the `claims` subcommands use: `--store` and `--store-password-file`, else
+    /// their environment variables or the `$NATCHAT_SERVER_CONFIG` file, as `serve` reads them.
+    func open() throws -> (any DurableStore)? {
+        guard #available(macOS 15, *) else { throw ValidationError("natchat-server needs macOS 15 or later (swift-configuration)") }
+        let settings = try ServeSettings.resolveStore(self, environment: ProcessInfo.processInfo.environment)
+        return try Self.open(store: settings.store, passwordFile: settings.storePasswordFile)
+    }
+
     /// The store to use: `nil` for memory. Throws a ``StoreError`` or a usage error the
     /// command prints as it is.
-    func open() throws -> (any DurableStore)? {
+    static func open(store: String?, passwordFile storePasswordFile: String?) throws -> (any DurableStore)? {
         let location: StoreLocation
         do {
             location = try store.map(StoreLocation.parse) ?? .file(path: StoreLocation.defaultPath(environment: ProcessInfo.processInfo.environment))
@@ -120,6 +131,10 @@ struct Claims: ParsableCommand {
 }
 
 /// Serves (the default subcommand).
+///
+/// Every option is optional here so that an option left off the command line can be looked up
+/// in the environment and then the `--config` file before its default (``ServeSettings``): the
+/// defaults are stated in the help text and applied there.
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The natchat UDP rendezvous server.",
@@ -130,83 +145,94 @@ struct Serve: AsyncParsableCommand {
             evicts a client silent for longer than the keep-alive timeout.
 
             Event lines (registrations, unregistrations, evictions) go to stdout; diagnostics to stderr.
+
+            Every option can also be set by an environment variable, NATCHAT_SERVER_ and the \
+            option's name in upper case with - as _ (NATCHAT_SERVER_PORT=10080, \
+            NATCHAT_SERVER_KEEPALIVE_TIMEOUT=30), or by a key in the JSON object of the --config \
+            file, the option's name without the dashes ({"port": 10080, "keepalive-timeout": 30}). \
+            The command line wins over the environment, which wins over the file. An unknown key \
+            in the file is an error. --print-config shows what each setting is and where it came from.
             """)
 
-    @Option(help: "UDP port to listen on.")
-    var port: Int = 10080
+    @Option(help: ArgumentHelp("A JSON file of settings, an object whose keys are the long option names ({\"port\": 10080}). Default: $NATCHAT_SERVER_CONFIG, else none.", valueName: "file"))
+    var config: String?
 
-    @Option(help: "Local address to bind (0.0.0.0: all IPv4 addresses).")
-    var bind: String = "0.0.0.0"
+    @Flag(help: "Print every effective setting and where it came from (command line, environment, file or default), then exit without binding anything.")
+    var printConfig = false
 
-    @Option(help: "Seconds a client may stay silent before it is evicted (strictly more than this).")
-    var keepaliveTimeout: Double = 30
+    @Option(help: "UDP port to listen on (default: 10080).")
+    var port: Int?
 
-    @Option(help: "Seconds between sweeps for silent clients.")
-    var sweepInterval: Double = 10
+    @Option(help: "Local address to bind (default: 0.0.0.0, all IPv4 addresses).")
+    var bind: String?
 
-    @Option(help: "Most clients registered at once.")
-    var maxClients: Int = 100_000
+    @Option(help: "Seconds a client may stay silent before it is evicted (strictly more than this; default: 30).")
+    var keepaliveTimeout: Double?
 
-    @Option(help: "Second UDP port that answers STUN only, so clients can tell a cone NAT from a symmetric one (0: none).")
-    var altPort: Int = 10082
+    @Option(help: "Seconds between sweeps for silent clients (default: 10).")
+    var sweepInterval: Double?
 
-    @Option(help: "Accept classic (seed-protocol) clients: on or off.")
-    var classic: ClassicMode = .on
+    @Option(help: "Most clients registered at once (default: 100000).")
+    var maxClients: Int?
 
-    @Option(help: "Relay limit per client, datagrams per second.")
-    var relayPacketsPerSecond: Double = 200
+    @Option(help: "Second UDP port that answers STUN only, so clients can tell a cone NAT from a symmetric one (0: none; default: 10082).")
+    var altPort: Int?
 
-    @Option(help: "Relay limit per client, bytes per second.")
-    var relayBytesPerSecond: Double = 131_072
+    @Option(help: "Accept classic (seed-protocol) clients: on or off (default: on).")
+    var classic: ClassicMode?
 
-    @Option(help: "Relay limit for the whole server, bytes per second.")
-    var relayTotalBytesPerSecond: Double = 33_554_432
+    @Option(help: "Relay limit per client, datagrams per second (default: 200).")
+    var relayPacketsPerSecond: Double?
 
-    @Option(help: "Registrations accepted per second from one source IP (burst: four times as many).")
-    var registrationsPerSecond: Double = 5
+    @Option(help: "Relay limit per client, bytes per second (default: 131072).")
+    var relayBytesPerSecond: Double?
 
-    @Option(help: "Most registered clients for which natchat/2 shells are pushed the whole roster; past it they are pushed only the clients they asked about or talked to, and list by asking.")
-    var rosterLimit: Int = 1000
+    @Option(help: "Relay limit for the whole server, bytes per second (default: 33554432).")
+    var relayTotalBytesPerSecond: Double?
 
-    @Option(help: "Most records a push of the whole roster to every natchat/2 shell may take (registered clients × subscribed shells); past it, as past --roster-limit, shells are pushed only what they asked about or talked to.")
-    var rosterFanOut: Int = 20_000
+    @Option(help: "Registrations accepted per second from one source IP (burst: four times as many; default: 5).")
+    var registrationsPerSecond: Double?
 
-    enum ClassicMode: String, ExpressibleByArgument, CaseIterable {
+    @Option(help: "Most registered clients for which natchat/2 shells are pushed the whole roster; past it they are pushed only the clients they asked about or talked to, and list by asking (default: 1000).")
+    var rosterLimit: Int?
+
+    @Option(help: "Most records a push of the whole roster to every natchat/2 shell may take (registered clients × subscribed shells); past it, as past --roster-limit, shells are pushed only what they asked about or talked to (default: 20000).")
+    var rosterFanOut: Int?
+
+    enum ClassicMode: String, ExpressibleByArgument, CaseIterable, Sendable {
         case on, off
     }
 
-    @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    /// `--log-format`: lines for people, or one JSON object per line for log collectors.
+    enum LogFormat: String, ExpressibleByArgument, CaseIterable, Sendable {
+        case text, json
+    }
+
+    @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical (default: info).")
+    var logLevel: String?
+
+    @Option(help: "Diagnostics format on stderr: text (lines for people) or json (one JSON object per line: ts, level, label, msg and the metadata; default: text). Event lines on stdout are unchanged.")
+    var logFormat: LogFormat?
 
     @Option(help: "The admin HTTP listener (Prometheus /metrics, /healthz, a status page at /): HOST:PORT, or off. Default: 127.0.0.1:10090 (when that port is taken, the server warns and serves without it).")
     var admin: String?
 
-    /// `--admin` parsed: `nil` for off.
-    func adminEndpoint() throws -> AdminEndpoint? {
-        guard let admin else { return AdminEndpoint() }
-        do {
-            return try AdminEndpoint.parse(admin)
-        } catch {
-            throw ValidationError("--admin: \(error)")
-        }
-    }
-
     @OptionGroup var storeOptions: StoreOptions
 
-    @Option(help: "Days an ID's claim lives after its owner's latest registration.")
-    var claimTtl: Double = 90
+    @Option(help: "Days an ID's claim lives after its owner's latest registration (default: 90).")
+    var claimTtl: Double?
 
-    @Option(help: "Days a message for an offline claimed ID waits in the mailbox.")
-    var mailboxTtl: Double = 7
+    @Option(help: "Days a message for an offline claimed ID waits in the mailbox (default: 7).")
+    var mailboxTtl: Double?
 
-    @Option(help: "Most mailbox messages waiting for one recipient.")
-    var mailboxPerRecipient: Int = 100
+    @Option(help: "Most mailbox messages waiting for one recipient (default: 100).")
+    var mailboxPerRecipient: Int?
 
-    @Option(help: "Most mailbox messages one sender may queue per minute.")
-    var mailboxPerSenderPerMinute: Double = 30
+    @Option(help: "Most mailbox messages one sender may queue per minute (default: 30).")
+    var mailboxPerSenderPerMinute: Double?
 
-    @Option(help: "Most bytes of sealed mail the server keeps in all.")
-    var mailboxBytes: Int = 64 << 20
+    @Option(help: "Most bytes of sealed mail the server keeps in all (default: 67108864).")
+    var mailboxBytes: Int?
 
     @Option(help: "With a shared database (--store postgres://...): the IPv4 address and UDP port clients and the other servers reach this server at. Default: --bind and --port, unless --bind is 0.0.0.0.")
     var advertise: String?
@@ -214,88 +240,65 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "With a shared database: this server's name among the servers, unique (default: its --advertise address).")
     var name: String?
 
-    /// Where clients and the other servers reach this server: `--advertise`, else the bound
-    /// address when it is not a wildcard.
-    func advertisedEndpoint() throws -> Endpoint {
-        if let advertise {
-            guard let endpoint = try? Endpoint(parsing: advertise) else { throw ValidationError("--advertise must be IPv4:PORT, not '\(advertise)'") }
-            return endpoint
-        }
-        guard let address = try? IPv4Address(parsing: bind), address.bits != 0 else {
-            throw ValidationError("with a shared database, say where clients reach this server: --advertise IP:PORT (--bind is \(bind))")
-        }
-        return Endpoint(address: address, port: UInt16(clamping: port))
-    }
-
-    func validate() throws {
-        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
-        guard (0...65535).contains(altPort) else { throw ValidationError("--alt-port must be 0...65535") }
-        guard altPort == 0 || altPort != port else { throw ValidationError("--alt-port must differ from --port") }
-        guard registrationsPerSecond > 0 else { throw ValidationError("--registrations-per-second must be positive") }
-        guard relayPacketsPerSecond > 0, relayBytesPerSecond > 0, relayTotalBytesPerSecond > 0 else {
-            throw ValidationError("relay limits must be positive")
-        }
-        guard keepaliveTimeout > 0, keepaliveTimeout < 86_400 else { throw ValidationError("--keepalive-timeout must be in (0, 86400) seconds") }
-        guard sweepInterval > 0, sweepInterval < 86_400 else { throw ValidationError("--sweep-interval must be in (0, 86400) seconds") }
-        guard maxClients > 0 else { throw ValidationError("--max-clients must be positive") }
-        guard rosterLimit >= 0 else { throw ValidationError("--roster-limit must not be negative") }
-        guard rosterFanOut >= 0 else { throw ValidationError("--roster-fan-out must not be negative") }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
-        guard claimTtl > 0, claimTtl <= 36_500 else { throw ValidationError("--claim-ttl must be in (0, 36500] days") }
-        guard mailboxTtl > 0, mailboxTtl <= 3650 else { throw ValidationError("--mailbox-ttl must be in (0, 3650] days") }
-        guard mailboxPerRecipient > 0, mailboxPerSenderPerMinute > 0, mailboxBytes > 0 else {
-            throw ValidationError("mailbox limits must be positive")
-        }
-        _ = try adminEndpoint()
-        if let advertise, (try? Endpoint(parsing: advertise)) == nil {
-            throw ValidationError("--advertise must be IPv4:PORT, not '\(advertise)'")
-        }
-        if let name, name.isEmpty || name.utf8.count > 64 || name.contains(where: { $0.isWhitespace || $0.isNewline }) {
-            throw ValidationError("--name must be 1 to 64 bytes without spaces")
-        }
-    }
-
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        guard #available(macOS 15, *) else { throw ValidationError("natchat-server needs macOS 15 or later (swift-configuration)") }
+        let settings = try ServeSettings.resolve(self, environment: ProcessInfo.processInfo.environment)
+        for variable in settings.unknownEnvironmentVariables {
+            FileHandle.standardError.write(Data("natchat-server: warning: the environment variable \(variable) names no option; ignored\n".utf8))
+        }
+        if printConfig {
+            StandardOutput.writeLine(settings.printed())
+            return
+        }
+        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        let format = settings.logFormat
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            switch format {
+            case .text:
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            case .json:
+                var handler = JSONLineLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
         }
         let logger = Logger(label: "natchat.server")
-        let store = try exitOnStoreError { try storeOptions.open() }
+        let store = try exitOnStoreError { try StoreOptions.open(store: settings.store, passwordFile: settings.storePasswordFile) }
         var relay = RelayLimiter<ClientID>.Configuration()
-        relay.packetsPerSecond = relayPacketsPerSecond
-        relay.bytesPerSecond = relayBytesPerSecond
-        relay.globalBytesPerSecond = relayTotalBytesPerSecond
+        relay.packetsPerSecond = settings.relayPacketsPerSecond
+        relay.bytesPerSecond = settings.relayBytesPerSecond
+        relay.globalBytesPerSecond = settings.relayTotalBytesPerSecond
         var sources = SourceGuard.Configuration()
-        sources.registrationsPerSecond = registrationsPerSecond
-        sources.registrationBurst = registrationsPerSecond * 4
-        sources.totalRegistrationsPerSecond = max(sources.totalRegistrationsPerSecond, registrationsPerSecond)
-        sources.totalRegistrationBurst = max(sources.totalRegistrationBurst, registrationsPerSecond * 4)
+        sources.registrationsPerSecond = settings.registrationsPerSecond
+        sources.registrationBurst = settings.registrationsPerSecond * 4
+        sources.totalRegistrationsPerSecond = max(sources.totalRegistrationsPerSecond, settings.registrationsPerSecond)
+        sources.totalRegistrationBurst = max(sources.totalRegistrationBurst, settings.registrationsPerSecond * 4)
+        let keepaliveTimeout = settings.keepaliveTimeout
         let configuration = RendezvousService.Configuration(
             registry: Registry.Configuration(keepAliveTimeout: .fractionalSeconds(keepaliveTimeout),
-                                             sweepInterval: .fractionalSeconds(sweepInterval),
+                                             sweepInterval: .fractionalSeconds(settings.sweepInterval),
                                              keepAliveInterval: .fractionalSeconds(min(10, keepaliveTimeout / 3)),
-                                             maxClients: maxClients, acceptClassic: classic == .on, relay: relay,
-                                             rosterLimit: rosterLimit, rosterFanOutLimit: rosterFanOut,
-                                             claimTTL: store == nil ? nil : .fractionalSeconds(claimTtl * 86_400),
-                                             mailbox: MailboxConfiguration(ttl: .fractionalSeconds(mailboxTtl * 86_400),
-                                                                           perRecipient: mailboxPerRecipient,
-                                                                           perSenderPerMinute: mailboxPerSenderPerMinute,
-                                                                           totalBytes: mailboxBytes)),
+                                             maxClients: settings.maxClients, acceptClassic: settings.classic == .on, relay: relay,
+                                             rosterLimit: settings.rosterLimit, rosterFanOutLimit: settings.rosterFanOut,
+                                             claimTTL: store == nil ? nil : .fractionalSeconds(settings.claimTtl * 86_400),
+                                             mailbox: MailboxConfiguration(ttl: .fractionalSeconds(settings.mailboxTtl * 86_400),
+                                                                           perRecipient: settings.mailboxPerRecipient,
+                                                                           perSenderPerMinute: settings.mailboxPerSenderPerMinute,
+                                                                           totalBytes: settings.mailboxBytes)),
             sources: sources)
         var link: ClusterLink?
         if let shared = store as? any ClusterStore {
-            let advertised = try advertisedEndpoint()
+            let advertised = try settings.advertisedEndpoint()
             link = ClusterLink(store: shared,
-                               configuration: .init(name: name ?? "\(advertised)", advertise: "\(advertised)",
-                                                    claimTTL: Int64(claimTtl * 86_400), deadAfter: .fractionalSeconds(keepaliveTimeout)),
+                               configuration: .init(name: settings.name ?? "\(advertised)", advertise: "\(advertised)",
+                                                    claimTTL: Int64(settings.claimTtl * 86_400), deadAfter: .fractionalSeconds(keepaliveTimeout)),
                                logger: logger)
         }
         do {
-            try await RendezvousServer.run(host: bind, port: port, alternatePort: altPort, configuration: configuration,
-                                           store: store, cluster: link, admin: try adminEndpoint(), logger: logger) { line in
+            try await RendezvousServer.run(host: settings.bind, port: settings.port, alternatePort: settings.altPort, configuration: configuration,
+                                           store: store, cluster: link, admin: settings.admin, logger: logger) { line in
                 StandardOutput.writeLine(line)
             }
         } catch let error as StoreError {
@@ -311,3 +314,13 @@ enum StandardOutput {
         FileHandle.standardOutput.write(Data((line + "\n").utf8))
     }
 }
+
+/// The entry point. A `main.swift` cannot use `@main`, and in its top-level code a call of
+/// `NatchatServer.main()` resolves to ParsableCommand's synchronous overload (which would run
+/// the synchronous default `run()` of `serve`: the help); inside an async function it is
+/// AsyncParsableCommand's.
+func startNatchatServer() async {
+    await NatchatServer.main()
+}
+
+await startNatchatServer()
