@@ -295,8 +295,9 @@ public enum ChatClientRunner {
                     host.perform { service, _, now in answer(service.statusText(now: now)) }
                 }
             } catch {
-                // The shell works without it; `natchat --status` will say no shell is running.
-                console.show("* natchat --status will not reach this shell: \(error)")
+                // The shell works without it (`natchat --status` will not reach it); said on
+                // the log, not the console, whose lines are the chat's.
+                logger.warning("natchat --status will not reach this shell: \(error)")
             }
         }
         defer { statusServer?.close() }
