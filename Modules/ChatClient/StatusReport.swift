@@ -11,6 +11,7 @@ public struct StatusReport: Hashable, Sendable {
     /// One peer's line.
     public struct Peer: Hashable, Sendable {
         public var id: ClientID
+        /// How the peer is reached now: what a chat to it would take.
         public var route: ExtendedRouter.StatusRoute
         /// The smoothed round trip on a direct path (`nil`: relayed, or not measured yet).
         public var roundTrip: Duration?
@@ -31,9 +32,13 @@ public struct StatusReport: Hashable, Sendable {
 
     /// Where the session with the server is.
     public enum Session: Hashable, Sendable, CustomStringConvertible {
+        /// No answer from the server yet (or registering again).
         case registering
+        /// A natchat/2 session: keys, paths and the relay.
         case natchat2
+        /// The seed's protocol: no keys, no paths to show.
         case classic
+        /// The shell unregistered.
         case left
 
         public var description: String {
@@ -46,9 +51,11 @@ public struct StatusReport: Hashable, Sendable {
         }
     }
 
+    /// Our ID and identity key's fingerprint (what peers pin), so a user can read it out.
     public var id: ClientID
     public var keyFingerprint: String
     public var session: Session
+    /// The server talked to now (it changes on failover).
     public var server: Endpoint
     /// The endpoint the server sees us at (`nil` until it said).
     public var publicEndpoint: Endpoint?

@@ -30,6 +30,7 @@ public enum StatusSocket {
         case notRunning(String?)
         /// Several shells are running: `--id` must choose one.
         case several([String])
+        /// The socket could not be made, read or written (the reason in words).
         case io(String)
 
         public var description: String {
@@ -110,6 +111,7 @@ public enum StatusSocket {
 
     /// A status socket being served; ``close()`` removes it.
     public final class Server: Sendable {
+        /// Where the socket is (removed by ``close()``).
         public let path: String
         private let channel: any Channel
 

@@ -41,6 +41,7 @@ extension ExtendedRouter {
     /// One peer's line of `@status`.
     public struct PeerStatus: Hashable, Sendable {
         public var id: ClientID
+        /// How a chat to the peer goes now.
         public var route: StatusRoute
         /// The smoothed round trip on a direct path (`nil`: relayed, or not measured yet).
         public var roundTrip: RoundTripEstimate?

@@ -97,6 +97,7 @@ public struct Registry: Sendable, SansIOCore {
         /// punch attempt that settles (about one a round per peer it talks to), so this bounds
         /// how far one client can skew the outcome counters without losing honest reports.
         public var pathReportsPerMinute: Double = 12
+        /// Path reports one client may make at once (several peers settling together).
         public var pathReportBurst: Double = 8
 
         public init(keepAliveTimeout: Duration = .seconds(30), sweepInterval: Duration = .seconds(10),
