@@ -13,7 +13,7 @@ public struct StatusReport: Hashable, Sendable {
         public var id: ClientID
         /// How the peer is reached now: what a chat to it would take.
         public var route: ExtendedRouter.StatusRoute
-        /// The smoothed round trip on a direct path (`nil`: relayed, or not measured yet).
+        /// The smoothed round trip on the route (a relayed one's from `@ping`; `nil`: not measured).
         public var roundTrip: Duration?
         /// How long ago an authenticated datagram from the peer arrived (`nil`: never).
         public var lastHeard: Duration?

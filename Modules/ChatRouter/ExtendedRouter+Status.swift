@@ -43,7 +43,8 @@ extension ExtendedRouter {
         public var id: ClientID
         /// How a chat to the peer goes now.
         public var route: StatusRoute
-        /// The smoothed round trip on a direct path (`nil`: relayed, or not measured yet).
+        /// The smoothed round trip on the route: a direct path's from its checks, the
+        /// relay's from answered `@ping`s (`nil`: not measured).
         public var roundTrip: RoundTripEstimate?
         /// When an authenticated datagram from the peer last arrived (`nil`: never).
         public var lastHeard: Instant?
@@ -84,7 +85,8 @@ extension ExtendedRouter {
         guard let link = links[id] else {
             return PeerStatus(id: id, route: .relayed, relayReason: held.info.keys == nil ? .noKey : .notTriedYet)
         }
-        return PeerStatus(id: id, route: StatusRoute(link.agent.path), roundTrip: link.agent.roundTrip,
+        let direct = link.agent.path.directEndpoint != nil
+        return PeerStatus(id: id, route: StatusRoute(link.agent.path), roundTrip: direct ? link.agent.roundTrip : link.relayRoundTrip,
                           lastHeard: link.lastHeard, relayReason: link.agent.relayReason)
     }
 
@@ -128,6 +130,10 @@ extension ExtendedRouter {
     mutating func answerUserPing(_ transaction: UInt64, from: ClientID, via source: Endpoint?, now: Instant) -> Bool {
         guard let ping = userPings[transaction], ping.peer == from, ping.path.directEndpoint == source else { return false }
         userPings[transaction] = nil
+        if source == nil, var link = links[from] {
+            link.relayRoundTrip = .adding(now - ping.sentAt, to: link.relayRoundTrip)
+            links[from] = link
+        }
         emit(.pingAnswered(from, path: ping.path, roundTrip: now - ping.sentAt))
         return true
     }

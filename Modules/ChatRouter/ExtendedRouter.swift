@@ -151,6 +151,8 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         var pairKey: KeyBytes
         /// When an authenticated datagram from the peer last arrived (for `@status`).
         var lastHeard: Instant?
+        /// The round trip through the relay, from answered `@ping`s (nothing else measures it).
+        var relayRoundTrip: RoundTripEstimate?
     }
 
     /// A chat from a held peer that was reported.

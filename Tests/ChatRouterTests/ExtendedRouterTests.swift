@@ -813,6 +813,8 @@ struct ExtendedRouterStatusTests {
         try world.input(alice) { try $0.ping(bob, now: $1).outputs }
         world.now = world.now + .milliseconds(30)
         #expect(world.takeEvents(alice) == [.pingAnswered(bob, path: .relayed, roundTrip: .milliseconds(30))])
+        // The relay's round trip is known now (nothing else measures it).
+        #expect(world.routers[alice]!.status(of: bob)?.roundTrip?.smoothed == .milliseconds(30))
         let exchanged = world.wire[sentBefore...]
         #expect(exchanged.allSatisfy { $0.destination == S }, "relayed both ways")
         #expect(exchanged.count == 2)

@@ -140,6 +140,12 @@ class StatusPingTest(unittest.TestCase):
                     self.fail(f'no pong from {peer} via {via}\n' + c1.describe(since=mark))
             self.assertEqual(c1.count(r'no answer from .*', since=mark), 0, c1.describe(since=mark))
 
+            # the relay's round trip is known once pinged
+            status = self.status_lines(c1)
+            print('\n@status of c1 after @ping:\n' + '\n'.join(status), file=sys.stderr)
+            self.assertRegex(next(l for l in status if l.startswith('d1 ')),
+                             r'^d1 +relayed +rtt \d+\.\d ms +heard \d+(\.\d)? s ago +\(symmetric NAT on both sides\)$')
+
             # natchat --status from another process in c1's namespace: the same lines
             code, lines, err = self.run_status(tb, 'c1', '--id', 'c1')
             self.assertEqual(code, 0, err)
