@@ -13,8 +13,12 @@ struct Natchat: ParsableCommand {
         commandName: "natchat",
         abstract: "Chat peer to peer over UDP, finding peers through a natchat rendezvous server.",
         discussion: """
-            Commands: @show_list [<id prefix>] [<page>], @chat <id> <text>, @whois <id>, @trust <id>, @exit, @help. A long list \
-            is shown a page at a time. On a terminal the shell has \
+            Commands: @show_list [<id prefix>] [<page>], @chat <id> <text>, @whois <id>, @trust <id>, @ping <id>, @status, \
+            @exit, @help. A long list is shown a page at a time. @status shows, like `tailscale status`, your ID, key, public \
+            endpoint, NAT and the server's round trip, then each peer's path (private, direct or relayed), round trip, when \
+            it was last heard and why a relayed peer is relayed; @ping <id> measures the round trip over the current path. \
+            `natchat --status [--id ID]` prints the running shell's @status from another terminal or a script (the shell \
+            serves it on an owner-only socket in $XDG_RUNTIME_DIR/natchat, else ~/.local/state/natchat). On a terminal the shell has \
             line editing, history and Tab completion of commands and peer IDs; with stdin from a \
             pipe it reads one command per line and end of input acts as @exit.
             """)
@@ -61,6 +65,9 @@ struct Natchat: ParsableCommand {
     @Flag(help: "Hand your ID's claim to a new identity key: registers with the current key, asks the server, and on its answer keeps the old key as IDENTITY.old and the new one as IDENTITY.")
     var rotateIdentity = false
 
+    @Flag(help: "Print the @status of the natchat shell running for --id (which may be left out when one shell is running), then exit: 0 when it answered, 1 when no shell is running.")
+    var status = false
+
     @Flag(help: "Speak only the seed's classic protocol (no hole punching, relay or acknowledgements).")
     var classic = false
 
@@ -75,6 +82,9 @@ struct Natchat: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if let id, let violation = ClientID.violation(in: id) { throw ValidationError("invalid --id: \(violation)") }
         guard !(releaseId && rotateIdentity) else { throw ValidationError("--release-id and --rotate-identity exclude each other") }
+        guard !(status && (probe || releaseId || rotateIdentity)) else {
+            throw ValidationError("--status excludes --probe, --release-id and --rotate-identity")
+        }
         guard !((releaseId || rotateIdentity) && (classic || probe)) else {
             throw ValidationError("--release-id and --rotate-identity need natchat/2 (not --classic or --probe)")
         }
@@ -90,6 +100,11 @@ struct Natchat: ParsableCommand {
         let logger = Logger(label: "natchat.client")
         if probe {
             try runProbe(logger: logger)
+            return
+        }
+        if status {
+            let code = ChatClientRunner.runStatusQuery(id: try id.map { try ClientID($0) })
+            if code != 0 { throw ExitCode(code) }
             return
         }
         guard let clientID = try id.map({ try ClientID($0) }) ?? Self.ask("Enter client ID: ", parse: { text in

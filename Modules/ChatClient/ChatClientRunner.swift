@@ -46,6 +46,8 @@ public enum ChatClientRunner {
         public var serverName: String?
         /// Instead of a chat shell: release our ID's claim, or hand it to a new key.
         public var claimChange: ClaimChangeMode?
+        /// Serve `@status` on the status socket for `natchat --status` (see ``StatusSocket``).
+        public var serveStatus = true
 
         public init(id: ClientID, server: Endpoint, bindAddress: String = "0.0.0.0", port: Int = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
@@ -215,6 +217,22 @@ public enum ChatClientRunner {
         }
     }
 
+    /// `natchat --status [--id ID]`: prints the status the running shell serves (the text
+    /// `@status` prints). Exit status 0; 1 when no shell is running for the ID (or, without
+    /// one, when none or several are), said on stderr.
+    public static func runStatusQuery(id: ClientID?) -> Int32 {
+        do {
+            let path = try StatusSocket.socketPath(for: id)
+            let text = try StatusSocket.fetch(path: path, group: MultiThreadedEventLoopGroup.singleton)
+            LineWriter.writeRaw(text)
+            return 0
+        } catch {
+            let message = Array("natchat: \(error)\n".utf8)
+            _ = message.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+            return 1
+        }
+    }
+
     /// Runs the client; returns the process exit status.
     public static func run(_ options: Options, logger: Logger) -> Int32 {
         if let mode = options.claimChange { return runClaimChange(mode, options: options, logger: logger) }
@@ -270,6 +288,19 @@ public enum ChatClientRunner {
             service.localPortChosen(boundPort)
             service.start(now: now, output: &output)
         }
+        var statusServer: StatusSocket.Server?
+        if options.serveStatus {
+            do {
+                statusServer = try StatusSocket.serve(id: options.id, group: MultiThreadedEventLoopGroup.singleton) { answer in
+                    host.perform { service, _, now in answer(service.statusText(now: now)) }
+                }
+            } catch {
+                // The shell works without it (`natchat --status` will not reach it); said on
+                // the log, not the console, whose lines are the chat's.
+                logger.warning("natchat --status will not reach this shell: \(error)")
+            }
+        }
+        defer { statusServer?.close() }
         TerminationSignal.onSignal { _ in console.stop() }
         // Tab asks the service on its event loop (and, past the server's roster limit, the
         // service asks the server): the console's thread waits for the answer, briefly.

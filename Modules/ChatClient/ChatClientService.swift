@@ -68,6 +68,9 @@ public final class ChatClientService: DatagramDriver {
     /// Datagrams that decoded to nothing.
     public var malformedCount: Int { machine.malformedCount }
 
+    /// What `@status` prints at `now` (the status socket serves it).
+    public func statusText(now: Instant) -> String { machine.statusText(now: now) }
+
     /// Sets how many entries a `@show_list` page holds (the terminal was resized).
     public func setListPageSize(_ size: Int) { machine.setListPageSize(size) }
 

@@ -66,6 +66,10 @@ extension ChatClientStateMachine {
             listUnanswered(query: query)
         case .pathChanged(let id, let path):
             emit(.pathChanged(id, path))
+        case .pingAnswered(let id, let path, let roundTrip):
+            emit(.pingAnswered(id, route: ExtendedRouter.StatusRoute(path), roundTrip: roundTrip))
+        case .pingUnanswered(let id, let path, let after):
+            emit(.pingUnanswered(id, route: ExtendedRouter.StatusRoute(path), after: after))
         case .keyChanged(let id):
             emit(.keyChanged(id))
         case .forged(let id):

@@ -262,6 +262,10 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
             trust(id, now: now)
         case .whois(let id):
             whois(id)
+        case .status:
+            emit(.status(statusReport(now: now)))
+        case .ping(let id):
+            ping(id, now: now)
         case .help:
             emit(.help)
         case .exit:
@@ -334,7 +338,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                 runRouter(routerOutputs, now: now)
             }
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck,
-             .releaseClaim, .rotateKey, .serverPunch, .serverRelay:
+             .releaseClaim, .rotateKey, .pathReport, .serverPunch, .serverRelay:
             ignored(source, message)
         }
     }

@@ -100,6 +100,30 @@ public enum ClientEvent: Hashable, Sendable {
     case listUnanswered
     /// `@help`.
     case help
+    /// `@status`.
+    case status(StatusReport)
+    /// `@ping`: `id` answered on `route` after `roundTrip`.
+    case pingAnswered(ClientID, route: ExtendedRouter.StatusRoute, roundTrip: Duration)
+    /// `@ping`: no answer from `id` on `route` within `after`.
+    case pingUnanswered(ClientID, route: ExtendedRouter.StatusRoute, after: Duration)
+    /// `@ping` could not be sent to `id`.
+    case pingNotSent(ClientID, PingProblem)
+}
+
+/// Why `@ping` sent nothing.
+public enum PingProblem: Hashable, Sendable {
+    /// The roster does not hold the peer.
+    case unknownPeer
+    /// A classic peer (or a classic session): nothing authenticates an answer.
+    case classicPeer
+    /// The peer's keys are not held, or chat with it is held (its key changed).
+    case noKey
+    /// Too many pings are waiting for their answers.
+    case tooManyInFlight
+    /// `@ping` of our own ID.
+    case yourself
+    /// Not registered with a natchat/2 server (yet).
+    case notRegistered
 }
 
 /// How the server confirmed the registration.

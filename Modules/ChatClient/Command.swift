@@ -11,6 +11,11 @@ public enum Command: Hashable, Sendable {
     case trust(ClientID)
     /// `@whois <id>`: the pinned key, when it was first and last seen, whether `id` is held, the path.
     case whois(ClientID)
+    /// `@status`: our ID, key, public endpoint, NAT and server round trip; each peer's path,
+    /// round trip, when it was last heard and why a relayed peer is relayed.
+    case status
+    /// `@ping <id>`: the round trip to `id` over the current path, and which path answered.
+    case ping(ClientID)
     case exit
     case help
 
@@ -23,7 +28,8 @@ public enum Command: Hashable, Sendable {
 
     /// Each command word, in `@help` order, and whether its first argument is a peer ID.
     private static let table: [(name: String, takesPeerID: Bool)] = [
-        ("@show_list", true), ("@chat", true), ("@whois", true), ("@trust", true), ("@exit", false), ("@help", false),
+        ("@show_list", true), ("@chat", true), ("@whois", true), ("@trust", true), ("@ping", true), ("@status", false),
+        ("@exit", false), ("@help", false),
     ]
 
     /// Why a typed line is not a command.
@@ -64,13 +70,20 @@ public enum Command: Hashable, Sendable {
             return .exit
         case "@help":
             return .help
-        case "@trust", "@whois":
+        case "@status":
+            guard argument.allSatisfy(isBlank) else { throw .usage("@status") }
+            return .status
+        case "@trust", "@whois", "@ping":
             let usage = "\(wordText) <id>"
             let words = argument.split(whereSeparator: isBlank)
             guard words.count == 1 else { throw .usage(usage) }
             let idText = String(decoding: words[0], as: UTF8.self)
             guard let id = try? ClientID(idText) else { throw .usage(usage + " (\"\(idText.prefix(40))\" is not a valid ID)") }
-            return wordText == "@trust" ? .trust(id) : .whois(id)
+            switch wordText {
+            case "@trust": return .trust(id)
+            case "@ping": return .ping(id)
+            default: return .whois(id)
+            }
         case "@chat":
             let idBytes = argument.prefix { !isBlank($0) }
             guard !idBytes.isEmpty else { throw .usage(chatUsage) }
@@ -142,6 +155,11 @@ public enum Command: Hashable, Sendable {
           @whois <id>           the key pinned for <id>, when it was first and last seen, whether chat
                                 with <id> is held (its key changed), and the path to it
           @trust <id>           after checking <id>'s new key out of band: pin it, and chat goes on
+          @ping <id>            the round trip to <id> over the current path (direct, private or relayed),
+                                and which path answered
+          @status               your ID, key, public endpoint, NAT and server round trip; then each peer's
+                                path, round trip, when it was last heard, and why a relayed peer is relayed
+                                (natchat --status prints the same from another terminal)
           @exit                 unregister and quit (end of input and Ctrl-C do the same)
           @help                 this help
         """

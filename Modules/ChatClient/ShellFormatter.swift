@@ -1,6 +1,8 @@
+import Addressing
 import Identity
 import ChatRouter
 import KnownPeers
+import MonotonicTime
 import Wire
 
 /// The shell's words: turns each ``ClientEvent`` into the lines the user reads. The one
@@ -11,6 +13,7 @@ public enum ShellFormatter {
     /// The lines for `event` (none for an event the shell does not print).
     public static func lines(for event: ClientEvent) -> [String] {
         if case .whois(let report) = event { return lines(for: report) }
+        if case .status(let report) = event { return lines(for: report) }
         return line(for: event).map { [$0] } ?? []
     }
 
@@ -142,7 +145,69 @@ public enum ShellFormatter {
             "* the server did not answer @show_list; try again"
         case .help:
             Command.helpText
+        case .status(let report):
+            lines(for: report).joined(separator: "\n")
+        case .pingAnswered(let id, let route, let roundTrip):
+            "pong from \(id) via \(route == .relayed ? "relay" : "\(route)") in \(milliseconds(roundTrip))"
+        case .pingUnanswered(let id, let route, let after):
+            "no answer from \(id) within \(seconds(after)) (path: \(route))"
+        case .pingNotSent(let id, let problem):
+            "* not pinged \(id): " + pingProblem(problem, id: id)
         }
+    }
+
+    static func pingProblem(_ problem: PingProblem, id: ClientID) -> String {
+        switch problem {
+        case .unknownPeer: "not online (as far as this client knows)"
+        case .classicPeer: "a classic client has no key to answer with"
+        case .noKey: "no key for \(id), or chat with it is held (@whois \(id))"
+        case .tooManyInFlight: "too many pings waiting for answers"
+        case .yourself: "that is you"
+        case .notRegistered: "not registered with a natchat/2 server yet"
+        }
+    }
+
+    /// `@status` (and `natchat --status`), in the manner of `tailscale status`: the client's
+    /// own lines, then one aligned line per peer — ID, path, round trip, last heard and, for
+    /// a relayed peer, why.
+    public static func lines(for report: StatusReport) -> [String] {
+        var lines = [
+            "\(report.id)  key \(report.keyFingerprint)  \(report.session)",
+            "  server \(report.server)  rtt \(report.serverRoundTrip.map(milliseconds) ?? "-")",
+            "  public \(report.publicEndpoint.map { "\($0)" } ?? "-")  NAT \(report.natKind)",
+        ]
+        guard !report.peers.isEmpty else {
+            lines.append(report.otherPeers > 0 ? "(no peer talked to; \(report.otherPeers) more registered)" : "(no peers)")
+            return lines
+        }
+        let rows = report.peers.map { peer in
+            [peer.id.rawValue, "\(peer.route)", "rtt " + (peer.roundTrip.map(milliseconds) ?? "-"),
+             "heard " + (peer.lastHeard.map { seconds($0) + " ago" } ?? "never"),
+             peer.relayReason.map { "(\($0))" } ?? ""]
+        }
+        var widths = [Int](repeating: 0, count: 4)
+        for row in rows { for column in 0..<4 { widths[column] = max(widths[column], row[column].count) } }
+        for row in rows {
+            var line = ""
+            for column in 0..<4 { line += row[column] + String(repeating: " ", count: widths[column] - row[column].count + 2) }
+            line += row[4]
+            while line.last == " " { line.removeLast() }
+            lines.append(line)
+        }
+        if report.otherPeers > 0 { lines.append("(and \(report.otherPeers) more registered, not talked to)") }
+        return lines
+    }
+
+    /// `12.3 ms`: a round trip to a tenth of a millisecond.
+    static func milliseconds(_ duration: Duration) -> String {
+        let tenths = max(Int64(0), (duration.nanosecondsClamped + 50_000) / 100_000)
+        return "\(tenths / 10).\(tenths % 10) ms"
+    }
+
+    /// `3 s`, `2.5 s`: a wait to a tenth of a second (whole seconds without the decimal).
+    static func seconds(_ duration: Duration) -> String {
+        let tenths = max(Int64(0), (duration.nanosecondsClamped + 50_000_000) / 100_000_000)
+        return tenths % 10 == 0 ? "\(tenths / 10) s" : "\(tenths / 10).\(tenths % 10) s"
     }
 
     static func queuedBecause(_ reason: ExtendedRouter.MailReason) -> String {

@@ -93,6 +93,13 @@ extension ExtendedRouter {
         case .chatAck(let innerFrom, let to, let messageID) where innerFrom == from:
             guard verifyTag(bytes, from: from, to: to, now: now) else { return }
             acknowledge(messageID, from: from, now: now)
+        case .ping(let innerFrom, let to, let transaction) where innerFrom == from:
+            // A user's `@ping` over the relay: answered over the relay, never by the path agent.
+            guard verifyTag(bytes, from: from, to: to, now: now) else { return }
+            answerRelayedPing(transaction, from: from)
+        case .pong(let innerFrom, let to, let transaction, _) where innerFrom == from:
+            guard verifyTag(bytes, from: from, to: to, now: now) else { return }
+            _ = answerUserPing(transaction, from: from, via: nil, now: now)
         default:
             return
         }
@@ -110,6 +117,7 @@ extension ExtendedRouter {
             emit(.forged(claimedFrom: from))
             return false
         }
+        links[from]?.lastHeard = now
         return true
     }
 
@@ -123,6 +131,7 @@ extension ExtendedRouter {
             emit(.forged(claimedFrom: from))
             return nil
         }
+        links[from]?.lastHeard = now
         guard !text.unicodeScalars.contains(where: ClassicMessage.isForbiddenInText) else { return nil }
         return text
     }

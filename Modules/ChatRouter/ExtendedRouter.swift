@@ -78,6 +78,10 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         /// A chat for a classic peer, found by a look-up: the owner sends it in the classic dialect.
         case classicChatDue(PeerInfo, text: String)
         case pathChanged(ClientID, PathAgent.Path)
+        /// A user ping (``ping(_:timeout:now:)``) was answered on `path` after `roundTrip`.
+        case pingAnswered(ClientID, path: PathAgent.Path, roundTrip: Duration)
+        /// No answer to a user ping on `path` within `after`.
+        case pingUnanswered(ClientID, path: PathAgent.Path, after: Duration)
         /// The server announced other keys for a peer than the ones pinned: ignored, loudly.
         case keyChanged(ClientID)
         /// A datagram claiming to be from a peer failed authentication.
@@ -145,6 +149,10 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     struct Link: Sendable {
         var agent: PathAgent
         var pairKey: KeyBytes
+        /// When an authenticated datagram from the peer last arrived (for `@status`).
+        var lastHeard: Instant?
+        /// The round trip through the relay, from answered `@ping`s (nothing else measures it).
+        var relayRoundTrip: RoundTripEstimate?
     }
 
     /// A chat from a held peer that was reported.
@@ -213,6 +221,10 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     /// Mailbox messages from held peers already reported (by serial).
     var heldMailReported: Set<HeldChat> = []
     private var transactionSeed: UInt64
+    /// User pings (`@ping`) waiting for their pongs, by transaction.
+    var userPings: [UInt64: UserPing] = [:]
+    /// The next user ping's transaction: a sequence of its own, apart from the path agents'.
+    var nextUserPingTransaction: UInt64
     private let pathConfiguration: PathAgent.Configuration
     let queries: QueryConfiguration
     /// What the input being handled has to say (returned, in order, when it ends).
@@ -224,6 +236,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         self.selfID = selfID
         self.identity = identity
         self.transactionSeed = transactionSeed
+        nextUserPingTransaction = transactionSeed ^ 0x5A5A_5A5A_0000_0000
         self.pathConfiguration = pathConfiguration
         self.queries = queries
         roster = RosterReplica(selfID: selfID)
@@ -273,7 +286,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
             if let inner = try? ExtendedMessage.decode(payload) { handleRelayed(inner, bytes: payload, from: from, now: now) }
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .challenge, .registered,
              .refused, .keepAliveAck, .unknownSession, .ping, .pong, .chat, .chatAck, .claimLookup, .deposit, .mailAck,
-             .releaseClaim, .rotateKey, .claimChanged, .serverPunch, .serverRelay:
+             .releaseClaim, .rotateKey, .pathReport, .claimChanged, .serverPunch, .serverRelay:
             break
         case .claimResult(let query, let peer, let keys, _):
             answerClaim(query: query, peer: peer, keys: keys, now: now)
@@ -298,7 +311,8 @@ public struct ExtendedRouter: Sendable, SansIOCore {
                 runAgent(from) { $0.handlePing(transaction: transaction, from: source, now: now) }
             }
         case .pong(let from, let to, let transaction, _):
-            if verifyTag(bytes, from: from, to: to, now: now) {
+            if verifyTag(bytes, from: from, to: to, now: now),
+               userPings.isEmpty || !answerUserPing(transaction, from: from, via: source, now: now) {
                 runAgent(from) { $0.handlePong(transaction: transaction, from: source, now: now) }
             }
         case .chat(let from, let to, let messageID, let sealed):
@@ -351,6 +365,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
             }
         }
         runSender(sender.handleTimeout(now: now), now: now)
+        expireUserPings(now: now)
         sendDueQueries(now: now)
         sendDueMail(now: now)
         return takeOutputs()
@@ -359,6 +374,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     public var nextDeadline: Instant? {
         var deadlines = links.values.compactMap(\.agent.nextDeadline)
         if let next = sender.nextDeadline { deadlines.append(next) }
+        for ping in userPings.values { deadlines.append(ping.deadline) }
         for lookup in lookups.values {
             deadlines.append(lookup.nextSend)
             if let first = lookup.waiting.first?.deadline { deadlines.append(first) }
@@ -466,6 +482,7 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     /// checks are authenticated under the pair key, a round request goes to the server.
     mutating func runAgent(_ id: ClientID, _ input: (inout PathAgent) -> [PathAgent.Output]) {
         guard var link = links[id] else { return }
+        let before = link.agent.path
         let agentOutputs = input(&link.agent)
         links[id] = link
         for output in agentOutputs {
@@ -480,8 +497,14 @@ public struct ExtendedRouter: Sendable, SansIOCore {
                 outputs.append(.sendToServer(.connect(id: selfID, peer: id)))
             case .pathChanged(let path):
                 emit(.pathChanged(id, path))
+                if case .direct(_, let kind) = path, before.directEndpoint == nil {
+                    // A punch attempt settled on a path: the server counts outcomes.
+                    let outcome: PathOutcome = kind == .privateEndpoint ? .private : .direct
+                    outputs.append(.sendToServer(.pathReport(id: selfID, peer: id, outcome: outcome)))
+                }
             case .roundFailed:
-                break
+                // A round settled without a path: the peer stays on the relay.
+                outputs.append(.sendToServer(.pathReport(id: selfID, peer: id, outcome: .relayed)))
             }
         }
     }

@@ -205,6 +205,14 @@ public struct ClientSession: Sendable, SansIOCore {
     public private(set) var serverIndex = 0
     /// The mapping probes' second port on the server that last registered us (0: none).
     public private(set) var alternatePort: UInt16 = 0
+    /// The smoothed round trip to the server, from keep-alives and their acknowledgements
+    /// (`nil` until one was answered; a new server starts a new estimate). `@status` shows it.
+    public private(set) var serverRoundTrip: RoundTripEstimate?
+    /// When the keep-alive now waiting for its `keepAliveAck` went out, and whether it was
+    /// sent again since (Karn's rule: an answer after a resend could answer either, so it is
+    /// no sample of the round trip).
+    var keepAliveSentAt: Instant?
+    var keepAliveResent = false
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -292,6 +300,11 @@ public struct ClientSession: Sendable, SansIOCore {
             heard(now: now)
             if case .registered(var session) = state {
                 session.keepAliveRetryAt = nil
+                if let sentAt = keepAliveSentAt, !keepAliveResent {
+                    serverRoundTrip = .adding(now - sentAt, to: serverRoundTrip)
+                }
+                keepAliveSentAt = nil
+                keepAliveResent = false
                 state = .registered(session)
             }
             if case .moved(_, let to) = publicEndpointObserver.observe(endpoint) { return [.publicEndpointMoved(to)] }
@@ -306,7 +319,7 @@ public struct ClientSession: Sendable, SansIOCore {
             heard(now: now)
             return []
         case .register, .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck,
-             .releaseClaim, .rotateKey, .ping, .pong, .chat, .chatAck, .serverPunch, .serverRelay:
+             .releaseClaim, .rotateKey, .pathReport, .ping, .pong, .chat, .chatAck, .serverPunch, .serverRelay:
             return []
         }
     }
@@ -344,7 +357,7 @@ public struct ClientSession: Sendable, SansIOCore {
     /// towards us plan with it).
     public mutating func learnNATKind(_ kind: NATKind, now: Instant) -> [Output] {
         natKind = kind
-        return sendKeepAlive()
+        return sendKeepAlive(now: now)
     }
 
     /// Unregisters (once) and stops everything.
@@ -377,10 +390,10 @@ public struct ClientSession: Sendable, SansIOCore {
             break
         }
         if !keepAlive.handleTimeout(now: now).isEmpty {
-            outputs += sendKeepAlive()
+            outputs += sendKeepAlive(now: now)
             armKeepAliveRetry(now: now)
         } else if case .registered(let session) = state, let retry = session.keepAliveRetryAt, now >= retry {
-            outputs += sendKeepAlive()
+            outputs += sendKeepAlive(now: now)
             armKeepAliveRetry(now: now)
         }
         if case .registered(let session) = state, now >= silenceDeadline(session) {
@@ -426,6 +439,7 @@ public struct ClientSession: Sendable, SansIOCore {
     private mutating func moveToNextServer() -> [Output] {
         guard hasFallbacks else { return [] }
         let from = server
+        serverRoundTrip = nil
         serverIndex = (serverIndex + 1) % servers.count
         return [.serverChanged(from: from, to: server)]
     }
@@ -509,6 +523,8 @@ public struct ClientSession: Sendable, SansIOCore {
     /// silent and there is another, else with the same one (it restarted, or it is the only one).
     private mutating func lose(_ session: Session, _ loss: Loss, now: Instant) -> [Output] {
         var outputs: [Output] = [.sessionLost(loss)]
+        keepAliveSentAt = nil
+        keepAliveResent = false
         if loss == .serverSilent { outputs += moveToNextServer() }
         var attempt = newAttempt(now: now)
         outputs += offer(&attempt, now: now)
@@ -549,7 +565,11 @@ public struct ClientSession: Sendable, SansIOCore {
             : session.lastAnswer + keepAlive.interval * 3 + .seconds(1)
     }
 
-    private mutating func sendKeepAlive() -> [Output] {
+    private mutating func sendKeepAlive(now: Instant) -> [Output] {
+        if case .registered = state {
+            keepAliveResent = keepAliveSentAt != nil
+            keepAliveSentAt = now
+        }
         switch state {
         case .registered, .lost:
             return send(.keepAlive(id: configuration.id, natKind: natKind))

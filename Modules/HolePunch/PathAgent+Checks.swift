@@ -138,6 +138,7 @@ extension PathAgent {
     mutating func setPath(_ newPath: Path) {
         guard newPath != path else { return }
         path = newPath
+        if newPath.directEndpoint == nil { roundTrip = nil }
         outputs.append(.pathChanged(newPath))
     }
 }

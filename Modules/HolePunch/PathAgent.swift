@@ -195,6 +195,12 @@ public struct PathAgent: Sendable, SansIOCore {
     var failedRounds = 0
     var lastInterest: Instant?
     var hopeless = false
+    /// The NAT kinds of the last punch instruction (ours, the peer's), for ``relayReason``.
+    var natKinds: (ours: NATKind, peers: NATKind) = (.unknown, .unknown)
+    /// The smoothed round trip on the direct path, from the pongs answering our checks to it
+    /// (consent checks included): `nil` while there is no direct path. A new path starts a
+    /// new estimate; the relay's round trip is not measured here.
+    public internal(set) var roundTrip: RoundTripEstimate?
     /// What the input being handled has to say (returned, in order, when it ends).
     var outputs: [Output] = []
 
@@ -210,6 +216,20 @@ public struct PathAgent: Sendable, SansIOCore {
 
     /// The peer's verified direct endpoint, if any.
     public var directEndpoint: Endpoint? { path.directEndpoint }
+
+    /// Why the peer is on the relay (`nil` while a direct path is selected): from the phase,
+    /// the failed rounds and the NATs.
+    public var relayReason: RelayReason? {
+        if path.directEndpoint != nil { return nil }
+        if hopeless, armed { return .hopeless(ours: natKinds.ours, peers: natKinds.peers) }
+        switch phase {
+        case .idle: return failedRounds > 0 ? .noAnswerFromCandidates : .notTriedYet
+        case .awaitingPunch, .punching: return .punchingInProgress
+        case .coolingDown: return .noAnswerFromCandidates
+        case .relayOnly: return .hopeless(ours: natKinds.ours, peers: natKinds.peers)
+        case .connected: return .punchingInProgress
+        }
+    }
 
     /// Whether a round is in progress.
     public var isPunching: Bool {
@@ -245,6 +265,7 @@ public struct PathAgent: Sendable, SansIOCore {
         armed = true
         var fresh: [Candidate] = peer.privateEndpoints.map { Candidate(endpoint: $0, kind: .privateEndpoint) }
         hopeless = !PunchFeasibility.canPunch(selfNATKind, peer.natKind)
+        natKinds = (selfNATKind, peer.natKind)
         if !hopeless { fresh.append(Candidate(endpoint: peer.publicEndpoint, kind: .publicEndpoint)) }
         // Keep learned peer-reflexive candidates; replace the rest. An endpoint learned both
         // ways keeps the server's label (a ping from a private address is still private).
@@ -318,6 +339,7 @@ public struct PathAgent: Sendable, SansIOCore {
         if case .connected(var consent) = phase {
             if source == directEndpoint {
                 // Fresh proof that the path works: consent restored.
+                roundTrip = .adding(now - sent.sentAt, to: roundTrip)
                 consent.lastConsent = now
                 consent.misses = 0
                 consent.pending = []
@@ -332,11 +354,13 @@ public struct PathAgent: Sendable, SansIOCore {
             // better one (once confirmed).
             guard case .direct(_, let currentKind) = path, kind > currentKind, confirm(source, now: now) else { return }
             select(source, kind: kind, now: now)
+            roundTrip = RoundTripEstimate(firstSample: now - sent.sentAt)
             return
         }
         if source == directEndpoint {
             // Punching again while still direct (the peer asked for a round): its path is
             // answering, so it stays; no change to show.
+            roundTrip = .adding(now - sent.sentAt, to: roundTrip)
             failedRounds = 0
             phase = .connected(Consent(now: now, nextCheck: now + configuration.keepAliveInterval))
             return
@@ -344,6 +368,7 @@ public struct PathAgent: Sendable, SansIOCore {
         guard confirm(source, now: now) else { return }
         failedRounds = 0
         select(source, kind: kind, now: now)
+        roundTrip = RoundTripEstimate(firstSample: now - sent.sentAt)
     }
 
 

@@ -79,6 +79,15 @@ extension Registry {
             }
             actions.append(.report(.punchRound(entry.id, peer.id, round: instructions.first?.round ?? 0)))
             return actions
+        case .pathReport(let id, let peer, let outcome):
+            guard session(id, counter: counter, bytes: bytes) != nil else {
+                return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
+            }
+            liveness.touch(id, now: now)
+            guard peer != id, allowPathReport(id, now: now) else {
+                return [.report(.ignoredExtended(from: source, .pathReportRateLimited))]
+            }
+            return [.report(.pathReport(id, peer: peer, outcome))]
         case .relay(let id, let to, let payload):
             guard session(id, counter: counter, bytes: bytes) != nil else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)

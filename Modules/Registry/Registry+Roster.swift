@@ -66,6 +66,17 @@ extension Registry {
         return bucket.take(now: now)
     }
 
+    /// Whether a path report from `id` counts: a token bucket per client
+    /// (``Configuration/pathReportsPerMinute``, a burst of ``Configuration/pathReportBurst``),
+    /// so that a client flooding reports cannot skew the server's punch outcome counters by
+    /// more than a few reports a minute.
+    mutating func allowPathReport(_ id: ClientID, now: Instant) -> Bool {
+        var bucket = pathReportBuckets[id]
+            ?? TokenBucket(rate: configuration.pathReportsPerMinute / 60, burst: configuration.pathReportBurst, now: now)
+        defer { pathReportBuckets[id] = bucket }
+        return bucket.take(now: now)
+    }
+
     /// One page of the IDs starting with `prefix`, sorted, as many as fit a datagram.
     func listPage(query: UInt32, prefix: String, offset: UInt32, limit: UInt16) -> ExtendedMessage {
         let start: Int

@@ -144,6 +144,7 @@ extension Registry {
         classicSubscriberIDs.remove(id)
         roster.unsubscribe(id)
         queryBuckets[id] = nil
+        pathReportBuckets[id] = nil
         if let entry = entries[id], extendedByEndpoint[entry.publicEndpoint] == id { extendedByEndpoint[entry.publicEndpoint] = nil }
         punch.forget(id)
         relayLimiter.forget(id)

@@ -93,6 +93,12 @@ public struct Registry: Sendable, SansIOCore {
         public var claimTTL: Duration?
         /// The mailbox's limits (it exists when claims do: mail waits for claimed IDs only).
         public var mailbox: MailboxConfiguration
+        /// Path reports one client may make per minute, and at once: a client reports once per
+        /// punch attempt that settles (about one a round per peer it talks to), so this bounds
+        /// how far one client can skew the outcome counters without losing honest reports.
+        public var pathReportsPerMinute: Double = 12
+        /// Path reports one client may make at once (several peers settling together).
+        public var pathReportBurst: Double = 8
 
         public init(keepAliveTimeout: Duration = .seconds(30), sweepInterval: Duration = .seconds(10),
                     keepAliveInterval: Duration = .seconds(10),
@@ -139,6 +145,8 @@ public struct Registry: Sendable, SansIOCore {
         /// ``ClusterMembership/pendingLimit`` others already wait for theirs: the client
         /// registers again on its own schedule.
         case claimQueueFull
+        /// A path report over the client's rate (or about itself).
+        case pathReportRateLimited
         /// The registration the client's current session began with, received again (a
         /// retransmission, or a replay): not answered, and nothing changes (a replay proves
         /// nothing about the client being alive now; see docs/security.md).
@@ -183,6 +191,9 @@ public struct Registry: Sendable, SansIOCore {
         case ignoredExtended(from: Endpoint, Ignored)
         case relayed(from: ClientID, to: ClientID, bytes: Int)
         case punchRound(ClientID, ClientID, round: UInt32)
+        /// A client reported how a punch attempt with `peer` settled (rate-limited per client):
+        /// the server's driver counts the outcomes, which only clients can see.
+        case pathReport(ClientID, peer: ClientID, PathOutcome)
         /// A sealed message was queued in the mailbox for offline `to`.
         case mailQueued(from: ClientID, to: ClientID, bytes: Int)
         /// `to` acknowledged a mailbox message from `from` (an ID's raw value: it may be gone).
@@ -227,6 +238,8 @@ public struct Registry: Sendable, SansIOCore {
     /// Every registered ID, sorted: list queries and prefixes without a scan.
     var sortedIDs = SortedChunks<ClientID>()
     var queryBuckets: [ClientID: TokenBucket] = [:]
+    /// Path reports' budgets, per client (see ``allowPathReport(_:now:)``).
+    var pathReportBuckets: [ClientID: TokenBucket] = [:]
     /// Extended clients by the endpoint they were last seen at (may hold stale keys; checked on use).
     var extendedByEndpoint: [Endpoint: ClientID] = [:]
     var liveness: LivenessTable<ClientID>

@@ -53,6 +53,10 @@ public final class RendezvousService: DatagramDriver {
         /// Messages queued in the mailbox, and delivered (acknowledged by their recipient).
         public var mailQueued = 0
         public var mailDelivered = 0
+        /// Punch attempts as clients report them settled: direct, private (same NAT), relayed.
+        public var pathReportsDirect = 0
+        public var pathReportsPrivate = 0
+        public var pathReportsRelayed = 0
     }
 
     // The service runs on one event loop and never calls out while it mutates these (its
@@ -304,6 +308,12 @@ public final class RendezvousService: DatagramDriver {
         case .punchRound(let a, let b, let round):
             counters.punchRounds += 1
             logger.debug("punch round", metadata: ["pair": "\(a)-\(b)", "round": "\(round)"])
+        case .pathReport(_, _, let outcome):
+            switch outcome {
+            case .direct: counters.pathReportsDirect += 1
+            case .private: counters.pathReportsPrivate += 1
+            case .relayed: counters.pathReportsRelayed += 1
+            }
         case .ignoredExtended(let source, let reason):
             counters.ignored += 1
             if reason == .relayRateLimited { counters.relayRefused += 1 }

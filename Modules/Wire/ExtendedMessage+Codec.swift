@@ -22,6 +22,8 @@ extension ExtendedMessage {
             w.clientID(id)
         case .connect(let id, let peer):
             w.clientID(id); w.clientID(peer)
+        case .pathReport(let id, let peer, let outcome):
+            w.clientID(id); w.clientID(peer); w.u8(outcome.rawValue)
         case .relay(let id, let to, let payload):
             w.clientID(id); w.clientID(to); w.longBytes(payload)
         case .rosterAck(let id, let largest, let received):
@@ -152,6 +154,10 @@ extension ExtendedMessage {
             return .exit(id: try r.clientID())
         case .connect:
             return .connect(id: try r.clientID(), peer: try r.clientID())
+        case .pathReport:
+            let id = try r.clientID(), peer = try r.clientID()
+            guard let outcome = PathOutcome(rawValue: try r.u8("outcome")) else { throw .malformed("unknown path outcome") }
+            return .pathReport(id: id, peer: peer, outcome: outcome)
         case .relay:
             let fields = try RelayFields(&r)
             return .relay(id: try ClientID(utf8: fields.idBytes), to: try ClientID(utf8: fields.toBytes), payload: Array(fields.payload))

@@ -53,6 +53,10 @@ public enum ExtendedMessage: Hashable, Sendable {
     /// ``rotationStatement(id:newKeys:)``, which proves the new key is held (the session
     /// proves the old). Answered with ``claimChanged(id:keys:)``.
     case rotateKey(id: ClientID, newKeys: PublicKeys, signature: [UInt8])
+    /// How a punch attempt with `peer` settled, as the client saw it: the server counts
+    /// outcomes (its metrics) and answers nothing. Sent once per attempt that settles, so the
+    /// operator can tell how often punching works without asking clients.
+    case pathReport(id: ClientID, peer: ClientID, outcome: PathOutcome)
 
     // Server → client
     /// Proves that the registering address receives: echo the cookie to register.
@@ -145,7 +149,7 @@ public enum ExtendedMessage: Hashable, Sendable {
 
     enum Kind: UInt8 {
         case register = 0x01, keepAlive, exit, connect, relay, rosterAck, lookup, listQuery, claimLookup, deposit, mailAck,
-             releaseClaim, rotateKey
+             releaseClaim, rotateKey, pathReport
         // 0x44 and 0x45 were the per-peer roster notices that `roster` replaced.
         case challenge = 0x41, registered, refused
         case punch = 0x46, relayed, keepAliveAck, unknownSession, roster, lookupResult, listPage, claimResult, depositResult, mail,
@@ -185,6 +189,7 @@ public enum ExtendedMessage: Hashable, Sendable {
         case .mailAck: .mailAck
         case .releaseClaim: .releaseClaim
         case .rotateKey: .rotateKey
+        case .pathReport: .pathReport
         case .claimChanged: .claimChanged
         case .claimResult: .claimResult
         case .depositResult: .depositResult
@@ -215,7 +220,7 @@ extension ExtendedMessage.Kind {
         switch self {
         case .register: .signature
         case .keepAlive, .exit, .connect, .relay, .rosterAck, .lookup, .listQuery, .claimLookup, .deposit, .mailAck, .releaseClaim,
-             .rotateKey, .serverPunch, .serverRelay: .session
+             .rotateKey, .pathReport, .serverPunch, .serverRelay: .session
         case .ping, .pong, .chatAck: .pair
         case .challenge, .registered, .refused, .roster, .lookupResult, .listPage, .punch, .relayed, .keepAliveAck,
              .unknownSession, .chat, .claimResult, .depositResult, .mail, .mailDelivered, .claimChanged: .none
@@ -240,6 +245,24 @@ extension ExtendedMessage.Authentication {
         case .none: 0
         case .signature: 64
         case .session, .pair: 16
+        }
+    }
+}
+
+/// How a punch attempt settled, as a client reports it (``ExtendedMessage/pathReport(id:peer:outcome:)``).
+public enum PathOutcome: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+    /// A direct path to the peer's public (or peer-reflexive) endpoint.
+    case direct = 1
+    /// A direct path to one of the peer's private endpoints (the same NAT).
+    case `private` = 2
+    /// The round ended without a path: the peer stays on the relay.
+    case relayed = 3
+
+    public var description: String {
+        switch self {
+        case .direct: "direct"
+        case .private: "private"
+        case .relayed: "relayed"
         }
     }
 }

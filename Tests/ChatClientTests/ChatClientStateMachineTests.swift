@@ -539,3 +539,68 @@ struct ChatClientStateMachineNatchat2Tests {
         #expect(client.machine.leave(now: at(31)).isEmpty)
     }
 }
+
+// MARK: - @status and @ping
+
+@Suite("ChatClientStateMachine @status and @ping")
+struct ChatClientStatusTests {
+    /// Lets time run to `end`, answering every keep-alive `delay` after it went out.
+    private func runAnsweringKeepAlives(_ client: inout Client, until end: Instant, delay: Duration) {
+        while let deadline = client.machine.nextDeadline, deadline <= end {
+            let sent = toServer(client.machine.handleTimeout(now: deadline))
+            if sent.contains(where: { if case .keepAlive = $0.message { true } else { false } }) {
+                _ = client.receive(.keepAliveAck(publicEndpoint: A), at: deadline + delay)
+            }
+        }
+    }
+
+    @Test func statusReportsTheSessionAndEveryPeer() {
+        var client = Client.natchat2Registered()
+        _ = client.receive(rosterDelta(1, [present("bob", B, version: 1), present("carol", C, version: 2, dialect: .classic)],
+                                       synced: true, registered: 3), at: at(1))
+        runAnsweringKeepAlives(&client, until: at(20), delay: .milliseconds(25))
+        let report = client.machine.statusReport(now: at(21))
+        #expect(report.id == alice)
+        #expect(report.keyFingerprint == client.identity.fingerprint)
+        #expect(report.session == .natchat2)
+        #expect(report.server == S)
+        #expect(report.publicEndpoint == A)
+        #expect(report.serverRoundTrip == .milliseconds(25))
+        #expect(report.peers == [
+            StatusReport.Peer(id: bob, route: .relayed, relayReason: .notTriedYet),
+            StatusReport.Peer(id: carol, route: .classic(C), relayReason: .classicPeer),
+        ])
+        #expect(report.otherPeers == 0)
+        // @status is that report as an event, and the status socket's text is its lines.
+        #expect(events(client.machine.handle(.status, now: at(21))) == [.status(report)])
+        #expect(client.machine.statusText(now: at(21)) == ShellFormatter.lines(for: report).joined(separator: "\n"))
+    }
+
+    @Test func pingGoesOverTheRelayAndTimesOut() throws {
+        var client = Client.natchat2Registered()
+        _ = client.receive(rosterDelta(1, [present("bob", B, version: 1), present("carol", C, version: 2, dialect: .classic)],
+                                       synced: true, registered: 3), at: at(1))
+        let sent = client.machine.handle(.ping(bob), now: at(2))
+        #expect(events(sent).isEmpty)
+        let relay = try #require(toServer(sent).first)
+        guard case .relay(alice, bob, let payload) = relay.message, case .ping(alice, bob, _)? = try? ExtendedMessage.decode(payload) else {
+            Issue.record("not a relayed ping: \(relay.message)")
+            return
+        }
+        #expect(events(client.run(until: at(5) - .nanoseconds(1))).filter { if case .pingUnanswered = $0 { true } else { false } }.isEmpty)
+        #expect(events(client.run(until: at(5))).contains(.pingUnanswered(bob, route: .relayed, after: .seconds(3))))
+        // What cannot be pinged says why, and sends nothing.
+        for (peer, problem) in [(carol, PingProblem.classicPeer), (alice, .yourself), (dave, .unknownPeer)] {
+            let outputs = client.machine.handle(.ping(peer), now: at(6))
+            #expect(events(outputs) == [.pingNotSent(peer, problem)])
+            #expect(datagrams(outputs).isEmpty)
+        }
+    }
+
+    @Test func pingInAClassicSessionIsNotSent() {
+        var client = Client.classic()
+        #expect(events(client.machine.handle(.ping(bob), now: at(1))) == [.pingNotSent(bob, .classicPeer)])
+        #expect(client.machine.statusReport(now: at(1)).session == .classic)
+        #expect(client.machine.statusReport(now: at(1)).peers.isEmpty)
+    }
+}

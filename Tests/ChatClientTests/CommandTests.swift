@@ -100,13 +100,24 @@ struct CommandParseTests {
         #expect(parseError("@trust b@b") == .usage("@trust <id> (\"b@b\" is not a valid ID)"))
     }
 
+    @Test func statusAndPing() throws {
+        #expect(try Command.parse("@status") == .status)
+        #expect(try Command.parse(" @status \t") == .status)
+        #expect(parseError("@status bob") == .usage("@status"))
+        #expect(try Command.parse("@ping bob") == .ping(ClientID("bob")))
+        #expect(try Command.parse("@ping\tbob ") == .ping(ClientID("bob")))
+        #expect(parseError("@ping") == .usage("@ping <id>"))
+        #expect(parseError("@ping bob carol") == .usage("@ping <id>"))
+        #expect(parseError("@ping b@b") == .usage("@ping <id> (\"b@b\" is not a valid ID)"))
+    }
+
     @Test func errorDescriptions() {
         #expect(Command.ParseError.usage("@exit").description == "usage: @exit")
         #expect(Command.ParseError.unknown("hello").description == "unknown command: hello (try @help)")
     }
 
     @Test func names() {
-        #expect(Command.names == ["@show_list", "@chat", "@whois", "@trust", "@exit", "@help"])
+        #expect(Command.names == ["@show_list", "@chat", "@whois", "@trust", "@ping", "@status", "@exit", "@help"])
         for name in Command.names {
             #expect(Command.helpText.contains(name), "\(name) missing from the help text")
         }
@@ -114,7 +125,7 @@ struct CommandParseTests {
 
     @Test func peerArgumentNames() {
         // The ReadlineConsole completes the word after these from the roster.
-        #expect(Command.peerArgumentNames == ["@show_list", "@chat", "@whois", "@trust"])
+        #expect(Command.peerArgumentNames == ["@show_list", "@chat", "@whois", "@trust", "@ping"])
         #expect(Command.peerArgumentNames.allSatisfy(Command.names.contains))
     }
 }

@@ -32,7 +32,7 @@ private func isCovered(_ event: ClientEvent) -> Bool {
          .noSuchPeer, .lookupPending, .tooManyInFlight, .pathChanged, .keyChanged, .listEntry, .listFooter, .listEmpty,
          .listUnanswered, .help, .peerKeyChanged, .chatHeld, .chatFromHeldPeer, .trusted, .trustNotNeeded, .nothingPinned,
          .knownPeersOff, .whois, .queued, .mail, .mailRejected, .mailDelivered, .claimReleased, .claimRotated,
-         .claimChangeRefused, .claimChangeUnanswered:
+         .claimChangeRefused, .claimChangeUnanswered, .status, .pingAnswered, .pingUnanswered, .pingNotSent:
         true
     }
 }
@@ -151,6 +151,46 @@ struct ShellFormatterTests {
             == "* NOT delivered to bob: \"hello\" (it could not be sealed to bob's key)")
     }
 
+    /// `@status`: three lines of our own, then one aligned line per peer; a relayed peer
+    /// says why, a peer with no measurement says "-".
+    @Test func status() {
+        let report = StatusReport(
+            id: alice, keyFingerprint: "SHA256:abc", session: .natchat2, server: ep("198.51.100.1:10080"), publicEndpoint: A,
+            natKind: .endpointIndependent, serverRoundTrip: .microseconds(1_250),
+            peers: [
+                .init(id: bob, route: .private(ep("10.0.0.6:10081")), roundTrip: .microseconds(420), lastHeard: .seconds(2)),
+                .init(id: carol, route: .direct(C), roundTrip: .microseconds(12_345), lastHeard: .milliseconds(1_500)),
+                .init(id: dave, route: .relayed, lastHeard: nil,
+                      relayReason: .hopeless(ours: .endpointDependent, peers: .endpointDependent)),
+            ],
+            otherPeers: 3)
+        #expect(lines(.status(report)) == [
+            "alice  key SHA256:abc  natchat/2",
+            "  server 198.51.100.1:10080  rtt 1.3 ms",
+            "  public 203.0.113.7:40001  NAT endpoint-independent mapping (cone)",
+            "bob    private 10.0.0.6:10081     rtt 0.4 ms   heard 2 s ago",
+            "carol  direct 198.51.100.9:50000  rtt 12.3 ms  heard 1.5 s ago",
+            "dave   relayed                    rtt -        heard never      (symmetric NAT on both sides)",
+            "(and 3 more registered, not talked to)",
+        ])
+        let empty = StatusReport(id: alice, keyFingerprint: "SHA256:abc", session: .registering, server: ep("198.51.100.1:10080"),
+                                 publicEndpoint: nil, natKind: .unknown, serverRoundTrip: nil, peers: [], otherPeers: 0)
+        #expect(lines(.status(empty)) == [
+            "alice  key SHA256:abc  registering",
+            "  server 198.51.100.1:10080  rtt -",
+            "  public -  NAT unknown",
+            "(no peers)",
+        ])
+    }
+
+    @Test func ping() {
+        #expect(line(.pingAnswered(bob, route: .direct(C), roundTrip: .microseconds(12_340))) == "pong from bob via direct 198.51.100.9:50000 in 12.3 ms")
+        #expect(line(.pingAnswered(bob, route: .relayed, roundTrip: .milliseconds(30))) == "pong from bob via relay in 30.0 ms")
+        #expect(line(.pingUnanswered(bob, route: .relayed, after: .seconds(3))) == "no answer from bob within 3 s (path: relayed)")
+        #expect(line(.pingNotSent(bob, .unknownPeer)) == "* not pinged bob: not online (as far as this client knows)")
+        #expect(line(.pingNotSent(alice, .yourself)) == "* not pinged alice: that is you")
+    }
+
     @Test func pathsAndKeys() {
         #expect(line(.pathChanged(bob, .none)) == "* path to bob: none yet")
         #expect(line(.pathChanged(bob, .relayed)) == "* path to bob: relayed")
@@ -228,6 +268,11 @@ struct ShellFormatterTests {
               @whois <id>           the key pinned for <id>, when it was first and last seen, whether chat
                                     with <id> is held (its key changed), and the path to it
               @trust <id>           after checking <id>'s new key out of band: pin it, and chat goes on
+              @ping <id>            the round trip to <id> over the current path (direct, private or relayed),
+                                    and which path answered
+              @status               your ID, key, public endpoint, NAT and server round trip; then each peer's
+                                    path, round trip, when it was last heard, and why a relayed peer is relayed
+                                    (natchat --status prints the same from another terminal)
               @exit                 unregister and quit (end of input and Ctrl-C do the same)
               @help                 this help
             """)

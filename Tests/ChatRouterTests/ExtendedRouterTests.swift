@@ -771,3 +771,140 @@ struct ExtendedRouterRosterLossTests {
         #expect(world.takeEvents(alice).contains(.noSuchPeer(id("nobody"), text: "hello?")))
     }
 }
+
+/// The path reports a member sent the server, in order.
+private func pathReports(_ world: World, from member: ClientID) -> [(peer: ClientID, outcome: PathOutcome)] {
+    world.wire.compactMap { datagram in
+        guard datagram.from == member, datagram.destination == S,
+              case .pathReport(member, let peer, let outcome)? = datagram.message else { return nil }
+        return (peer, outcome)
+    }
+}
+
+@Suite("ExtendedRouter status and @ping")
+struct ExtendedRouterStatusTests {
+    @Test func pingOnTheDirectPathNamesItAndMeasuresIt() throws {
+        var world = World([(alice, A), (bob, B)])
+        try world.send("warm-up", from: alice, to: bob)
+        #expect(world.routers[alice]!.path(to: bob) == .direct(B, .publicEndpoint))
+        _ = world.takeEvents(alice)
+        let sentBefore = world.wire.count
+        try world.input(alice) { try $0.ping(bob, now: $1).outputs }
+        world.now = world.now + .milliseconds(12)
+        #expect(world.takeEvents(alice) == [.pingAnswered(bob, path: .direct(B, .publicEndpoint), roundTrip: .milliseconds(12))])
+        // The check went straight to bob, and bob answered straight back: no relay.
+        let exchanged = world.wire[sentBefore...]
+        #expect(exchanged.contains { $0.from == alice && $0.destination == B })
+        #expect(!exchanged.contains { $0.destination == S })
+        // Nothing is left waiting: no timeout later.
+        world.run(until: world.now + .seconds(4))
+        #expect(!world.takeEvents(alice).contains { if case .pingUnanswered = $0 { true } else { false } })
+    }
+
+    @Test func pingOverTheRelayIsAnsweredOverTheRelay() throws {
+        var world = World([(alice, A), (bob, B)])
+        world.directUp = false
+        try world.send("through the server", from: alice, to: bob)
+        world.run(until: ms(7_000))
+        #expect(world.routers[alice]!.path(to: bob) == .relayed)
+        _ = world.takeEvents(alice)
+        let bobPathBefore = world.routers[bob]!.path(to: alice)
+        let sentBefore = world.wire.count
+        try world.input(alice) { try $0.ping(bob, now: $1).outputs }
+        world.now = world.now + .milliseconds(30)
+        #expect(world.takeEvents(alice) == [.pingAnswered(bob, path: .relayed, roundTrip: .milliseconds(30))])
+        // The relay's round trip is known now (nothing else measures it).
+        #expect(world.routers[alice]!.status(of: bob)?.roundTrip?.smoothed == .milliseconds(30))
+        let exchanged = world.wire[sentBefore...]
+        #expect(exchanged.allSatisfy { $0.destination == S }, "relayed both ways")
+        #expect(exchanged.count == 2)
+        // A relayed check says nothing about a direct path: bob's agent did not see it.
+        #expect(world.routers[bob]!.path(to: alice) == bobPathBefore)
+    }
+
+    @Test func unansweredPingsTimeOutAndSeveralAreMatchedByTransaction() throws {
+        var world = World([(alice, A), (bob, B)])
+        try world.send("warm-up", from: alice, to: bob)
+        _ = world.takeEvents(alice)
+        // Two pings in flight; the first one's pong is lost.
+        var transactions: [UInt64] = []
+        try world.input(alice) { router, now in
+            let sent = try router.ping(bob, now: now)
+            transactions.append(sent.transaction)
+            return sent.outputs
+        }
+        var lostFirst = false
+        world.drop = { sender, _, message in
+            guard sender == bob, !lostFirst, case .pong(_, _, let transaction, _) = message, transaction == transactions.first else { return false }
+            lostFirst = true
+            return true
+        }
+        world.pump()
+        world.now = world.now + .milliseconds(5)
+        try world.input(alice) { router, now in
+            let sent = try router.ping(bob, now: now)
+            transactions.append(sent.transaction)
+            return sent.outputs
+        }
+        world.now = world.now + .milliseconds(4)
+        #expect(transactions.count == 2 && transactions[0] != transactions[1])
+        #expect(world.takeEvents(alice) == [.pingAnswered(bob, path: .direct(B, .publicEndpoint), roundTrip: .milliseconds(4))])
+        let sentAt = world.now - .milliseconds(9)
+        world.run(until: sentAt + .milliseconds(2_999))
+        #expect(!world.takeEvents(alice).contains { if case .pingUnanswered = $0 { true } else { false } })
+        world.run(until: sentAt + .seconds(3))
+        #expect(world.takeEvents(alice).filter { if case .pingUnanswered = $0 { true } else { false } }
+                == [.pingUnanswered(bob, path: .direct(B, .publicEndpoint), after: .seconds(3))])
+    }
+
+    @Test func pingRefusals() throws {
+        var world = World([(alice, A), (bob, B)])
+        #expect(throws: ExtendedRouter.PingError.unknownPeer) { try world.routers[alice]!.ping(id("nobody"), now: world.now) }
+        #expect(throws: ExtendedRouter.PingError.unknownPeer) { try world.routers[alice]!.ping(alice, now: world.now) }
+        world.routers[alice]!.hold(bob)
+        #expect(throws: ExtendedRouter.PingError.noKey) { try world.routers[alice]!.ping(bob, now: world.now) }
+        world.routers[alice]!.release(bob)
+        world.directUp = false
+        for _ in 0..<16 { _ = try world.routers[alice]!.ping(bob, now: world.now) }
+        #expect(throws: ExtendedRouter.PingError.tooManyInFlight) { try world.routers[alice]!.ping(bob, now: world.now) }
+    }
+
+    @Test func statusShowsPathRoundTripLastHeardAndReason() throws {
+        var world = World([(alice, A), (bob, B), (carol, C)])
+        // Not talked to: relayed, not tried yet, never heard.
+        let untried = world.routers[alice]!.status(of: carol)
+        #expect(untried == ExtendedRouter.PeerStatus(id: carol, route: .relayed, roundTrip: nil, lastHeard: nil, relayReason: .notTriedYet))
+        world.now = ms(100)
+        try world.send("hi", from: alice, to: bob)
+        let direct = try #require(world.routers[alice]!.status(of: bob))
+        #expect(direct.route == .direct(B))
+        #expect(direct.relayReason == nil)
+        #expect(direct.lastHeard == ms(100))
+        #expect(direct.roundTrip?.smoothed == .zero, "instant delivery in this world")
+        #expect(world.routers[alice]!.statuses(rosterLimit: 50).peers.map(\.id) == [bob, carol])
+        #expect(world.routers[alice]!.statuses(rosterLimit: 50).others == 0)
+        // Past the roster limit only the peers talked to are listed; the rest are counted.
+        let limited = world.routers[alice]!.statuses(rosterLimit: 1)
+        #expect(limited.peers.map(\.id) == [bob])
+        #expect(limited.others == 1)
+        // One path report per settled attempt: alice's direct path to bob.
+        #expect(pathReports(world, from: alice).map(\.peer) == [bob])
+        #expect(pathReports(world, from: alice).map(\.outcome) == [.direct])
+    }
+
+    @Test func relayedPeerSaysWhyAndReportsTheFailedRound() throws {
+        var world = World([(alice, A), (bob, B)])
+        world.directUp = false
+        try world.send("hi", from: alice, to: bob)
+        #expect(world.routers[alice]!.status(of: bob)?.relayReason == .punchingInProgress)
+        #expect(pathReports(world, from: alice).isEmpty)
+        world.run(until: ms(6_500))
+        let relayed = try #require(world.routers[alice]!.status(of: bob))
+        #expect(relayed.route == .relayed)
+        #expect(relayed.roundTrip == nil)
+        #expect(relayed.relayReason == .noAnswerFromCandidates)
+        // The relayed ack was heard (authenticated) at once.
+        #expect(relayed.lastHeard == .zero)
+        #expect(pathReports(world, from: alice).map(\.outcome) == [.relayed])
+    }
+}

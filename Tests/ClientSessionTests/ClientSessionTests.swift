@@ -344,6 +344,32 @@ struct ClientSessionRegisteringTests {
         #expect(session.handleTimeout(now: at(19)).isEmpty)
     }
 
+    /// The server's round trip: keep-alive to acknowledgement, smoothed (RFC 6298); an
+    /// acknowledgement after a resend is no sample (Karn: it may answer either).
+    @Test func serverRoundTripComesFromKeepAlives() throws {
+        var session = registeredSession()
+        #expect(session.serverRoundTrip == nil)
+        _ = try sealed(session.handleTimeout(now: at(10)), key: key1)
+        _ = session.handleServerMessage(.keepAliveAck(publicEndpoint: A), now: at(ms: 10_040))
+        #expect(session.serverRoundTrip?.smoothed == .milliseconds(40))
+        // A second acknowledgement with nothing outstanding is no sample.
+        _ = session.handleServerMessage(.keepAliveAck(publicEndpoint: A), now: at(ms: 10_500))
+        #expect(session.serverRoundTrip?.samples == 1)
+        _ = try sealed(session.handleTimeout(now: at(20)), key: key1)
+        _ = session.handleServerMessage(.keepAliveAck(publicEndpoint: A), now: at(ms: 20_120))
+        #expect(session.serverRoundTrip?.smoothed == .milliseconds(50))
+        #expect(session.serverRoundTrip?.latest == .milliseconds(120))
+        // Lost once, sent again at 32 s, answered at 32.01 s: not a sample.
+        _ = try sealed(session.handleTimeout(now: at(30)), key: key1)
+        _ = try sealed(session.handleTimeout(now: at(32)), key: key1)
+        _ = session.handleServerMessage(.keepAliveAck(publicEndpoint: A), now: at(ms: 32_010))
+        #expect(session.serverRoundTrip?.samples == 2)
+        // The next clean one counts again.
+        _ = try sealed(session.handleTimeout(now: at(40)), key: key1)
+        _ = session.handleServerMessage(.keepAliveAck(publicEndpoint: A), now: at(ms: 40_050))
+        #expect(session.serverRoundTrip?.samples == 3)
+    }
+
     @Test func aLongerOrNoKeepAliveIntervalOfTheServerIsNot() {
         let longer = registeredSession(keepAliveMillis: 20_000)
         #expect(longer.nextDeadline == at(10))

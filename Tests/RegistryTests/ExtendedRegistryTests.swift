@@ -959,6 +959,50 @@ struct ExtendedPunchRelayTests {
         // A second later alice may relay again.
         #expect(server.relay(alice, to: carol, [1], from: A, at: at(2)).first == .sendExtended(.relayed(from: alice, payload: [1]), to: C))
     }
+
+    /// A path report is counted (a typed report for the driver) and answered with nothing.
+    @Test func pathReportsAreReportedNotAnswered() {
+        var server = Server.withThree()
+        for outcome in PathOutcome.allCases {
+            let report = server.sessionBytes(alice, .pathReport(id: alice, peer: carol, outcome: outcome))
+            #expect(server.receiveBytes(report, from: A, at: at(1)) == [.report(.pathReport(alice, peer: carol, outcome))])
+            // The same datagram again is a replay: not counted twice.
+            #expect(server.receiveBytes(report, from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .replayed))])
+        }
+        // About a peer that left (or never was): still counted, the attempt happened.
+        #expect(server.receiveBytes(server.sessionBytes(alice, .pathReport(id: alice, peer: id("gone"), outcome: .relayed)),
+                                    from: A, at: at(1)) == [.report(.pathReport(alice, peer: id("gone"), .relayed))])
+        // About itself: nonsense, ignored.
+        #expect(server.receiveBytes(server.sessionBytes(alice, .pathReport(id: alice, peer: alice, outcome: .direct)),
+                                    from: A, at: at(1)) == [.report(.ignoredExtended(from: A, .pathReportRateLimited))])
+    }
+
+    @Test func pathReportsNeedTheSession() {
+        var server = Server.withThree()
+        var forged = server.sessionBytes(alice, .pathReport(id: alice, peer: carol, outcome: .direct))
+        forged[forged.count - 1] ^= 0x01
+        #expect(server.receiveBytes(forged, from: A, at: at(1)) == [.sendExtended(.unknownSession(alice, echo: tag(forged)), to: A)])
+        // Under carol's name with alice's key: not carol's session.
+        let borrowed = server.sessionBytes(alice, .pathReport(id: carol, peer: alice, outcome: .direct))
+        #expect(!server.receiveBytes(borrowed, from: A, at: at(1)).contains(.report(.pathReport(carol, peer: alice, .direct))))
+    }
+
+    /// A flood of reports counts for the burst, then for the rate only (12 a minute: one
+    /// every 5 s); each client has its own budget.
+    @Test func pathReportsAreRateLimitedPerClient() {
+        var server = Server.withThree()
+        func report(_ from: ClientID, _ peer: ClientID, at now: Instant, source: Endpoint) -> Bool {
+            let outputs = server.receiveBytes(server.sessionBytes(from, .pathReport(id: from, peer: peer, outcome: .direct)),
+                                              from: source, at: now)
+            return outputs == [.report(.pathReport(from, peer: peer, .direct))]
+        }
+        let counted = (0..<100).filter { _ in report(alice, carol, at: at(1), source: A) }.count
+        #expect(counted == 8)
+        #expect(report(carol, alice, at: at(1), source: C))
+        #expect(!report(alice, carol, at: at(3), source: A))
+        #expect(report(alice, carol, at: at(7), source: A))
+        #expect(!report(alice, carol, at: at(7), source: A))
+    }
 }
 
 @Suite("Registry keep-alive in place")

@@ -107,6 +107,9 @@ struct ExtendedRoundTripTests {
         session(.rotateKey(id: id("alice"), newKeys: keysB, signature: Array(repeating: 0x5A, count: 64)), 13, tagX),
         plain(.claimChanged(id: id("alice"), keys: keysA)),
         plain(.claimChanged(id: id("alice"), keys: nil)),
+        session(.pathReport(id: id("alice"), peer: id("bob"), outcome: .direct), 14, tagX),
+        session(.pathReport(id: id("alice"), peer: id("한국어"), outcome: .private), 15, tagX),
+        session(.pathReport(id: id("alice"), peer: id("bob"), outcome: .relayed), .max, tagX),
     ]
 
     @Test("encode then decode gives the same datagram", arguments: messages)
@@ -128,7 +131,7 @@ struct ExtendedRoundTripTests {
     func everyCaseCovered() {
         let kinds = Set(Self.messages.map { $0.encode()[2] })
         // 0x44 and 0x45 (the per-peer notices the roster delta replaced) are retired.
-        let all: Set<UInt8> = Set((0x01...0x0D) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x51).union(0x81...0x84)
+        let all: Set<UInt8> = Set((0x01...0x0E) as ClosedRange<UInt8>).union([0x41, 0x42, 0x43]).union(0x46...0x51).union(0x81...0x84)
         #expect(kinds == all)
     }
 
@@ -148,6 +151,26 @@ struct ExtendedRoundTripTests {
         #expect(bytes == [0xFE, 0x01, 0x02, 2, 0x61, 0x62, 0x02,
                           0, 0, 0, 0, 0, 0, 0x01, 0x02,
                           1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+    }
+
+    /// A path report: kind 0x0E, the two IDs, the outcome byte, then the session trailer.
+    @Test func exactLayoutOfAPathReport() {
+        let bytes = session(.pathReport(id: id("ab"), peer: id("c"), outcome: .private), 0x0102, tagX).encode()
+        #expect(bytes == [0xFE, 0x01, 0x0E, 2, 0x61, 0x62, 1, 0x63, 0x02,
+                          0, 0, 0, 0, 0, 0, 0x01, 0x02] + Array(1...16))
+        #expect(ExtendedMessage.pathReport(id: id("ab"), peer: id("c"), outcome: .direct).authentication == .session)
+    }
+
+    /// An outcome byte other than 1, 2, 3 is refused, as is a report cut short.
+    @Test func malformedPathReportsAreRefused() {
+        let good = session(.pathReport(id: id("ab"), peer: id("c"), outcome: .relayed), 1, tagX).encode()
+        for outcome: UInt8 in [0, 4, 0xFF] {
+            var bad = good
+            bad[8] = outcome
+            #expect(extendedError(bad) == .malformed("unknown path outcome"), "outcome \(outcome)")
+        }
+        #expect(extendedError(Array(good.prefix(8))) != nil)
+        #expect(extendedError(Array(good.prefix(9))) != nil)
     }
 
     /// The nonce follows the alternate port; the echoed cookie goes last.
@@ -273,7 +296,7 @@ struct ExtendedRejectionTests {
             #expect(extendedError(bytes) == .malformed("unsupported version"))
         }
         bytes[1] = 0x01
-        for type: UInt8 in [0x00, 0x0E, 0x40, 0x44, 0x45, 0x52, 0x80, 0x85, 0xFF] {
+        for type: UInt8 in [0x00, 0x0F, 0x40, 0x44, 0x45, 0x52, 0x80, 0x85, 0xFF] {
             bytes[2] = type
             #expect(extendedError(bytes) == .malformed("unknown message type"), "type \(type)")
         }

@@ -18,6 +18,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (  # noqa: E402
+    binary_path,
     CLIENT_BIN,
     SERVER_BIN,
     ProcessGroup,
@@ -29,6 +30,7 @@ from harness import (  # noqa: E402
 
 ALIASES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 SERVER_IP = "127.0.0.1"
+CLIENT_BIN_PATH = binary_path(CLIENT_BIN)
 START = "server program starts...."
 REFUSAL = re.compile(r"server@chat registration refused: \S.*")
 
@@ -631,6 +633,58 @@ class TestNatchatClientCLI(E2ETest):
         srv.wait_for_line(re.escape(f"bob is unregistered {bob.endpoint}"))
         alice.wait_left(bob, "unregistered")
         self.assertEqual(srv.count(r".* is unregistered .*"), 1)
+
+    def test_status_ping_and_status_socket(self):
+        """@status and @ping on a direct path, and natchat --status from another process."""
+        srv = self.g.start_server("natchat", bind=SERVER_IP)
+        port = free_udp_port(tuple(ALIASES[:2]))
+        alice = self.g.start_client("natchat", "alice", ALIASES[0], port, srv, home="alice")
+        bob = self.g.start_client("natchat", "bob", ALIASES[1], port, srv, home="bob")
+        for c in (alice, bob):
+            c.wait_registered()
+        alice.wait_joined(bob)
+        since = alice.mark()
+        alice.chat("bob", "hello")
+        alice.wait_for_line(re.escape("* delivered to bob"), since=since)
+        alice.wait_for_line(re.escape(f"* path to bob: direct {bob.endpoint}"), since=since)
+
+        since = alice.mark()
+        alice.send_line("@status")
+        end = alice.sync()
+        status = alice.lines()[since:end]
+        self.assertEqual(len(status), 4, "\n".join(status))
+        self.assertRegex(status[0], r"^alice  key \S+  natchat/2$")
+        self.assertRegex(status[1], r"^  server " + re.escape(f"{SERVER_IP}:{srv.port}") + r"  rtt (?:\d+\.\d ms|-)$")
+        self.assertRegex(status[2], r"^  public " + re.escape(alice.endpoint) + r"  NAT .*$")
+        self.assertRegex(status[3], r"^bob  direct " + re.escape(bob.endpoint) + r"  rtt \d+\.\d ms  heard \d+(?:\.\d)? s ago$")
+
+        since = alice.mark()
+        alice.send_line("@ping bob")
+        alice.wait_for_line(r"pong from bob via direct " + re.escape(bob.endpoint) + r" in \d+\.\d ms", since=since)
+
+        # another process of alice's user: the same lines (numbers aside); exit status 0
+        home = self.g.home("alice")
+        env = dict(os.environ, HOME=home, XDG_STATE_HOME=os.path.join(home, ".local/state"))
+        env.pop("XDG_RUNTIME_DIR", None)
+        number = re.compile(r"\d+(?:\.\d+)? (?:ms|s)")
+
+        def normalized(lines):
+            return [" ".join(number.sub("#", line).split()) for line in lines]
+
+        for args in (["--id", "alice"], []):    # alone in its folder: --id may be left out
+            query = self.g.start("status-query", [CLIENT_BIN_PATH, "--status", *args], env=env)
+            self.assertEqual(query.wait_exit(), 0, query.describe())
+            self.assertEqual(normalized(query.lines()), normalized(status), query.describe())
+        query = self.g.start("status-query", [CLIENT_BIN_PATH, "--status", "--id", "bob"], env=env)
+        self.assertEqual(query.wait_exit(), 1, query.describe())
+        self.assertEqual(query.lines(), [])
+        query.wait_for_line(re.escape("natchat: no natchat shell is running for bob"), stream="stderr")
+
+        # the socket goes with the shell
+        socket_path = os.path.join(home, ".local/state/natchat/alice.sock")
+        self.assertTrue(os.path.exists(socket_path))
+        self.assertEqual(alice.exit(), 0)
+        self.assertFalse(os.path.exists(socket_path))
 
     def test_duplicate_id_refused(self):
         srv, alice, bob = self._pair()
