@@ -33,6 +33,12 @@ let grdb: Target.Dependency = .product(name: "GRDB", package: "GRDB.swift", cond
 let postgresql = TargetDependencyCondition.when(traits: ["PostgreSQL"])
 let postgresNIO: Target.Dependency = .product(name: "PostgresNIO", package: "postgres-nio", condition: postgresql)
 let pgLogging: Target.Dependency = .product(name: "Logging", package: "swift-log", condition: postgresql)
+// The server's admin listener: metrics through swift-metrics' API into swift-prometheus's
+// registry, and NIO's HTTP/1 codec (swift-nio is the NIO trait's package).
+let metricsTrait = TargetDependencyCondition.when(traits: ["Metrics"])
+let coreMetrics: Target.Dependency = .product(name: "CoreMetrics", package: "swift-metrics", condition: metricsTrait)
+let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus", condition: metricsTrait)
+let nioHTTP1: Target.Dependency = .product(name: "NIOHTTP1", package: "swift-nio", condition: nio)
 
 let package = Package(
     name: "natchat",
@@ -72,7 +78,8 @@ let package = Package(
         .trait(name: "CLI", description: "swift-argument-parser: the programs natchat-server and natchat"),
         .trait(name: "SQLite", description: "GRDB.swift (and Debian's libsqlite3-dev): SQLiteStore"),
         .trait(name: "PostgreSQL", description: "postgres-nio and swift-log: PostgresStore"),
-        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL"]),
+        .trait(name: "Metrics", description: "swift-metrics and swift-prometheus: RendezvousServer's admin listener (/metrics)"),
+        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL", "Metrics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -82,6 +89,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         module("MonotonicTime"),
@@ -122,7 +131,8 @@ let package = Package(
         // from one thread only (see LineEditor.ReadlineTerminal).
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
-        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Store", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, logging]),
+        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Store", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, nioHTTP1, logging,
+                                      coreMetrics, prometheus]),
         module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", "KnownPeers", nioCore, nioPosix, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Admission", "Addressing", "MonotonicTime", "Store",
                                                                 "SQLiteStore", "PostgresStore", "Identity", "Wire", argumentParser, logging],
@@ -141,7 +151,8 @@ let package = Package(
         tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Addressing", "STUN", "MonotonicTime"]),
         tests("Transport", ["Transport", "Addressing", "MonotonicTime", nioCore, nioEmbedded]),
         tests("TransportPosix", ["TransportPosix", "Transport", "Addressing", "MonotonicTime", nioCore, nioPosix, logging]),
-        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", "Store", "TransportPosix", nioCore, nioPosix, logging, crypto]),
+        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", "Store", "TransportPosix", nioCore, nioPosix, nioHTTP1, nioEmbedded, logging, crypto,
+                                    prometheus]),
         tests("ChatClient", ["ChatClient", "ChatRouter", "ClientSession", "HolePunch", "STUN", "TestSupport", "Addressing", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", "KnownPeers", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),
         tests("MonotonicTime", ["MonotonicTime"]),
