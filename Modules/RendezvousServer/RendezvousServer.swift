@@ -64,6 +64,7 @@ public enum RendezvousServer {
         }
         let admin = try await startAdmin(admin, server: server, writer: writer, storeLocation: store?.location, group: group,
                                           startedAt: startedAt, logger: logger) {
+            cluster?.stop()
             await server.close()
             await alternate?.close()
             try? writer?.close()

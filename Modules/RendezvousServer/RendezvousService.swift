@@ -90,9 +90,11 @@ public final class RendezvousService: DatagramDriver {
         case relay
         /// natchat/2 registration: register, challenge, registered, refused, exit, claim release, key rotation.
         case registration
-        /// Every message of the classic (seed) dialect.
+        /// The classic (seed) dialect: every datagram that is neither STUN nor natchat/2,
+        /// the undecodable ones included (the dialect has no marker to tell garbage apart).
         case classic
-        /// The rest: natchat/2 control (roster, lookups, punches, mail), server-to-server, undecodable.
+        /// The rest: natchat/2 control (roster, lookups, punches, mail), server-to-server, and
+        /// natchat/2 datagrams that do not decode.
         case other
     }
 
