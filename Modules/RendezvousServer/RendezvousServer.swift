@@ -111,7 +111,8 @@ public enum RendezvousServer {
         let serving = ServingFlag()
         server.closeFuture.whenComplete { _ in serving.stop() }
         let content = AdminContent(storeLocation: storeLocation,
-                                   listening: server.localAddress.map { "\($0)" } ?? "?") {
+                                   listening: server.localAddress.flatMap { address in
+                                       address.ipAddress.flatMap { ip in address.port.map { "\(ip):\($0)" } } } ?? "?") {
             try await snapshot(of: server, writer: writer, startedAt: startedAt, serving: serving.isServing)
         }
         let listener: AdminListener

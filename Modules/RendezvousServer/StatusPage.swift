@@ -39,7 +39,7 @@ public struct StatusPage: Sendable {
         body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 52em; padding: 0 1em; color: #222; }
         h1 { font-size: 1.4em; margin-bottom: 0.2em; }
         h2 { font-size: 1.1em; margin: 1.4em 0 0.4em; border-bottom: 1px solid #ccc; }
-        table { border-collapse: collapse; width: 100%; }
+        table { border-collapse: collapse; min-width: 24em; }
         th, td { text-align: left; padding: 0.15em 0.6em 0.15em 0; }
         td.n { text-align: right; font-variant-numeric: tabular-nums; }
         .bad { color: #a00; }
