@@ -25,9 +25,10 @@ public final class AdminContent: Sendable {
     ///     metrics are then left out).
     ///   - listening: the UDP address, for the page.
     ///   - clock: the time of rate samples.
-    public init(storeLocation: String?, listening: String, clock: any InstantSource = SystemClock(),
+    ///   - inCluster: whether the server shares a database with others (the link's metrics).
+    public init(storeLocation: String?, inCluster: Bool = false, listening: String, clock: any InstantSource = SystemClock(),
                 rateWindow: RateWindow = RateWindow(), snapshot: @escaping SnapshotSource) {
-        metrics = ServerMetrics(hasStore: storeLocation != nil)
+        metrics = ServerMetrics(hasStore: storeLocation != nil, inCluster: inCluster)
         self.snapshot = snapshot
         self.clock = clock
         rates = Mutex(rateWindow)

@@ -62,7 +62,8 @@ public enum RendezvousServer {
                 STUNOnlyService()
             }
         }
-        let admin = try await startAdmin(admin, server: server, writer: writer, storeLocation: store?.location, group: group,
+        let admin = try await startAdmin(admin, server: server, writer: writer, cluster: cluster, storeLocation: store?.location,
+                                          group: group,
                                           startedAt: startedAt, logger: logger) {
             cluster?.stop()
             await server.close()
@@ -105,15 +106,15 @@ public enum RendezvousServer {
     /// `cleanUp` and throws (the operator asked for it: the server must not run without it);
     /// the default one only logs a warning, so that a second server on a host still starts.
     static func startAdmin(_ endpoint: AdminEndpoint?, server: DatagramHost<RendezvousService>, writer: StoreWriter?,
-                           storeLocation: String?, group: any EventLoopGroup, startedAt: Instant, logger: Logger,
+                           cluster: ClusterLink?, storeLocation: String?, group: any EventLoopGroup, startedAt: Instant, logger: Logger,
                            cleanUp: () async -> Void) async throws -> RunningAdmin? {
         guard let endpoint else { return nil }
         let serving = ServingFlag()
         server.closeFuture.whenComplete { _ in serving.stop() }
-        let content = AdminContent(storeLocation: storeLocation,
+        let content = AdminContent(storeLocation: storeLocation, inCluster: cluster != nil,
                                    listening: server.localAddress.flatMap { address in
                                        address.ipAddress.flatMap { ip in address.port.map { "\(ip):\($0)" } } } ?? "?") {
-            try await snapshot(of: server, writer: writer, startedAt: startedAt, serving: serving.isServing)
+            try await snapshot(of: server, writer: writer, cluster: cluster, startedAt: startedAt, serving: serving.isServing)
         }
         let listener: AdminListener
         do {
@@ -140,7 +141,7 @@ public enum RendezvousServer {
     }
 
     /// The figures of a running server, read on its event loop (one hop) and from its writer.
-    static func snapshot(of server: DatagramHost<RendezvousService>, writer: StoreWriter?, startedAt: Instant,
+    static func snapshot(of server: DatagramHost<RendezvousService>, writer: StoreWriter?, cluster: ClusterLink?, startedAt: Instant,
                          serving: Bool) async throws -> ServerSnapshot {
         let figures = try await server.performAndWait { service, _, _ in
             let registry = service.registry
@@ -152,7 +153,7 @@ public enum RendezvousServer {
         let uptime = SystemClock().now() - startedAt
         return ServerSnapshot(counters: figures.counters, transport: transport, classicClients: figures.classic,
                               extendedClients: figures.extended, remoteClients: figures.remote, mailWaiting: figures.mail,
-                              store: writer?.statistics,
+                              store: writer?.statistics, cluster: cluster?.status,
                               uptimeSeconds: Double(uptime.components.seconds) + Double(uptime.components.attoseconds) / 1e18,
                               serving: serving)
     }

@@ -23,11 +23,15 @@ public final class ServerMetrics: Sendable {
     /// concurrent scrapes never count a delta twice.
     private let exported: Mutex<(counts: [Int], seconds: [Double])>
 
-    /// - Parameter hasStore: whether the server has a durable store: its metrics exist only then.
-    public init(hasStore: Bool, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    /// - Parameters:
+    ///   - hasStore: whether the server has a durable store: its metrics exist only then.
+    ///   - inCluster: whether it shares a database with other servers: the link's metrics
+    ///     exist only then.
+    public init(hasStore: Bool, inCluster: Bool = false, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
         var builder = Builder(registry: registry)
         builder.defineAll(hasStore: hasStore)
+        if inCluster { builder.defineCluster() }
         counters = builder.counters
         durationCounters = builder.durationCounters
         gauges = builder.gauges
@@ -201,6 +205,18 @@ public final class ServerMetrics: Sendable {
             }
             gauge("store_last_batch", unit: "seconds", help: "How long the store took to apply the last batch.") {
                 $0.store.map { $0.lastBatchLatency.map(Self.seconds) ?? 0 }
+            }
+        }
+
+        mutating func defineCluster() {
+            gauge("cluster_database_up", help: "1 while the cluster's shared database answers, 0 while it does not.") {
+                $0.cluster.map { $0.databaseReachable ? 1 : 0 }
+            }
+            gauge("cluster_pending_presence", help: "Presence records waiting to be written to the shared database.") {
+                $0.cluster.map { Double($0.pendingPresence) }
+            }
+            gauge("cluster_pending_claims", help: "Claims waiting for the shared database's decision.") {
+                $0.cluster.map { Double($0.pendingClaims) }
             }
         }
 

@@ -21,6 +21,8 @@ public struct ServerSnapshot: Sendable, Hashable {
     public var mailWaiting: Int
     /// The store writer's counters; `nil` when nothing is stored (`--store memory`).
     public var store: StoreWriter.Statistics?
+    /// The cluster link's status; `nil` when the server serves alone.
+    public var cluster: ClusterLink.Status?
     /// Seconds since the server started serving.
     public var uptimeSeconds: Double
     /// Whether the UDP socket is open and its event loop answered.
@@ -28,7 +30,7 @@ public struct ServerSnapshot: Sendable, Hashable {
 
     public init(counters: RendezvousService.Counters = .init(), transport: TransportStatistics = .init(), classicClients: Int = 0,
                 extendedClients: Int = 0, remoteClients: Int = 0, mailWaiting: Int = 0, store: StoreWriter.Statistics? = nil,
-                uptimeSeconds: Double = 0, serving: Bool = true) {
+                cluster: ClusterLink.Status? = nil, uptimeSeconds: Double = 0, serving: Bool = true) {
         self.counters = counters
         self.transport = transport
         self.classicClients = classicClients
@@ -36,6 +38,7 @@ public struct ServerSnapshot: Sendable, Hashable {
         self.remoteClients = remoteClients
         self.mailWaiting = mailWaiting
         self.store = store
+        self.cluster = cluster
         self.uptimeSeconds = uptimeSeconds
         self.serving = serving
     }

@@ -112,6 +112,15 @@ public struct StatusPage: Sendable {
         } else {
             html += "<p>None: nothing is kept across restarts (<code>--store memory</code>).</p>\n"
         }
+        if let cluster = snapshot.cluster {
+            html += "<h2>Cluster</h2>\n<p>The shared database "
+            html += cluster.databaseReachable ? "<span class=\"ok\">answers</span>.</p>\n"
+                : "<span class=\"bad\">does not answer</span>: new IDs are refused until it does.</p>\n"
+            html += table(rows: [
+                ("presence records waiting", "natchat_server_cluster_pending_presence", cluster.pendingPresence),
+                ("claims waiting", "natchat_server_cluster_pending_claims", cluster.pendingClaims),
+            ])
+        }
         html += """
         <footer>Figures as of this page's request; the same ones are at <a href="/metrics">/metrics</a>.</footer>
         </body>

@@ -153,6 +153,28 @@ struct ServerMetricsTests {
         #expect(sample("natchat_server_registrations_total{dialect=\"classic\"}", in: text) == 9)
     }
 
+    @Test func theClusterLinksFiguresExistOnlyInACluster() {
+        var snapshot = ServerSnapshot(cluster: ClusterLink.Status(databaseReachable: false, pendingPresence: 12, pendingClaims: 3))
+        let alone = ServerMetrics(hasStore: false)
+        alone.update(from: snapshot)
+        #expect(!String(decoding: alone.exposition(), as: UTF8.self).contains("natchat_server_cluster_"))
+
+        let member = ServerMetrics(hasStore: true, inCluster: true)
+        member.update(from: snapshot)
+        var text = String(decoding: member.exposition(), as: UTF8.self)
+        #expect(sample("natchat_server_cluster_database_up", in: text) == 0)
+        #expect(sample("natchat_server_cluster_pending_presence", in: text) == 12)
+        #expect(sample("natchat_server_cluster_pending_claims", in: text) == 3)
+        snapshot.cluster?.databaseReachable = true
+        member.update(from: snapshot)
+        text = String(decoding: member.exposition(), as: UTF8.self)
+        #expect(sample("natchat_server_cluster_database_up", in: text) == 1)
+
+        let page = StatusPage(snapshot: snapshot, rates: nil, storeLocation: nil, listening: "x").render()
+        #expect(page.contains("data-metric=\"natchat_server_cluster_pending_presence\">12<"))
+        #expect(page.contains("The shared database <span class=\"ok\">answers</span>"))
+    }
+
     @Test func twoServersInOneProcessKeepTheirFiguresApart() {
         let first = ServerMetrics(hasStore: false), second = ServerMetrics(hasStore: false)
         var snapshot = ServerSnapshot()
