@@ -14,7 +14,8 @@ then:
     broken page served beside it);
   - the alert rules in docs/operations-monitoring.md pass `promtool check rules`;
   - an explicit --admin address already in use stops a second server (exit 1, a clear
-    message); the default address only warns.
+    message); the default address only warns;
+  - a server of a cluster (the test PostgreSQL, Tests/e2e/pg.py) exports its link's metrics.
 promtool (Debian: prometheus) and chromium are installed by bin/test when root; without
 them the parts that need them skip, loudly.
 """
@@ -36,6 +37,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import pg  # noqa: E402
 from harness import (  # noqa: E402
     CLIENT_BIN,
     REPO,
@@ -292,6 +294,26 @@ class AdminListenerTest(unittest.TestCase):
             os.unlink(f.name)
         self.assertEqual(checked.returncode, 0, f"promtool check rules: {checked.stdout!r} {checked.stderr!r}")
         self.assertIn(b"3 rules found", checked.stdout)
+
+    def test_a_cluster_servers_metrics_include_its_link(self):
+        """With a shared database (the test PostgreSQL): the link's metrics are there and the
+        exposition still passes promtool."""
+        if not pg.available():
+            skip_loudly(self, pg.UNAVAILABLE)
+        tcp_url, _ = pg.fresh_database("admin")
+        self.addCleanup(pg.drop, pg.name_of(tcp_url))
+        admin_port = free_tcp_port()
+        base = f"http://{SERVER_IP}:{admin_port}"
+        server = self.g.start_server("natchat", bind=SERVER_IP, wait=False, state="cluster",
+                                     extra=["--alt-port", "0", "--store", tcp_url, "--name", "admin-a",
+                                            "--admin", f"{SERVER_IP}:{admin_port}"])
+        server.wait_for_line(r"server program starts\.\.\.\.", timeout=30)
+        samples = self.wait_metric(base, lambda s: s.get("natchat_server_cluster_database_up") == 1,
+                                   "the shared database up")
+        self.assertIn("natchat_server_cluster_pending_claims", samples)
+        self.assertIn("natchat_server_store_batches_total", samples)
+        self.check_with_promtool(self.metrics(base)[0])
+        self.assertIn('data-metric="natchat_server_cluster_pending_presence"', http_get(base + "/")[2])
 
     def test_an_explicit_address_in_use_stops_the_server_the_default_only_warns(self):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
