@@ -4,6 +4,7 @@ import MonotonicTime
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import NIOPosix
 @testable import RendezvousServer
 import STUN
 import Store
@@ -331,6 +332,68 @@ struct AdminHTTPHandlerTests {
         #expect(!channel.isActive)
         #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
         _ = try? channel.finish()
+    }
+}
+
+@Suite("AdminListener")
+struct AdminListenerTests {
+    /// Collects what a client connection receives.
+    final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        private let received = Mutex("")
+        var text: String { received.withLock { $0 } }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let buffer = unwrapInboundIn(data)
+            received.withLock { $0 += String(buffer: buffer) }
+        }
+    }
+
+    // The time limit only ends a run whose listener failed to close a connection (a hang).
+    @Test(.timeLimit(.minutes(1))) func connectionsBeyondTheLimitAreClosedAndTheOthersServed() async throws {
+        // One event loop, so that connections are admitted in the order they were accepted.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let listener = try await AdminListener.bind(AdminEndpoint(host: "127.0.0.1", port: 0), group: group,
+                                                    limits: .init(maxConnections: 2)) { route, eventLoop in
+            eventLoop.makeSucceededFuture(.text(.ok, "\(route)"))
+        }
+        let port = try #require(listener.localAddress?.port)
+        var clients: [(channel: any Channel, collector: Collector)] = []
+        for _ in 0..<3 {
+            let collector = Collector()
+            let channel = try await ClientBootstrap(group: group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
+                }
+                .connect(host: "127.0.0.1", port: port).get()
+            clients.append((channel, collector))
+        }
+        // The third is closed by the listener as soon as it is accepted.
+        try await clients[2].channel.closeFuture.get()
+        #expect(clients[2].collector.text.isEmpty)
+        // The first two are served: a request, its answer, then the listener closes.
+        for client in clients[..<2] {
+            #expect(client.channel.isActive)
+            try await client.channel.writeAndFlush(ByteBuffer(string: "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).get()
+            try await client.channel.closeFuture.get()
+            #expect(client.collector.text.hasPrefix("HTTP/1.1 200 OK\r\n"))
+            #expect(client.collector.text.hasSuffix("health\n"))
+        }
+        await listener.close()
+        try await group.shutdownGracefully()
+    }
+
+    @Test(.timeLimit(.minutes(1))) func anAddressInUseIsAnError() async throws {
+        let first = try await AdminListener.bind(AdminEndpoint(host: "127.0.0.1", port: 0), group: MultiThreadedEventLoopGroup.singleton) {
+            _, eventLoop in eventLoop.makeSucceededFuture(.text(.ok, "x"))
+        }
+        let port = try #require(first.localAddress?.port)
+        await #expect(throws: (any Error).self) {
+            _ = try await AdminListener.bind(AdminEndpoint(host: "127.0.0.1", port: port), group: MultiThreadedEventLoopGroup.singleton) {
+                _, eventLoop in eventLoop.makeSucceededFuture(.text(.ok, "x"))
+            }
+        }
+        await first.close()
     }
 }
 
