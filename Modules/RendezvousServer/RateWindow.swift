@@ -6,7 +6,7 @@ import MonotonicTime
 ///
 /// A sans-I/O value: the admin listener records a sample every 5 s (and one at each page
 /// view); tests record samples at instants of their choosing. It keeps at most
-/// `window / interval + 2` samples, so its memory is fixed however long the server runs.
+/// `2 × window / interval + 2` samples, so its memory is fixed however long the server runs.
 public struct RateWindow: Sendable {
     /// The figures the page shows a rate of, all cumulative.
     public struct Totals: Sendable, Hashable {
@@ -58,6 +58,9 @@ public struct RateWindow: Sendable {
 
     /// How far back the rates look.
     public let window: Duration
+    /// Samples closer together than this (half the interval) are not kept: page views, which
+    /// also record, cannot crowd the minute out of the bounded buffer.
+    private let minimumSpacing: Duration
     private let capacity: Int
     private var samples: [(at: Instant, totals: Totals)] = []
 
@@ -66,16 +69,19 @@ public struct RateWindow: Sendable {
     ///   - interval: how often samples are recorded; it sizes the buffer.
     public init(window: Duration = .seconds(60), interval: Duration = .seconds(5)) {
         self.window = window
-        let perWindow = interval > .zero ? Int((window / interval).rounded(.up)) : 12
+        minimumSpacing = interval > .zero ? interval / 2 : .zero
+        // Samples kept at least half an interval apart: at most twice the window's intervals.
+        let perWindow = minimumSpacing > .zero ? Int((window / minimumSpacing).rounded(.up)) : 24
         capacity = max(2, perWindow + 2)
         samples.reserveCapacity(capacity)
     }
 
-    /// Records the totals at `instant` (instants must not go back: an earlier one is ignored).
+    /// Records the totals at `instant`. An instant earlier than the last sample's, or within
+    /// half an interval of it, is ignored.
     /// Samples older than the window are dropped, but the newest of them is kept, so that the
     /// rates span the whole window once the server has run that long.
     public mutating func record(_ totals: Totals, at instant: Instant) {
-        if let last = samples.last, instant < last.at { return }
+        if let last = samples.last, instant < last.at + minimumSpacing || instant < last.at { return }
         samples.append((instant, totals))
         let start = instant - window
         while samples.count > 2, samples[1].at <= start { samples.removeFirst() }
