@@ -36,6 +36,12 @@ let pgLogging: Target.Dependency = .product(name: "Logging", package: "swift-log
 // LayeredSettings' own: swift-configuration (its JSON trait, on by default there) reads the
 // environment and the --config file.
 let configuration: Target.Dependency = .product(name: "Configuration", package: "swift-configuration", condition: .when(traits: ["Config"]))
+// The server's admin listener: metrics through swift-metrics' API into swift-prometheus's
+// registry, and NIO's HTTP/1 codec (swift-nio is the NIO trait's package).
+let metricsTrait = TargetDependencyCondition.when(traits: ["Metrics"])
+let coreMetrics: Target.Dependency = .product(name: "CoreMetrics", package: "swift-metrics", condition: metricsTrait)
+let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus", condition: metricsTrait)
+let nioHTTP1: Target.Dependency = .product(name: "NIOHTTP1", package: "swift-nio", condition: nio)
 
 let package = Package(
     name: "natchat",
@@ -78,7 +84,8 @@ let package = Package(
         .trait(name: "SQLite", description: "GRDB.swift (and Debian's libsqlite3-dev): SQLiteStore"),
         .trait(name: "PostgreSQL", description: "postgres-nio and swift-log: PostgresStore"),
         .trait(name: "Config", description: "swift-configuration: LayeredSettings (the server's environment variables and --config file)"),
-        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL", "Config"]),
+        .trait(name: "Metrics", description: "swift-metrics and swift-prometheus: RendezvousServer's admin listener (/metrics)"),
+        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL", "Config", "Metrics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -89,6 +96,8 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         module("MonotonicTime"),
@@ -129,7 +138,8 @@ let package = Package(
         // from one thread only (see LineEditor.ReadlineTerminal).
         .target(name: "CReadline", path: "Modules/CReadline", linkerSettings: [.linkedLibrary("readline")]),
         module("LineEditor", ["CReadline"]),
-        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Store", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, logging]),
+        module("RendezvousServer", ["Addressing", "Wire", "STUN", "Registry", "Store", "Admission", "MonotonicTime", "Transport", "TransportPosix", crypto, nioCore, nioPosix, nioHTTP1, logging,
+                                      coreMetrics, prometheus]),
         // Settings from the command line, the environment and a JSON file, with where each
         // came from (the server's --config and --print-config), through swift-configuration.
         module("LayeredSettings", [configuration]),
@@ -153,7 +163,8 @@ let package = Package(
         tests("AddressDiscovery", ["AddressDiscovery", "TestSupport", "Addressing", "STUN", "MonotonicTime"]),
         tests("Transport", ["Transport", "Addressing", "MonotonicTime", nioCore, nioEmbedded]),
         tests("TransportPosix", ["TransportPosix", "Transport", "Addressing", "MonotonicTime", nioCore, nioPosix, logging]),
-        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", "Store", "TransportPosix", nioCore, nioPosix, logging, crypto]),
+        tests("RendezvousServer", ["RendezvousServer", "Registry", "Transport", "Addressing", "Wire", "MonotonicTime", "Identity", "Store", "STUN", "TransportPosix", nioCore, nioPosix, nioHTTP1, nioEmbedded,
+                                    logging, crypto]),
         tests("ChatClient", ["ChatClient", "ChatRouter", "ClientSession", "HolePunch", "STUN", "TestSupport", "Addressing", "Wire", "MonotonicTime", "Transport", "Identity", "Roster", "KnownPeers", nioCore, logging]),
         tests("LineEditor", ["LineEditor"]),
         tests("MonotonicTime", ["MonotonicTime"]),

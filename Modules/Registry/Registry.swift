@@ -295,6 +295,13 @@ public struct Registry: Sendable, SansIOCore {
     /// Number of registered clients.
     public var count: Int { entries.count }
 
+    /// This server's own registered clients by dialect (remote entries of a cluster are
+    /// `count` minus both). Kept as clients come and go, so reading it costs O(1): the admin
+    /// listener reads it on the event loop at every scrape.
+    public var localClientCounts: (classic: Int, extended: Int) {
+        (entries.localClassicCount, entries.localExtendedCount)
+    }
+
     /// Takes in what the store holds (at start, before any datagram): the claims.
     public mutating func restore(_ snapshot: StoreSnapshot) {
         claimBook?.restore(snapshot.claims)

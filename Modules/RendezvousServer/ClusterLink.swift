@@ -113,6 +113,26 @@ public final class ClusterLink: Sendable {
     /// Presence records waiting to be written (for tests and status).
     public var pendingPresenceCount: Int { state.withLock { $0.pendingPresence.count } }
 
+    /// What the admin listener shows of the link: whether the shared database answers, and
+    /// what waits for it. One lock, no database call.
+    public struct Status: Sendable, Hashable {
+        public var databaseReachable: Bool
+        public var pendingPresence: Int
+        public var pendingClaims: Int
+
+        public init(databaseReachable: Bool = true, pendingPresence: Int = 0, pendingClaims: Int = 0) {
+            self.databaseReachable = databaseReachable
+            self.pendingPresence = pendingPresence
+            self.pendingClaims = pendingClaims
+        }
+    }
+
+    /// The link's ``Status`` now.
+    public var status: Status {
+        state.withLock { Status(databaseReachable: !$0.databaseDown, pendingPresence: $0.pendingPresence.count,
+                                pendingClaims: $0.pendingClaims.count) }
+    }
+
     private func enqueue(_ record: PresenceRecord) {
         state.withLock { state in
             if let index = state.pendingIndex[record.id] {

@@ -30,6 +30,11 @@ public final class RendezvousService: DatagramDriver {
     }
 
     /// What the server counted since it started.
+    ///
+    /// Plain integers, incremented on the event loop (the hot paths add to them and do nothing
+    /// else): the admin listener reads a copy through `DatagramHost.performAndWait` when it is
+    /// scraped, and turns them into metrics there (``ServerMetrics``), so counting costs the
+    /// datagram paths an add, never a lock, an atomic or an allocation.
     public struct Counters: Sendable, Hashable {
         /// Datagrams that decoded to no message.
         public var malformed = 0
@@ -40,23 +45,180 @@ public final class RendezvousService: DatagramDriver {
         public var keepAlives = 0
         public var relayedDatagrams = 0
         public var relayRefused = 0
+        /// Punch rounds the server started (each sends both peers a punch instruction).
         public var punchRounds = 0
         /// Datagrams withheld by the anti-amplification limit.
         public var amplificationWithheld = 0
         /// Registrations dropped by the per-address rate limit.
         public var registrationsRateLimited = 0
+        /// Registrations refused, all reasons (``refusals`` splits them).
         public var refused = 0
+        /// Registrations accepted, both dialects (``registrationsExtended`` of them natchat/2).
         public var registrations = 0
+        public var registrationsExtended = 0
         public var evictions = 0
         /// Roster datagrams sent to natchat/2 subscribers (retransmissions included).
         public var rosterDeltas = 0
         /// Messages queued in the mailbox, and delivered (acknowledged by their recipient).
         public var mailQueued = 0
         public var mailDelivered = 0
-        /// Punch attempts as clients report them settled: direct, private (same NAT), relayed.
+        /// Datagrams and bytes received, by what they were (counted once each, when read).
+        public var received = TrafficByKind()
+        /// Datagrams and bytes the service handed the transport, by what they were (the
+        /// transport's own drops, `TransportStatistics.droppedUnwritable`, are not subtracted).
+        public var sent = TrafficByKind()
+        /// Refused registrations by reason.
+        public var refusals = RefusalCounts()
+        /// Punch outcomes as clients report them (the path a pair ended up on): direct between
+        /// public endpoints, between private endpoints (same NAT), or through the server's relay.
+        /// The message that carries the report increments these.
         public var pathReportsDirect = 0
         public var pathReportsPrivate = 0
         public var pathReportsRelayed = 0
+
+        public init() {}
+    }
+
+    /// What a datagram is, for counting traffic: a handful of kinds, so that a metric
+    /// labelled with it stays a handful of series.
+    public enum TrafficKind: String, CaseIterable, Sendable {
+        /// STUN Binding requests and answers (RFC 5389 and the legacy form).
+        case stun
+        /// natchat/2 keep-alives and their acknowledgements (and `unknownSession` answers).
+        case keepAlive = "keep_alive"
+        /// Relay requests, relayed datagrams, and relays between servers of a cluster.
+        case relay
+        /// natchat/2 registration: register, challenge, registered, refused, exit, claim release, key rotation.
+        case registration
+        /// The classic (seed) dialect: every datagram that is neither STUN nor natchat/2,
+        /// the undecodable ones included (the dialect has no marker to tell garbage apart).
+        case classic
+        /// The rest: natchat/2 control (roster, lookups, punches, mail), server-to-server, and
+        /// natchat/2 datagrams that do not decode.
+        case other
+    }
+
+    /// A count of datagrams and of their bytes (UDP payload).
+    public struct Traffic: Sendable, Hashable {
+        public var datagrams = 0
+        public var bytes = 0
+
+        public init(datagrams: Int = 0, bytes: Int = 0) {
+            self.datagrams = datagrams
+            self.bytes = bytes
+        }
+
+        mutating func add(_ length: Int) {
+            datagrams += 1
+            bytes += length
+        }
+    }
+
+    /// ``Traffic`` for each ``TrafficKind``, as stored fields (no array, no dictionary: the
+    /// hot paths add to a field at a fixed offset).
+    public struct TrafficByKind: Sendable, Hashable {
+        public var stun = Traffic()
+        public var keepAlive = Traffic()
+        public var relay = Traffic()
+        public var registration = Traffic()
+        public var classic = Traffic()
+        public var other = Traffic()
+
+        public init() {}
+
+        /// The traffic of `kind`.
+        public subscript(kind: TrafficKind) -> Traffic {
+            get {
+                switch kind {
+                case .stun: stun
+                case .keepAlive: keepAlive
+                case .relay: relay
+                case .registration: registration
+                case .classic: classic
+                case .other: other
+                }
+            }
+            set {
+                switch kind {
+                case .stun: stun = newValue
+                case .keepAlive: keepAlive = newValue
+                case .relay: relay = newValue
+                case .registration: registration = newValue
+                case .classic: classic = newValue
+                case .other: other = newValue
+                }
+            }
+        }
+
+        /// All kinds together.
+        public var total: Traffic {
+            TrafficKind.allCases.reduce(into: Traffic()) { sum, kind in
+                sum.datagrams += self[kind].datagrams
+                sum.bytes += self[kind].bytes
+            }
+        }
+    }
+
+    /// Why a registration was refused: the registry's reasons and the server's own (an ID
+    /// that is not valid at all).
+    public enum RefusalReason: String, CaseIterable, Sendable {
+        case idInUse = "id_in_use"
+        case claimed
+        case reservedID = "reserved_id"
+        case full
+        case classicDisabled = "classic_disabled"
+        case claimUnavailable = "claim_unavailable"
+        case invalidID = "invalid_id"
+
+        init(_ refusal: Registry.Refusal) {
+            switch refusal {
+            case .idInUse: self = .idInUse
+            case .claimed: self = .claimed
+            case .reservedID: self = .reservedID
+            case .full: self = .full
+            case .classicDisabled: self = .classicDisabled
+            case .claimUnavailable: self = .claimUnavailable
+            }
+        }
+    }
+
+    /// Refused registrations, one stored field per ``RefusalReason``.
+    public struct RefusalCounts: Sendable, Hashable {
+        public var idInUse = 0
+        public var claimed = 0
+        public var reservedID = 0
+        public var full = 0
+        public var classicDisabled = 0
+        public var claimUnavailable = 0
+        public var invalidID = 0
+
+        public init() {}
+
+        /// The count for `reason`.
+        public subscript(reason: RefusalReason) -> Int {
+            get {
+                switch reason {
+                case .idInUse: idInUse
+                case .claimed: claimed
+                case .reservedID: reservedID
+                case .full: full
+                case .classicDisabled: classicDisabled
+                case .claimUnavailable: claimUnavailable
+                case .invalidID: invalidID
+                }
+            }
+            set {
+                switch reason {
+                case .idInUse: idInUse = newValue
+                case .claimed: claimed = newValue
+                case .reservedID: reservedID = newValue
+                case .full: full = newValue
+                case .classicDisabled: classicDisabled = newValue
+                case .claimUnavailable: claimUnavailable = newValue
+                case .invalidID: invalidID = newValue
+                }
+            }
+        }
     }
 
     // The service runs on one event loop and never calls out while it mutates these (its
@@ -123,6 +285,7 @@ public final class RendezvousService: DatagramDriver {
         if let transaction = Self.stunBindingRequest(payload) {
             // The hot path: read in place, one buffer for the answer. A response is 32 bytes
             // for a request of at least 20, within the amplification limit by construction.
+            counters.received.stun.add(payload.readableBytes)
             answerSTUN(transaction, from: source, output: &output)
             return
         }
@@ -130,22 +293,34 @@ public final class RendezvousService: DatagramDriver {
         if forwardRelay(payload, from: source, now: now, output: &output) { return }
         let bytes = payload.readableBytesView
         if STUN.looksLikeSTUN(bytes) {
+            counters.received.stun.add(bytes.count)
             counters.malformed += 1
             return
         }
         if let legacyID = STUN.legacyBindingRequestID(bytes) {
+            counters.received.stun.add(bytes.count)
             counters.stunRequests += 1
-            output.send(STUN.legacyBindingSuccess(id: legacyID, mapped: source), to: source)
+            let answer = STUN.legacyBindingSuccess(id: legacyID, mapped: source)
+            counters.sent.stun.add(answer.count)
+            output.send(answer, to: source)
             return
         }
         if !registry.hasExtendedClient(at: source) { sources.received(bytes.count, from: source, now: now) }
         do {
             if ExtendedMessage.looksExtended(bytes) {
                 let raw = Array(bytes)
-                let datagram = try ExtendedDatagram.decode(raw)
+                let datagram: ExtendedDatagram
+                do {
+                    datagram = try ExtendedDatagram.decode(raw)
+                } catch {
+                    counters.received.other.add(raw.count)
+                    throw error
+                }
+                counters.received[Self.trafficKind(of: datagram.message)].add(raw.count)
                 if case .register = datagram.message, !admitRegistration(from: source, countsTowardsTotal: false, now: now) { return }
                 perform(registry.receive(datagram, bytes: raw, from: source, now: now, random: &random), now: now, output: &output)
             } else {
+                counters.received.classic.add(bytes.count)
                 let message = try ClassicMessage.decode(bytes)
                 if case .register(_, _, let offers) = message {
                     // An offer only earns a small challenge; a classic registration is pushed to everyone.
@@ -159,9 +334,10 @@ public final class RendezvousService: DatagramDriver {
             logger.debug("dropped malformed datagram", metadata: ["from": "\(source)", "error": "\(error)"])
             if let violation = ClassicMessage.invalidRegistrationID(bytes), admitRegistration(from: source, now: now) {
                 counters.refused += 1
+                counters.refusals.invalidID += 1
                 // The ID is not echoed: it may hold characters that would drive a terminal.
                 send(ClassicMessage.serverNotice("registration refused: invalid ID (\(violation))").encode(), to: source,
-                     classic: configuration.registry.acceptClassic, now: now, output: &output)
+                     classic: configuration.registry.acceptClassic, kind: .classic, now: now, output: &output)
             }
             return
         }
@@ -215,13 +391,25 @@ public final class RendezvousService: DatagramDriver {
     }
 
     /// Sends `bytes` unless the destination is unvalidated and over its amplification budget.
-    private func send(_ bytes: [UInt8], to destination: Endpoint, classic: Bool, now: Instant, output: inout DatagramOutput) {
+    private func send(_ bytes: [UInt8], to destination: Endpoint, classic: Bool, kind: TrafficKind, now: Instant,
+                      output: inout DatagramOutput) {
         let validated = registry.hasExtendedClient(at: destination)
         guard sources.allowSend(bytes.count, to: destination, validated: validated, classic: classic, now: now) else {
             counters.amplificationWithheld += 1
             return
         }
+        counters.sent[kind].add(bytes.count)
         output.send(bytes, to: destination)
+    }
+
+    /// What an extended message is, for the traffic counters.
+    static func trafficKind(of message: ExtendedMessage) -> TrafficKind {
+        switch message {
+        case .register, .challenge, .registered, .refused, .exit, .releaseClaim, .rotateKey: .registration
+        case .keepAlive, .keepAliveAck, .unknownSession: .keepAlive
+        case .relay, .relayed, .serverRelay: .relay
+        default: .other
+        }
     }
 
     /// A STUN Binding request's transaction ID, read in place from the buffer with STUN's
@@ -232,6 +420,7 @@ public final class RendezvousService: DatagramDriver {
 
     private func answerSTUN(_ transaction: STUN.TransactionID, from source: Endpoint, output: inout DatagramOutput) {
         counters.stunRequests += 1
+        counters.sent.stun.add(STUN.bindingSuccessLength)
         output.send(to: source, maxLength: STUN.bindingSuccessLength) { response in
             STUN.writeBindingSuccess(transaction, mapped: source, into: response)
         }
@@ -245,6 +434,8 @@ public final class RendezvousService: DatagramDriver {
               payload.withUnsafeReadableBytes({ registry.acknowledgeKeepAlive($0, from: source, now: now) })
         else { return false }
         counters.keepAlives += 1
+        counters.received.keepAlive.add(payload.readableBytes)
+        counters.sent.keepAlive.add(ExtendedMessage.keepAliveAckLength)
         output.send(to: source, maxLength: ExtendedMessage.keepAliveAckLength) { ack in
             ExtendedMessage.writeKeepAliveAck(publicEndpoint: source, into: ack)
         }
@@ -261,9 +452,12 @@ public final class RendezvousService: DatagramDriver {
             switch registry.forwardRelay(frame, from: source, now: now) {
             case .forward(let destination):
                 counters.relayedDatagrams += 1
+                counters.received.relay.add(datagram.count)
+                counters.sent.relay.add(frame.relayedLength)
                 output.send(to: destination, maxLength: frame.relayedLength) { frame.writeRelayed(into: $0) }
                 return true
             case .rateLimited:
+                counters.received.relay.add(datagram.count)
                 counters.ignored += 1
                 counters.relayRefused += 1
                 return true
@@ -277,10 +471,11 @@ public final class RendezvousService: DatagramDriver {
         for action in actions {
             switch action {
             case .send(let message, let destination):
-                send(message.encode(), to: destination, classic: configuration.registry.acceptClassic, now: now, output: &output)
+                send(message.encode(), to: destination, classic: configuration.registry.acceptClassic, kind: .classic, now: now,
+                     output: &output)
             case .sendExtended(let message, let destination):
                 if case .roster = message { counters.rosterDeltas += 1 }
-                send(message.encode(), to: destination, classic: false, now: now, output: &output)
+                send(message.encode(), to: destination, classic: false, kind: Self.trafficKind(of: message), now: now, output: &output)
             case .report(let event):
                 report(event)
             case .persist(let change):
@@ -291,6 +486,7 @@ public final class RendezvousService: DatagramDriver {
                 cluster?.confirmClaim(record)
             case .sendToServer(let bytes, let destination):
                 // To a server the database lists: no amplification budget applies.
+                counters.sent.other.add(bytes.count)
                 output.send(bytes, to: destination)
             }
         }
@@ -300,6 +496,7 @@ public final class RendezvousService: DatagramDriver {
         switch event {
         case .registered(let entry):
             counters.registrations += 1
+            if entry.dialect == .extended { counters.registrationsExtended += 1 }
             printLine(ClassicMessage.peer(entry.id, entry.publicEndpoint).text)
         case .moved(let entry, let previous):
             logger.info("client moved", metadata: ["id": "\(entry.id)", "from": "\(previous)", "to": "\(entry.publicEndpoint)"])
@@ -327,6 +524,7 @@ public final class RendezvousService: DatagramDriver {
             printLine(ClassicMessage.offline(entry.id, entry.publicEndpoint).text)
         case .refused(let id, let source, let refusal):
             counters.refused += 1
+            counters.refusals[RefusalReason(refusal)] += 1
             logger.info("registration refused", metadata: ["id": "\(id)", "from": "\(source)", "reason": "\(refusal)"])
         case .ignored(let message, let source, let reason):
             counters.ignored += 1

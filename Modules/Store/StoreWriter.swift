@@ -40,6 +40,9 @@ public final class StoreWriter: Sendable {
         public var lastError: StoreError?
         /// How long the last batch applied took in the store.
         public var lastBatchLatency: Duration?
+        /// How long all the applied batches took together: with ``batchesWritten``, the mean
+        /// latency over any interval (what a Prometheus `rate()` of both gives).
+        public var totalBatchLatency: Duration = .zero
 
         /// All counters at zero, nothing pending, no error, no latency yet.
         public init() {}
@@ -238,6 +241,7 @@ public final class StoreWriter: Sendable {
                     state.statistics.changesCoalesced += batch.count - coalesced.count
                     state.statistics.lastError = nil
                     state.statistics.lastBatchLatency = latency
+                    state.statistics.totalBatchLatency += latency
                 }
             }
             if let failure { onError(failure) }

@@ -18,6 +18,18 @@ public struct TransportStatistics: Sendable, Hashable {
     /// 1 ms instead of firing again at once: a bug in a core
     /// costs a counter and a slow timer, never a spinning event loop.
     public var stalledDeadlines = 0
+
+    /// The counters given (all zero by default: a host that has handled nothing), for tests
+    /// and snapshots built by hand.
+    public init(datagramsReceived: Int = 0, datagramsSent: Int = 0, nonIPv4Dropped: Int = 0, errors: Int = 0,
+                droppedUnwritable: Int = 0, stalledDeadlines: Int = 0) {
+        self.datagramsReceived = datagramsReceived
+        self.datagramsSent = datagramsSent
+        self.nonIPv4Dropped = nonIPv4Dropped
+        self.errors = errors
+        self.droppedUnwritable = droppedUnwritable
+        self.stalledDeadlines = stalledDeadlines
+    }
 }
 
 /// The thin channel handler that feeds a ``DatagramDriver`` from a UDP channel: it

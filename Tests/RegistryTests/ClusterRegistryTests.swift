@@ -368,6 +368,9 @@ struct ClusterRegistryTests {
         #expect(events(registration, of: "b").contains { if case .remoteChanged(let entry, "a") = $0 { entry.id == alice } else { false } })
         #expect(cluster["b"].registry.remoteCount == 1 && cluster["b"].registry.count == 2)
         #expect(cluster["a"].registry.remoteCount == 1 && cluster["a"].registry.count == 2)
+        // The O(1) counts the admin listener reads leave the remote entry out.
+        #expect(cluster["b"].registry.localClientCounts == (classic: 0, extended: 1))
+        #expect(cluster["a"].registry.localClientCounts == (classic: 0, extended: 1))
 
         // bob's feed on b shows alice with a's view of her; behind the same NAT, with her private endpoint.
         let pushed = try await cluster.roster(on: "b")
@@ -391,6 +394,8 @@ struct ClusterRegistryTests {
         #expect(published(exit, by: "a").map(\.departure) == [.unregistered])
         #expect(events(exit, of: "b").contains { if case .remoteLeft(let entry, "a") = $0 { entry.id == alice } else { false } })
         #expect(cluster["b"].registry.entry(for: alice) == nil && cluster["b"].registry.remoteCount == 0)
+        #expect(cluster["a"].registry.localClientCounts == (classic: 0, extended: 0))
+        #expect(cluster["b"].registry.localClientCounts == (classic: 0, extended: 1))
         let afterExit = try await cluster.roster(on: "b")
         #expect(afterExit[bob]?.count == 1)
         #expect(afterExit[bob]?.contains { if case .absent(alice, _, .unregistered, aliceEP) = $0 { true } else { false } } == true)
