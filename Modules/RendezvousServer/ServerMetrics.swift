@@ -11,7 +11,7 @@ import Synchronization
 /// its source counted since the previous update (and sets each gauge). ``exposition()`` is
 /// then the text format Prometheus scrapes. All names follow Prometheus's conventions:
 /// `natchat_server_` prefix, `_total` counters, base units (bytes, seconds), labels with a
-/// handful of values (docs/operations-monitoring.md lists them).
+/// handful of values (docs/operations.md lists them).
 public final class ServerMetrics: Sendable {
     /// The registry the metrics live in (tests read it; the admin listener emits it).
     public let registry: PrometheusCollectorRegistry

@@ -12,7 +12,7 @@ then:
   - the status page, loaded in headless Chromium (`--dump-dom`), shows the same figures as
     /metrics, and Chromium logs no console message for it (the check is shown to fail on a
     broken page served beside it);
-  - the alert rules in docs/operations-monitoring.md pass `promtool check rules`;
+  - the alert rules in docs/operations.md pass `promtool check rules`;
   - an explicit --admin address already in use stops a second server (exit 1, a clear
     message); the default address only warns;
   - a server of a cluster (the test PostgreSQL, Tests/e2e/pg.py) exports its link's metrics.
@@ -283,9 +283,9 @@ class AdminListenerTest(unittest.TestCase):
         promtool = shutil.which("promtool")
         if not promtool:
             skip_loudly(self, "promtool missing (apt-get install prometheus): the alert rules are not checked")
-        doc = (REPO / "docs" / "operations-monitoring.md").read_text()
+        doc = (REPO / "docs" / "operations.md").read_text()
         blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if b.lstrip().startswith("groups:")]
-        self.assertEqual(len(blocks), 1, "one rules block (groups:) in docs/operations-monitoring.md")
+        self.assertEqual(len(blocks), 1, "one rules block (groups:) in docs/operations.md")
         with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
             f.write(blocks[0])
         try:
