@@ -66,21 +66,16 @@ public enum ChatClientRunner {
     /// `$XDG_STATE_HOME/natchat/history`, else `~/.local/state/natchat/history`; the folder
     /// is created (owner-only). `nil` when there is no home.
     public static func defaultHistoryPath() -> String? {
-        let environment = { (name: String) -> String? in getenv(name).map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } }
         let base: String
-        if let state = environment("XDG_STATE_HOME") {
+        if let state = ClientFolders.environment("XDG_STATE_HOME") {
             base = state
-        } else if let home = environment("HOME") {
+        } else if let home = ClientFolders.environment("HOME") {
             base = home + "/.local/state"
         } else {
             return nil
         }
         let folder = base + "/natchat"
-        var path = ""
-        for component in folder.split(separator: "/") {
-            path += "/" + component
-            mkdir(path, 0o700)
-        }
+        ClientFolders.makeFolders(folder)
         return folder + "/history"
     }
 

@@ -56,9 +56,8 @@ public enum StatusSocket {
 
     /// The folder the sockets live in (not created).
     public static func folder() throws(Failure) -> String {
-        let environment = { (name: String) -> String? in getenv(name).map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } }
-        if let runtime = environment("XDG_RUNTIME_DIR") { return runtime + "/natchat" }
-        if let home = environment("HOME") { return home + "/.local/state/natchat" }
+        if let runtime = ClientFolders.environment("XDG_RUNTIME_DIR") { return runtime + "/natchat" }
+        if let home = ClientFolders.environment("HOME") { return home + "/.local/state/natchat" }
         throw .noFolder
     }
 
@@ -97,11 +96,7 @@ public enum StatusSocket {
 
     /// Makes every component of `folder` (0700) and checks the last is ours and owner-only.
     static func makeOwnerOnlyFolder(_ folder: String) throws(Failure) {
-        var path = ""
-        for component in folder.split(separator: "/") {
-            path += "/" + component
-            mkdir(path, 0o700)
-        }
+        ClientFolders.makeFolders(folder)
         var info = stat()
         guard lstat(folder, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == getuid() else {
             throw .unsafeFolder(folder)

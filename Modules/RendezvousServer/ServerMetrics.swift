@@ -1,6 +1,7 @@
 import CoreMetrics
 import Prometheus
 import Synchronization
+import Wire
 
 /// The server's Prometheus metrics: swift-metrics counters and meters backed by a
 /// swift-prometheus registry this object owns (not the process-wide `MetricsSystem`, so that
@@ -181,9 +182,9 @@ public final class ServerMetrics: Sendable {
             }
             counter("relayed_datagrams", help: "Datagrams relayed between two clients.") { $0.counters.relayedDatagrams }
             counter("punch_rounds", help: "Hole-punch rounds the server started.") { $0.counters.punchRounds }
-            for outcome in ServerSnapshot.PunchOutcome.allCases {
+            for outcome in PathOutcome.allCases {
                 counter("punch_outcomes", help: "Paths pairs of clients reported after punching, by outcome.",
-                        labels: [("outcome", outcome.rawValue)]) { $0.punchOutcomes(outcome) }
+                        labels: [("outcome", outcome.description)]) { $0.punchOutcomes(outcome) }
             }
             counter("evictions", help: "Clients evicted after missing their keep-alives.") { $0.counters.evictions }
             counter("mail_queued", help: "Messages queued in the mailbox.") { $0.counters.mailQueued }

@@ -1,5 +1,6 @@
 import Store
 import Transport
+import Wire
 
 /// Everything the admin listener shows, read at one moment: the service's counters (on its
 /// event loop), the transport's, the registry's client counts and the store writer's.
@@ -65,13 +66,9 @@ public struct ServerSnapshot: Sendable, Hashable {
         }
     }
 
-    /// The punch outcomes clients reported, as the metrics label them.
-    public enum PunchOutcome: String, CaseIterable, Sendable {
-        case direct, `private`, relayed
-    }
-
-    /// Reports of `outcome`.
-    public func punchOutcomes(_ outcome: PunchOutcome) -> Int {
+    /// Path reports clients sent with `outcome` (the wire's own ``PathOutcome``; its
+    /// description is the metric's label).
+    public func punchOutcomes(_ outcome: PathOutcome) -> Int {
         switch outcome {
         case .direct: counters.pathReportsDirect
         case .private: counters.pathReportsPrivate
