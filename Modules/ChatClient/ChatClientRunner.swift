@@ -269,14 +269,23 @@ public enum ChatClientRunner {
             listPageSize: interactive ? listPageSize() : ChatClientService.Configuration.defaultListPageSize,
             knownPeers: knownPeers, knownPeersServer: options.serverName,
             wallClock: .init(instant: SystemClock().now(), unixSeconds: Int64(time(nil))))
-        let sinks = ChatClientService.Sinks(
+        var sinks = ChatClientService.Sinks(
             display: { console.show($0) },
             registrationRefused: { _ in
                 refused.store(true, ordering: .relaxed)
                 console.stop()
             },
             saveKnownPeers: { writer.save($0) })
+        let hostForProbes = Mutex<DatagramHost<ChatClientService>?>(nil)
+        sinks.runRemapProbe = { [bindAddress = options.bindAddress] primary, alternate in
+            RemapProbeRunner.start(primary: primary, alternate: alternate, bindAddress: bindAddress, logger: logger) { outcome in
+                hostForProbes.withLock { $0 }?.perform { service, output, now in
+                    service.remapProbeFinished(outcome, now: now, output: &output)
+                }
+            }
+        }
         guard let host = bindService(options, configuration: configuration, sinks: sinks, logger: logger) else { return 1 }
+        hostForProbes.withLock { $0 = host }
         // With --port 0 the kernel chose the port: report the real one as our private endpoint.
         let boundPort = UInt16(clamping: host.localAddress?.port ?? options.port)
         host.perform { service, output, now in

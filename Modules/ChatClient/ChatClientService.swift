@@ -1,3 +1,4 @@
+import AddressDiscovery
 import Addressing
 import ChatRouter
 import ClientSession
@@ -25,6 +26,10 @@ public final class ChatClientService: DatagramDriver {
         public var event: @Sendable (ClientEvent) -> Void
         /// The known peers to save (called on the event loop: hand the writing to another thread).
         public var saveKnownPeers: @Sendable ([KnownPeers.Record]) -> Void = { _ in }
+        /// Runs a ``RemapProbe`` from a fresh socket against (main port, alternate port) and
+        /// hands the outcome back through ``ChatClientService/remapProbeFinished(_:now:output:)``
+        /// (the runner does; by default nothing runs, and the NAT stays a plain cone).
+        public var runRemapProbe: @Sendable (Endpoint, Endpoint) -> Void = { _, _ in }
 
         public init(event: @escaping @Sendable (ClientEvent) -> Void,
                     saveKnownPeers: @escaping @Sendable ([KnownPeers.Record]) -> Void = { _ in }) {
@@ -76,6 +81,16 @@ public final class ChatClientService: DatagramDriver {
 
     /// Records the port the socket was bound to (when the configuration asked for any port).
     public func localPortChosen(_ port: UInt16) { machine.localPortChosen(port) }
+
+    /// The ``RemapProbe`` that ``Sinks/runRemapProbe`` ran settled.
+    public func remapProbeFinished(_ outcome: RemapProbe.Outcome, now: Instant, output: inout DatagramOutput) {
+        run(machine.remapProbeFinished(outcome, now: now), output: &output)
+    }
+
+    /// The gateway granted a port mapping for the chat socket, or it ended (`nil`).
+    public func portMappingChanged(_ mapped: Endpoint?, now: Instant, output: inout DatagramOutput) {
+        run(machine.portMappingChanged(mapped, now: now), output: &output)
+    }
 
     /// Sends the registration and starts the keep-alive schedule.
     public func start(now: Instant, output: inout DatagramOutput) {
@@ -134,6 +149,8 @@ public final class ChatClientService: DatagramDriver {
                 completions.removeValue(forKey: request)?(ids)
             case .saveKnownPeers(let records):
                 sinks.saveKnownPeers(records)
+            case .runRemapProbe(let primary, let alternate):
+                sinks.runRemapProbe(primary, alternate)
             }
         }
     }
@@ -150,6 +167,8 @@ public final class ChatClientService: DatagramDriver {
             logger.debug("peer updated", metadata: ["id": "\(id)", "public": "\(endpoint)"])
         case .rosterListsUnknownPeer(let id):
             logger.warning("roster lists an unknown peer", metadata: ["id": "\(id)"])
+        case .remapProbe(let outcome):
+            logger.info("NAT \(outcome)")
         }
     }
 }

@@ -61,6 +61,9 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         /// How long a change to the known peers waits before it is saved (changes in the
         /// meantime go with it), so that the file is not written for every datagram.
         public var knownPeersSaveDelay: Duration
+        /// Whether a cone NAT is checked for remapping after unsolicited inbound
+        /// (``Output/runRemapProbe(primary:alternate:)``).
+        public var remapProbe = true
 
         /// The page size when the terminal's height is unknown.
         public static let defaultListPageSize = 50
@@ -106,6 +109,10 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         case completion(request: Int, ids: [String])
         /// Save these known peers (every server's), off the event loop.
         case saveKnownPeers([KnownPeers.Record])
+        /// Run a ``RemapProbe`` against these two server ports from a fresh socket (never the
+        /// chat socket, whose flow to the main port it would spoil), and hand its outcome to
+        /// ``remapProbeFinished(_:now:)``.
+        case runRemapProbe(primary: Endpoint, alternate: Endpoint)
     }
 
     /// How many peers a listing (the first roster, a resynchronisation) shows as joins
@@ -468,6 +475,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                 emit(.natClassified(outcome.kind))
                 // Tell the server at once, so peers that punch towards us know what to expect.
                 runSession(session.learnNATKind(outcome.kind, now: now), now: now)
+                requestRemapProbe(after: outcome, now: now)
             }
         }
     }

@@ -1,3 +1,4 @@
+import AddressDiscovery
 import Addressing
 import ChatRouter
 import ClientSession
@@ -194,4 +195,6 @@ public enum Diagnostic: Hashable, Sendable {
     case peerUpdated(ClientID, publicEndpoint: Endpoint)
     /// The roster listed a peer it does not hold (a bug if it ever happens).
     case rosterListsUnknownPeer(ClientID)
+    /// What the ``RemapProbe`` found about our NAT.
+    case remapProbe(RemapProbe.Outcome)
 }

@@ -199,6 +199,8 @@ public struct ClientSession: Sendable, SansIOCore {
     var publicEndpointObserver = PublicEndpointObserver()
     /// Our NAT's mapping behaviour, reported in registrations and keep-alives.
     public private(set) var natKind: NATKind = .unknown
+    /// The external endpoint of the port mapping our gateway granted, reported in keep-alives.
+    public private(set) var mappedEndpoint: Endpoint?
     /// Every server, in order (``Configuration/servers``).
     public let servers: [Endpoint]
     /// The position of the current server in ``servers``.
@@ -360,6 +362,16 @@ public struct ClientSession: Sendable, SansIOCore {
         return sendKeepAlive(now: now)
     }
 
+    /// Our gateway granted a port mapping (or it ended: `nil`): tell the server at once, so
+    /// peers can try the mapped endpoint. A registration carries no mapping, so the first
+    /// keep-alive after one carries it again (sent at once, see ``registered``).
+    public mutating func learnMappedEndpoint(_ endpoint: Endpoint?, now: Instant) -> [Output] {
+        guard endpoint != mappedEndpoint else { return [] }
+        mappedEndpoint = endpoint
+        guard case .registered = state else { return [] }
+        return sendKeepAlive(now: now)
+    }
+
     /// Unregisters (once) and stops everything.
     public mutating func leave(now: Instant) -> [Output] {
         if case .left = state { return [] }
@@ -500,10 +512,10 @@ public struct ClientSession: Sendable, SansIOCore {
         switch state {
         case .registering:
             state = .registered(session)
-            return [.registered(publicEndpoint: endpoint, alternatePort: alternatePort)]
+            return [.registered(publicEndpoint: endpoint, alternatePort: alternatePort)] + mappingAfterRegistration(now: now)
         case .lost:
             state = .registered(session)
-            return [.registeredAgain(publicEndpoint: endpoint)]
+            return [.registeredAgain(publicEndpoint: endpoint)] + mappingAfterRegistration(now: now)
         case .registered(var current):
             current.lastAnswer = now
             state = .registered(current)
@@ -511,6 +523,11 @@ public struct ClientSession: Sendable, SansIOCore {
         case .idle, .classic, .refused, .left:
             return []
         }
+    }
+
+    /// A registration carries no port mapping: a keep-alive with it follows at once.
+    private mutating func mappingAfterRegistration(now: Instant) -> [Output] {
+        mappedEndpoint == nil ? [] : sendKeepAlive(now: now)
     }
 
     private mutating func refuse(_ text: String) -> [Output] {
@@ -572,7 +589,7 @@ public struct ClientSession: Sendable, SansIOCore {
         }
         switch state {
         case .registered, .lost:
-            return send(.keepAlive(id: configuration.id, natKind: natKind))
+            return send(.keepAlive(id: configuration.id, natKind: natKind, mappedEndpoint: mappedEndpoint))
         case .idle, .registering, .classic:
             return [.send(ClassicMessage.keepAlive(configuration.id).encode(), to: server)]
         case .refused, .left:

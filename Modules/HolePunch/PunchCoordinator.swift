@@ -1,13 +1,23 @@
 import Addressing
 import MonotonicTime
+import Wire
 
 /// The server's side of hole punching: numbered rounds per pair of clients.
 ///
-/// When either client of a pair asks to connect, both are told to punch at once (the
-/// caller sends the two ``Instruction``s together). Rounds after the first alternate which
-/// side goes first, the other starting ``Configuration/secondMoverDelay`` later: when one
-/// NAT lets a stray packet leave a conntrack entry behind (forcing a new port for the
-/// flow it later opens), the round where that NAT's side moves first still succeeds.
+/// When either client of a pair asks to connect, both are told to punch (the caller sends
+/// the two ``Instruction``s together); one may be told to wait ``Configuration/secondMoverDelay``:
+///
+/// - A NAT that lets a stray packet leave a conntrack entry behind (forcing a new port for
+///   the flow it later opens; ``NATKind/endpointIndependentRemappedByInbound``) must see its
+///   own side's first packet leave before the peer's arrives. When exactly one side's NAT
+///   is known to be of that kind, that side moves first in every round: its early checks die
+///   at the peer's firewall without a trace, and the peer's, sent later, find the mapping
+///   open. The round succeeds the first time instead of after a 35 s cool-down.
+/// - Otherwise round 1 starts both at once, and later rounds alternate which side goes
+///   first, so a NAT of that kind that the probe could not classify still gets its side to
+///   lead within two rounds. When both sides' NATs are of that kind, no order works: only
+///   first packets that cross (a start skew below the one-way delay between the peers) do,
+///   so such pairs are started at once in every round.
 public struct PunchCoordinator: Sendable {
     public struct Configuration: Hashable, Sendable {
         /// Requests for the same pair closer together than this are one round.
@@ -50,7 +60,10 @@ public struct PunchCoordinator: Sendable {
     public var pairCount: Int { pairs.count }
 
     /// `requester` asks to reach `peer`: the instructions for both (the requester first).
-    public mutating func connect(_ requester: ClientID, to peer: ClientID, now: Instant) -> [Instruction] {
+    /// `natKinds` are the two clients' NAT kinds as they reported them.
+    public mutating func connect(_ requester: ClientID, to peer: ClientID,
+                                 natKinds: (requester: NATKind, peer: NATKind) = (.unknown, .unknown),
+                                 now: Instant) -> [Instruction] {
         let key = PairKey(requester, peer)
         var state = pairs[key] ?? PairState(round: 0, lastRoundAt: now - configuration.sameRoundWindow * 2)
         if now - state.lastRoundAt >= configuration.sameRoundWindow || state.round == 0 {
@@ -61,11 +74,16 @@ public struct PunchCoordinator: Sendable {
         if pairs.count > configuration.maxPairs, let oldest = pairs.min(by: { $0.value.lastRoundAt < $1.value.lastRoundAt })?.key {
             pairs[oldest] = nil
         }
-        // Round 1: both at once. Later rounds: the first ID (in sort order) leads on even
-        // rounds, the second on odd ones.
         var firstDelay = Duration.zero
         var secondDelay = Duration.zero
-        if state.round >= 2 {
+        let remapping = natKinds.requester == .endpointIndependentRemappedByInbound
+        let peerRemapping = natKinds.peer == .endpointIndependentRemappedByInbound
+        if remapping != peerRemapping {
+            // The side whose NAT remaps after a stray packet leads, every round.
+            let leader = remapping ? requester : peer
+            if leader == key.first { secondDelay = configuration.secondMoverDelay } else { firstDelay = configuration.secondMoverDelay }
+        } else if state.round >= 2, !(remapping && peerRemapping) {
+            // The first ID (in sort order) leads on even rounds, the second on odd ones.
             if state.round % 2 == 0 { secondDelay = configuration.secondMoverDelay } else { firstDelay = configuration.secondMoverDelay }
         }
         let delayFor = { (id: ClientID) in id == key.first ? firstDelay : secondDelay }

@@ -201,13 +201,18 @@ extension Registry {
     /// Everything a server knows of `entry` (private endpoints included), for another server.
     static func fullInfo(_ entry: Entry) -> PeerInfo {
         PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: entry.privateEndpoints,
-                 natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys, claimedSince: entry.claimedSince)
+                 natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys, claimedSince: entry.claimedSince,
+                 mappedEndpoint: entry.mappedEndpoint)
     }
 
-    /// What `recipient` may know of `info`: its private endpoints only behind the same NAT.
+    /// What `recipient` may know of `info`: its private endpoints (and a port mapping in a
+    /// private or shared range) only behind the same NAT.
     static func shown(_ info: PeerInfo, to recipient: Entry) -> PeerInfo {
         var shown = info
-        if info.publicEndpoint.address != recipient.publicEndpoint.address { shown.privateEndpoints = [] }
+        if info.publicEndpoint.address != recipient.publicEndpoint.address {
+            shown.privateEndpoints = []
+            if let mapped = info.mappedEndpoint, mapped.address != info.publicEndpoint.address { shown.mappedEndpoint = nil }
+        }
         return shown
     }
 
@@ -242,6 +247,7 @@ extension Registry {
                           dialect: info.dialect, keys: info.keys, privateEndpoints: info.privateEndpoints, natKind: info.natKind,
                           subscribed: false)
         entry.claimedSince = info.claimedSince
+        entry.mappedEndpoint = Self.acceptableMapping(info.mappedEndpoint, publicAddress: info.publicEndpoint.address)
         entry.home = home
         if let keys = info.keys, info.claimedSince != 0 {
             let seen = unixTime(now)
@@ -252,7 +258,7 @@ extension Registry {
             entry.sequence = old.sequence
             let endpointChanged = old.publicEndpoint != entry.publicEndpoint
             let visible = endpointChanged || !old.hasSamePrivateEndpoints(as: entry) || old.natKind != entry.natKind
-                || old.keys != entry.keys || old.home != entry.home || old.claimedSince != entry.claimedSince
+                || old.mappedEndpoint != entry.mappedEndpoint || old.keys != entry.keys || old.home != entry.home || old.claimedSince != entry.claimedSince
                 || old.dialect != entry.dialect
             entry.version = visible ? roster.nextVersion() : old.version
             store(entry)

@@ -15,6 +15,8 @@ extension Registry {
         public var privateAddress: IPv4Address
         public var dialect: Dialect
         public var natKind: NATKind
+        /// A port mapping's external endpoint the client reported (``Registry/acceptableMapping(_:publicAddress:)``).
+        public var mappedEndpoint: Endpoint?
         /// Whether the roster and its changes are pushed to this client (always for classic
         /// clients; extended clients choose at registration).
         public var subscribed: Bool

@@ -21,6 +21,7 @@ extension Registry {
         else { return false }
         let entry = entries[position: index]
         guard entry.dialect == .extended, entry.publicEndpoint == source, entry.natKind == frame.natKind,
+              entry.mappedEndpoint == Self.acceptableMapping(frame.mappedEndpoint, publicAddress: source.address),
               frame.counter > entry.lastCounter, let mac = entry.sessionMAC,
               mac.isValid(frame.tag, for: frame.authenticated)
         else { return false }

@@ -28,16 +28,18 @@ extension Registry {
         switch datagram.message {
         case .register:
             return receiveRegistration(datagram, bytes: bytes, from: source, now: now, claimConfirmed: false, random: &random)
-        case .keepAlive(let id, let natKind):
+        case .keepAlive(let id, let natKind, let mapped):
             guard var entry = session(id, counter: counter, bytes: bytes) else {
                 return sessionRefusal(id, tag: tag, bytes: bytes, source: source)
             }
             liveness.touch(id, now: now)
             var actions: [Output] = []
             let previous = entry.publicEndpoint
-            let changed = previous != source || entry.natKind != natKind
+            let mappedEndpoint = Self.acceptableMapping(mapped, publicAddress: source.address)
+            let changed = previous != source || entry.natKind != natKind || entry.mappedEndpoint != mappedEndpoint
             entry.publicEndpoint = source
             entry.natKind = natKind
+            entry.mappedEndpoint = mappedEndpoint
             if changed { entry.version = roster.nextVersion() }
             store(entry)
             if previous != source {
@@ -62,7 +64,7 @@ extension Registry {
             // Both talk to each other now: each hears of the other's changes at any roster size.
             roster.noteInterest(of: id, in: peerID)
             roster.noteInterest(of: peerID, in: id)
-            let instructions = punch.connect(id, to: peerID, now: now)
+            let instructions = punch.connect(id, to: peerID, natKinds: (entry.natKind, peer.natKind), now: now)
             var actions: [Output] = []
             for instruction in instructions {
                 guard let recipient = entries[instruction.recipient], let other = entries[instruction.peer] else { continue }
@@ -312,8 +314,19 @@ extension Registry {
                              to: endpoint)
     }
 
+    /// A port mapping's external endpoint as a client reported it, if peers may be sent to
+    /// it: on the address the server sees the client at (a router's own mapping), or in a
+    /// carrier NAT's shared or a private range (a mapping on a home router behind a carrier
+    /// NAT, which only peers behind the same public address can reach). Anything else could
+    /// turn peers' checks on a third party, so it is dropped.
+    static func acceptableMapping(_ mapped: Endpoint?, publicAddress: IPv4Address) -> Endpoint? {
+        guard let mapped, mapped.port != 0 else { return nil }
+        return mapped.address == publicAddress || mapped.address.isPrivateOrLoopback ? mapped : nil
+    }
+
     /// What `recipient` may know of `entry`: private endpoints only as a same-NAT hint
-    /// (the same public address), since they are probed, not trusted.
+    /// (the same public address), since they are probed, not trusted; a port mapping in a
+    /// private or shared range likewise.
     static func peerInfo(_ entry: Entry, for recipient: Entry) -> PeerInfo {
         // The array is built only for the hint (a roster for 100 000 clients would otherwise
         // build one per peer).
@@ -324,7 +337,13 @@ extension Registry {
                 privates = [Endpoint(address: entry.privateAddress, port: CandidateOrder.classicClientPort)]
             }
         }
+        var mapped = entry.mappedEndpoint
+        if let shown = mapped, shown.address != entry.publicEndpoint.address,
+           entry.publicEndpoint.address != recipient.publicEndpoint.address {
+            mapped = nil
+        }
         return PeerInfo(id: entry.id, publicEndpoint: entry.publicEndpoint, privateEndpoints: privates,
-                        natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys, claimedSince: entry.claimedSince)
+                        natKind: entry.natKind, dialect: entry.dialect, keys: entry.keys, claimedSince: entry.claimedSince,
+                        mappedEndpoint: mapped)
     }
 }

@@ -58,8 +58,12 @@ public enum RendezvousServer {
         }
         var alternate: DatagramHost<STUNOnlyService>?
         if alternatePort != 0 {
+            // A change-port request to the alternate port is answered from the main one.
+            let primary = server
             alternate = try await DatagramHost.bind(host: host, port: alternatePort, group: group, logger: logger) {
-                STUNOnlyService()
+                STUNOnlyService { bytes, destination in
+                    primary.perform { _, output, _ in output.send(bytes, to: destination) }
+                }
             }
         }
         let admin = try await startAdmin(admin, server: server, writer: writer, cluster: cluster, storeLocation: store?.location,

@@ -11,6 +11,8 @@ public enum STUN {
     static let mappedAddress: UInt16 = 0x0001
     static let xorMappedAddress: UInt16 = 0x0020
     static let software: UInt16 = 0x8022
+    /// RFC 5780 §7.2: asks the server to answer from its other IP address and/or port.
+    static let changeRequest: UInt16 = 0x0003
 
     /// The 96-bit transaction ID.
     public struct TransactionID: Hashable, Sendable {
@@ -195,6 +197,51 @@ public enum STUN {
         base.storeBytes(of: (0x0001 << 16 | xorPort).bigEndian, toByteOffset: 24, as: UInt32.self)
         base.storeBytes(of: (mapped.address.bits ^ magicCookie).bigEndian, toByteOffset: 28, as: UInt32.self)
         return bindingSuccessLength
+    }
+
+    /// RFC 5780's CHANGE-REQUEST flags (§7.2).
+    public struct ChangeRequest: Hashable, Sendable {
+        /// Answer from the other IP address.
+        public var changeIP: Bool
+        /// Answer from the other port.
+        public var changePort: Bool
+
+        public init(changeIP: Bool = false, changePort: Bool) {
+            self.changeIP = changeIP
+            self.changePort = changePort
+        }
+    }
+
+    /// A Binding request carrying CHANGE-REQUEST (RFC 5780 §7.2): the server is asked to send
+    /// the answer from its other port (and/or address), which a NAT that filters by address
+    /// and port does not let through.
+    public static func bindingRequest(_ transaction: TransactionID, change: ChangeRequest) -> [UInt8] {
+        var bytes = header(type: bindingRequestType, length: 8, transaction)
+        let flags: UInt8 = (change.changeIP ? 0x04 : 0) | (change.changePort ? 0x02 : 0)
+        bytes += [0x00, 0x03, 0x00, 0x04, 0x00, 0x00, 0x00, flags]
+        return bytes
+    }
+
+    /// If `bytes` are an RFC 8489 Binding request with a well-formed CHANGE-REQUEST attribute,
+    /// its transaction and flags; `nil` otherwise (no attribute, another message, bad input).
+    public static func changeRequest<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> (TransactionID, ChangeRequest)? {
+        withRaw(bytes) { raw -> (TransactionID, ChangeRequest)? in
+            guard let header = Header(raw), header.hasMagicCookie, header.type == bindingRequestType else { return nil }
+            var offset = headerLength
+            while offset + 4 <= raw.count {
+                let attribute = UInt16(raw[offset]) << 8 | UInt16(raw[offset + 1])
+                let length = Int(raw[offset + 2]) << 8 | Int(raw[offset + 3])
+                let valueStart = offset + 4
+                guard valueStart + length <= raw.count else { return nil }
+                if attribute == changeRequest {
+                    guard length == 4 else { return nil }
+                    let flags = raw[valueStart + 3]
+                    return (header.transaction, ChangeRequest(changeIP: flags & 0x04 != 0, changePort: flags & 0x02 != 0))
+                }
+                offset = valueStart + (length + 3) / 4 * 4
+            }
+            return nil
+        }
     }
 
     /// A Binding request with no attributes.

@@ -45,6 +45,8 @@ extension ExtendedMessage {
         /// The ID's UTF-8 bytes; valid while the datagram's memory is.
         public let idBytes: UnsafeRawBufferPointer
         public let natKind: NATKind
+        /// A port mapping's external endpoint, when the client reports one.
+        public let mappedEndpoint: Endpoint?
         public let counter: UInt64
         /// Everything but the trailing tag: what the tag covers.
         public let authenticated: UnsafeRawBufferPointer
@@ -60,6 +62,7 @@ extension ExtendedMessage {
             else { return nil }
             idBytes = fields.idBytes
             natKind = fields.natKind
+            mappedEndpoint = fields.mappedEndpoint
             counter = trailer.counter
             authenticated = trailer.authenticated
             tag = trailer.tag

@@ -16,8 +16,8 @@ extension ExtendedMessage {
         switch self {
         case .register(let id, let cookie, let endpoints, let natKind, let keys, let subscribe):
             w.clientID(id); w.token(cookie); w.endpoints(endpoints); w.u8(natKind.rawValue); w.u8(subscribe ? 1 : 0); w.keys(keys)
-        case .keepAlive(let id, let natKind):
-            w.clientID(id); w.u8(natKind.rawValue)
+        case .keepAlive(let id, let natKind, let mapped):
+            w.clientID(id); w.natKind(natKind, mapped: mapped)
         case .exit(let id):
             w.clientID(id)
         case .connect(let id, let peer):
@@ -149,7 +149,7 @@ extension ExtendedMessage {
                              subscribe: flags == 1)
         case .keepAlive:
             let fields = try KeepAliveFields(&r)
-            return .keepAlive(id: try ClientID(utf8: fields.idBytes), natKind: fields.natKind)
+            return .keepAlive(id: try ClientID(utf8: fields.idBytes), natKind: fields.natKind, mappedEndpoint: fields.mappedEndpoint)
         case .exit:
             return .exit(id: try r.clientID())
         case .connect:
@@ -278,10 +278,11 @@ extension ExtendedMessage {
 struct KeepAliveFields {
     let idBytes: UnsafeRawBufferPointer
     let natKind: NATKind
+    let mappedEndpoint: Endpoint?
 
     init(_ r: inout WireReader) throws(WireError) {
         idBytes = try r.clientIDBytes()
-        natKind = try r.natKind()
+        (natKind, mappedEndpoint) = try r.natKindAndMapping()
     }
 }
 
@@ -308,11 +309,17 @@ extension WireWriter {
         for endpoint in kept { self.endpoint(endpoint) }
     }
 
+    /// The NAT kind's byte, its top bit set when a port mapping's external endpoint follows.
+    mutating func natKind(_ kind: NATKind, mapped: Endpoint?) {
+        u8(kind.rawValue | (mapped == nil ? 0 : ExtendedMessage.mappedEndpointFlag))
+        if let mapped { endpoint(mapped) }
+    }
+
     mutating func peerInfo(_ info: PeerInfo) {
         clientID(info.id)
         endpoint(info.publicEndpoint)
         endpoints(info.privateEndpoints)
-        u8(info.natKind.rawValue)
+        natKind(info.natKind, mapped: info.mappedEndpoint)
         u8(info.dialect.rawValue)
         if let keys = info.keys {
             // 2: the keys and the claim's date; 1: the keys, unclaimed.
@@ -380,6 +387,16 @@ extension WireReader {
         return kind
     }
 
+    /// A NAT kind byte whose top bit says that a port mapping's external endpoint follows.
+    mutating func natKindAndMapping() throws(WireError) -> (NATKind, Endpoint?) {
+        let byte = try u8("NAT kind")
+        guard let kind = NATKind(rawValue: byte & ~ExtendedMessage.mappedEndpointFlag) else { throw .malformed("unknown NAT kind") }
+        guard byte & ExtendedMessage.mappedEndpointFlag != 0 else { return (kind, nil) }
+        let mapped = try endpoint()
+        guard mapped.port != 0, mapped.address.bits != 0 else { throw .malformed("mapped endpoint unspecified") }
+        return (kind, mapped)
+    }
+
     mutating func text() throws(WireError) -> String {
         let raw = try longBytes("text")
         guard raw.count <= ExtendedMessage.maxTextBytes else { throw .malformed("text too long") }
@@ -392,7 +409,7 @@ extension WireReader {
         let id = try clientID()
         let publicEndpoint = try endpoint()
         let privateEndpoints = try endpoints()
-        let natKind = try natKind()
+        let (natKind, mappedEndpoint) = try natKindAndMapping()
         guard let dialect = Dialect(rawValue: try u8("dialect")) else { throw .malformed("unknown dialect") }
         let keys: PublicKeys?
         var claimedSince: UInt32 = 0
@@ -406,7 +423,7 @@ extension WireReader {
         default: throw .malformed("bad key flag")
         }
         return PeerInfo(id: id, publicEndpoint: publicEndpoint, privateEndpoints: privateEndpoints, natKind: natKind,
-                        dialect: dialect, keys: keys, claimedSince: claimedSince)
+                        dialect: dialect, keys: keys, claimedSince: claimedSince, mappedEndpoint: mappedEndpoint)
     }
 
     mutating func keys() throws(WireError) -> PublicKeys {

@@ -23,7 +23,9 @@ public enum ExtendedMessage: Hashable, Sendable {
     case register(id: ClientID, cookie: Token128, privateEndpoints: [Endpoint], natKind: NATKind, keys: PublicKeys,
                   subscribe: Bool = true)
     /// Keep-alive; from a new source address it moves the registration (the tag proves it).
-    case keepAlive(id: ClientID, natKind: NATKind)
+    /// `mappedEndpoint`: the external endpoint of a port mapping the client's gateway granted
+    /// (PCP, NAT-PMP or UPnP), which peers may try as a candidate.
+    case keepAlive(id: ClientID, natKind: NATKind, mappedEndpoint: Endpoint? = nil)
     case exit(id: ClientID)
     /// Asks the server to have `peer` and the sender punch towards each other now.
     case connect(id: ClientID, peer: ClientID)
@@ -130,6 +132,8 @@ public enum ExtendedMessage: Hashable, Sendable {
     /// Limits on every input: the decoder refuses anything larger.
     public static let maxDatagramLength = 1500
     public static let maxPrivateEndpoints = 4
+    /// Set in a NAT kind byte (keep-alive, peer info) when a port mapping's endpoint follows.
+    static let mappedEndpointFlag: UInt8 = 0x80
     public static let maxTextBytes = 1200
     public static let maxRelayPayload = 1400
     /// Most bytes of a sealed mailbox message: a chat's text with its seal and signature.

@@ -40,6 +40,17 @@ public enum NATKind: UInt8, Hashable, Sendable, CaseIterable, CustomStringConver
     /// A new public port for each destination ("symmetric"): punching towards it only
     /// works from a peer that accepts unsolicited packets.
     case endpointDependent = 3
+    /// Endpoint-independent mapping, but an unsolicited inbound packet (one from an endpoint
+    /// the client never sent to) leaves a conntrack entry on the router that pushes the
+    /// client's next flow to that endpoint onto another port: a router without a WAN firewall
+    /// (``RemapProbe`` finds it). Punching towards such a client works only if its own first
+    /// packet leaves before the peer's arrives, so it moves first (``PunchCoordinator``).
+    case endpointIndependentRemappedByInbound = 4
+
+    /// Whether the mapping is the same for every destination (the two cone kinds).
+    public var isEndpointIndependent: Bool {
+        self == .endpointIndependent || self == .endpointIndependentRemappedByInbound
+    }
 
     public var description: String {
         switch self {
@@ -47,6 +58,7 @@ public enum NATKind: UInt8, Hashable, Sendable, CaseIterable, CustomStringConver
         case .none: "no NAT"
         case .endpointIndependent: "endpoint-independent mapping (cone)"
         case .endpointDependent: "endpoint-dependent mapping (symmetric)"
+        case .endpointIndependentRemappedByInbound: "endpoint-independent mapping (cone), remapped by unsolicited inbound"
         }
     }
 }
@@ -98,9 +110,16 @@ public struct PeerInfo: Hashable, Sendable {
     /// Since when these keys have claimed the ID on the server (Unix seconds, to 2106; 0: no
     /// claim). 32 bits: a message carrying peer info stays within a server action's size.
     public var claimedSince: UInt32
+    /// The external endpoint of a port mapping the peer's gateway granted (PCP, NAT-PMP or
+    /// UPnP): reachable from any endpoint while the mapping lasts, so a candidate for every
+    /// peer (one in a carrier NAT's shared address space only for peers behind the same
+    /// public address).
+    public var mappedEndpoint: Endpoint?
 
     public init(id: ClientID, publicEndpoint: Endpoint, privateEndpoints: [Endpoint] = [],
-                natKind: NATKind = .unknown, dialect: Dialect = .extended, keys: PublicKeys? = nil, claimedSince: UInt32 = 0) {
+                natKind: NATKind = .unknown, dialect: Dialect = .extended, keys: PublicKeys? = nil, claimedSince: UInt32 = 0,
+                mappedEndpoint: Endpoint? = nil) {
+        self.mappedEndpoint = mappedEndpoint
         self.claimedSince = keys == nil ? 0 : claimedSince
         self.id = id
         self.publicEndpoint = publicEndpoint

@@ -474,7 +474,7 @@ private struct ExtendedClient {
     /// The keep-alives among `sent`: their counter and bytes.
     static func keepAlives(_ sent: [(Endpoint, [UInt8])]) -> [(counter: UInt64, bytes: [UInt8])] {
         extended(sent).compactMap { destination, message, bytes in
-            guard destination == S, case .keepAlive(let id, _) = message, id == alice,
+            guard destination == S, case .keepAlive(let id, _, _) = message, id == alice,
                   let counter = (try? ExtendedDatagram.decode(bytes))?.trailer.counter else { return nil }
             return (counter, bytes)
         }

@@ -1599,3 +1599,71 @@ struct MailboxTests {
         #expect(Self.mails(server.registry.handleTimeout(now: at(3)), to: C) == [7, 8])
     }
 }
+
+/// Port mappings (PCP, NAT-PMP, UPnP) reported in keep-alives, and punch order for NATs
+/// that remap after unsolicited inbound.
+@Suite("Registry port mappings and punch order")
+struct PortMappingRegistryTests {
+    private func mappedKeepAlive(_ server: inout Server, _ clientID: ClientID, kind: NATKind, mapped: Endpoint?,
+                                 from source: Endpoint, at now: Instant) -> [Registry.Output] {
+        server.receiveBytes(server.sessionBytes(clientID, .keepAlive(id: clientID, natKind: kind, mappedEndpoint: mapped)),
+                            from: source, at: now)
+    }
+
+    private func punchedInfo(_ actions: [Registry.Output], to destination: Endpoint) -> PeerInfo? {
+        for case .sendExtended(.punch(let peer, _, _), let target) in actions where target == destination { return peer }
+        return nil
+    }
+
+    @Test func aMappingOnThePublicAddressReachesPeers() throws {
+        var server = Server.withThree()
+        let mapped = ep("198.51.100.9:10081")
+        _ = mappedKeepAlive(&server, carol, kind: .endpointDependent, mapped: mapped, from: C, at: at(1))
+        #expect(server.registry.entry(for: carol)?.mappedEndpoint == mapped)
+        let punch = server.connect(alice, to: carol, from: A, at: at(2))
+        #expect(punchedInfo(punch, to: A)?.mappedEndpoint == mapped)
+        // The mapping ends: the next keep-alive without it clears it.
+        _ = mappedKeepAlive(&server, carol, kind: .endpointDependent, mapped: nil, from: C, at: at(3))
+        #expect(server.registry.entry(for: carol)?.mappedEndpoint == nil)
+    }
+
+    @Test func aMappingOnAnotherPublicAddressIsDropped() throws {
+        var server = Server.withThree()
+        // Someone else's address: peers' checks would go to a third party.
+        _ = mappedKeepAlive(&server, carol, kind: .endpointDependent, mapped: ep("192.0.2.50:10081"), from: C, at: at(1))
+        #expect(server.registry.entry(for: carol)?.mappedEndpoint == nil)
+        #expect(punchedInfo(server.connect(alice, to: carol, from: A, at: at(2)), to: A)?.mappedEndpoint == nil)
+    }
+
+    @Test func aMappingInACarrierNATsRangeIsShownOnlyBehindTheSamePublicAddress() throws {
+        var server = Server.withThree()
+        _ = server.register(dave, daveKey, from: D, privateEndpoints: davePrivate, natKind: .endpointIndependent, at: at(0))
+        let shared = ep("100.64.0.7:10081")
+        _ = mappedKeepAlive(&server, alice, kind: .endpointIndependent, mapped: shared, from: A, at: at(1))
+        #expect(server.registry.entry(for: alice)?.mappedEndpoint == shared)
+        // dave shares alice's public address (203.0.113.7): he is told; carol is not.
+        #expect(punchedInfo(server.connect(dave, to: alice, from: D, at: at(2)), to: D)?.mappedEndpoint == shared)
+        #expect(punchedInfo(server.connect(carol, to: alice, from: C, at: at(2)), to: C)?.mappedEndpoint == nil)
+    }
+
+    @Test func theInPlacePathLeavesAChangedMappingToTheGeneralPath() throws {
+        var server = Server.withThree()
+        let mapped = ep("203.0.113.7:10081")
+        let first = server.sessionBytes(alice, .keepAlive(id: alice, natKind: .endpointIndependent, mappedEndpoint: mapped))
+        #expect(!first.withUnsafeBytes { server.registry.acknowledgeKeepAlive($0, from: A, now: at(1)) })
+        _ = server.receiveBytes(first, from: A, at: at(1))
+        #expect(server.registry.entry(for: alice)?.mappedEndpoint == mapped)
+        // The same mapping again changes nothing: acknowledged in place.
+        let again = server.sessionBytes(alice, .keepAlive(id: alice, natKind: .endpointIndependent, mappedEndpoint: mapped))
+        #expect(again.withUnsafeBytes { server.registry.acknowledgeKeepAlive($0, from: A, now: at(2)) })
+    }
+
+    @Test func theSideWhoseNATRemapsAfterUnsolicitedInboundPunchesFirst() throws {
+        var server = Server.withThree()
+        _ = server.keepAlive(carol, natKind: .endpointIndependentRemappedByInbound, from: C, at: at(1))
+        let actions = server.connect(alice, to: carol, from: A, at: at(2))
+        var delays: [Endpoint: UInt32] = [:]
+        for case .sendExtended(.punch(_, _, let delay), let target) in actions { delays[target] = delay }
+        #expect(delays == [A: 800, C: 0])
+    }
+}

@@ -232,3 +232,36 @@ struct STUNInPlaceTests {
         #expect(bytes.allSatisfy { $0 == 0xEE })
     }
 }
+
+/// RFC 5780's CHANGE-REQUEST, which the server's alternate port honours for change-port.
+struct STUNChangeRequestTests {
+    @Test func encodeAndReadBack() throws {
+        var random = SystemRandomNumberGenerator()
+        let transaction = STUN.TransactionID.random(using: &random)
+        for (changeIP, changePort) in [(false, true), (true, false), (true, true), (false, false)] {
+            let bytes = STUN.bindingRequest(transaction, change: .init(changeIP: changeIP, changePort: changePort))
+            #expect(bytes.count == 28)
+            #expect(STUN.bindingRequestTransaction(bytes) == transaction, "still a Binding request")
+            let read = try #require(STUN.changeRequest(bytes))
+            #expect(read.0 == transaction)
+            #expect(read.1 == .init(changeIP: changeIP, changePort: changePort))
+        }
+    }
+
+    @Test func noAttributeOrBadInputIsNil() {
+        var random = SystemRandomNumberGenerator()
+        let transaction = STUN.TransactionID.random(using: &random)
+        #expect(STUN.changeRequest(STUN.bindingRequest(transaction)) == nil)
+        var wrongLength = STUN.bindingRequest(transaction, change: .init(changePort: true))
+        wrongLength[23] = 2  // attribute length 2
+        #expect(STUN.changeRequest(wrongLength) == nil)
+        var overrun = STUN.bindingRequest(transaction, change: .init(changePort: true))
+        overrun[23] = 40
+        #expect(STUN.changeRequest(overrun) == nil)
+        #expect(STUN.changeRequest([UInt8](repeating: 0, count: 3)) == nil)
+        // A success response with the attribute is not a request.
+        var response = STUN.bindingRequest(transaction, change: .init(changePort: true))
+        response[0] = 0x01; response[1] = 0x01
+        #expect(STUN.changeRequest(response) == nil)
+    }
+}

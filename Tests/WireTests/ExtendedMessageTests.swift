@@ -41,6 +41,7 @@ struct ExtendedRoundTripTests {
                   natKind: .none, keys: keysA), signature),
         session(.keepAlive(id: id("alice"), natKind: .endpointDependent), 1, tagX),
         session(.keepAlive(id: id("alice"), natKind: .none), .max, .zero),
+        session(.keepAlive(id: id("alice"), natKind: .endpointIndependentRemappedByInbound, mappedEndpoint: ep("203.0.113.5:10081")), 3, tagX),
         session(.exit(id: id("alice")), 42, tagX),
         session(.connect(id: id("alice"), peer: id("bob")), 7, tagX),
         session(.relay(id: id("alice"), to: id("bob"), payload: [0xFE, 1, 0x83, 0, 0]), 9, tagX),
@@ -76,6 +77,8 @@ struct ExtendedRoundTripTests {
         ])),
         plain(.listPage(query: 5, total: 0, offset: 0, entries: [])),
         plain(.punch(peer: fullPeer, round: 1, delayMillis: 0)),
+        plain(.punch(peer: PeerInfo(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), natKind: .endpointDependent,
+                                    keys: keysB, mappedEndpoint: ep("203.0.113.7:10081")), round: 1, delayMillis: 0)),
         plain(.punch(peer: PeerInfo(id: id("bob"), publicEndpoint: ep("203.0.113.7:40002"), keys: keysB, claimedSince: 1_764_900_000),
                      round: 1, delayMillis: 0)),
         plain(.punch(peer: classicPeer, round: .max, delayMillis: 800)),
@@ -151,6 +154,27 @@ struct ExtendedRoundTripTests {
         #expect(bytes == [0xFE, 0x01, 0x02, 2, 0x61, 0x62, 0x02,
                           0, 0, 0, 0, 0, 0, 0x01, 0x02,
                           1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+    }
+
+    /// A port mapping rides on the NAT kind byte: its top bit set, the endpoint follows.
+    @Test func exactLayoutOfAKeepAliveWithAPortMapping() {
+        let bytes = session(.keepAlive(id: id("ab"), natKind: .endpointDependent, mappedEndpoint: ep("203.0.113.5:10081")), 0x0102, tagX)
+            .encode()
+        #expect(bytes == [0xFE, 0x01, 0x02, 2, 0x61, 0x62, 0x83, 203, 0, 113, 5, 0x27, 0x61,
+                          0, 0, 0, 0, 0, 0, 0x01, 0x02] + Array(1...16))
+        let frame = bytes.withUnsafeBytes { raw in ExtendedMessage.KeepAliveFrame(raw).map { ($0.natKind, $0.mappedEndpoint) } }
+        #expect(frame?.0 == .endpointDependent)
+        #expect(frame?.1 == ep("203.0.113.5:10081"))
+        // The flag without the endpoint, an unspecified endpoint, and an unknown kind are refused.
+        var cut = bytes
+        cut.removeSubrange(7..<13)
+        #expect(extendedError(cut) != nil)
+        var unspecified = bytes
+        for index in 7..<13 { unspecified[index] = 0 }
+        #expect(extendedError(unspecified) == .malformed("mapped endpoint unspecified"))
+        var unknownKind = bytes
+        unknownKind[6] = 0x85
+        #expect(extendedError(unknownKind) == .malformed("unknown NAT kind"))
     }
 
     /// A path report: kind 0x0E, the two IDs, the outcome byte, then the session trailer.
@@ -333,7 +357,7 @@ struct ExtendedRejectionTests {
 
     @Test func badNATKindDialectAndKeyFlag() {
         var keepAlive = session(.keepAlive(id: id("a"), natKind: .none), 1, tagX).encode()
-        keepAlive[5] = 4
+        keepAlive[5] = 5
         #expect(extendedError(keepAlive) == .malformed("unknown NAT kind"))
         keepAlive[5] = 0xFF
         #expect(extendedError(keepAlive) == .malformed("unknown NAT kind"))

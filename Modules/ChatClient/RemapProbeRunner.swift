@@ -1,0 +1,80 @@
+import AddressDiscovery
+import Addressing
+import Logging
+import MonotonicTime
+import NIOCore
+import NIOPosix
+import STUN
+import Synchronization
+import Transport
+import TransportPosix
+
+/// Runs a ``RemapProbe`` from a fresh UDP socket of its own (bound to the chat socket's
+/// address, any port), then closes it: the probe spoils that socket's flow to the server's
+/// main port on purpose, so it must never be the chat socket.
+public enum RemapProbeRunner {
+    final class Driver: DatagramDriver {
+        var probe: RemapProbe
+        let finished: @Sendable (RemapProbe.Outcome) -> Void
+
+        init(probe: RemapProbe, finished: @escaping @Sendable (RemapProbe.Outcome) -> Void) {
+            self.probe = probe
+            self.finished = finished
+        }
+
+        func start(now: Instant, output: inout DatagramOutput) {
+            run(probe.start(now: now), output: &output)
+        }
+
+        func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
+            guard let message = try? STUN.decode(Array(payload.readableBytesView)) else { return }
+            run(probe.receive(message, from: source, now: now), output: &output)
+        }
+
+        func timeout(now: Instant, output: inout DatagramOutput) {
+            run(probe.handleTimeout(now: now), output: &output)
+        }
+
+        func nextDeadline() -> Instant? { probe.nextDeadline }
+
+        private func run(_ outputs: [RemapProbe.Output], output: inout DatagramOutput) {
+            for item in outputs {
+                switch item {
+                case .send(let bytes, let destination): output.send(bytes, to: destination)
+                case .settled(let outcome): finished(outcome)
+                }
+            }
+        }
+    }
+
+    /// Starts the probe and returns at once; `completion` gets the outcome once (on an event
+    /// loop thread), `.noAnswer` when the socket cannot be bound. The socket is closed after.
+    public static func start(primary: Endpoint, alternate: Endpoint, bindAddress: String, logger: Logger,
+                             completion: @escaping @Sendable (RemapProbe.Outcome) -> Void) {
+        let host = Mutex<DatagramHost<Driver>?>(nil)
+        let done = Atomic<Bool>(false)
+        let finish: @Sendable (RemapProbe.Outcome) -> Void = { outcome in
+            guard !done.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            completion(outcome)
+            if let bound = host.withLock({ $0 }) { Task { await bound.close() } }
+        }
+        Task {
+            do {
+                let bound = try await DatagramHost<Driver>.bind(host: bindAddress, port: 0, group: MultiThreadedEventLoopGroup.singleton,
+                                                                logger: logger) {
+                    var random = SystemRandomNumberGenerator()
+                    return Driver(probe: RemapProbe(primary: primary, alternate: alternate, random: &random), finished: finish)
+                }
+                host.withLock { $0 = bound }
+                if done.load(ordering: .acquiring) {
+                    await bound.close()
+                    return
+                }
+                bound.perform { driver, output, now in driver.start(now: now, output: &output) }
+            } catch {
+                logger.debug("remap probe: cannot bind a socket", metadata: ["error": "\(error)"])
+                finish(.noAnswer)
+            }
+        }
+    }
+}
