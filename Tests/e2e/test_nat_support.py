@@ -38,6 +38,7 @@ IPPORT = r'\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}:\d{1,5}'
 NAT_TEXT = {
     'cone': 'endpoint-independent mapping (cone)',
     'cone_open': 'endpoint-independent mapping (cone)',
+    'cone_remapping': 'endpoint-independent mapping (cone), remapped by unsolicited inbound',
     'symmetric': 'endpoint-dependent mapping (symmetric)',
     None: 'no NAT',
 }

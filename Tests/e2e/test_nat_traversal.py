@@ -251,6 +251,14 @@ class NatTraversalTest(unittest.TestCase):
                 hit = c[h].wait_nat(1)
                 if not hit or hit[3].group(1) != S.NAT_TEXT['cone']:
                     failures.append(f'{h}: NAT line {hit and hit[3].group(1)!r}, expected cone')
+            # The RemapProbe then finds that E and F remap after unsolicited inbound (so e1 and
+            # f1 move first in punch rounds); A, with its WAN firewall, does not.
+            for h in ('e1', 'f1'):
+                if c[h].wait(re.escape('* NAT: ' + S.NAT_TEXT['cone_remapping']), 5) is None:
+                    failures.append(f'{h}: no "remapped by unsolicited inbound" NAT line')
+            for h in ('a1', 'a2'):
+                if c[h].count(re.escape(S.NAT_TEXT['cone_remapping'])):
+                    failures.append(f'{h}: behind a firewalled cone, yet classified as remapping')
             pairs = {'natural': ('a1', 'e1', 'E'), 'stray': ('a2', 'f1', 'F')}
             watcher = S.MappingWatcher(tb, ['A', 'E', 'F'])
             self.addCleanup(watcher.stop)
