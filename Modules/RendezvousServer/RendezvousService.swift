@@ -75,6 +75,9 @@ public final class RendezvousService: DatagramDriver {
         public var pathReportsDirect = 0
         public var pathReportsPrivate = 0
         public var pathReportsRelayed = 0
+        /// Direct paths found by port probing, and through a port mapping, as clients reported them.
+        public var pathReportsProbed = 0
+        public var pathReportsPortMapped = 0
 
         public init() {}
     }
@@ -510,6 +513,8 @@ public final class RendezvousService: DatagramDriver {
             case .direct: counters.pathReportsDirect += 1
             case .private: counters.pathReportsPrivate += 1
             case .relayed: counters.pathReportsRelayed += 1
+            case .probed: counters.pathReportsProbed += 1
+            case .portMapped: counters.pathReportsPortMapped += 1
             }
         case .ignoredExtended(let source, let reason):
             counters.ignored += 1

@@ -73,6 +73,8 @@ public struct ServerSnapshot: Sendable, Hashable {
         case .direct: counters.pathReportsDirect
         case .private: counters.pathReportsPrivate
         case .relayed: counters.pathReportsRelayed
+        case .probed: counters.pathReportsProbed
+        case .portMapped: counters.pathReportsPortMapped
         }
     }
 }

@@ -261,12 +261,18 @@ public enum PathOutcome: UInt8, Hashable, Sendable, CaseIterable, CustomStringCo
     case `private` = 2
     /// The round ended without a path: the peer stays on the relay.
     case relayed = 3
+    /// A direct path found by port probing (one side behind an endpoint-dependent NAT).
+    case probed = 4
+    /// A direct path to the external endpoint of a port mapping (PCP, NAT-PMP, UPnP).
+    case portMapped = 5
 
     public var description: String {
         switch self {
         case .direct: "direct"
         case .private: "private"
         case .relayed: "relayed"
+        case .probed: "probed"
+        case .portMapped: "port_map"
         }
     }
 }

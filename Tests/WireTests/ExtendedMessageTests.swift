@@ -185,10 +185,10 @@ struct ExtendedRoundTripTests {
         #expect(ExtendedMessage.pathReport(id: id("ab"), peer: id("c"), outcome: .direct).authentication == .session)
     }
 
-    /// An outcome byte other than 1, 2, 3 is refused, as is a report cut short.
+    /// An outcome byte other than 1 to 5 is refused, as is a report cut short.
     @Test func malformedPathReportsAreRefused() {
         let good = session(.pathReport(id: id("ab"), peer: id("c"), outcome: .relayed), 1, tagX).encode()
-        for outcome: UInt8 in [0, 4, 0xFF] {
+        for outcome: UInt8 in [0, 6, 0xFF] {
             var bad = good
             bad[8] = outcome
             #expect(extendedError(bad) == .malformed("unknown path outcome"), "outcome \(outcome)")
