@@ -62,8 +62,9 @@ public struct PortMappingClient: Sendable, SansIOCore {
         case lost(Mapping)
         /// No protocol granted a mapping: what each one said.
         case unavailable(Report)
-        /// ``close(now:)`` is done: the deletion was answered, or it was given up.
-        case closed
+        /// ``close(now:)`` is done: `deleted` when the gateway confirmed the deletion; `false`
+        /// when nothing was held, the gateway refused, or it did not answer.
+        case closed(deleted: Bool)
     }
 
     /// How one protocol's attempt ended.
@@ -209,7 +210,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
     }
 
     /// Deletes the mapping (lifetime 0) if one is held or may have been granted; ends with
-    /// ``Output/closed``.
+    /// ``Output/closed(deleted:)``.
     public mutating func close(now: Instant) -> [Output] {
         switch state {
         case .holding(let held), .working(_, held: let held?):
@@ -227,7 +228,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
             return []
         default:
             state = .closed
-            return [.closed]
+            return [.closed(deleted: false)]
         }
     }
 
@@ -240,7 +241,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
         case .deleting(let exchange, let held) where now >= exchange.nextSend:
             if exchange.sent < min(2, configuration.retransmits.count) { return send(exchange, held: held, now: now) }
             state = .closed
-            return [.closed]
+            return [.closed(deleted: false)]
         case .holding(let held) where now >= held.renewAt:
             if now >= held.expiresAt {
                 return [.lost(held.mapping)] + begin(now: now)
@@ -302,7 +303,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
             let reset = noteEpoch(map.header.epoch, now: now)
             if exchange.purpose == .delete {
                 state = .closed
-                return [.closed]
+                return [.closed(deleted: map.header.result == .success)]
             }
             guard map.header.result == .success, map.header.lifetime > 0 else {
                 return failed(.pcp, .refused("\(map.header.result)"), exchange: exchange, held: held, now: now)
@@ -332,7 +333,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
             let reset = noteEpoch(serverEpoch, now: now)
             if exchange.purpose == .delete {
                 state = .closed
-                return [.closed]
+                return [.closed(deleted: true)]
             }
             guard lifetime > 0 else { return failed(.natpmp, .refused("lifetime 0"), exchange: exchange, held: held, now: now) }
             let mapping = Mapping(via: .natpmp, internalPort: internalPort, external: Endpoint(address: external, port: externalPort),
@@ -342,7 +343,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
         case (.natpmpMap, .other(let opcode, let result)) where opcode == 129:
             if exchange.purpose == .delete {
                 state = .closed
-                return [.closed]
+                return [.closed(deleted: false)]
             }
             return failed(.natpmp, .refused("result \(result)"), exchange: exchange, held: held, now: now)
         default:
@@ -415,7 +416,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
                                  now: Instant) -> [Output] {
         if exchange.purpose == .delete {
             state = .closed
-            return [.closed]
+            return [.closed(deleted: false)]
         }
         if let held {
             // A renewal: try again halfway to the expiry while there is time; then hold the

@@ -79,7 +79,7 @@ public final class PortMapper: Sendable {
 
         func close(now: Instant, output: inout DatagramOutput) {
             guard var core = client else {
-                events(.closed)
+                events(.closed(deleted: false))
                 return
             }
             let outputs = core.close(now: now)
@@ -168,8 +168,9 @@ public final class PortMapper: Sendable {
         let upnpDone = DispatchSemaphore(value: 0)
         queue.async { [upnp, logger] in
             if let gateway = upnp.gateway, let mapping = upnp.mapping {
-                if case .success = gateway.deleteMapping(externalPort: mapping.external.port) {
-                    logger.info("port mapping: deleted (UPnP)")
+                switch gateway.deleteMapping(externalPort: mapping.external.port) {
+                case .success: logger.info("port mapping: deleted (UPnP)")
+                case .failure(let failure): logger.info("port mapping: not deleted (UPnP \(failure))")
                 }
                 upnp.mapping = nil
             }
@@ -200,9 +201,9 @@ public final class PortMapper: Sendable {
             publish(nil)
         case .unavailable(let report):
             startUPnP(after: report)
-        case .closed:
+        case .closed(let deleted):
             if let mapping = state.withLock({ $0.current }), mapping.via != .upnp {
-                logger.info("port mapping: deleted (\(mapping.via))")
+                logger.info("port mapping: \(deleted ? "deleted" : "not deleted (no answer)") (\(mapping.via))")
             }
             pcpClosed.signal()
         }

@@ -133,7 +133,7 @@ private func pcpAnswer(to request: [UInt8], port: UInt16, lifetime: UInt32 = 720
         #expect(Array(deletion[4..<8]) == [0, 0, 0, 0])                 // lifetime 0
         #expect(Array(deletion[24..<36]) == Array(first[24..<36]))
         #expect(mapper.handleReceive(pcpAnswer(to: deletion, port: 10081, lifetime: 0, epoch: 230), from: server,
-                                     now: seconds(130)) == [.closed])
+                                     now: seconds(130)) == [.closed(deleted: true)])
         #expect(mapper.nextDeadline == nil)
     }
 
@@ -267,7 +267,7 @@ private func pcpAnswer(to request: [UInt8], port: UInt16, lifetime: UInt32 = 720
 
     @Test func closingWithoutAMappingIsImmediate() {
         var mapper = makeClient()
-        #expect(mapper.close(now: .zero) == [.closed])
+        #expect(mapper.close(now: .zero) == [.closed(deleted: false)])
         #expect(mapper.start(now: .zero).isEmpty)
     }
 
@@ -277,7 +277,7 @@ private func pcpAnswer(to request: [UInt8], port: UInt16, lifetime: UInt32 = 720
         _ = mapper.handleReceive(pcpAnswer(to: first, port: 10081), from: server, now: .zero)
         #expect(sent(mapper.close(now: seconds(1))) != nil)
         #expect(sent(mapper.handleTimeout(now: seconds(1) + .milliseconds(250))) != nil)
-        #expect(mapper.handleTimeout(now: seconds(1) + .milliseconds(750)) == [.closed])
+        #expect(mapper.handleTimeout(now: seconds(1) + .milliseconds(750)) == [.closed(deleted: false)])
     }
 }
 
