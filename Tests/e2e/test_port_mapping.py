@@ -10,6 +10,8 @@ miniupnpd (Debian's miniupnpd-iptables 2.3.1) in the home router.
   and deletes it at @exit; with --no-port-mapping nothing is asked or mapped.
 * test_fallbacks_natpmp_and_upnp: routers serving only NAT-PMP, only UPnP: the client falls
   back to each, and deletes each mapping at exit.
+* test_gateway_restart_remaps: miniupnpd restarts (its epoch starts again from 0); the
+  client's next renewal notices the epoch going back and logs a new grant.
 * test_behind_carrier_nat: a home router with miniupnpd behind a carrier-grade NAT: the
   mapping's external address is the home router's WAN address in 100.64.0.0/10 (the CGN
   side), not the public address the rendezvous server sees.
@@ -187,6 +189,30 @@ class PortMappingTest(unittest.TestCase):
             print(f'z1: port mapping: none ({none.group(1)})', flush=True)
             self.assertEqual(none.group(1), 'PCP no answer, NAT-PMP no answer, UPnP no IGD')
             self.assertIsNotNone(exit_client(client))
+
+    def test_gateway_restart_remaps(self):
+        with Testbed(nats={'R': {'kind': 'cone', 'miniupnpd': ['pcp']}}, hosts={'r1': ('R', '10.0.0.2')},
+                     public_hosts=PUBLIC) as tb:
+            S.Server(tb)
+            client, m = self._mapped_client(tb, 'r1', 'PCP', 'R')
+            self.assertIsNotNone(wait_log(tb, client, r'port mapping: PCP renewed', LIFETIME + 3),
+                                 tb.read_log(client.proc)[-3000:])
+            time.sleep(4.0)         # let the daemon's epoch grow past the slack of RFC 6887 §8.5
+            t0 = time.monotonic()
+            tb.restart_miniupnpd('R')
+            pattern = r'port mapping: PCP granted ' + re.escape(m.group(1))
+            grants = []
+            for _ in range(int((LIFETIME + 3) / 0.1)):      # bounded: one renewal interval and a margin
+                grants = re.findall(pattern, tb.read_log(client.proc))
+                if len(grants) >= 2:
+                    break
+                time.sleep(0.1)
+            print(f'grants after the restart: {len(grants)}, {time.monotonic() - t0:.2f} s', flush=True)
+            self.assertEqual(len(grants), 2, 'the restart was not noticed\n' + tb.read_log(client.proc)[-3000:]
+                             + '\nminiupnpd:\n' + tb.miniupnpd_log('R')[-2000:])
+            self.assertTrue(wait_rules(tb, 'R', True))
+            self.assertIsNotNone(exit_client(client))
+            self.assertEqual(wait_rules(tb, 'R', False, timeout=1.0), [])
 
     def test_behind_carrier_nat(self):
         nats = {'G': 'cone', 'H': {'kind': 'cone', 'upstream': 'G', 'miniupnpd': True}}

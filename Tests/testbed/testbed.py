@@ -911,6 +911,16 @@ class Testbed:
         os.chmod(path, 0o755)
         return path
 
+    def restart_miniupnpd(self, nat: str):
+        """A gateway reboot for port mapping: stop the router's miniupnpd (SIGTERM, by PID)
+        and start it again with the same config. Its epoch starts again from 0; the rules it
+        saved in its lease file come back."""
+        proc = self.nat_spec[nat].get('miniupnpd_proc')
+        if proc is None:
+            raise KeyError(f'NAT {nat} runs no miniupnpd')
+        self._stop_proc(proc)
+        return self._start_miniupnpd(nat)
+
     def miniupnpd_log(self, nat: str) -> str:
         """What the router's miniupnpd logged so far."""
         proc = self.nat_spec[nat].get('miniupnpd_proc')
