@@ -137,6 +137,8 @@ public struct PortMappingClient: Sendable, SansIOCore {
         /// Sendings so far.
         var sent: Int
         var nextSend: Instant
+        /// The NAT-PMP address answer before this map request said the gateway restarted.
+        var gatewayRestarted = false
     }
 
     /// A granted mapping and when it runs out.
@@ -323,8 +325,8 @@ public struct PortMappingClient: Sendable, SansIOCore {
         case (.natpmpAddress, .externalAddress(_, let serverEpoch, let address)):
             let reset = noteEpoch(serverEpoch, now: now)
             // A restart seen here is carried to the map answer, which re-creates the mapping.
-            return send(Exchange(step: .natpmpMap(external: address), purpose: exchange.purpose, sent: 0, nextSend: now),
-                        held: reset ? held.map { var copy = $0; copy.mapping.lifetimeSeconds = 0; return copy } : held, now: now)
+            return send(Exchange(step: .natpmpMap(external: address), purpose: exchange.purpose, sent: 0, nextSend: now,
+                                 gatewayRestarted: reset), held: held, now: now)
         case (.natpmpAddress, .other(let opcode, let result)) where opcode == 128:
             return failed(.natpmp, result == NATPMP.resultUnsupportedVersion ? .unsupportedVersion : .refused("result \(result)"),
                           exchange: exchange, held: held, now: now)
@@ -338,8 +340,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
             guard lifetime > 0 else { return failed(.natpmp, .refused("lifetime 0"), exchange: exchange, held: held, now: now) }
             let mapping = Mapping(via: .natpmp, internalPort: internalPort, external: Endpoint(address: external, port: externalPort),
                                   lifetimeSeconds: lifetime)
-            // `held` with lifetime 0 marks a restart seen on the address answer.
-            return granted(mapping, previous: held, gatewayReset: reset || held?.mapping.lifetimeSeconds == 0, now: now)
+            return granted(mapping, previous: held, gatewayReset: reset || exchange.gatewayRestarted, now: now)
         case (.natpmpMap, .other(let opcode, let result)) where opcode == 129:
             if exchange.purpose == .delete {
                 state = .closed
