@@ -172,17 +172,20 @@ public enum PCP {
 
     /// A MAP request for a UDP port (RFC 6887 §11.1): 24-byte header plus 36-byte opcode.
     public struct MapRequest: Hashable, Sendable {
+        /// The mapping nonce, the same for the request, its renewals and its deletion.
         public var nonce: Nonce
         /// Seconds; 0 deletes the mapping.
         public var lifetime: UInt32
         /// Our own address on the LAN (the request's source address; the server checks it).
         public var clientAddress: IPv4Address
+        /// The port to map on our side.
         public var internalPort: UInt16
         /// A suggestion the server may ignore; 0: no preference.
         public var suggestedExternalPort: UInt16
         /// A suggestion; `0.0.0.0`: no preference (sent as `::ffff:0.0.0.0`).
         public var suggestedExternalAddress: IPv4Address
 
+        /// A MAP request for UDP; see the properties.
         public init(nonce: Nonce, lifetime: UInt32, clientAddress: IPv4Address, internalPort: UInt16,
                     suggestedExternalPort: UInt16, suggestedExternalAddress: IPv4Address = IPv4Address(bits: 0)) {
             self.nonce = nonce
@@ -218,12 +221,16 @@ public enum PCP {
 
     /// A response's common header (RFC 6887 §7.2).
     public struct ResponseHeader: Hashable, Sendable {
+        /// The opcode answered (the request's, without the response bit).
         public var opcode: UInt8
+        /// The result code.
         public var result: ResultCode
+        /// Seconds granted (for an error: how long the error is expected to last).
         public var lifetime: UInt32
         /// The server's epoch: seconds since its mapping state began (§8.5).
         public var epoch: UInt32
 
+        /// A header with these fields.
         public init(opcode: UInt8, result: ResultCode, lifetime: UInt32, epoch: UInt32) {
             self.opcode = opcode
             self.result = result
@@ -234,13 +241,20 @@ public enum PCP {
 
     /// A MAP response (RFC 6887 §11.1).
     public struct MapResponse: Hashable, Sendable {
+        /// The common response header.
         public var header: ResponseHeader
+        /// The request's nonce, echoed.
         public var nonce: Nonce
+        /// The IANA protocol number (17: UDP).
         public var protocolNumber: UInt8
+        /// Our port, echoed.
         public var internalPort: UInt16
+        /// The external port granted.
         public var assignedExternalPort: UInt16
+        /// The external address granted.
         public var assignedExternalAddress: IPv4Address
 
+        /// A MAP response with these fields.
         public init(header: ResponseHeader, nonce: Nonce, protocolNumber: UInt8, internalPort: UInt16,
                     assignedExternalPort: UInt16, assignedExternalAddress: IPv4Address) {
             self.header = header

@@ -42,6 +42,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
         /// The protocols to try, PCP before NAT-PMP.
         public var protocols: Set<MappingProtocol> = [.pcp, .natpmp]
 
+        /// The three facts the client cannot guess; the rest has defaults.
         public init(gateway: IPv4Address, clientAddress: IPv4Address, internalPort: UInt16) {
             self.gateway = gateway
             self.clientAddress = clientAddress
@@ -100,6 +101,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
         }
         var entries: [Entry] = []
 
+        /// An empty report.
         public init() {}
 
         /// Records `attempt` for `via` (replacing an earlier one).
@@ -173,6 +175,7 @@ public struct PortMappingClient: Sendable, SansIOCore {
         case closed
     }
 
+    /// What the client was created with.
     public let configuration: Configuration
     private(set) var state: State = .idle
     private let nonce: PCP.Nonce

@@ -38,6 +38,7 @@ public final class PortMapper: Sendable {
         /// The protocols to try.
         public var protocols: Set<MappingProtocol> = Set(MappingProtocol.allCases)
 
+        /// Options for mapping `internalPort`; the rest has defaults.
         public init(internalPort: UInt16) { self.internalPort = internalPort }
     }
 

@@ -46,6 +46,8 @@ public final class UPnPGateway: @unchecked Sendable {
     }
 
     deinit { FreeUPNPUrls(&urls) }
+    #else
+    private init() { lanAddress = "" }
     #endif
 
     /// SSDP discovery (waiting up to `delayMilliseconds` for answers), then the first
