@@ -42,6 +42,9 @@ let metricsTrait = TargetDependencyCondition.when(traits: ["Metrics"])
 let coreMetrics: Target.Dependency = .product(name: "CoreMetrics", package: "swift-metrics", condition: metricsTrait)
 let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus", condition: metricsTrait)
 let nioHTTP1: Target.Dependency = .product(name: "NIOHTTP1", package: "swift-nio", condition: nio)
+// PortMappingPosix's UPnP IGD client: Debian's libminiupnpc-dev through the CMiniupnpc system
+// library (no package is fetched for it; the trait only spares a machine without the library).
+let miniupnpc: Target.Dependency = .target(name: "CMiniupnpc", condition: .when(traits: ["UPnP"]))
 
 let package = Package(
     name: "natchat",
@@ -75,6 +78,8 @@ let package = Package(
         .library(name: "ChatClient", targets: ["ChatClient"]),
         .library(name: "LayeredSettings", targets: ["LayeredSettings"]),
         .library(name: "JSONLogging", targets: ["JSONLogging"]),
+        .library(name: "PortMapping", targets: ["PortMapping"]),
+        .library(name: "PortMappingPosix", targets: ["PortMappingPosix"]),
     ],
     traits: [
         .trait(name: "NIO", description: "swift-nio and swift-log: Transport, TransportPosix, RendezvousServer, ChatClient, JSONLogging"),
@@ -85,7 +90,8 @@ let package = Package(
         .trait(name: "PostgreSQL", description: "postgres-nio and swift-log: PostgresStore"),
         .trait(name: "Config", description: "swift-configuration: LayeredSettings (the server's environment variables and --config file)"),
         .trait(name: "Metrics", description: "swift-metrics and swift-prometheus: RendezvousServer's admin listener (/metrics)"),
-        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL", "Config", "Metrics"]),
+        .trait(name: "UPnP", description: "Debian's libminiupnpc-dev (miniupnpc 2.2.4): UPnP IGD port mapping in PortMappingPosix (PCP and NAT-PMP need nothing)"),
+        .default(enabledTraits: ["NIO", "Crypto", "Collections", "CLI", "SQLite", "PostgreSQL", "Config", "Metrics", "UPnP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -145,7 +151,14 @@ let package = Package(
         module("LayeredSettings", [configuration]),
         // A swift-log handler writing one JSON object per line (the server's --log-format json).
         module("JSONLogging", [logging]),
-        module("ChatClient", ["Addressing", "Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", "KnownPeers", nioCore, nioPosix, logging]),
+        // Port mapping: the PCP (RFC 6887) and NAT-PMP (RFC 6886) client core, sans-I/O, no dependency
+        // on a package; UPnP IGD through miniupnpc (a system library: SSDP, HTTP and SOAP are
+        // too much to write again); the driver that runs them on a socket and a queue.
+        module("PortMapping", ["Addressing", "MonotonicTime"]),
+        .systemLibrary(name: "CMiniupnpc", path: "Modules/CMiniupnpc", pkgConfig: "miniupnpc", providers: [.apt(["libminiupnpc-dev"])]),
+        module("PortMappingPosix", ["PortMapping", "Addressing", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", miniupnpc,
+                                    nioCore, logging]),
+        module("ChatClient", ["PortMapping", "PortMappingPosix", "Addressing", "Wire", "STUN", "ChatRouter", "ClientSession", "Roster", "HolePunch", "NATGrouping", "AddressDiscovery", "MonotonicTime", "Transport", "TransportPosix", "LineEditor", "Identity", "KnownPeers", nioCore, nioPosix, logging]),
         .executableTarget(name: "natchat-server", dependencies: ["RendezvousServer", "Registry", "Admission", "Addressing", "MonotonicTime", "Store",
                                                                 "SQLiteStore", "PostgresStore", "Identity", "Wire", "LayeredSettings", "JSONLogging", argumentParser, logging],
                           path: "Apps/natchat-server", swiftSettings: swiftSettings),
@@ -179,5 +192,6 @@ let package = Package(
         tests("KnownPeers", ["KnownPeers"]),
         tests("LayeredSettings", ["LayeredSettings"]),
         tests("JSONLogging", ["JSONLogging", logging]),
+        tests("PortMapping", ["PortMapping", "TestSupport", "Addressing", "MonotonicTime"]),
     ]
 )

@@ -45,9 +45,15 @@ need_sqlite() {
     need_packages "test -f /usr/include/sqlite3.h" libsqlite3-dev
 }
 
+# need_miniupnpc: miniupnpc's headers and library, the UPnP IGD client of PortMappingPosix
+# (trait UPnP) through its CMiniupnpc system library.
+need_miniupnpc() {
+    need_packages "test -f /usr/include/miniupnpc/miniupnpc.h" libminiupnpc-dev
+}
+
 # need_build_packages: the Debian packages a build of natchat needs (installed when root).
 need_build_packages() {
-    need_readline && need_sqlite
+    need_readline && need_sqlite && need_miniupnpc
 }
 
 # newest_source_mtime: the newest modification time (epoch seconds) of the sources a build reads.
@@ -76,7 +82,7 @@ release_build_stale() {
 
 # ensure_release_build: when release_build_stale, builds both products in one
 # `swift build -c release` (so whichever wrapper runs first builds for the other), with
-# all output on stderr. Needs the toolchain, libreadline-dev and libsqlite3-dev (installed
+# all output on stderr. Needs the toolchain, libreadline-dev, libsqlite3-dev and libminiupnpc-dev (installed
 # when root).
 ensure_release_build() {
     release_build_stale || return 0

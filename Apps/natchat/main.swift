@@ -71,6 +71,13 @@ struct Natchat: ParsableCommand {
     @Flag(help: "Speak only the seed's classic protocol (no hole punching, relay or acknowledgements).")
     var classic = false
 
+    @Flag(help: "Do not ask the gateway for a port mapping (PCP, NAT-PMP, UPnP IGD) of the chat port.")
+    var noPortMapping = false
+
+    @Option(help: ArgumentHelp("Lifetime asked for a PCP or NAT-PMP port mapping, seconds (renewed at half of it, at most every 2 minutes).",
+                               visibility: .hidden))
+    var portMappingLifetime: Int = 7200
+
     @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "warning"
 
@@ -79,6 +86,7 @@ struct Natchat: ParsableCommand {
         guard (1...65535).contains(serverPort) else { throw ValidationError("--server-port must be 1...65535") }
         guard (1...65535).contains(peerPort) else { throw ValidationError("--peer-port must be 1...65535") }
         guard keepaliveInterval > 0, keepaliveInterval < 86_400 else { throw ValidationError("--keepalive-interval must be in (0, 86400) seconds") }
+        guard (1...86_400).contains(portMappingLifetime) else { throw ValidationError("--port-mapping-lifetime must be 1...86400 seconds") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if let id, let violation = ClientID.violation(in: id) { throw ValidationError("invalid --id: \(violation)") }
         guard !(releaseId && rotateIdentity) else { throw ValidationError("--release-id and --rotate-identity exclude each other") }
@@ -142,6 +150,8 @@ struct Natchat: ParsableCommand {
         if let identity { options.identityPath = identity == "none" ? nil : identity }
         if let knownPeers { options.knownPeersPath = knownPeers == "none" ? nil : knownPeers }
         options.serverName = servers.name
+        options.portMapping = !noPortMapping
+        options.portMappingLifetime = UInt32(portMappingLifetime)
         if releaseId { options.claimChange = .release }
         if rotateIdentity { options.claimChange = .rotate }
         let status = ChatClientRunner.run(options, logger: logger)
@@ -153,6 +163,9 @@ struct Natchat: ParsableCommand {
             throw ValidationError("--probe needs --server HOST (a natchat-server or any STUN server)")
         }
         guard (0...65535).contains(altPort) else { throw ValidationError("--alt-port must be 0...65535") }
+        // The gateway's mapping protocols, asked in parallel with the STUN probe (≤ 2.5 s); not
+        // from a loopback bind address (no gateway is involved there).
+        let portMapping = noPortMapping || bind.hasPrefix("127.") ? nil : ProbeRunner.startPortMappingProbe(logger: logger)
         let outcome = try ProbeRunner.run(server: Endpoint(address: address, port: UInt16(serverPort)),
                                           alternatePort: UInt16(altPort), bindAddress: bind, port: port == 10081 ? 0 : port,
                                           logger: logger)
@@ -161,6 +174,7 @@ struct Natchat: ParsableCommand {
             LineWriter.write("mapped address at alternate port: \(outcome.alternateMapping.map { "\($0)" } ?? "no answer")")
         }
         LineWriter.write("NAT: \(outcome.kind)")
+        if let portMapping { LineWriter.write(portMapping.line()) }
         if outcome.primaryMapping == nil { throw ExitCode(3) }
     }
 

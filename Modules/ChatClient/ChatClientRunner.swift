@@ -13,6 +13,8 @@ import Logging
 import MonotonicTime
 import NIOCore
 import NIOPosix
+import PortMapping
+import PortMappingPosix
 import Synchronization
 import TransportPosix
 
@@ -48,6 +50,15 @@ public enum ChatClientRunner {
         public var claimChange: ClaimChangeMode?
         /// Serve `@status` on the status socket for `natchat --status` (see ``StatusSocket``).
         public var serveStatus = true
+        /// Ask the gateway for a mapping of the chat port (PCP, NAT-PMP, UPnP IGD), keep it
+        /// renewed, delete it at exit (``PortMapper``); `false`: `--no-port-mapping`. Never
+        /// on a loopback bind address (nothing to map, and no gateway to bother).
+        public var portMapping = true
+        /// The lifetime asked for with PCP and NAT-PMP, seconds (`--port-mapping-lifetime`).
+        public var portMappingLifetime: UInt32 = 7200
+        /// Called with each mapping the gateway grants, and `nil` when it is lost or
+        /// deleted (see ``ChatClientRunner/portMappingChanged(_:options:logger:)``).
+        public var onPortMapping: (@Sendable (Mapping?) -> Void)?
 
         public init(id: ClientID, server: Endpoint, bindAddress: String = "0.0.0.0", port: Int = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
@@ -228,6 +239,29 @@ public enum ChatClientRunner {
         }
     }
 
+    /// Starts the port mapper for the bound chat port, unless `--no-port-mapping` or the
+    /// bind address is loopback.
+    static func startPortMapper(_ options: Options, port: UInt16, logger: Logger) -> PortMapper? {
+        guard options.portMapping, port != 0 else { return nil }
+        let bound = try? IPv4Address(parsing: options.bindAddress)
+        if let bound, bound.bits >> 24 == 127 { return nil }
+        var mapperOptions = PortMapper.Options(internalPort: port)
+        mapperOptions.lifetime = options.portMappingLifetime
+        if let bound, bound.bits != 0 { mapperOptions.clientAddress = bound }
+        return PortMapper.start(mapperOptions, group: MultiThreadedEventLoopGroup.singleton, logger: logger) { mapping in
+            portMappingChanged(mapping, options: options, logger: logger)
+        }
+    }
+
+    /// The one place where a port mapping enters the client: each mapping the gateway grants
+    /// (its external endpoint is a candidate like the STUN-mapped one, also behind a carrier
+    /// NAT), and `nil` when it is lost or deleted. Today it goes to ``Options/onPortMapping``;
+    /// the session does not take candidates from here yet.
+    static func portMappingChanged(_ mapping: Mapping?, options: Options, logger: Logger) {
+        logger.debug("port mapping: candidate \(mapping.map { "\($0.external)" } ?? "none")")
+        options.onPortMapping?(mapping)
+    }
+
     /// Runs the client; returns the process exit status.
     public static func run(_ options: Options, logger: Logger) -> Int32 {
         if let mode = options.claimChange { return runClaimChange(mode, options: options, logger: logger) }
@@ -292,6 +326,8 @@ public enum ChatClientRunner {
             service.localPortChosen(boundPort)
             service.start(now: now, output: &output)
         }
+        let portMapper = startPortMapper(options, port: boundPort, logger: logger)
+        defer { portMapper?.shutdown() }
         var statusServer: StatusSocket.Server?
         if options.serveStatus {
             do {

@@ -5,6 +5,8 @@ import Logging
 import MonotonicTime
 import NIOCore
 import NIOPosix
+import PortMapping
+import PortMappingPosix
 import STUN
 import Synchronization
 import Transport
@@ -78,6 +80,43 @@ public enum ProbeRunner {
             return MappingProbe.Outcome(kind: .none, primaryMapping: mapped, alternateMapping: outcome.alternateMapping)
         }
         return outcome
+    }
+}
+
+extension ProbeRunner {
+    /// Starts asking the gateway which port mapping protocols it answers
+    /// (``PortMapper/probe(gateway:group:logger:timeout:)``: PCP, NAT-PMP, UPnP IGD, at most
+    /// 2.5 s), on a thread of its own so that it runs beside the STUN probe.
+    public static func startPortMappingProbe(logger: Logger) -> PortMappingProbeTask {
+        PortMappingProbeTask(logger: logger)
+    }
+}
+
+/// A port mapping probe running beside `natchat --probe`'s STUN probe.
+public final class PortMappingProbeTask: Sendable {
+    private let result = Mutex<Set<MappingProtocol>?>(nil)
+    private let done = DispatchSemaphoreBox()
+
+    init(logger: Logger) {
+        DispatchQueue.global().async { [self] in
+            let found = PortMapper.probe(group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            result.withLock { $0 = found }
+            done.signal()
+        }
+    }
+
+    /// Waits for the probe (bounded: it gives up after 2.5 s) and returns what answered.
+    public func wait() -> Set<MappingProtocol> {
+        done.wait()
+        return result.withLock { $0 } ?? []
+    }
+
+    /// Like tailscale netcheck's line: `PortMapping: PCP, NAT-PMP, UPnP` (the protocols the
+    /// gateway answered, in the order natchat asks them), or `PortMapping: none`.
+    public func line() -> String {
+        let found = wait()
+        let names = MappingProtocol.allCases.filter(found.contains).map(\.rawValue)
+        return "PortMapping: \(names.isEmpty ? "none" : names.joined(separator: ", "))"
     }
 }
 

@@ -364,8 +364,57 @@ class LifecycleTest(unittest.TestCase):
         self.assertEqual(glob.glob(os.path.join(tempfile.gettempdir(), f'natchat-{prefix}-*')), [])
 
 
+class CarrierAndMiniupnpdTest(unittest.TestCase):
+    """A carrier-grade NAT (G, with C behind it on 100.64.0.0/10) and miniupnpd in a router."""
+
+    def test_cgn_and_miniupnpd(self):
+        require_root()
+        if not os.access(testbed.MINIUPNPD, os.X_OK):
+            self.skipTest(f'{testbed.MINIUPNPD} missing (apt-get install miniupnpd-iptables): skipped')
+        t0 = time.monotonic()
+        with Testbed(nats={'G': 'cone', 'C': {'kind': 'cone', 'upstream': 'G', 'miniupnpd': True},
+                           'M': {'kind': 'symmetric', 'miniupnpd': ['natpmp']}},
+                     hosts={'c1': ('C', '192.168.7.2'), 'm1': ('M', '10.0.3.2')},
+                     public_hosts={'srv': SRV}) as tb:
+            report(f'CGN + 2 miniupnpd built in {time.monotonic() - t0:.2f}s (prefix {tb.prefix})')
+            prefix = tb.prefix
+            self.assertEqual(tb.nat_public_ip('C'), '100.64.0.101')
+            self.assertEqual(tb.public_ip('c1'), tb.nat_public_ip('G'))
+            self.assertEqual(tb.upstream_of('C'), 'G')
+            proc, _, _ = tb.start_probe('srv', 'server', '--port', 3478, '--duration', 30, '--quiet')
+            ev = tb.probe('c1', 'client', '--bind-port', next_port(), '--to', f'{SRV}:3478', '--wait', 0.3)
+            self.assertEqual([x.rsplit(':', 1)[0] for x in seen_of(ev)], [tb.nat_public_ip('G')], ev)
+            # both daemons run inside their routers, and nothing of them is in the root namespace
+            for nat in ('C', 'M'):
+                p = tb.nat_spec[nat]['miniupnpd_proc']
+                self.assertIsNone(p.poll(), tb.miniupnpd_log(nat))
+                self.assertEqual(tb.miniupnpd_rules(nat), [])
+            root = subprocess.run(['iptables', '-S'], capture_output=True, text=True, timeout=10).stdout
+            self.assertNotIn('MINIUPNPD', root)
+            tb.stop(proc)
+            pids = [tb.nat_spec[n]['miniupnpd_proc'].pid for n in ('C', 'M')]
+        self.assertEqual(prefix_namespaces(prefix), [])
+        for pid in pids:
+            self.assertFalse(os.path.exists(f'/proc/{pid}'), f'miniupnpd {pid} left running')
+
+
 class TopologySpecTest(unittest.TestCase):
     """Spec validation needs no root and creates nothing."""
+
+    def test_cgn_and_miniupnpd_specs(self):
+        tb = Testbed(nats={'G': 'cone', 'C': {'kind': 'symmetric', 'upstream': 'G', 'miniupnpd': ['pcp', 'upnp']}},
+                     hosts={'c1': ('C', '10.0.0.2')})
+        self.assertEqual(tb.nat_spec['G']['lan'], '100.64.0.0/24')
+        self.assertEqual(tb.nat_public_ip('C'), '100.64.0.101')
+        self.assertEqual(tb.public_ip('c1'), '203.0.113.101')
+        self.assertEqual(tb.nat_spec['C']['miniupnpd'], ('pcp', 'upnp'))
+        with self.assertRaises(ValueError):
+            Testbed(nats={'C': {'kind': 'cone', 'upstream': 'Z'}}, hosts={})
+        with self.assertRaises(ValueError):
+            Testbed(nats={'A': {'kind': 'cone', 'miniupnpd': ['igd']}}, hosts={})
+        with self.assertRaises(ValueError):
+            Testbed(nats={'G': 'cone', 'H': {'kind': 'cone', 'upstream': 'G'}, 'C': {'kind': 'cone', 'upstream': 'H'}},
+                    hosts={})
 
     def test_bad_topology_rejected(self):
         with self.assertRaises(ValueError):

@@ -20,6 +20,17 @@ NAT kinds:
                packets create conntrack entries that can make the NAT pick
                another public port for a later outbound flow
 
+NAT options (a NAT spec given as a dict):
+    'miniupnpd': True or a subset of ('pcp', 'natpmp', 'upnp')
+               run Debian's miniupnpd (miniupnpd-iptables 2.3.1) in the router:
+               a real UPnP IGD / NAT-PMP / PCP gateway on the LAN bridge, serving
+               only the protocols listed (tb.miniupnpd_rules(nat) lists its
+               iptables DNAT rules)
+    'upstream': 'G'
+               a carrier-grade NAT: this NAT's WAN sits on NAT G's LAN (the
+               shared address space 100.64.0.0/10 by default) instead of on the
+               public segment; hosts behind it go through both NATs
+
 Usage:
     with Testbed() as tb:                       # default: A,B cone; C,D symmetric
         p = tb.popen('srv', [PYTHON, PROBE, 'server', '--port', '3478'])
@@ -76,6 +87,10 @@ DEFAULT_PUBLIC_HOSTS = {'srv': '203.0.113.10', 'pub': '203.0.113.20'}
 
 CMD_TIMEOUT = 20.0          # seconds, any single setup/teardown command
 REQUIRED_TOOLS = ('ip', 'iptables', 'iptables-restore', 'conntrack', 'sysctl')
+MINIUPNPD = '/usr/sbin/miniupnpd'
+MAPPING_PROTOCOLS = ('pcp', 'natpmp', 'upnp')
+CGN_NET = ipaddress.ip_network('100.64.0.0/10')
+MINIUPNPD_HTTP_PORT = 5000     # the IGD's description and SOAP port on the LAN address
 
 
 class TestbedError(RuntimeError):
@@ -402,7 +417,15 @@ class Testbed:
             spec = dict(spec)
             if spec.get('kind') not in NAT_KINDS:
                 raise ValueError(f'NAT {name}: kind must be one of {NAT_KINDS}, got {spec.get("kind")!r}')
-            spec.setdefault('wan', str(PUBLIC_NET.network_address + 101 + i))
+            if 'upstream' not in spec:
+                spec.setdefault('wan', str(PUBLIC_NET.network_address + 101 + i))
+            upnp = spec.get('miniupnpd')
+            if upnp:
+                protocols = MAPPING_PROTOCOLS if upnp is True else tuple(upnp)
+                bad = [x for x in protocols if x not in MAPPING_PROTOCOLS]
+                if bad or not protocols:
+                    raise ValueError(f'NAT {name}: miniupnpd protocols must be a non-empty subset of {MAPPING_PROTOCOLS}')
+                spec['miniupnpd'] = tuple(x for x in MAPPING_PROTOCOLS if x in protocols)
             out[name] = spec
         return out
 
@@ -422,7 +445,8 @@ class Testbed:
         if 'inet' in names:
             raise ValueError("'inet' is reserved")
         used_public = {}
-        for name, ip in list(self.public_spec.items()) + [(n, s['wan']) for n, s in self.nat_spec.items()]:
+        for name, ip in list(self.public_spec.items()) + [(n, s['wan']) for n, s in self.nat_spec.items()
+                                                           if 'upstream' not in s]:
             a = ipaddress.ip_address(ip)
             if a not in PUBLIC_NET or a in (PUBLIC_NET.network_address, PUBLIC_NET.broadcast_address):
                 raise ValueError(f'{name}: public address {ip} not a host in {PUBLIC_NET}')
@@ -435,9 +459,12 @@ class Testbed:
                 net = ipaddress.ip_network(spec['lan'], strict=False)
             elif members:
                 net = ipaddress.ip_network(members[0][1] + '/24', strict=False)
+            elif any(s.get('upstream') == nat for s in self.nat_spec.values()):
+                # a carrier's NAT: its "LAN" is the shared address space of RFC 6598
+                net = ipaddress.ip_network(f'100.64.{list(self.nat_spec).index(nat)}.0/24')
             else:
                 net = ipaddress.ip_network(f'10.{200 + list(self.nat_spec).index(nat)}.0.0/24')
-            if not net.is_private or net.overlaps(PUBLIC_NET):
+            if not (net.is_private or net.subnet_of(CGN_NET)) or net.overlaps(PUBLIC_NET):
                 raise ValueError(f'NAT {nat}: LAN {net} must be a private range')
             spec['lan'] = str(net)
             spec['gw'] = str(spec.get('gw') or next(net.hosts()))
@@ -451,6 +478,18 @@ class Testbed:
         for h, (nat, ip) in self.host_spec.items():
             if nat not in self.nat_spec:
                 raise ValueError(f'host {h}: unknown NAT {nat!r}')
+        for k, (nat, spec) in enumerate(self.nat_spec.items()):
+            up = spec.get('upstream')
+            if up is None:
+                continue
+            if up not in self.nat_spec or up == nat or 'upstream' in self.nat_spec[up]:
+                raise ValueError(f'NAT {nat}: upstream must be another NAT that sits on the public segment, got {up!r}')
+            upnet = ipaddress.ip_network(self.nat_spec[up]['lan'])
+            spec.setdefault('wan', str(upnet.network_address + 100 + k))
+            if ipaddress.ip_address(spec['wan']) not in upnet or spec['wan'] == self.nat_spec[up]['gw']:
+                raise ValueError(f'NAT {nat}: WAN {spec["wan"]} not a free host of upstream {up} LAN {upnet}')
+            if any(ip == spec['wan'] for (n, ip) in self.host_spec.values() if n == up):
+                raise ValueError(f'NAT {nat}: WAN {spec["wan"]} collides with a host behind {up}')
 
     # ---- lifecycle
 
@@ -622,7 +661,7 @@ class Testbed:
                               f'link set {br} up'])
         k = 0
         attached = [(h, self._ns_name('host', h), ip) for h, ip in self.public_spec.items()]
-        attached += [(n, self._ns_name('nat', n), s['wan']) for n, s in self.nat_spec.items()]
+        attached += [(n, self._ns_name('nat', n), s['wan']) for n, s in self.nat_spec.items() if 'upstream' not in s]
         for name, ns, ip in attached:
             self._add_ns(ns)
             sc = dict(base_sysctl)
@@ -638,11 +677,35 @@ class Testbed:
                                   f'link set {port} master {br}', f'link set {port} up'])
             self._ip_batch(ns, ['link set lo up', f'addr add {ip}/{PUBLIC_NET.prefixlen} dev {wan}',
                                 f'link set {wan} up'])
+        def add_lan_bridge(nat, spec):
+            net = ipaddress.ip_network(spec['lan'])
+            self._ip_batch(self._ns_name('nat', nat), [f'link add {lan} type bridge', f'link set {lan} up',
+                                                       f'addr add {spec["gw"]}/{net.prefixlen} dev {lan}'])
+        for nat, spec in self.nat_spec.items():
+            if 'upstream' not in spec:
+                add_lan_bridge(nat, spec)
+        # carrier-grade NATs: the downstream router's WAN on the upstream's LAN bridge
+        for u, (nat, spec) in enumerate((n, s) for n, s in self.nat_spec.items() if 'upstream' in s):
+            ns = self._ns_name('nat', nat)
+            up = self.nat_spec[spec['upstream']]
+            upns = self._ns_name('nat', spec['upstream'])
+            upnet = ipaddress.ip_network(up['lan'])
+            self._add_ns(ns)
+            sc = dict(base_sysctl)
+            sc.update({'net.ipv4.ip_forward': 1, 'net.bridge.bridge-nf-call-iptables': 0})
+            if self._udp_timeout is not None:
+                sc.update({'net.netfilter.nf_conntrack_udp_timeout': int(self._udp_timeout),
+                           'net.netfilter.nf_conntrack_udp_timeout_stream': int(self._udp_timeout)})
+            self._sysctl(ns, sc)
+            port = self._ifname(f'u{u}')
+            self._ip_batch(upns, [f'link add {port} type veth peer name {wan} netns {ns}',
+                                  f'link set {port} master {lan}', f'link set {port} up'])
+            self._ip_batch(ns, ['link set lo up', f'addr add {spec["wan"]}/{upnet.prefixlen} dev {wan}',
+                                f'link set {wan} up', f'route add default via {up["gw"]}'])
+            add_lan_bridge(nat, spec)
         for nat, spec in self.nat_spec.items():
             rns = self._ns_name('nat', nat)
             net = ipaddress.ip_network(spec['lan'])
-            self._ip_batch(rns, [f'link add {lan} type bridge', f'link set {lan} up',
-                                 f'addr add {spec["gw"]}/{net.prefixlen} dev {lan}'])
             j = 0
             for h, (hn, ip) in self.host_spec.items():
                 if hn != nat:
@@ -657,23 +720,51 @@ class Testbed:
                 self._ip_batch(hns, ['link set lo up', f'addr add {ip}/{net.prefixlen} dev {eth}',
                                      f'link set {eth} up', f'route add default via {spec["gw"]}'])
             self._install_firewall(nat)
+        for nat, spec in self.nat_spec.items():
+            if spec.get('miniupnpd'):
+                self._start_miniupnpd(nat)
 
     def _install_firewall(self, nat: str):
         kind = self.nat_spec[nat]['kind']
         wan = self._ifname('wan')
+        upnp = self.nat_spec[nat].get('miniupnpd') or ()
         rules = ['*filter', ':INPUT ACCEPT [0:0]', ':FORWARD ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]',
                  f':{LOSS_CHAIN} - [0:0]', f'-A FORWARD -j {LOSS_CHAIN}']
+        if upnp:
+            # miniupnpd's chains (what its iptables_init.sh makes, in this namespace only):
+            # inbound to a mapped port is accepted before the WAN drop below.
+            rules += [':MINIUPNPD - [0:0]', f'-A FORWARD -i {wan} ! -o {wan} -j MINIUPNPD']
+            # Serve only the protocols asked for. PCP and NAT-PMP share port 5351 and the
+            # daemon has no switch between them: NAT-PMP requests are 2 or 12 bytes (IP
+            # length 30 or 40), PCP ones at least 24 (IP length >= 52).
+            lan = self._ifname('lan')
+            if 'pcp' not in upnp:
+                rules.append(f'-A INPUT -i {lan} -p udp --dport 5351 -m length --length 52:65535 -j DROP')
+            if 'natpmp' not in upnp:
+                rules.append(f'-A INPUT -i {lan} -p udp --dport 5351 -m length --length 0:51 -j DROP')
         if kind in ('cone', 'symmetric'):
             rules += [f'-A INPUT -i {wan} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT',
                       f'-A INPUT -i {wan} -j DROP']
         rules += [f'-A FORWARD -i {wan} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT',
                   f'-A FORWARD -i {wan} -j DROP', 'COMMIT',
                   '*nat', ':PREROUTING ACCEPT [0:0]', ':INPUT ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]',
-                  ':POSTROUTING ACCEPT [0:0]',
-                  f'-A POSTROUTING -o {wan} -j MASQUERADE' + (' --random-fully' if kind == 'symmetric' else ''),
+                  ':POSTROUTING ACCEPT [0:0]']
+        if upnp:
+            # DNAT of mapped ports, and the SNAT that keeps a mapped port's outbound source
+            # port (so that even the symmetric NAT sends from the mapped port).
+            rules += [':MINIUPNPD - [0:0]', ':MINIUPNPD-POSTROUTING - [0:0]', f'-A PREROUTING -i {wan} -j MINIUPNPD',
+                      f'-A POSTROUTING -o {wan} -j MINIUPNPD-POSTROUTING']
+        rules += [f'-A POSTROUTING -o {wan} -j MASQUERADE' + (' --random-fully' if kind == 'symmetric' else ''),
                   'COMMIT']
-        _sh(['ip', 'netns', 'exec', self._ns_name('nat', nat), 'iptables-restore'],
+        _sh(['ip', 'netns', 'exec', self._ns_name('nat', nat), self._iptables(nat) + '-restore'],
             input='\n'.join(rules) + '\n')
+
+    def _iptables(self, nat: str) -> str:
+        """The router's iptables: Debian's miniupnpd-iptables writes its rules through
+        libiptc (the legacy x_tables), so a router that runs it keeps all of its rules
+        there (a DROP in the nf_tables FORWARD chain would still drop what miniupnpd's
+        legacy chain accepts); other routers use the default (nf_tables) iptables."""
+        return 'iptables-legacy' if self.nat_spec[nat].get('miniupnpd') else 'iptables'
 
     # ---- public API
 
@@ -730,7 +821,116 @@ class Testbed:
     def public_ip(self, host: str) -> str:
         """Address the public side sees for host: its NAT's WAN address, or its own."""
         nat = self.nat_of(host)
+        while nat and 'upstream' in self.nat_spec[nat]:
+            nat = self.nat_spec[nat]['upstream']
         return self.nat_public_ip(nat) if nat else self.addr(host)
+
+    def upstream_of(self, nat: str):
+        """The NAT a carrier-grade NAT's WAN sits behind, or None."""
+        return self.nat_spec[nat].get('upstream')
+
+    # ---- miniupnpd (UPnP IGD, NAT-PMP, PCP) in a router
+
+    def _start_miniupnpd(self, nat: str, timeout: float = 10.0):
+        if not os.access(MINIUPNPD, os.X_OK):
+            raise TestbedError(f'{MINIUPNPD} missing: apt-get install miniupnpd-iptables (bin/test does, as root)')
+        spec = self.nat_spec[nat]
+        protocols = spec['miniupnpd']
+        lan_if, wan_if = self._ifname('lan'), self._ifname('wan')
+        net = ipaddress.ip_network(spec['lan'])
+        conf = os.path.join(self.logdir, f'miniupnpd-{nat}.conf')
+        with open(conf, 'w') as f:
+            f.write('\n'.join([
+                f'ext_ifname={wan_if}',
+                # the WAN address (behind a carrier NAT: the CGN-side 100.64.x.y one)
+                f'ext_ip={spec["wan"]}',
+                f'listening_ip={lan_if}',
+                f'http_port={MINIUPNPD_HTTP_PORT}',
+                f'enable_upnp={"yes" if "upnp" in protocols else "no"}',
+                f'enable_natpmp={"yes" if ("pcp" in protocols or "natpmp" in protocols) else "no"}',
+                'secure_mode=yes',
+                'system_uptime=no',
+                'notify_interval=60',
+                'clean_ruleset_interval=600',
+                'min_lifetime=2',
+                'max_lifetime=86400',
+                f'uuid={uuid_for(self.prefix, nat)}',
+                f'lease_file={os.path.join(self.logdir, f"miniupnpd-{nat}.leases")}',
+                'upnp_forward_chain=MINIUPNPD',
+                'upnp_nat_chain=MINIUPNPD',
+                'upnp_nat_postrouting_chain=MINIUPNPD-POSTROUTING',
+                f'allow 1024-65535 {net} 1024-65535',
+                'deny 0-65535 0.0.0.0/0 0-65535',
+            ]) + '\n')
+        pidfile = os.path.join(self.logdir, f'miniupnpd-{nat}.pid')
+        proc = self.popen(nat, [self._miniupnpd_binary(), '-f', conf, '-d', '-P', pidfile])
+        spec['miniupnpd_proc'] = proc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:     # bounded: ready when its sockets are bound
+            if proc.poll() is not None:
+                raise TestbedError(f'miniupnpd in {nat} exited ({proc.returncode}): {self.read_log(proc)[-2000:]}')
+            r = _sh(['ip', 'netns', 'exec', self._ns_name('nat', nat), 'ss', '-Hlntu'], check=False)
+            want = [f':{MINIUPNPD_HTTP_PORT}'] if 'upnp' in protocols else []
+            if 'pcp' in protocols or 'natpmp' in protocols:
+                want.append(':5351')
+            if all(w in r.stdout for w in want):
+                return proc
+            time.sleep(0.1)
+        raise TestbedError(f'miniupnpd in {nat} not ready within {timeout}s: {self.read_log(proc)[-2000:]}')
+
+    # miniupnpd 2.3.1 refuses to map when its external address is "reserved"
+    # (getifaddr.c addr_is_reserved): that table holds the documentation ranges
+    # 198.51.100.0/24 and 203.0.113.0/24 and the shared space 100.64.0.0/10, which are
+    # exactly the addresses a testbed may use. The testbed runs a copy of Debian's binary
+    # in which those three entries of the table ({address, 32 - prefix} as two
+    # little-endian uint32) are overwritten with the 240.0.0.0/4 entry (already in the
+    # table, so nothing else changes); each pattern must occur exactly once, else the
+    # copy is refused. The daemon is otherwise Debian's, byte for byte.
+    _RESERVED_PATCH = ((0xC6336400, 8), (0xCB007100, 8), (0x64400000, 22))
+    _RESERVED_KEEP = (0xF0000000, 28)
+
+    def _miniupnpd_binary(self) -> str:
+        import struct
+        path = os.path.join(self.logdir, 'miniupnpd')
+        if os.path.exists(path):
+            return path
+        with open(MINIUPNPD, 'rb') as f:
+            data = bytearray(f.read())
+        keep = struct.pack('<II', *self._RESERVED_KEEP)
+        if data.count(keep) != 1:
+            raise TestbedError(f'{MINIUPNPD}: its reserved-address table is not the one of 2.3.1; cannot adapt it')
+        for entry in self._RESERVED_PATCH:
+            pattern = struct.pack('<II', *entry)
+            if data.count(pattern) != 1:
+                raise TestbedError(f'{MINIUPNPD}: reserved entry {entry[0]:#x}/{32 - entry[1]} found '
+                                   f'{data.count(pattern)} times; cannot adapt it')
+            i = data.index(pattern)
+            data[i:i + 8] = keep
+        with open(path, 'wb') as f:
+            f.write(data)
+        os.chmod(path, 0o755)
+        return path
+
+    def restart_miniupnpd(self, nat: str):
+        """A gateway reboot for port mapping: stop the router's miniupnpd (SIGTERM, by PID)
+        and start it again with the same config. Its epoch starts again from 0; the rules it
+        saved in its lease file come back."""
+        proc = self.nat_spec[nat].get('miniupnpd_proc')
+        if proc is None:
+            raise KeyError(f'NAT {nat} runs no miniupnpd')
+        self._stop_proc(proc)
+        return self._start_miniupnpd(nat)
+
+    def miniupnpd_log(self, nat: str) -> str:
+        """What the router's miniupnpd logged so far."""
+        proc = self.nat_spec[nat].get('miniupnpd_proc')
+        return self.read_log(proc) if proc else ''
+
+    def miniupnpd_rules(self, nat: str) -> list[str]:
+        """The DNAT rules miniupnpd holds in the router (iptables -t nat -S MINIUPNPD),
+        e.g. '-A MINIUPNPD -i ntXXXXwan -p udp -m udp --dport 10081 -j DNAT --to-destination 10.0.0.2:10081'."""
+        r = self._router_exec(nat, [self._iptables(nat), '-t', 'nat', '-S', 'MINIUPNPD'], check=False)
+        return [l for l in r.stdout.splitlines() if l.startswith('-A ')]
 
     def popen(self, host: str, argv, **kw) -> subprocess.Popen:
         """Start argv inside host's namespace; the process is killed at cleanup.
@@ -841,7 +1041,7 @@ class Testbed:
             raise ValueError('probability must be in [0, 1]')
         if direction not in ('both', 'in', 'out'):
             raise ValueError("direction must be 'both', 'in' or 'out'")
-        self._router_exec(nat, ['iptables', '-F', LOSS_CHAIN])
+        self._router_exec(nat, [self._iptables(nat), '-F', LOSS_CHAIN])
         if probability <= 0:
             return
         match = []
@@ -849,7 +1049,7 @@ class Testbed:
             match = ['-i', self._ifname('lan')]
         elif direction == 'in':
             match = ['-i', self._ifname('wan')]
-        self._router_exec(nat, ['iptables', '-A', LOSS_CHAIN] + match +
+        self._router_exec(nat, [self._iptables(nat), '-A', LOSS_CHAIN] + match +
                           ['-m', 'statistic', '--mode', 'random', '--probability',
                            f'{probability:.6f}', '-j', 'DROP'])
 
@@ -897,6 +1097,12 @@ class Testbed:
                         'remote': f"{o['dst']}:{o['dport']}", 'timeout': e['timeout'],
                         'flags': e['flags']})
         return out
+
+
+def uuid_for(prefix: str, nat: str) -> str:
+    """A UUID unique to this run and router (an IGD's identity in SSDP)."""
+    import uuid
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, f'{prefix}.{nat}.natchat-testbed.invalid'))
 
 
 def parse_conntrack_line(line: str):
