@@ -174,6 +174,13 @@ struct Natchat: ParsableCommand {
             LineWriter.write("mapped address at alternate port: \(outcome.alternateMapping.map { "\($0)" } ?? "no answer")")
         }
         LineWriter.write("NAT: \(outcome.kind)")
+        if outcome.kind == .endpointIndependent, altPort != 0 {
+            // From a fresh socket: does an unsolicited packet make the router remap a flow?
+            let remap = RemapProbeRunner.run(primary: Endpoint(address: address, port: UInt16(serverPort)),
+                                             alternate: Endpoint(address: address, port: UInt16(altPort)),
+                                             bindAddress: bind, logger: logger)
+            LineWriter.write(RemapProbeRunner.probeLine(remap))
+        }
         if let portMapping { LineWriter.write(portMapping.line()) }
         if outcome.primaryMapping == nil { throw ExitCode(3) }
     }

@@ -45,6 +45,9 @@ public struct RemapProbe: Sendable, SansIOCore {
         case acceptsUnsolicited
         /// The server did not answer (or does not offer change-port).
         case noAnswer
+        /// The server answered the change-port request from the port it was sent to: it does
+        /// not honour CHANGE-REQUEST, so nothing was tested.
+        case changePortUnsupported
 
         public var description: String {
             switch self {
@@ -53,6 +56,7 @@ public struct RemapProbe: Sendable, SansIOCore {
                 "remaps after unsolicited inbound (\(alternate) became \(primary))"
             case .acceptsUnsolicited: "accepts unsolicited inbound"
             case .noAnswer: "no answer"
+            case .changePortUnsupported: "not tested (the server ignores CHANGE-REQUEST)"
             }
         }
     }
@@ -141,8 +145,9 @@ public struct RemapProbe: Sendable, SansIOCore {
     public mutating func receive(_ message: STUN.Message, from source: Endpoint, now: Instant) -> [Output] {
         guard case .bindingSuccess(let transaction, let mapped) = message else { return [] }
         if case .done = phase { return [] }
-        if transaction == changeTransaction, source == primary {
-            return settle(.acceptsUnsolicited)
+        if transaction == changeTransaction {
+            if source == primary { return settle(.acceptsUnsolicited) }
+            if source == alternate { return settle(.changePortUnsupported) }
         }
         switch phase {
         case .poking where transaction == alternateTransaction && source == alternate:

@@ -241,7 +241,8 @@ public enum ChatClientRunner {
 
     /// Starts the port mapper for the bound chat port, unless `--no-port-mapping` or the
     /// bind address is loopback.
-    static func startPortMapper(_ options: Options, port: UInt16, logger: Logger) -> PortMapper? {
+    static func startPortMapper(_ options: Options, port: UInt16, logger: Logger,
+                                deliver: @escaping @Sendable (Mapping?) -> Void) -> PortMapper? {
         guard options.portMapping, port != 0 else { return nil }
         let bound = try? IPv4Address(parsing: options.bindAddress)
         if let bound, bound.bits >> 24 == 127 { return nil }
@@ -250,13 +251,15 @@ public enum ChatClientRunner {
         if let bound, bound.bits != 0 { mapperOptions.clientAddress = bound }
         return PortMapper.start(mapperOptions, group: MultiThreadedEventLoopGroup.singleton, logger: logger) { mapping in
             portMappingChanged(mapping, options: options, logger: logger)
+            deliver(mapping)
         }
     }
 
     /// The one place where a port mapping enters the client: each mapping the gateway grants
     /// (its external endpoint is a candidate like the STUN-mapped one, also behind a carrier
-    /// NAT), and `nil` when it is lost or deleted. Today it goes to ``Options/onPortMapping``;
-    /// the session does not take candidates from here yet.
+    /// NAT), and `nil` when it is lost or deleted. It goes to ``Options/onPortMapping``, and
+    /// the session reports it to the server (``ChatClientService/portMappingChanged(_:now:output:)``),
+    /// which passes it on to peers as a candidate.
     static func portMappingChanged(_ mapping: Mapping?, options: Options, logger: Logger) {
         logger.debug("port mapping: candidate \(mapping.map { "\($0.external)" } ?? "none")")
         options.onPortMapping?(mapping)
@@ -326,7 +329,9 @@ public enum ChatClientRunner {
             service.localPortChosen(boundPort)
             service.start(now: now, output: &output)
         }
-        let portMapper = startPortMapper(options, port: boundPort, logger: logger)
+        let portMapper = startPortMapper(options, port: boundPort, logger: logger) { mapping in
+            host.perform { service, output, now in service.portMappingChanged(mapping?.external, now: now, output: &output) }
+        }
         defer { portMapper?.shutdown() }
         var statusServer: StatusSocket.Server?
         if options.serveStatus {

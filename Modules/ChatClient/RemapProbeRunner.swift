@@ -78,3 +78,30 @@ public enum RemapProbeRunner {
         }
     }
 }
+
+extension RemapProbeRunner {
+    /// ``start(primary:alternate:bindAddress:logger:completion:)``, waiting for the outcome
+    /// (at most ~2.5 s: two phases of four sends 300 ms apart); for `natchat --probe`.
+    public static func run(primary: Endpoint, alternate: Endpoint, bindAddress: String, logger: Logger) -> RemapProbe.Outcome {
+        let result = Mutex<RemapProbe.Outcome?>(nil)
+        let settled = DispatchSemaphoreBox()
+        start(primary: primary, alternate: alternate, bindAddress: bindAddress, logger: logger) { outcome in
+            result.withLock { $0 = outcome }
+            settled.signal()
+        }
+        settled.wait()
+        return result.withLock { $0 } ?? .noAnswer
+    }
+
+    /// The `natchat --probe` line for `outcome`.
+    public static func probeLine(_ outcome: RemapProbe.Outcome) -> String {
+        switch outcome {
+        case .keepsMapping: "unsolicited inbound: dropped, mapping kept"
+        case .remapsAfterUnsolicited(let alternate, let primary):
+            "unsolicited inbound: remaps the mapping (\(alternate) became \(primary)); this side punches first"
+        case .acceptsUnsolicited: "unsolicited inbound: delivered (endpoint-independent filtering)"
+        case .noAnswer: "unsolicited inbound: not tested (no answer to the change-port request)"
+        case .changePortUnsupported: "unsolicited inbound: not tested (the server ignores CHANGE-REQUEST)"
+        }
+    }
+}

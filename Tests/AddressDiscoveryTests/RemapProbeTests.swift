@@ -81,12 +81,19 @@ struct RemapProbeTests {
         #expect(outcome == .acceptsUnsolicited)
     }
 
+    @Test func aServerThatIgnoresChangeRequestIsNoticed() throws {
+        var probe = makeProbe()
+        let sent = requests(probe.start(now: ms(0)))
+        let outcome = settled(probe.receive(.bindingSuccess(sent[0].transaction, mapped: mapped), from: alternate, now: ms(5)))
+        #expect(outcome == .changePortUnsupported)
+    }
+
     @Test func answersFromTheWrongPortOrTransactionAreIgnored() throws {
         var probe = makeProbe()
         let sent = requests(probe.start(now: ms(0)))
-        // The plain request's answer must come from the alternate port; the change request's from the main one.
+        // The plain request's answer must come from the alternate port.
         #expect(probe.receive(.bindingSuccess(sent[1].transaction, mapped: mapped), from: primary, now: ms(5)).isEmpty)
-        #expect(probe.receive(.bindingSuccess(sent[0].transaction, mapped: mapped), from: alternate, now: ms(5)).isEmpty)
+        #expect(probe.receive(.bindingSuccess(sent[0].transaction, mapped: mapped), from: endpoint("198.51.100.1:9999"), now: ms(5)).isEmpty)
         var random = SplitMix64(state: 12345)
         #expect(probe.receive(.bindingSuccess(.random(using: &random), mapped: mapped), from: alternate, now: ms(5)).isEmpty)
         #expect(probe.outcome == nil)
