@@ -12,6 +12,11 @@ miniupnpd (Debian's miniupnpd-iptables 2.3.1) in the home router.
   back to each, and deletes each mapping at exit.
 * test_gateway_restart_remaps: miniupnpd restarts (its epoch starts again from 0); the
   client's next renewal notices the epoch going back and logs a new grant.
+* test_mapped_endpoint_gives_direct_paths: a client behind a symmetric NAT whose router runs
+  miniupnpd, with a peer behind a firewalled cone and one behind a symmetric NAT without a
+  daemon (both pairs hopeless for punching alone): each peer reaches it at its mapped
+  endpoint, `direct (port map)`, both ways; every chat is shown once, on the right host;
+  the server counts the path reports as `port_map`.
 * test_behind_carrier_nat: a home router with miniupnpd behind a carrier-grade NAT: the
   mapping's external address is the home router's WAN address in 100.64.0.0/10 (the CGN
   side), not the public address the rendezvous server sees.
@@ -124,6 +129,55 @@ class PortMappingTest(unittest.TestCase):
         self.assertIsNotNone(m, f'no "{via} granted" line\n' + tb.read_log(client.proc)[-3000:]
                              + '\nminiupnpd:\n' + tb.miniupnpd_log(nat)[-3000:])
         return client, m
+
+    def test_mapped_endpoint_gives_direct_paths(self):
+        nats = {'M': {'kind': 'symmetric', 'miniupnpd': ['pcp']}, 'C': 'cone', 'S': 'symmetric'}
+        hosts = {'m1': ('M', '10.0.0.2'), 'c1': ('C', '192.168.1.2'), 's1': ('S', '10.0.1.2')}
+        bound = 20.0
+        with Testbed(nats=nats, hosts=hosts, public_hosts=PUBLIC) as tb:
+            server = S.Server(tb)
+            c = S.start_clients(tb, ['c1', 's1', 'm1'], extra=('--log-level', 'info'))
+            mapped = wait_log(tb, c['m1'], r'^.*port mapping: PCP granted (' + S.IPPORT + r') for \d+ s$', 15)
+            self.assertIsNotNone(mapped, 'no PCP mapping\n' + S.evidence(c['m1']))
+            endpoint = mapped.group(1)
+            self.assertEqual(endpoint, f'{tb.nat_public_ip("M")}:{S.CLIENT_PORT}')
+            # The server passes the mapping on (a roster change); then the peers chat.
+            time.sleep(1.0)
+            failures = []
+            marks = {h: c[h].mark() for h in c}
+            texts = []
+            for peer in ('c1', 's1'):
+                text = f'via-map-{peer}-to-m1'
+                c[peer].chat('m1', text)
+                texts.append((peer, 'm1', text))
+            for peer in ('c1', 's1'):
+                hit = c[peer].wait(r'\* path to m1: direct \(port map\) ' + re.escape(endpoint), bound, since=marks[peer])
+                if hit is None:
+                    failures.append(f'{peer}: no "path to m1: direct (port map) {endpoint}" within {bound:.0f} s')
+                back = c['m1'].wait(r'\* path to ' + peer + r': direct .*', bound, since=marks['m1'])
+                if back is None:
+                    failures.append(f'm1: no direct path to {peer} within {bound:.0f} s')
+            for peer in ('c1', 's1'):
+                text = f'via-map-m1-to-{peer}'
+                c['m1'].chat(peer, text)
+                texts.append(('m1', peer, text))
+                if S.wait_delivered(c['m1'], peer, 15, since=marks['m1']) is None:
+                    failures.append(f'm1 -> {peer}: not acknowledged within 15 s')
+            time.sleep(1.0)
+            for sender, recipient, text in texts:
+                counts = S.shown_counts(c, sender, text)
+                if counts[recipient][0] != 1:
+                    failures.append(f'{sender} -> {recipient} {text!r}: shown {counts[recipient][0]}x (expected once)')
+                leaks = {h: n for h, (_, n) in counts.items() if h != recipient and n}
+                if leaks:
+                    failures.append(f'{sender} -> {recipient} {text!r}: also printed by {leaks}')
+            lists = {h: c[h].show_list() for h in ('c1', 's1')}
+            for peer, listed in lists.items():
+                path = listed.get('m1', ('', ''))[1]
+                if not path.startswith('direct (port map)'):
+                    failures.append(f'{peer}: @show_list says m1 is {path!r}, expected direct (port map)')
+            if failures:
+                self.fail('\n'.join(failures) + '\n' + S.evidence(server, *c.values()))
 
     def test_client_maps_renews_and_deletes(self):
         with Testbed(nats={'S': {'kind': 'symmetric', 'miniupnpd': True}}, hosts={'s1': ('S', '10.0.0.2')},
