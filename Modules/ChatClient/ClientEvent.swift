@@ -194,4 +194,6 @@ public enum Diagnostic: Hashable, Sendable {
     case peerUpdated(ClientID, publicEndpoint: Endpoint)
     /// The roster listed a peer it does not hold (a bug if it ever happens).
     case rosterListsUnknownPeer(ClientID)
+    /// What a port-probing attempt with a peer did (logged at info: `probing bob: ...`).
+    case probing(ClientID, PortProbe.Report)
 }
