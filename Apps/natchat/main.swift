@@ -81,6 +81,9 @@ struct Natchat: ParsableCommand {
     @Option(help: "Diagnostics level on stderr: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "warning"
 
+    @Option(help: "UDP sockets to open for port probing when your NAT is symmetric and a peer's is a cone (clamped to the file-descriptor limit); 0 turns port probing off.")
+    var probeSockets: Int = 256
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (1...65535).contains(serverPort) else { throw ValidationError("--server-port must be 1...65535") }
@@ -154,6 +157,7 @@ struct Natchat: ParsableCommand {
         options.portMappingLifetime = UInt32(portMappingLifetime)
         if releaseId { options.claimChange = .release }
         if rotateIdentity { options.claimChange = .rotate }
+        options.probeSockets = probeSockets
         let status = ChatClientRunner.run(options, logger: logger)
         if status != 0 { throw ExitCode(status) }
     }

@@ -6,6 +6,7 @@ import Darwin
 import AddressDiscovery
 import Addressing
 import Dispatch
+import HolePunch
 import Identity
 import KnownPeers
 import LineEditor
@@ -59,6 +60,9 @@ public enum ChatClientRunner {
         /// Called with each mapping the gateway grants, and `nil` when it is lost or
         /// deleted (see ``ChatClientRunner/portMappingChanged(_:options:logger:)``).
         public var onPortMapping: (@Sendable (Mapping?) -> Void)?
+        /// Sockets for port probing towards a peer behind a cone NAT when ours is symmetric
+        /// (`PortProbe.Configuration.socketCount`); 0 turns port probing off.
+        public var probeSockets = PathAgent.Configuration().portProbe.socketCount
 
         public init(id: ClientID, server: Endpoint, bindAddress: String = "0.0.0.0", port: Int = 10081,
                     keepAliveInterval: Duration = .seconds(10), peerPrivatePort: UInt16 = 10081,
@@ -92,6 +96,14 @@ public enum ChatClientRunner {
 
     /// The private address to report: the bound address when one was given, else the
     /// address the kernel would use towards the server.
+    /// The path agents' settings with `probeSockets` sockets for port probing (0: off).
+    static func pathConfiguration(probeSockets: Int) -> PathAgent.Configuration {
+        var configuration = PathAgent.Configuration()
+        configuration.portProbe.socketCount = max(0, probeSockets)
+        configuration.portProbing = probeSockets > 0
+        return configuration
+    }
+
     public static func privateAddress(bindAddress: String, server: Endpoint) -> IPv4Address {
         if let bound = try? IPv4Address(parsing: bindAddress), bound.bits != 0 { return bound }
         return (try? PrivateAddress.discover(towards: server)) ?? IPv4Address(127, 0, 0, 1)
@@ -302,7 +314,7 @@ public enum ChatClientRunner {
             id: options.id, server: options.server, fallbackServers: options.fallbackServers,
             privateAddress: privateAddress(bindAddress: options.bindAddress, server: options.server), identity: identity,
             keepAliveInterval: options.keepAliveInterval, peerPrivatePort: options.peerPrivatePort,
-            offerExtended: options.offerExtended,
+            offerExtended: options.offerExtended, pathConfiguration: Self.pathConfiguration(probeSockets: options.probeSockets),
             listPageSize: interactive ? listPageSize() : ChatClientService.Configuration.defaultListPageSize,
             knownPeers: knownPeers, knownPeersServer: options.serverName,
             wallClock: .init(instant: SystemClock().now(), unixSeconds: Int64(time(nil))))

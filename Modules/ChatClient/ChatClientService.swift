@@ -1,6 +1,12 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import AddressDiscovery
 import Addressing
 import ChatRouter
+import HolePunch
 import ClientSession
 import KnownPeers
 import Logging
@@ -58,11 +64,51 @@ public final class ChatClientService: DatagramDriver {
     /// Tab completions waiting for their answer, by request number.
     private var completions: [Int: @Sendable ([String]) -> Void] = [:]
     private var nextCompletion = 0
+    /// The probe sockets open (port probing), by the transport's number for each, and back.
+    private var probeSockets: [ExtendedRouter.ProbeSocket: Int] = [:]
+    private var probeSocketsByNumber: [Int: ExtendedRouter.ProbeSocket] = [:]
+    private var nextSocketNumber = 1
+    /// Most probe sockets open at once, over all peers: the file-descriptor headroom.
+    public let probeSocketBudget: Int
 
-    public init(configuration: Configuration, sinks: Sinks, logger: Logger) {
+    /// `probeSocketBudget`: most probe sockets open at once (default: what the process's
+    /// file-descriptor limit leaves, see ``probeSocketHeadroom()``). The configured number of
+    /// probe sockets per attempt is clamped to it.
+    public init(configuration: Configuration, sinks: Sinks, logger: Logger, probeSocketBudget: Int? = nil) {
+        let budget = max(0, probeSocketBudget ?? Self.probeSocketHeadroom())
+        var configuration = configuration
+        let wanted = configuration.pathConfiguration.portProbe.socketCount
+        configuration.pathConfiguration.portProbe.socketCount = min(wanted, budget)
+        self.probeSocketBudget = budget
         machine = ChatClientStateMachine(configuration: configuration)
         self.sinks = sinks
         self.logger = logger
+        if wanted > budget {
+            logger.info("port probing: \(budget) sockets at most (of \(wanted)): the file-descriptor limit leaves no more")
+        }
+    }
+
+    /// Probe sockets the process can open: its soft `RLIMIT_NOFILE` less the descriptors
+    /// open now and a reserve of 64 (history, status socket, logs, the event loops' own).
+    public static func probeSocketHeadroom() -> Int {
+        var limit = rlimit()
+        #if os(Linux)
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        #else
+        let resource = RLIMIT_NOFILE
+        #endif
+        guard getrlimit(resource, &limit) == 0 else { return 0 }
+        // RLIM_INFINITY is all ones: anything past 2²⁴ is as good as unlimited here.
+        let soft = Int(clamping: min(limit.rlim_cur, 1 << 24))
+        return max(0, soft - openDescriptors() - 64)
+    }
+
+    private static func openDescriptors() -> Int {
+        guard let directory = opendir("/proc/self/fd") else { return 64 }
+        defer { closedir(directory) }
+        var count = 0
+        while readdir(directory) != nil { count += 1 }
+        return max(0, count - 2)
     }
 
     /// The dialect the session speaks.
@@ -129,6 +175,16 @@ public final class ChatClientService: DatagramDriver {
         run(machine.receive(Array(payload.readableBytesView), from: source, now: now), output: &output)
     }
 
+    /// A datagram on a probe socket.
+    public func receive(_ payload: ByteBuffer, from source: Endpoint, onSocket socket: Int, now: Instant,
+                        output: inout DatagramOutput) {
+        guard let probeSocket = probeSocketsByNumber[socket] else { return }
+        run(machine.receive(Array(payload.readableBytesView), from: source, socket: probeSocket, now: now), output: &output)
+    }
+
+    /// Probe sockets open now (for tests and diagnostics).
+    public var openProbeSocketCount: Int { probeSockets.count }
+
     public func timeout(now: Instant, output: inout DatagramOutput) {
         run(machine.handleTimeout(now: now), output: &output)
     }
@@ -141,6 +197,12 @@ public final class ChatClientService: DatagramDriver {
             switch item {
             case .send(let bytes, let destination):
                 output.send(bytes, to: destination)
+            case .sendFromProbeSocket(let bytes, let destination, let socket):
+                if let number = probeSockets[socket] { output.send(bytes, to: destination, fromSocket: number) }
+            case .openProbeSockets(let peer, let count):
+                openProbeSockets(peer: peer, count: count, output: &output)
+            case .closeProbeSockets(let peer, let keeping):
+                closeProbeSockets(peer: peer, keeping: keeping, output: &output)
             case .event(let event):
                 sinks.event(event)
             case .diagnostic(let diagnostic):
@@ -155,8 +217,35 @@ public final class ChatClientService: DatagramDriver {
         }
     }
 
+    private func openProbeSockets(peer: ClientID, count: Int, output: inout DatagramOutput) {
+        var opened = 0
+        for index in 0..<max(0, count) where probeSockets.count < probeSocketBudget {
+            let socket = ExtendedRouter.ProbeSocket(peer: peer, index: index)
+            guard probeSockets[socket] == nil else { continue }
+            let number = nextSocketNumber
+            nextSocketNumber += 1
+            probeSockets[socket] = number
+            probeSocketsByNumber[number] = socket
+            output.openSocket(number)
+            opened += 1
+        }
+        if opened < count {
+            logger.info("probing \(peer): \(opened) of \(count) sockets (file-descriptor budget \(probeSocketBudget))")
+        }
+    }
+
+    private func closeProbeSockets(peer: ClientID, keeping: Int?, output: inout DatagramOutput) {
+        for (socket, number) in probeSockets where socket.peer == peer && socket.index != keeping {
+            probeSockets[socket] = nil
+            probeSocketsByNumber[number] = nil
+            output.closeSocket(number)
+        }
+    }
+
     private func log(_ diagnostic: Diagnostic) {
         switch diagnostic {
+        case .probing(let id, let report):
+            logger.info("probing \(id): \(report)")
         case .malformed(let source, let reason):
             logger.debug("dropped malformed datagram", metadata: ["from": "\(source)", "error": "\(reason)"])
         case .ignored(let source, let what):

@@ -74,6 +74,8 @@ extension ChatClientStateMachine {
             emit(.keyChanged(id))
         case .forged(let id):
             outputs.append(.diagnostic(.forged(claimedFrom: id)))
+        case .probing(let id, let report):
+            outputs.append(.diagnostic(.probing(id, report)))
         case .chatHeld(let id, let text):
             emit(.chatHeld(to: id, text: text))
         case .chatFromHeldPeer(let id):

@@ -31,6 +31,7 @@ extension ChatClientStateMachine {
     /// The port mapping the driver holds changed (`nil`: none now): the server hears of it
     /// in a keep-alive at once, and passes it on to peers as a candidate.
     public mutating func portMappingChanged(_ mapped: Endpoint?, now: Instant) -> [Output] {
+        _ = withNatchat2 { $0.router.hasPortMapping = mapped != nil }
         runSession(session.learnMappedEndpoint(mapped, now: now), now: now)
         return takeOutputs()
     }

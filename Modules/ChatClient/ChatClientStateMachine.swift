@@ -101,6 +101,14 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
     public enum Output: Hashable, Sendable {
         /// Send this datagram.
         case send([UInt8], to: Endpoint)
+        /// Send this datagram from a probe socket (port probing; see ``ExtendedRouter``).
+        case sendFromProbeSocket([UInt8], to: Endpoint, socket: ExtendedRouter.ProbeSocket)
+        /// Open `count` probe sockets for `peer` (numbered `0..<count`): bound to the chat
+        /// socket's address, any port; what arrives on them comes back through
+        /// ``receive(_:from:socket:now:)``.
+        case openProbeSockets(peer: ClientID, count: Int)
+        /// Close `peer`'s probe sockets except `keeping` (`nil`: all).
+        case closeProbeSockets(peer: ClientID, keeping: Int?)
         /// Tell the user.
         case event(ClientEvent)
         /// Write this to the log.
@@ -234,9 +242,23 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
         return takeOutputs()
     }
 
-    /// One datagram from `source`.
-    public mutating func receive(_ bytes: [UInt8], from source: Endpoint, now: Instant) -> [Output] {
+    /// One datagram from `source`. `socket`: the probe socket it arrived on (`nil`: the chat
+    /// socket); a probe socket carries only its peer's checks and chat, nothing of the server's.
+    public mutating func receive(_ bytes: [UInt8], from source: Endpoint, socket: ExtendedRouter.ProbeSocket? = nil,
+                                 now: Instant) -> [Output] {
         guard !session.hasLeft else { return [] }
+        if let socket {
+            guard ExtendedMessage.looksExtended(bytes), let message = try? ExtendedMessage.decode(bytes) else {
+                malformedCount += 1
+                return []
+            }
+            if let routerOutputs = withNatchat2({
+                $0.router.handlePeerMessage(message, bytes: bytes, from: source, socket: socket, now: now)
+            }) {
+                runRouter(routerOutputs, now: now)
+            }
+            return takeOutputs()
+        }
         if STUN.looksLikeSTUN(bytes) {
             if let message = try? STUN.decode(bytes), var active = probe {
                 let probeOutputs = active.receive(message, from: source)
@@ -398,6 +420,7 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                                             firstMessageID: random.next() >> 1, transactionSeed: random.next(),
                                             pathConfiguration: configuration.pathConfiguration)
                 router.natKind = session.natKind
+                router.hasPortMapping = session.mappedEndpoint != nil
                 router.wallClock = configuration.wallClock
                 for id in heldPeerIDs() { router.hold(id) }
                 peers = .natchat2(Natchat2Peers(router: router))
@@ -447,6 +470,12 @@ public struct ChatClientStateMachine: Sendable, SansIOCore {
                 runSession(session.send(message), now: now)
             case .send(let bytes, let destination):
                 outputs.append(.send(bytes, to: destination))
+            case .sendFromProbeSocket(let bytes, let destination, let socket):
+                outputs.append(.sendFromProbeSocket(bytes, to: destination, socket: socket))
+            case .openProbeSockets(let peer, let count):
+                outputs.append(.openProbeSockets(peer: peer, count: count))
+            case .closeProbeSockets(let peer, let keeping):
+                outputs.append(.closeProbeSockets(peer: peer, keeping: keeping))
             case .event(let event):
                 handle(event, now: now)
             }

@@ -197,4 +197,6 @@ public enum Diagnostic: Hashable, Sendable {
     case rosterListsUnknownPeer(ClientID)
     /// What the ``RemapProbe`` found about our NAT.
     case remapProbe(RemapProbe.Outcome)
+    /// What a port-probing attempt with a peer did (logged at info: `probing bob: ...`).
+    case probing(ClientID, PortProbe.Report)
 }

@@ -52,7 +52,7 @@ extension ExtendedRouter {
         else { return }
         let chat = ExtendedMessage.chat(from: selfID, to: message.peer, messageID: message.id, sealed: sealed).encode()
         if let direct = link.agent.directEndpoint, message.attempts % 2 == 1 {
-            outputs.append(.send(chat, to: direct))
+            sendDirect(chat, to: direct, peer: message.peer)
         } else {
             sendViaRelay(chat, to: message.peer)
         }
@@ -75,7 +75,7 @@ extension ExtendedRouter {
         }
         let ack = SessionCrypto.sealed(.chatAck(from: selfID, to: from, messageID: messageID), key: key)
         switch route {
-        case .direct(let source): outputs.append(.send(ack, to: source))
+        case .direct(let source): sendDirect(ack, to: source, peer: from)
         case .relayed: sendViaRelay(ack, to: from)
         }
         if duplicates.firstSighting(of: messageID, from: from) {

@@ -14,6 +14,10 @@ extension ExtendedRouter {
         case direct(Endpoint)
         /// A verified direct path to one of the peer's private endpoints (the same NAT).
         case `private`(Endpoint)
+        /// A verified direct path found by port probing (a hard and an easy NAT).
+        case probed(Endpoint)
+        /// A verified direct path to the external endpoint of the peer's port mapping.
+        case portMapped(Endpoint)
         /// Through the server's relay.
         case relayed
         /// A classic peer: the seed's protocol, to its public endpoint, unauthenticated.
@@ -23,6 +27,8 @@ extension ExtendedRouter {
             switch self {
             case .direct(let endpoint): "direct \(endpoint)"
             case .private(let endpoint): "private \(endpoint)"
+            case .probed(let endpoint): "direct (probed) \(endpoint)"
+            case .portMapped(let endpoint): "direct (port map) \(endpoint)"
             case .relayed: "relayed"
             case .classic(let endpoint): "classic \(endpoint)"
             }
@@ -32,6 +38,8 @@ extension ExtendedRouter {
         public init(_ path: PathAgent.Path) {
             switch path {
             case .direct(let endpoint, .privateEndpoint): self = .private(endpoint)
+            case .direct(let endpoint, .probed): self = .probed(endpoint)
+            case .direct(let endpoint, .portMapped): self = .portMapped(endpoint)
             case .direct(let endpoint, _): self = .direct(endpoint)
             case .none, .relayed: self = .relayed
             }
@@ -116,7 +124,7 @@ extension ExtendedRouter {
         let path = link.agent.path
         let ping = SessionCrypto.sealed(.ping(from: selfID, to: id, transaction: transaction), key: link.pairKey)
         if case .direct(let endpoint, _) = path {
-            outputs.append(.send(ping, to: endpoint))
+            sendDirect(ping, to: endpoint, peer: id)
             userPings[transaction] = UserPing(peer: id, path: path, sentAt: now, deadline: now + timeout)
         } else {
             outputs.append(.sendToServer(.relay(id: selfID, to: id, payload: ping)))

@@ -104,6 +104,8 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         /// holds one; the owner checks it against what it remembers). `sentAt`: the sender's
         /// clock, `queuedAt`: the server's (Unix seconds). Each serial is reported once.
         case mail(from: ClientID, text: String, sentAt: UInt64, queuedAt: UInt64, signedBy: String)
+        /// What a port-probing attempt with the peer did (for the log: `probing bob: ...`).
+        case probing(ClientID, PortProbe.Report)
         /// A message that waited in the server's mailbox was not shown (it was acknowledged).
         case mailRejected(from: ClientID, MailRejection)
         /// The recipient of mailbox message `serial` has it. `queuedThisSession`: this router
@@ -117,8 +119,28 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         case sendToServer(ExtendedMessage)
         /// Send this datagram to a peer (it is authenticated under the pair key already).
         case send([UInt8], to: Endpoint)
+        /// Send this datagram to a peer from one of the probe sockets (port probing; a path
+        /// found that way keeps using its socket).
+        case sendFromProbeSocket([UInt8], to: Endpoint, socket: ProbeSocket)
+        /// Open `count` probe sockets for the agent of `peer` (numbered `0..<count`), bound
+        /// to the chat socket's address with any port; hand in what arrives on them with
+        /// ``handlePeerMessage(_:bytes:from:socket:now:)``.
+        case openProbeSockets(peer: ClientID, count: Int)
+        /// Close `peer`'s probe sockets except `keeping` (`nil`: all).
+        case closeProbeSockets(peer: ClientID, keeping: Int?)
         /// Tell the user.
         case event(Event)
+    }
+
+    /// One of the sockets a peer's path agent opened for port probing.
+    public struct ProbeSocket: Hashable, Sendable {
+        public var peer: ClientID
+        public var index: Int
+
+        public init(peer: ClientID, index: Int) {
+            self.peer = peer
+            self.index = index
+        }
     }
 
     /// Why a chat cannot be sent.
@@ -192,6 +214,9 @@ public struct ExtendedRouter: Sendable, SansIOCore {
     let identity: IdentityKey
     /// This client's own NAT kind (from its probe), used to skip hopeless punching.
     public var natKind: NATKind = .unknown
+    /// Whether our gateway holds a port mapping for the chat socket that the server passes
+    /// on to peers (they can reach us at it from anywhere).
+    public var hasPortMapping = false
     public internal(set) var roster: RosterReplica
     var links: [ClientID: Link] = [:]
     var lookups: [ClientID: Lookup] = [:]
@@ -279,8 +304,10 @@ public struct ExtendedRouter: Sendable, SansIOCore {
             apply(roster.learn(info), now: now)
             guard let held = roster.peer(info.id), held.info.keys == info.keys, link(for: info.id) != nil else { break }
             let selfNATKind = natKind
+            let mapped = hasPortMapping
             runAgent(info.id) {
-                $0.handlePunch(peer: info, round: round, delay: .milliseconds(Int64(delayMillis)), selfNATKind: selfNATKind, now: now)
+                $0.handlePunch(peer: info, round: round, delay: .milliseconds(Int64(delayMillis)), selfNATKind: selfNATKind,
+                               selfHasPortMapping: mapped, now: now)
             }
         case .relayed(let from, let payload):
             if let inner = try? ExtendedMessage.decode(payload) { handleRelayed(inner, bytes: payload, from: from, now: now) }
@@ -302,18 +329,27 @@ public struct ExtendedRouter: Sendable, SansIOCore {
 
     /// A peer-to-peer message that arrived directly from `source` (`bytes` as received).
     /// Dropped unless it names us as addressee, comes from a known natchat/2 peer and
-    /// authenticates under that pair's key.
+    /// authenticates under that pair's key. `socket`: the probe socket it arrived on (`nil`:
+    /// the chat socket); a probe socket takes only its own peer's datagrams.
     public mutating func handlePeerMessage(_ message: ExtendedMessage, bytes: [UInt8], from source: Endpoint,
-                                           now: Instant) -> [Output] {
+                                           socket: ProbeSocket? = nil, now: Instant) -> [Output] {
+        if let socket {
+            switch message {
+            case .ping(let from, _, _), .pong(let from, _, _, _), .chat(let from, _, _, _), .chatAck(let from, _, _):
+                guard from == socket.peer else { return [] }
+            default:
+                return []
+            }
+        }
         switch message {
         case .ping(let from, let to, let transaction):
             if verifyTag(bytes, from: from, to: to, now: now) {
-                runAgent(from) { $0.handlePing(transaction: transaction, from: source, now: now) }
+                runAgent(from) { $0.handlePing(transaction: transaction, from: source, socket: socket?.index, now: now) }
             }
         case .pong(let from, let to, let transaction, _):
             if verifyTag(bytes, from: from, to: to, now: now),
                userPings.isEmpty || !answerUserPing(transaction, from: from, via: source, now: now) {
-                runAgent(from) { $0.handlePong(transaction: transaction, from: source, now: now) }
+                runAgent(from) { $0.handlePong(transaction: transaction, from: source, socket: socket?.index, now: now) }
             }
         case .chat(let from, let to, let messageID, let sealed):
             if let text = openChat(sealed, from: from, to: to, messageID: messageID, now: now) {
@@ -459,6 +495,9 @@ public struct ExtendedRouter: Sendable, SansIOCore {
 
     /// A peer left: its link, its in-flight chats (reported) and its duplicate memory go.
     private mutating func forget(_ id: ClientID, now: Instant) {
+        if let link = links[id], link.agent.pathSocket != nil || link.agent.probeRole != nil {
+            outputs.append(.closeProbeSockets(peer: id, keeping: nil))
+        }
         links[id] = nil
         duplicates.forget(id)
         runSender(sender.cancel(peer: id), now: now)
@@ -488,24 +527,51 @@ public struct ExtendedRouter: Sendable, SansIOCore {
         for output in agentOutputs {
             switch output {
             case .transmit(let check, let destination):
-                let message: ExtendedMessage = switch check {
-                case .ping(let transaction): .ping(from: selfID, to: id, transaction: transaction)
-                case .pong(let transaction, let observed): .pong(from: selfID, to: id, transaction: transaction, observed: observed)
-                }
-                outputs.append(.send(SessionCrypto.sealed(message, key: link.pairKey), to: destination))
+                outputs.append(.send(SessionCrypto.sealed(checkMessage(check, to: id), key: link.pairKey), to: destination))
+            case .transmitFromProbeSocket(let socket, let check, let destination):
+                outputs.append(.sendFromProbeSocket(SessionCrypto.sealed(checkMessage(check, to: id), key: link.pairKey),
+                                                    to: destination, socket: ProbeSocket(peer: id, index: socket)))
+            case .openProbeSockets(let count):
+                outputs.append(.openProbeSockets(peer: id, count: count))
+            case .closeProbeSockets(let keeping):
+                outputs.append(.closeProbeSockets(peer: id, keeping: keeping))
+            case .probeReport(let report):
+                emit(.probing(id, report))
             case .requestRound:
                 outputs.append(.sendToServer(.connect(id: selfID, peer: id)))
             case .pathChanged(let path):
                 emit(.pathChanged(id, path))
                 if case .direct(_, let kind) = path, before.directEndpoint == nil {
                     // A punch attempt settled on a path: the server counts outcomes.
-                    let outcome: PathOutcome = kind == .privateEndpoint ? .private : .direct
+                    let outcome: PathOutcome = switch kind {
+                    case .privateEndpoint: .private
+                    case .probed: .probed
+                    case .portMapped: .portMapped
+                    case .publicEndpoint, .peerReflexive: .direct
+                    }
                     outputs.append(.sendToServer(.pathReport(id: selfID, peer: id, outcome: outcome)))
                 }
             case .roundFailed:
                 // A round settled without a path: the peer stays on the relay.
                 outputs.append(.sendToServer(.pathReport(id: selfID, peer: id, outcome: .relayed)))
             }
+        }
+    }
+
+    private func checkMessage(_ check: PathAgent.Check, to id: ClientID) -> ExtendedMessage {
+        switch check {
+        case .ping(let transaction): .ping(from: selfID, to: id, transaction: transaction)
+        case .pong(let transaction, let observed): .pong(from: selfID, to: id, transaction: transaction, observed: observed)
+        }
+    }
+
+    /// Queues `bytes` for `peer` at `endpoint` directly: from the probe socket that carries
+    /// the peer's path when `endpoint` is that path, else from the chat socket.
+    mutating func sendDirect(_ bytes: [UInt8], to endpoint: Endpoint, peer: ClientID) {
+        if let agent = links[peer]?.agent, let socket = agent.pathSocket, agent.directEndpoint == endpoint {
+            outputs.append(.sendFromProbeSocket(bytes, to: endpoint, socket: ProbeSocket(peer: peer, index: socket)))
+        } else {
+            outputs.append(.send(bytes, to: endpoint))
         }
     }
 

@@ -34,8 +34,11 @@ extension PathAgent {
                 failRound(round: round, now: now)
                 return
             }
+            if portProbe.isActive, let due = portProbe.nextDeadline, now >= due {
+                runProbe(portProbe.handleTimeout(now: now), now: now)
+            }
             guard now >= startAt, now >= nextCheck else { return }
-            for candidate in candidates { sendCheck(to: candidate.endpoint, now: now) }
+            for candidate in candidates { sendCheck(to: candidate.target, now: now) }
             let next = min(interval * 3 / 2, configuration.maxCheckInterval)
             phase = .punching(round: round, startAt: startAt, deadline: deadline, nextCheck: now + interval, interval: next)
         case .connected(var consent):
@@ -53,7 +56,7 @@ extension PathAgent {
                 return
             }
             if now >= consent.nextCheck, let endpoint = directEndpoint {
-                sendCheck(to: endpoint, now: now)
+                sendCheck(to: Target(endpoint: endpoint, socket: pathSocket), now: now)
                 consent.pending.append(now)
                 consent.lastCheck = now
                 consent.nextCheck = now + (consent.suspect ? configuration.suspectCheckInterval : configuration.keepAliveInterval)
@@ -69,53 +72,78 @@ extension PathAgent {
         }
     }
 
-    func kind(of endpoint: Endpoint) -> CandidateKind {
-        candidates.first(where: { $0.endpoint == endpoint })?.kind ?? .peerReflexive
+    func kind(of target: Target) -> CandidateKind {
+        candidates.first(where: { $0.target == target })?.kind ?? learnedKind(of: target)
     }
 
-    /// Counts an answered check to `endpoint`; `true` once it has enough to be selected.
+    /// Counts an answered check to `target`; `true` once it has enough to be selected.
     /// Before that, a follow-up check goes to it at once.
-    mutating func confirm(_ endpoint: Endpoint, now: Instant) -> Bool {
-        let count = (confirmations[endpoint] ?? 0) + 1
+    mutating func confirm(_ target: Target, now: Instant) -> Bool {
+        let count = (confirmations[target] ?? 0) + 1
         guard count >= configuration.confirmationsToSelect else {
             if confirmations.count > 32 { confirmations.removeAll() }
-            confirmations[endpoint] = count
-            sendCheck(to: endpoint, now: now)
+            confirmations[target] = count
+            sendCheck(to: target, now: now)
             return false
         }
-        confirmations[endpoint] = nil
+        confirmations[target] = nil
         return true
     }
 
-    /// Makes `endpoint` the path, with fresh consent.
-    mutating func select(_ endpoint: Endpoint, kind: CandidateKind, now: Instant) {
-        setPath(.direct(endpoint, kind))
+    /// Makes `target` the path, with fresh consent. A path on a probe socket keeps that
+    /// socket (the others close); any other path closes them all.
+    mutating func select(_ target: Target, kind: CandidateKind, now: Instant) {
+        let previousSocket = pathSocket
+        pathSocket = target.socket
+        setPath(.direct(target.endpoint, kind))
         phase = .connected(Consent(now: now, nextCheck: now + configuration.keepAliveInterval))
+        probeChecks = [:]
+        if portProbe.isActive {
+            runProbe(portProbe.answered(socket: target.socket, now: now), now: now)
+        } else if let previousSocket, previousSocket != target.socket {
+            outputs.append(.closeProbeSockets(keeping: target.socket))
+        }
     }
 
-    mutating func triggerCheck(to endpoint: Endpoint, now: Instant) {
+    mutating func triggerCheck(to target: Target, now: Instant) {
         if lastTriggered.count > 32 { lastTriggered.removeAll() }
-        lastTriggered[endpoint] = now
-        sendCheck(to: endpoint, now: now)
+        lastTriggered[target] = now
+        sendCheck(to: target, now: now)
     }
 
-    mutating func sendCheck(to endpoint: Endpoint, now: Instant) {
+    mutating func sendCheck(to target: Target, now: Instant) {
         let transaction = nextTransaction
         nextTransaction &+= 1
-        outstanding[transaction] = (endpoint, now)
+        outstanding[transaction] = (target, now)
         if outstanding.count > 64 {
             // Bounded: forget the oldest checks (their pongs would be too late to matter).
             let oldest = outstanding.min { $0.value.sentAt < $1.value.sentAt }?.key
             if let oldest { outstanding[oldest] = nil }
         }
-        outputs.append(.transmit(.ping(transaction: transaction), to: endpoint))
+        transmit(.ping(transaction: transaction), to: target)
+    }
+
+    /// Queues `check` for `target`: from the chat socket or from a probe socket.
+    mutating func transmit(_ check: Check, to target: Target) {
+        if let socket = target.socket {
+            outputs.append(.transmitFromProbeSocket(socket, check, to: target.endpoint))
+        } else {
+            outputs.append(.transmit(check, to: target.endpoint))
+        }
     }
 
     mutating func failRound(round: UInt32, now: Instant) {
         outputs.append(.roundFailed(round: round))
         outstanding.removeAll()
         confirmations.removeAll()
-        if hopeless {
+        probeChecks.removeAll()
+        if portProbe.isActive {
+            // A port-probing attempt failed: its own back-off (longer: it costs far more
+            // datagrams than a round), and its sockets close.
+            let (wait, probeOutputs) = portProbe.fail(now: now)
+            runProbe(probeOutputs, now: now)
+            phase = .coolingDown(until: now + wait)
+        } else if hopeless {
             phase = .relayOnly
         } else {
             let cooldowns = configuration.retryCooldowns
@@ -129,7 +157,12 @@ extension PathAgent {
     mutating func losePath(now: Instant) {
         outstanding.removeAll()
         confirmations.removeAll()
-        candidates.removeAll { $0.kind == .peerReflexive }
+        candidates.removeAll { $0.kind == .peerReflexive || $0.kind == .probed }
+        if pathSocket != nil {
+            // The probe socket that carried the path goes with it.
+            pathSocket = nil
+            outputs.append(.closeProbeSockets(keeping: nil))
+        }
         setPath(.relayed)
         failedRounds = 0
         requestRound(now: now)

@@ -35,16 +35,27 @@ import Wire
 public struct PathAgent: Sendable, SansIOCore {
     /// How a candidate was learned.
     public enum CandidateKind: Int, Hashable, Sendable, Comparable, CustomStringConvertible {
+        /// Found by port probing between a hard (endpoint-dependent) and an easy NAT (see
+        /// ``PortProbe``): on the hard side a path through one of its probe sockets, on the
+        /// easy side the hard side's mapped port. The least preferred: any other kind that
+        /// verifies replaces it (and frees the probe socket).
+        case probed = -1
         case peerReflexive = 0
         case publicEndpoint = 1
-        case privateEndpoint = 2
+        /// The external endpoint of a port mapping the peer's gateway granted (PCP, NAT-PMP,
+        /// UPnP IGD): it takes datagrams from any endpoint, so it beats the public endpoint,
+        /// whose NAT may filter or remap.
+        case portMapped = 2
+        case privateEndpoint = 3
 
         public static func < (a: CandidateKind, b: CandidateKind) -> Bool { a.rawValue < b.rawValue }
 
         public var description: String {
             switch self {
+            case .probed: "direct (probed)"
             case .peerReflexive: "direct"
             case .publicEndpoint: "direct"
+            case .portMapped: "direct (port map)"
             case .privateEndpoint: "private"
             }
         }
@@ -81,8 +92,21 @@ public struct PathAgent: Sendable, SansIOCore {
 
     /// What the owner should do.
     public enum Output: Hashable, Sendable {
-        /// Send this check (a ping, or the pong answering one) to this endpoint.
+        /// Send this check (a ping, or the pong answering one) to this endpoint, from the
+        /// chat socket.
         case transmit(Check, to: Endpoint)
+        /// Send this check from probe socket `socket` (one of those ``openProbeSockets(count:)``
+        /// asked for) to this endpoint.
+        case transmitFromProbeSocket(Int, Check, to: Endpoint)
+        /// Open `count` extra UDP sockets for port probing, numbered `0..<count` (bound to the
+        /// chat socket's address, any port). Datagrams that arrive on probe socket `i` are
+        /// handed in with `socket: i`.
+        case openProbeSockets(count: Int)
+        /// Close every probe socket except `keeping` (`nil`: all): a path was found on
+        /// `keeping`, or the attempt ended, or the path through it was lost.
+        case closeProbeSockets(keeping: Int?)
+        /// What a port-probing attempt did (for the log at info).
+        case probeReport(PortProbe.Report)
         /// Ask the server for a punch round with the peer (a `connect`).
         case requestRound
         case pathChanged(Path)
@@ -139,6 +163,12 @@ public struct PathAgent: Sendable, SansIOCore {
         public var retryCooldowns: [Duration] = [.seconds(35), .seconds(35), .seconds(60), .seconds(120)]
         /// Punching is retried only while the peer was talked to this recently.
         public var interestWindow: Duration = .seconds(120)
+        /// Port probing between a hard (endpoint-dependent) and an easy (endpoint-independent)
+        /// NAT, which plain punching cannot get through; `false`: such pairs stay relayed.
+        public var portProbing = true
+        /// The bounds of a port-probing attempt (``PortProbe``); its attempt duration is the
+        /// round's, its back-offs replace ``retryCooldowns``.
+        public var portProbe = PortProbe.Configuration()
 
         public init() {}
     }
@@ -146,6 +176,17 @@ public struct PathAgent: Sendable, SansIOCore {
     struct Candidate: Hashable, Sendable {
         var endpoint: Endpoint
         var kind: CandidateKind
+        /// The probe socket the candidate is reached from (`nil`: the chat socket).
+        var socket: Int? = nil
+
+        var target: Target { Target(endpoint: endpoint, socket: socket) }
+    }
+
+    /// Where a check goes: a remote endpoint, from the chat socket (`socket == nil`) or from
+    /// a probe socket. A pong verifies only the target its ping went to.
+    struct Target: Hashable, Sendable {
+        var endpoint: Endpoint
+        var socket: Int?
     }
 
     enum Phase: Hashable, Sendable {
@@ -187,10 +228,22 @@ public struct PathAgent: Sendable, SansIOCore {
     var phase: Phase = .idle
     var armed = false
     var candidates: [Candidate] = []
-    var outstanding: [UInt64: (endpoint: Endpoint, sentAt: Instant)] = [:]
-    var lastTriggered: [Endpoint: Instant] = [:]
-    /// Answered checks per endpoint that is not (yet) the path, towards ``Configuration/confirmationsToSelect``.
-    var confirmations: [Endpoint: Int] = [:]
+    var outstanding: [UInt64: (target: Target, sentAt: Instant)] = [:]
+    var lastTriggered: [Target: Instant] = [:]
+    /// Answered checks per target that is not (yet) the path, towards ``Configuration/confirmationsToSelect``.
+    var confirmations: [Target: Int] = [:]
+    /// The port-probing schedule (hard-to-easy pairs only).
+    var portProbe: PortProbe
+    /// Our side of the pair from the last punch instruction (`nil`: not a hard-to-easy pair).
+    public internal(set) var probeRole: PortProbe.Role?
+    /// The probes of the attempt (checks to guessed ports, or from probe sockets), apart from
+    /// ``outstanding``, which a probe rate would flush; bounded by age (``probeAnswerWindow``).
+    var probeChecks: [UInt64: (target: Target, sentAt: Instant)] = [:]
+    /// A probe's pong counts only this long after the probe (round trips are far shorter).
+    static var probeAnswerWindow: Duration { .seconds(2) }
+    /// The probe socket the direct path goes through (`nil`: the chat socket): chat and
+    /// consent checks to the peer leave from it.
+    public internal(set) var pathSocket: Int?
     var nextTransaction: UInt64
     var failedRounds = 0
     var lastInterest: Instant?
@@ -209,6 +262,7 @@ public struct PathAgent: Sendable, SansIOCore {
         self.peerID = peerID
         self.configuration = configuration
         nextTransaction = transactionSeed
+        portProbe = PortProbe(configuration: configuration.portProbe, seed: transactionSeed ^ 0x7072_6F62_6500_0000)
     }
 
     /// Whether a punch instruction arrived (checks are answered only then).
@@ -224,7 +278,9 @@ public struct PathAgent: Sendable, SansIOCore {
         if hopeless, armed { return .hopeless(ours: natKinds.ours, peers: natKinds.peers) }
         switch phase {
         case .idle: return failedRounds > 0 ? .noAnswerFromCandidates : .notTriedYet
+        case .punching where portProbe.isActive: return .probingPorts
         case .awaitingPunch, .punching: return .punchingInProgress
+        case .coolingDown where portProbe.failedAttempts > 0: return .portProbingFailed
         case .coolingDown: return .noAnswerFromCandidates
         case .relayOnly: return .hopeless(ours: natKinds.ours, peers: natKinds.peers)
         case .connected: return .punchingInProgress
@@ -256,35 +312,69 @@ public struct PathAgent: Sendable, SansIOCore {
     }
 
     /// The server's punch message for this peer: its candidates and the round.
-    public mutating func handlePunch(peer: PeerInfo, round: UInt32, delay: Duration, selfNATKind: NATKind, now: Instant) -> [Output] {
-        applyHandlePunch(peer: peer, round: round, delay: delay, selfNATKind: selfNATKind, now: now)
+    ///
+    /// `selfHasPortMapping`: our gateway granted a port mapping that the server passed on to
+    /// peers. Either side's mapping makes that side reachable from any endpoint, as if it had
+    /// no NAT, so the pair is judged with `.none` for it (``PunchFeasibility``): a peer
+    /// behind a symmetric NAT reaches the mapped endpoint, and the answer goes back through
+    /// the connection that packet opened.
+    public mutating func handlePunch(peer: PeerInfo, round: UInt32, delay: Duration, selfNATKind: NATKind,
+                                     selfHasPortMapping: Bool = false, now: Instant) -> [Output] {
+        applyHandlePunch(peer: peer, round: round, delay: delay, selfNATKind: selfHasPortMapping ? .none : selfNATKind,
+                         reportedNATKind: selfNATKind, now: now)
         return takeOutputs()
     }
 
-    private mutating func applyHandlePunch(peer: PeerInfo, round: UInt32, delay: Duration, selfNATKind: NATKind, now: Instant) {
+    private mutating func applyHandlePunch(peer: PeerInfo, round: UInt32, delay: Duration, selfNATKind: NATKind,
+                                           reportedNATKind: NATKind, now: Instant) {
         armed = true
         var fresh: [Candidate] = peer.privateEndpoints.map { Candidate(endpoint: $0, kind: .privateEndpoint) }
-        hopeless = !PunchFeasibility.canPunch(selfNATKind, peer.natKind)
-        natKinds = (selfNATKind, peer.natKind)
-        if !hopeless { fresh.append(Candidate(endpoint: peer.publicEndpoint, kind: .publicEndpoint)) }
+        // A peer with a port mapping is reachable at it from anywhere: judged as no NAT.
+        let peersKind = peer.mappedEndpoint == nil ? peer.natKind : .none
+        let punchable = PunchFeasibility.canPunch(selfNATKind, peersKind)
+        probeRole = punchable || !configuration.portProbing ? nil : PunchFeasibility.portProbeRole(ours: selfNATKind, peers: peersKind)
+        hopeless = !punchable && probeRole == nil
+        natKinds = (reportedNATKind, peer.natKind)
+        if let mapped = peer.mappedEndpoint, !fresh.contains(where: { $0.endpoint == mapped }) {
+            fresh.append(Candidate(endpoint: mapped, kind: .portMapped))
+        }
+        if punchable, !fresh.contains(where: { $0.endpoint == peer.publicEndpoint }) {
+            fresh.append(Candidate(endpoint: peer.publicEndpoint, kind: .publicEndpoint))
+        }
+        if hasProbedPath {
+            // A probed path cannot be checked by a new round's candidates (its socket is
+            // closed by a new attempt): the peer lost it, so it starts over.
+            dropProbedPath()
+        }
         // Keep learned peer-reflexive candidates; replace the rest. An endpoint learned both
         // ways keeps the server's label (a ping from a private address is still private).
-        let learned = candidates.filter { $0.kind == .peerReflexive && !hopeless }
+        let learned = candidates.filter { $0.kind == .peerReflexive && !hopeless && $0.socket == nil }
         candidates = fresh + learned.filter { candidate in !fresh.contains { $0.endpoint == candidate.endpoint } }
         if lastInterest == nil { lastInterest = now }
         if case .connected = phase {
             // Already direct: the peer asked for a round (it lost its side). Answer its checks
             // and check again ourselves.
         }
-        guard !candidates.isEmpty else {
+        guard !candidates.isEmpty || probeRole != nil else {
             phase = .relayOnly
             if path != .relayed { setPath(.relayed) }
             return
         }
         let start = now + delay
-        phase = .punching(round: round, startAt: start, deadline: start + configuration.roundDuration,
-                          nextCheck: start, interval: configuration.firstCheckInterval)
-        if path == .none { setPath(.relayed) }
+        probeChecks = [:]
+        if let probeRole {
+            // Hard to easy: a port-probing attempt, with the private candidates (if any)
+            // checked alongside as in any round.
+            phase = .punching(round: round, startAt: start, deadline: start + configuration.portProbe.attemptDuration,
+                              nextCheck: start, interval: configuration.firstCheckInterval)
+            if path == .none { setPath(.relayed) }
+            runProbe(portProbe.start(role: probeRole, peerPublic: peer.publicEndpoint, start: start, now: now), now: now)
+        } else {
+            runProbe(portProbe.stop(), now: now)
+            phase = .punching(round: round, startAt: start, deadline: start + configuration.roundDuration,
+                              nextCheck: start, interval: configuration.firstCheckInterval)
+            if path == .none { setPath(.relayed) }
+        }
         runTimers(now: now)
     }
 
@@ -294,31 +384,35 @@ public struct PathAgent: Sendable, SansIOCore {
     /// A ping never refreshes consent on the direct path, even from its endpoint: a ping
     /// captured earlier and re-sent with the peer's address as its source verifies just
     /// as well, so it proves nothing about the path now. Only our own checks' pongs do.
-    public mutating func handlePing(transaction: UInt64, from source: Endpoint, now: Instant) -> [Output] {
-        applyHandlePing(transaction: transaction, from: source, now: now)
+    ///
+    /// `socket`: the probe socket it arrived on (`nil`: the chat socket); the answer and the
+    /// check back leave from the same one.
+    public mutating func handlePing(transaction: UInt64, from source: Endpoint, socket: Int? = nil, now: Instant) -> [Output] {
+        applyHandlePing(transaction: transaction, from: source, socket: socket, now: now)
         return takeOutputs()
     }
 
-    private mutating func applyHandlePing(transaction: UInt64, from source: Endpoint, now: Instant) {
+    private mutating func applyHandlePing(transaction: UInt64, from source: Endpoint, socket: Int?, now: Instant) {
         armed = true
-        outputs.append(.transmit(.pong(transaction: transaction, observed: source), to: source))
+        let target = Target(endpoint: source, socket: socket)
+        transmit(.pong(transaction: transaction, observed: source), to: target)
         // At most one triggered check per source per check interval: without this, two
         // sources that both work would trigger checks at each other for ever.
-        let checkPending = lastTriggered[source].map { now - $0 < configuration.firstCheckInterval } ?? false
+        let checkPending = lastTriggered[target].map { now - $0 < configuration.firstCheckInterval } ?? false
         if case .connected = phase {
-            if directEndpoint == source { return }
+            if directEndpoint == source, pathSocket == socket { return }
             // Already direct elsewhere: check this source back only if it would be a better
             // path and no check to it is in flight (else two working paths ping-pong forever).
-            if case .direct(_, let currentKind) = path, kind(of: source) > currentKind, !checkPending {
-                triggerCheck(to: source, now: now)
+            if case .direct(_, let currentKind) = path, kind(of: target) > currentKind, !checkPending {
+                triggerCheck(to: target, now: now)
             }
             return
         }
-        if !candidates.contains(where: { $0.endpoint == source }) {
-            candidates.append(Candidate(endpoint: source, kind: .peerReflexive))
+        if !candidates.contains(where: { $0.target == target }) {
+            candidates.append(Candidate(endpoint: source, kind: learnedKind(of: target), socket: socket))
         }
         // A triggered check: the peer's packets reach us from `source`, so ours may reach it.
-        if !checkPending { triggerCheck(to: source, now: now) }
+        if !checkPending { triggerCheck(to: target, now: now) }
         if case .idle = phase { startImplicitRound(now: now) }
         if case .coolingDown = phase { startImplicitRound(now: now) }
     }
@@ -326,18 +420,25 @@ public struct PathAgent: Sendable, SansIOCore {
     /// A pong the caller verified arrived from `source`. It counts only if it answers one
     /// of our outstanding checks (each transaction once; a replay of an answered one does
     /// nothing), sent to `source` no longer than ``Configuration/consentTimeout`` ago.
-    public mutating func handlePong(transaction: UInt64, from source: Endpoint, now: Instant) -> [Output] {
-        applyHandlePong(transaction: transaction, from: source, now: now)
+    ///
+    /// `socket`: the probe socket it arrived on (`nil`: the chat socket). It must be the one
+    /// the check left from: a pong that a probe socket's check draws counts only there.
+    public mutating func handlePong(transaction: UInt64, from source: Endpoint, socket: Int? = nil, now: Instant) -> [Output] {
+        applyHandlePong(transaction: transaction, from: source, socket: socket, now: now)
         return takeOutputs()
     }
 
-    private mutating func applyHandlePong(transaction: UInt64, from source: Endpoint, now: Instant) {
-        guard let sent = outstanding.removeValue(forKey: transaction), sent.endpoint == source,
+    private mutating func applyHandlePong(transaction: UInt64, from source: Endpoint, socket: Int?, now: Instant) {
+        let target = Target(endpoint: source, socket: socket)
+        if outstanding[transaction] == nil, probeChecks[transaction] != nil {
+            return answerProbe(transaction: transaction, from: target, now: now)
+        }
+        guard let sent = outstanding.removeValue(forKey: transaction), sent.target == target,
               now - sent.sentAt <= configuration.consentTimeout
         else { return }
-        let kind = kind(of: source)
+        let kind = kind(of: target)
         if case .connected(var consent) = phase {
-            if source == directEndpoint {
+            if source == directEndpoint, socket == pathSocket {
                 // Fresh proof that the path works: consent restored.
                 roundTrip = .adding(now - sent.sentAt, to: roundTrip)
                 consent.lastConsent = now
@@ -352,12 +453,12 @@ public struct PathAgent: Sendable, SansIOCore {
             }
             // A pong on another path says nothing about the current one; it may select a
             // better one (once confirmed).
-            guard case .direct(_, let currentKind) = path, kind > currentKind, confirm(source, now: now) else { return }
-            select(source, kind: kind, now: now)
+            guard case .direct(_, let currentKind) = path, kind > currentKind, confirm(target, now: now) else { return }
+            select(target, kind: kind, now: now)
             roundTrip = RoundTripEstimate(firstSample: now - sent.sentAt)
             return
         }
-        if source == directEndpoint {
+        if source == directEndpoint, socket == pathSocket {
             // Punching again while still direct (the peer asked for a round): its path is
             // answering, so it stays; no change to show.
             roundTrip = .adding(now - sent.sentAt, to: roundTrip)
@@ -365,9 +466,9 @@ public struct PathAgent: Sendable, SansIOCore {
             phase = .connected(Consent(now: now, nextCheck: now + configuration.keepAliveInterval))
             return
         }
-        guard confirm(source, now: now) else { return }
+        guard confirm(target, now: now) else { return }
         failedRounds = 0
-        select(source, kind: kind, now: now)
+        select(target, kind: kind, now: now)
         roundTrip = RoundTripEstimate(firstSample: now - sent.sentAt)
     }
 
@@ -401,7 +502,13 @@ public struct PathAgent: Sendable, SansIOCore {
         candidates = []
         outstanding = [:]
         confirmations = [:]
+        probeChecks = [:]
         failedRounds = 0
+        runProbe(portProbe.stop(), now: .zero)
+        if pathSocket != nil {
+            pathSocket = nil
+            outputs.append(.closeProbeSockets(keeping: nil))
+        }
         if path != .none { setPath(.none) }
     }
 
@@ -416,7 +523,7 @@ public struct PathAgent: Sendable, SansIOCore {
         switch phase {
         case .idle, .relayOnly: nil
         case .awaitingPunch(let since): since + .seconds(3)
-        case .punching(_, _, let deadline, let nextCheck, _): min(deadline, nextCheck)
+        case .punching(_, _, let deadline, let nextCheck, _): [deadline, nextCheck, portProbe.nextDeadline].compactMap { $0 }.min()
         case .connected(let consent):
             [consent.nextCheck,
              consent.pending.first.map { $0 + configuration.keepAliveAnswerTimeout },

@@ -8,6 +8,10 @@ public enum RelayReason: Hashable, Sendable, CustomStringConvertible {
     case notTriedYet
     /// A punch round was asked for or is running.
     case punchingInProgress
+    /// A port-probing attempt (hard to easy NAT, ``PortProbe``) is running.
+    case probingPorts
+    /// The last port-probing attempt found no path; the next one waits out a back-off.
+    case portProbingFailed
     /// Rounds ended without an answered check from any of the peer's candidates; the next
     /// round waits out a cool-down (or until someone talks to the peer again).
     case noAnswerFromCandidates
@@ -24,6 +28,8 @@ public enum RelayReason: Hashable, Sendable, CustomStringConvertible {
         switch self {
         case .notTriedYet: "not tried yet"
         case .punchingInProgress: "punching in progress"
+        case .probingPorts: "probing ports"
+        case .portProbingFailed: "port probing found no path yet"
         case .noAnswerFromCandidates: "no answer from peer's candidates"
         case .hopeless(let ours, let peers):
             switch (ours == .endpointDependent, peers == .endpointDependent) {

@@ -19,6 +19,23 @@ public protocol DatagramDriver: AnyObject, SendableMetatype {
     func timeout(now: Instant, output: inout DatagramOutput)
     /// When the driver next wants ``timeout(now:output:)``; `nil` for never.
     func nextDeadline() -> Instant?
+    /// A datagram arrived from `source` on extra socket `socket` (one the driver opened with
+    /// ``DatagramOutput/openSocket(_:)``). The default hands it to
+    /// ``receive(_:from:now:output:)`` as if it came on the main socket.
+    func receive(_ payload: ByteBuffer, from source: Endpoint, onSocket socket: Int, now: Instant, output: inout DatagramOutput)
+}
+
+extension DatagramDriver {
+    public func receive(_ payload: ByteBuffer, from source: Endpoint, onSocket socket: Int, now: Instant,
+                        output: inout DatagramOutput) {
+        receive(payload, from: source, now: now, output: &output)
+    }
+}
+
+/// What a driver asks of its extra sockets (see ``DatagramOutput/openSocket(_:)``).
+public enum ExtraSocketCommand: Hashable, Sendable {
+    case open(Int)
+    case close(Int)
 }
 
 /// Datagrams a driver wants sent. The transport writes them all and flushes once.
@@ -36,6 +53,10 @@ public struct DatagramOutput {
     var arena: ByteBuffer
     var arenaReplies: [(address: SocketAddress, start: Int, length: Int)] = []
     static var arenaCapacity: Int { 64 * 1024 }
+    /// Extra sockets to open or close, in order (carried out after this output's datagrams).
+    public internal(set) var socketCommands: [ExtraSocketCommand] = []
+    /// Datagrams to send from extra sockets.
+    public internal(set) var socketSends: [(socket: Int, destination: Endpoint, payload: ByteBuffer)] = []
 
     public init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
         self.allocator = allocator
@@ -107,7 +128,32 @@ public struct DatagramOutput {
     }
 
     /// How many datagrams are queued.
-    public var count: Int { pending.count + replies.count + arenaReplies.count }
+    public var count: Int { pending.count + replies.count + arenaReplies.count + socketSends.count }
+
+    /// Asks the transport for an extra UDP socket named `socket` (any number the driver
+    /// chooses; opening one already open does nothing): bound to the main socket's address
+    /// with an ephemeral port, on the same event loop, its datagrams handed in by
+    /// ``DatagramDriver/receive(_:from:onSocket:now:output:)``. Binding takes a moment:
+    /// datagrams sent from it meanwhile wait (a few). A socket that cannot be opened (no
+    /// descriptors left) is counted as an error and its datagrams are dropped. The main
+    /// socket's handling is untouched by any of this. Used for port probing (the chat client
+    /// opens up to a few hundred for a while); a transport without an opener ignores it.
+    public mutating func openSocket(_ socket: Int) {
+        socketCommands.append(.open(socket))
+    }
+
+    /// Closes extra socket `socket` (nothing if it is not open).
+    public mutating func closeSocket(_ socket: Int) {
+        socketCommands.append(.close(socket))
+    }
+
+    /// Queues `bytes` for `destination`, sent from extra socket `socket` (dropped if it is
+    /// not open or opening).
+    public mutating func send(_ bytes: some Collection<UInt8>, to destination: Endpoint, fromSocket socket: Int) {
+        var buffer = allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        socketSends.append((socket, destination, buffer))
+    }
 
     /// Queues a prepared buffer for the sender of the datagram being handled.
     public mutating func reply(buffer: ByteBuffer, to destination: Endpoint) {
@@ -137,7 +183,9 @@ public struct DatagramOutput {
     }
 
     /// Whether anything is queued.
-    public var isEmpty: Bool { pending.isEmpty && replies.isEmpty && arenaReplies.isEmpty }
+    public var isEmpty: Bool {
+        pending.isEmpty && replies.isEmpty && arenaReplies.isEmpty && socketSends.isEmpty && socketCommands.isEmpty
+    }
 
     /// Forgets everything queued, keeping the storage (for callers that drive a core
     /// without a transport, such as benchmarks).
@@ -146,6 +194,8 @@ public struct DatagramOutput {
         replies.removeAll(keepingCapacity: true)
         arenaReplies.removeAll(keepingCapacity: true)
         arena.clear()
+        if !socketSends.isEmpty { socketSends.removeAll() }
+        if !socketCommands.isEmpty { socketCommands.removeAll() }
     }
 }
 

@@ -32,6 +32,15 @@ public struct TransportStatistics: Sendable, Hashable {
     }
 }
 
+/// Opens the extra sockets a driver asks for (``DatagramOutput/openSocket(_:)``). Transport
+/// knows only NIOCore; TransportPosix gives the one that binds NIO datagram channels.
+public protocol ExtraSocketOpener: Sendable {
+    /// Binds a UDP socket on `host` with an ephemeral port, on `eventLoop` (the main socket's,
+    /// so one driver never sees two threads), running `initializer` on its channel first.
+    func openSocket(host: String, on eventLoop: any EventLoop,
+                    initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) -> EventLoopFuture<any Channel>
+}
+
 /// The thin channel handler that feeds a ``DatagramDriver`` from a UDP channel: it
 /// converts addresses, hands each datagram to the driver, writes what the driver queued
 /// once per read batch, and keeps one timer armed for the driver's next deadline.
@@ -42,9 +51,12 @@ public final class DatagramDriverHandler<Driver: DatagramDriver>: ChannelInbound
     public let driver: Driver
     private let pump: DatagramPump
 
-    public init(driver: Driver, clock: any InstantSource = SystemClock(), logger: Logger = Logger(label: "natchat.transport")) {
+    /// `extraSockets` opens the sockets the driver asks for besides this one (`nil`: such
+    /// requests are ignored and datagrams for them dropped).
+    public init(driver: Driver, clock: any InstantSource = SystemClock(), logger: Logger = Logger(label: "natchat.transport"),
+                extraSockets: (any ExtraSocketOpener)? = nil) {
         self.driver = driver
-        self.pump = DatagramPump(driver: driver, clock: clock, logger: logger)
+        self.pump = DatagramPump(driver: driver, clock: clock, logger: logger, opener: extraSockets)
     }
 
     /// The transport's counters.
@@ -97,11 +109,24 @@ final class DatagramPump: ChannelInboundHandler {
     private var timerDeadline: Instant?
     /// The instant the last timeout was handled at.
     private var lastTimeout: Instant?
+    /// The driver's extra sockets (``DatagramOutput/openSocket(_:)``), by its numbers.
+    private var extraSockets: [Int: ExtraSocket] = [:]
+    private let opener: (any ExtraSocketOpener)?
 
-    init(driver: any DatagramDriver, clock: any InstantSource, logger: Logger) {
+    enum ExtraSocket {
+        /// Binding; datagrams sent meanwhile wait here (a few).
+        case opening([AddressedEnvelope<ByteBuffer>])
+        case open(any Channel)
+    }
+
+    /// Datagrams that wait for an extra socket to be bound, at most.
+    static var extraSocketBacklog: Int { 8 }
+
+    init(driver: any DatagramDriver, clock: any InstantSource, logger: Logger, opener: (any ExtraSocketOpener)? = nil) {
         self.driver = driver
         self.clock = clock
         self.logger = logger
+        self.opener = opener
         self.output = DatagramOutput()
     }
 
@@ -115,6 +140,8 @@ final class DatagramPump: ChannelInboundHandler {
         timer?.cancel()
         timer = nil
         context = nil
+        for case .open(let channel) in extraSockets.values { channel.close(promise: nil) }
+        extraSockets.removeAll()
     }
 
     func read(_ data: NIOAny) {
@@ -127,6 +154,16 @@ final class DatagramPump: ChannelInboundHandler {
         output.currentSource = (source, envelope.remoteAddress)
         driver.receive(envelope.data, from: source, now: clock.now(), output: &output)
         output.currentSource = nil
+    }
+
+    /// A datagram on extra socket `socket`.
+    func readExtra(_ socket: Int, _ envelope: AddressedEnvelope<ByteBuffer>) {
+        statistics.datagramsReceived += 1
+        guard let source = Endpoint(envelope.remoteAddress) else {
+            statistics.nonIPv4Dropped += 1
+            return
+        }
+        driver.receive(envelope.data, from: source, onSocket: socket, now: clock.now(), output: &output)
     }
 
     func count(_ error: any Error) {
@@ -144,6 +181,7 @@ final class DatagramPump: ChannelInboundHandler {
     func flush() {
         guard let context else { return }
         if !output.isEmpty {
+            if !output.socketCommands.isEmpty || !output.socketSends.isEmpty { serviceExtraSockets(context) }
             guard context.channel.isWritable else {
                 // The kernel is not taking datagrams (a send buffer full of packets waiting for
                 // unreachable neighbours): drop rather than queue in memory without bound.
@@ -171,6 +209,73 @@ final class DatagramPump: ChannelInboundHandler {
             output.removeAll()
         }
         armTimer()
+    }
+
+    /// Opens and closes the extra sockets the driver asked for, in order, then sends what it
+    /// queued for them; leaves the output's extra-socket queues empty.
+    private func serviceExtraSockets(_ context: ChannelHandlerContext) {
+        for command in output.socketCommands {
+            switch command {
+            case .open(let socket): openExtra(socket, context: context)
+            case .close(let socket):
+                if case .open(let channel) = extraSockets.removeValue(forKey: socket) { channel.close(promise: nil) }
+            }
+        }
+        for (socket, destination, payload) in output.socketSends {
+            let envelope = AddressedEnvelope(remoteAddress: output.socketAddress(for: destination), data: payload)
+            switch extraSockets[socket] {
+            case .open(let channel):
+                channel.writeAndFlush(envelope, promise: nil)
+                statistics.datagramsSent += 1
+            case .opening(var backlog):
+                guard backlog.count < Self.extraSocketBacklog else {
+                    statistics.droppedUnwritable += 1
+                    continue
+                }
+                backlog.append(envelope)
+                extraSockets[socket] = .opening(backlog)
+            case nil:
+                statistics.errors += 1
+            }
+        }
+        output.socketCommands.removeAll()
+        output.socketSends.removeAll()
+    }
+
+    private func openExtra(_ socket: Int, context: ChannelHandlerContext) {
+        guard extraSockets[socket] == nil, let opener else { return }
+        extraSockets[socket] = .opening([])
+        let host = context.channel.localAddress?.ipAddress ?? "0.0.0.0"
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        opener.openSocket(host: host, on: context.eventLoop) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(ExtraSocketHandler(pump: bound, socket: socket))
+            }
+        }.hop(to: context.eventLoop).whenComplete { result in
+            bound.value.extraSocketSettled(socket, result)
+        }
+    }
+
+    private func extraSocketSettled(_ socket: Int, _ result: Result<any Channel, any Error>) {
+        switch result {
+        case .success(let channel):
+            // Closed (or the host detached) while binding: not wanted any more.
+            guard context != nil, case .opening(let backlog) = extraSockets[socket] else {
+                channel.close(promise: nil)
+                return
+            }
+            extraSockets[socket] = .open(channel)
+            for envelope in backlog { channel.write(envelope, promise: nil) }
+            if !backlog.isEmpty { channel.flush() }
+            statistics.datagramsSent += backlog.count
+        case .failure(let error):
+            if case .opening(let backlog) = extraSockets[socket] {
+                extraSockets[socket] = nil
+                statistics.droppedUnwritable += backlog.count
+            }
+            statistics.errors += 1
+            logger.debug("cannot open an extra socket", metadata: ["socket": "\(socket)", "error": "\(error)"])
+        }
     }
 
     /// The least wait after a timeout that left the driver's deadline where it was.
@@ -202,5 +307,31 @@ final class DatagramPump: ChannelInboundHandler {
             pump.driver.timeout(now: now, output: &pump.output)
             pump.flush()
         }
+    }
+}
+
+/// Feeds the datagrams of one extra socket to its host's pump (same event loop).
+final class ExtraSocketHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+
+    private let pump: NIOLoopBound<DatagramPump>
+    private let socket: Int
+
+    init(pump: NIOLoopBound<DatagramPump>, socket: Int) {
+        self.pump = pump
+        self.socket = socket
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        pump.value.readExtra(socket, unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        pump.value.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        pump.value.count(error)
     }
 }

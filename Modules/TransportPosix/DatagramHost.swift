@@ -37,7 +37,8 @@ public final class DatagramHost<Driver: DatagramDriver>: Sendable {
         let bootstrap = DatagramSocketOptions.apply(to: DatagramBootstrap(group: group), receiveBufferBytes: receiveBufferBytes)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = DatagramDriverHandler(driver: makeDriver(), logger: logger)
+                    let handler = DatagramDriverHandler(driver: makeDriver(), logger: logger,
+                                                        extraSockets: PosixExtraSocketOpener())
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -103,6 +104,20 @@ extension DatagramHost {
     }
 }
 
+/// Binds the extra sockets a driver asks for (``DatagramOutput/openSocket(_:)``): NIO datagram
+/// channels on the main socket's event loop and address, any port, with the small options of
+/// ``DatagramSocketOptions/applyExtra(to:)``.
+public struct PosixExtraSocketOpener: ExtraSocketOpener {
+    public init() {}
+
+    public func openSocket(host: String, on eventLoop: any EventLoop,
+                           initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) -> EventLoopFuture<any Channel> {
+        DatagramSocketOptions.applyExtra(to: DatagramBootstrap(group: eventLoop))
+            .channelInitializer(initializer)
+            .bind(host: host, port: 0)
+    }
+}
+
 /// The socket and channel options of every natchat UDP socket, in one place so that a
 /// yardstick built on bare SwiftNIO (`Benchmarks/Sources/nio-stunfloor`) measures exactly
 /// the configuration natchat runs with.
@@ -132,6 +147,18 @@ public enum DatagramSocketOptions {
             // until the socket is empty, which under load is one more recvmmsg per batch that
             // usually finds nothing (3 per batch seen under stunload, now 1). NIO's epoll is
             // level-triggered, so datagrams left over wake the loop again at once.
+            .channelOption(.maxMessagesPerRead, value: 1)
+    }
+
+    /// Options of an extra socket (a port-probing socket: a few hundred may be open, each
+    /// sees a handful of datagrams): 64 KiB socket buffers and one datagram per read, so
+    /// that each costs one 2 KiB receive buffer rather than the main socket's 128 KiB.
+    public static func applyExtra(to bootstrap: DatagramBootstrap) -> DatagramBootstrap {
+        bootstrap
+            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(64 * 1024))
+            .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(64 * 1024))
+            .channelOption(.writeBufferWaterMark, value: .init(low: 16 * 1024, high: 64 * 1024))
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: maxDatagramSize))
             .channelOption(.maxMessagesPerRead, value: 1)
     }
 }

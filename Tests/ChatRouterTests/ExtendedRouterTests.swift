@@ -157,6 +157,8 @@ private struct World {
                 outboxes[member, default: []].append((bytes, destination))
             case .event(let event):
                 events[member, default: []].append(event)
+            case .sendFromProbeSocket, .openProbeSockets, .closeProbeSockets:
+                break   // no probe sockets in this simulation (no hard-to-easy pairs)
             }
         }
     }

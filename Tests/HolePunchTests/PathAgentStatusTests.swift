@@ -58,8 +58,15 @@ struct PathAgentStatusTests {
         #expect(agent.path == .relayed)
         #expect(agent.relayReason == .hopeless(ours: .endpointDependent, peers: .endpointDependent))
         #expect(agent.relayReason?.description == "symmetric NAT on both sides")
-        // One side symmetric, the other a cone: hopeless too, and worded for which side.
-        var other = PathAgent(selfID: alice, peerID: bob, transactionSeed: 7)
+        // One side symmetric, the other a cone: port probing while an attempt runs; without
+        // port probing, hopeless, and worded for which side.
+        var probing = PathAgent(selfID: alice, peerID: bob, transactionSeed: 7)
+        _ = probing.handlePunch(peer: bobInfo(.endpointIndependent), round: 1, delay: .zero, selfNATKind: .endpointDependent, now: ms(0))
+        #expect(probing.relayReason == .probingPorts)
+        #expect(probing.relayReason?.description == "probing ports")
+        var configuration = PathAgent.Configuration()
+        configuration.portProbing = false
+        var other = PathAgent(selfID: alice, peerID: bob, transactionSeed: 7, configuration: configuration)
         _ = other.handlePunch(peer: bobInfo(.endpointIndependent), round: 1, delay: .zero, selfNATKind: .endpointDependent, now: ms(0))
         #expect(other.relayReason?.description == "symmetric NAT on our side, endpoint-independent mapping (cone) on the peer's")
     }

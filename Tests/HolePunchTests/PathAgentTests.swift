@@ -31,7 +31,7 @@ extension Array where Element == PathAgent.Output {
         filter {
             switch $0 {
             case .pathChanged, .roundFailed: true
-            case .transmit, .requestRound: false
+            case .transmit, .requestRound, .transmitFromProbeSocket, .openProbeSockets, .closeProbeSockets, .probeReport: false
             }
         }
     }
@@ -112,6 +112,12 @@ struct SimulatedNetwork {
         var events: [PathAgent.Output] = []
         /// Round requests the agent returned, not yet taken.
         var roundRequests = 0
+        /// Checks the agent asked to send from probe sockets, not delivered yet.
+        var probeOutbox: [(Int, Transmit)] = []
+        /// The probe sockets open: socket `i` is the host's address with port 50 000 + `i`.
+        var probeSocketsOpen: Set<Int> = []
+        /// Most probe sockets ever open at once.
+        var mostProbeSockets = 0
     }
 
     struct Sent: Hashable {
@@ -177,6 +183,14 @@ struct SimulatedNetwork {
             case .transmit(let check, let destination): hosts[index].outbox.append(Transmit(check: check, destination: destination))
             case .requestRound: hosts[index].roundRequests += 1
             case .pathChanged, .roundFailed: hosts[index].events.append(output)
+            case .transmitFromProbeSocket(let socket, let check, let destination):
+                hosts[index].probeOutbox.append((socket, Transmit(check: check, destination: destination)))
+            case .openProbeSockets(let count):
+                hosts[index].probeSocketsOpen.formUnion(0..<count)
+                hosts[index].mostProbeSockets = max(hosts[index].mostProbeSockets, hosts[index].probeSocketsOpen.count)
+            case .closeProbeSockets(let keeping):
+                hosts[index].probeSocketsOpen = hosts[index].probeSocketsOpen.filter { $0 == keeping }
+            case .probeReport: break
             }
         }
     }
@@ -195,22 +209,40 @@ struct SimulatedNetwork {
         hosts[a].nat != nil && hosts[a].nat == hosts[b].nat
     }
 
-    mutating func deliver(from index: Int, check: PathAgent.Check, to destination: Endpoint) {
+    /// The inside endpoint of host `index`'s socket (`nil`: the chat socket).
+    func inside(_ index: Int, socket: Int?) -> Endpoint {
+        guard let socket else { return hosts[index].inside }
+        return Endpoint(address: hosts[index].inside.address, port: UInt16(50_000 + socket))
+    }
+
+    mutating func deliver(from index: Int, socket: Int? = nil, check: PathAgent.Check, to destination: Endpoint) {
         let record = Sent(from: index, at: now, check: check, destination: destination)
         sent.append(record)
+        if let socket, !hosts[index].probeSocketsOpen.contains(socket) {
+            Issue.record("host \(index) sent from probe socket \(socket), which is not open")
+            return
+        }
         guard linkUp, !lostOnEdge() else { return }
         let target = 1 - index
+        let from = inside(index, socket: socket)
         var source: Endpoint?
+        var arrivedOn: Int?
         if sameLAN(index, target), destination == hosts[target].inside {
-            source = hosts[index].inside
+            source = from
         } else {
-            let publicSource = hosts[index].nat.map { nats[$0].outbound(from: hosts[index].inside, to: destination) }
-                ?? hosts[index].inside
+            let publicSource = hosts[index].nat.map { nats[$0].outbound(from: from, to: destination) } ?? from
             if let natIndex = hosts[target].nat {
                 let nat = nats[natIndex]
                 guard destination.address == nat.publicAddress else { return }
                 if hosts[index].nat == natIndex, !nat.hairpin { return }
-                guard nat.inbound(to: destination.port, from: publicSource) == hosts[target].inside else { return }
+                guard let reached = nat.inbound(to: destination.port, from: publicSource) else { return }
+                if reached == hosts[target].inside {
+                    arrivedOn = nil
+                } else if let open = hosts[target].probeSocketsOpen.first(where: { inside(target, socket: $0) == reached }) {
+                    arrivedOn = open
+                } else {
+                    return   // a closed socket: the datagram goes nowhere
+                }
                 source = publicSource
             } else if destination == hosts[target].inside {
                 source = publicSource
@@ -219,10 +251,10 @@ struct SimulatedNetwork {
         guard let source, !lostOnEdge() else { return }
         delivered.append(record)
         switch check {
-        case .ping(let transaction): input(target) { $0.handlePing(transaction: transaction, from: source, now: $1) }
+        case .ping(let transaction): input(target) { $0.handlePing(transaction: transaction, from: source, socket: arrivedOn, now: $1) }
         case .pong(let transaction, let observed):
             #expect(observed == destination, "a pong reports where the ping came from")
-            input(target) { $0.handlePong(transaction: transaction, from: source, now: $1) }
+            input(target) { $0.handlePong(transaction: transaction, from: source, socket: arrivedOn, now: $1) }
         }
     }
 
@@ -255,6 +287,11 @@ struct SimulatedNetwork {
                 while !hosts[index].outbox.isEmpty {
                     let transmit = hosts[index].outbox.removeFirst()
                     deliver(from: index, check: transmit.check, to: transmit.destination)
+                    moved = true
+                }
+                while !hosts[index].probeOutbox.isEmpty {
+                    let (socket, transmit) = hosts[index].probeOutbox.removeFirst()
+                    deliver(from: index, socket: socket, check: transmit.check, to: transmit.destination)
                     moved = true
                 }
             }
@@ -399,11 +436,14 @@ struct PathAgentNATTests {
         #expect(net.delivered.allSatisfy { !($0.from == 1 && $0.destination == serverMapping) })
     }
 
-    @Test func symmetricToConeIsHopeless() {
+    @Test func symmetricToConeIsHopelessWithoutPortProbing() {
+        var configuration = PathAgent.Configuration()
+        configuration.portProbing = false
         var net = SimulatedNetwork(
             nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointDependent),
                    SimulatedNAT(publicAddress: natAddressB, mapping: .endpointIndependent)],
-            hosts: [(alice, aliceInside, 0, .endpointDependent), (bob, bobInside, 1, .endpointIndependent)])
+            hosts: [(alice, aliceInside, 0, .endpointDependent), (bob, bobInside, 1, .endpointIndependent)],
+            configuration: configuration)
         net.punch()
         net.run(until: t(120_000))
         for index in 0..<2 {
@@ -419,7 +459,9 @@ struct PathAgentNATTests {
     }
 
     @Test func hopelessPairChecksOnlyPrivateCandidates() {
-        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1)
+        var configuration = PathAgent.Configuration()
+        configuration.portProbing = false
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 1, configuration: configuration)
         let peerPublic = ep("203.0.113.7:40002")
         let info = PeerInfo(id: bob, publicEndpoint: peerPublic, privateEndpoints: [bobSameLAN],
                             natKind: .endpointIndependent, dialect: .extended)
@@ -762,5 +804,37 @@ struct PathAgentDefaultTests {
         #expect(cooldowns.count >= 2)
         #expect(cooldowns[0] > .seconds(30))
         #expect(cooldowns[1] > .seconds(30))
+    }
+}
+
+// MARK: - Port probing in the simulated network
+
+@Suite struct PathAgentPortProbingNetworkTests {
+    /// A symmetric NAT (alice) and a port-restricted cone (bob): plain punching cannot work,
+    /// port probing finds the port alice's NAT gave one of her probe sockets.
+    @Test func symmetricToConeGetsADirectPathByProbing() {
+        var configuration = PathAgent.Configuration()
+        configuration.portProbe.socketCount = 256
+        var net = SimulatedNetwork(
+            nats: [SimulatedNAT(publicAddress: natAddressA, mapping: .endpointDependent, firstPort: 1024),
+                   SimulatedNAT(publicAddress: natAddressB, mapping: .endpointIndependent)],
+            hosts: [(alice, aliceInside, 0, .endpointDependent), (bob, bobInside, 1, .endpointIndependent)],
+            configuration: configuration)
+        net.punch()
+        net.run(until: t(25_000))
+        guard case .direct(let toBob, .probed) = net.hosts[0].agent.path,
+              case .direct(let toAlice, .probed) = net.hosts[1].agent.path else {
+            Issue.record("no probed path: \(net.hosts[0].agent.path) / \(net.hosts[1].agent.path)"); return
+        }
+        #expect(toBob == net.hosts[1].observedByServer)
+        #expect(toAlice.address == natAddressA)
+        let socket = try! #require(net.hosts[0].agent.pathSocket)
+        #expect(net.hosts[0].probeSocketsOpen == [socket], "every other probe socket closed")
+        #expect(net.hosts[0].mostProbeSockets == 256)
+        #expect(net.hosts[1].probeSocketsOpen.isEmpty)
+        // The path holds: consent checks on it are answered for a minute.
+        net.run(until: t(85_000))
+        #expect(net.hosts[0].agent.path == .direct(toBob, .probed))
+        #expect(net.hosts[1].agent.path == .direct(toAlice, .probed))
     }
 }

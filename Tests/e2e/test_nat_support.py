@@ -42,7 +42,7 @@ NAT_TEXT = {
     'symmetric': 'endpoint-dependent mapping (symmetric)',
     None: 'no NAT',
 }
-PATH_LINE = r'\* path to (\S+): (relayed|direct \S+|private \S+|none yet|classic)'
+PATH_LINE = r'\* path to (\S+): (relayed|direct (?:\(probed\) )?\S+|private \S+|none yet|classic)'
 
 
 def bin_dir():
@@ -303,14 +303,17 @@ def start_clients(tb, hosts, extra=(), timeout=20.0):
 
 
 def expected_path(tb, x, y):
-    """'private', 'direct' or 'relayed' for a pair of testbed hosts."""
+    """'private', 'direct', 'probed' or 'relayed' for a pair of testbed hosts: a symmetric NAT
+    and a cone one meet by port probing ('direct (probed)'), two symmetric NATs stay relayed."""
     nx, ny = tb.nat_of(x), tb.nat_of(y)
     if nx is not None and nx == ny:
         return 'private'
     kx = tb.nat_kind(nx) if nx else 'public'
     ky = tb.nat_kind(ny) if ny else 'public'
-    if 'symmetric' in (kx, ky) and 'public' not in (kx, ky):
+    if kx == 'symmetric' and ky == 'symmetric':
         return 'relayed'
+    if 'symmetric' in (kx, ky) and 'public' not in (kx, ky):
+        return 'probed'
     return 'direct'
 
 
@@ -320,6 +323,9 @@ def path_ok(tb, peer_host, expected, path_text):
         return path_text == 'relayed'
     if expected == 'private':
         return path_text == f'private {tb.addr(peer_host)}:{CLIENT_PORT}'
+    if expected == 'probed':
+        m = re.fullmatch(r'direct \(probed\) (' + IPPORT + ')', path_text)
+        return bool(m) and m.group(1).split(':')[0] == tb.public_ip(peer_host)
     m = re.fullmatch(r'direct (' + IPPORT + ')', path_text)
     return bool(m) and m.group(1).split(':')[0] == tb.public_ip(peer_host)
 
