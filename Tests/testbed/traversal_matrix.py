@@ -10,8 +10,10 @@ lets each @chat the other once, and records:
   time       seconds from the first @chat to the later of the two sides' first direct path
              lines (the shell prints the line as the path is selected, i.e. when the first
              verified check came back twice), from the clients' timestamped stdout
-  probes     probes both sides logged (`probing ...: answered after N probes` / `no answer
-             after N probes`, --log-level info), 0 when nothing was probed
+  probes     ports the easy (cone) side probed, from its log (`probing ...: answered after
+             N probes` / `no answer after N probes`, --log-level info; every attempt of the
+             try summed), 0 when nothing was probed
+  sweeps     checks the hard (symmetric) side sent from its probe sockets, likewise
   path       the path lines as printed (`direct (probed) ...`, `direct ...`, `relayed`)
 It prints a table (success rate, median and p90 time, median probes) and writes JSON.
 
@@ -101,8 +103,15 @@ def one_try(tb, n, bound, verbose):
         direct = all(firsts.values())
         paths = {h: (hit[2].split(': ', 1)[1] if hit else 'relayed') for h, hit in firsts.items()}
         seconds = round(max(hit[1] for hit in firsts.values()) - t0, 3) if direct else None
-        probes = sum(int(m.group(1)) for c in clients.values() for m in PROBES.finditer(log_text(tb, c)))
-        row = {'try': n, 'direct': direct, 'time_s': seconds, 'probes': probes, 'paths': paths}
+        probes = sweeps = 0
+        for c in clients.values():
+            text = log_text(tb, c)
+            counted = sum(int(m.group(1)) for m in PROBES.finditer(text))
+            if 'sockets towards' in text:
+                sweeps += counted
+            else:
+                probes += counted
+        row = {'try': n, 'direct': direct, 'time_s': seconds, 'probes': probes, 'sweeps': sweeps, 'paths': paths}
         if verbose:
             print(f'    try {n}: {row}', file=sys.stderr)
         return row
@@ -135,6 +144,7 @@ def run_class(name, side_x, side_y, bound, tries, verbose):
             tb.stop(server.proc)
     times = [r['time_s'] for r in rows if r.get('time_s') is not None]
     probes = [r['probes'] for r in rows if 'probes' in r]
+    sweeps = [r['sweeps'] for r in rows if 'sweeps' in r]
     return {
         'class': name, 'sides': [side_x, side_y], 'bound_s': bound, 'tries': len(rows),
         'direct': sum(1 for r in rows if r['direct']),
@@ -142,6 +152,7 @@ def run_class(name, side_x, side_y, bound, tries, verbose):
         'median_time_s': statistics.median(times) if times else None,
         'p90_time_s': percentile(times, 0.9),
         'median_probes': statistics.median(probes) if probes else None,
+        'median_sweeps': statistics.median(sweeps) if sweeps else None,
         'rows': rows,
     }
 
@@ -174,12 +185,14 @@ def main(argv=None):
         results.append(run_class(name, side_x, side_y, bound, tries, args.verbose))
         r = results[-1]
         print(f'  {r["direct"]}/{r["tries"]} direct, median {fmt(r["median_time_s"])} s', file=sys.stderr)
-    header = f'{"class":<22} {"tries":>5} {"direct":>7} {"rate":>6} {"median s":>9} {"p90 s":>7} {"probes":>7}'
+    header = (f'{"class":<22} {"tries":>5} {"direct":>7} {"rate":>6} {"median s":>9} {"p90 s":>7} {"probes":>7} '
+              f'{"sweeps":>7}')
     print(header)
     print('-' * len(header))
     for r in results:
         print(f'{r["class"]:<22} {r["tries"]:>5} {r["direct"]:>7} {r["success_rate"] * 100:>5.0f}% '
-              f'{fmt(r["median_time_s"]):>9} {fmt(r["p90_time_s"]):>7} {fmt(r["median_probes"], 0):>7}')
+              f'{fmt(r["median_time_s"]):>9} {fmt(r["p90_time_s"]):>7} {fmt(r["median_probes"], 0):>7} '
+              f'{fmt(r["median_sweeps"], 0):>7}')
     with open(args.json, 'w') as f:
         json.dump({'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                    'seconds': round(time.monotonic() - started, 1), 'classes': results}, f, indent=2)
