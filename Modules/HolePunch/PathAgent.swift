@@ -368,7 +368,9 @@ public struct PathAgent: Sendable, SansIOCore {
             phase = .punching(round: round, startAt: start, deadline: start + configuration.portProbe.attemptDuration,
                               nextCheck: start, interval: configuration.firstCheckInterval)
             if path == .none { setPath(.relayed) }
-            runProbe(portProbe.start(role: probeRole, peerPublic: peer.publicEndpoint, start: start, now: now), now: now)
+            let easyKind = probeRole == .easy ? selfNATKind : peersKind
+            runProbe(portProbe.start(role: probeRole, peerPublic: peer.publicEndpoint, start: start,
+                                     easyRemaps: easyKind == .endpointIndependentRemappedByInbound, now: now), now: now)
         } else {
             runProbe(portProbe.stop(), now: now)
             phase = .punching(round: round, startAt: start, deadline: start + configuration.roundDuration,

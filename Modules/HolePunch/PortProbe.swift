@@ -60,6 +60,15 @@ public struct PortProbe: Sendable, SansIOCore {
         /// The easy side waits this long before its first probe, so that the hard side's first
         /// sweep has opened its mappings (a probe to a port not yet mapped is wasted).
         public var easyStartDelay: Duration = .milliseconds(1300)
+        /// When the easy side's NAT remaps after unsolicited inbound
+        /// (``Wire/NATKind/endpointIndependentRemappedByInbound``), the order turns round: the
+        /// easy side probes at once, and the hard side's first sweep waits this long. Each
+        /// sweep check that reaches such a router before the easy side has probed its port
+        /// leaves a stray entry there that spoils that port for good; a check that arrives after
+        /// the probe finds the easy side's flow and is let in. 10.24 s is 1 024 probes at 100
+        /// a second: 256 mappings then fall on a probed port with 1 − (1 − 1 024/64 512)²⁵⁶
+        /// ≈ 98 %.
+        public var hardDelayWhenEasyRemaps: Duration = .milliseconds(10_240)
         /// Most probes per attempt.
         public var maxProbes = 2048
         /// How long an attempt lasts (the path agent's round deadline).
@@ -150,8 +159,10 @@ public struct PortProbe: Sendable, SansIOCore {
     }
 
     /// Starts an attempt as `role` towards the peer's public endpoint `peerPublic`, at `start`
-    /// (the round's start; `now` ≤ `start`).
-    public mutating func start(role: Role, peerPublic: Endpoint, start: Instant, now: Instant) -> [Output] {
+    /// (the round's start; `now` ≤ `start`). `easyRemaps`: the easy side's NAT remaps after
+    /// unsolicited inbound, so it probes first (``Configuration/hardDelayWhenEasyRemaps``).
+    public mutating func start(role: Role, peerPublic: Endpoint, start: Instant, easyRemaps: Bool = false,
+                               now: Instant) -> [Output] {
         var outputs = closeIfOpen()
         self.role = role
         target = peerPublic
@@ -163,11 +174,12 @@ public struct PortProbe: Sendable, SansIOCore {
             openSockets = count
             outputs.append(.openSockets(count: count))
             outputs.append(.report(.openedSockets(count, towards: peerPublic)))
-            phase = .sweeping(startedAt: start, sweepStart: start, next: 0, due: start)
+            let first = easyRemaps ? start + configuration.hardDelayWhenEasyRemaps : start
+            phase = .sweeping(startedAt: start, sweepStart: first, next: 0, due: first)
         case .easy:
             let perSecond = Int(Duration.seconds(1) / max(configuration.probeInterval, .nanoseconds(1)))
             outputs.append(.report(.probing(peerPublic.address, perSecond: perSecond, atMost: configuration.maxProbes)))
-            phase = .probing(startedAt: start, due: start + configuration.easyStartDelay)
+            phase = .probing(startedAt: start, due: easyRemaps ? start : start + configuration.easyStartDelay)
         }
         outputs += handleTimeout(now: now)
         return outputs

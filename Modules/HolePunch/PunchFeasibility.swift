@@ -27,8 +27,8 @@ public enum PunchFeasibility {
     /// `nil` for every other pair (plain punching, or the relay).
     public static func portProbeRole(ours: NATKind, peers: NATKind) -> PortProbe.Role? {
         switch (ours, peers) {
-        case (.endpointDependent, .endpointIndependent): .hard
-        case (.endpointIndependent, .endpointDependent): .easy
+        case (.endpointDependent, .endpointIndependent), (.endpointDependent, .endpointIndependentRemappedByInbound): .hard
+        case (.endpointIndependent, .endpointDependent), (.endpointIndependentRemappedByInbound, .endpointDependent): .easy
         default: nil
         }
     }

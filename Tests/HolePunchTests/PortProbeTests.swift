@@ -131,6 +131,29 @@ private func drive(_ probe: inout PortProbe, until end: Instant) -> [(at: Instan
                        (.endpointDependent, .none)] {
             #expect(PunchFeasibility.portProbeRole(ours: a, peers: b) == nil, "\(a) / \(b)")
         }
+        // A cone that remaps after unsolicited inbound is still the easy side.
+        #expect(PunchFeasibility.portProbeRole(ours: .endpointDependent, peers: .endpointIndependentRemappedByInbound) == .hard)
+        #expect(PunchFeasibility.portProbeRole(ours: .endpointIndependentRemappedByInbound, peers: .endpointDependent) == .easy)
+    }
+
+    /// When the easy side's router remaps after unsolicited inbound, it probes first and the
+    /// hard side's sweep waits until 1 024 ports have been probed.
+    @Test func aRemappingEasySideProbesFirst() {
+        let configuration = PortProbe.Configuration()
+        var easy = PortProbe(seed: 7)
+        let first = easy.start(role: .easy, peerPublic: hardPublic, start: ms(0), easyRemaps: true, now: ms(0))
+        #expect(first.checks.count == 1, "the first probe goes at once")
+        var hard = PortProbe(seed: 8)
+        let opened = hard.start(role: .hard, peerPublic: easyPublic, start: ms(0), easyRemaps: true, now: ms(0))
+        #expect(opened.contains(.openSockets(count: configuration.socketCount)))
+        #expect(opened.checks.isEmpty)
+        #expect(hard.nextDeadline == ms(10_240))
+        let sweep = drive(&hard, until: ms(12_000))
+        #expect(sweep.first?.at == ms(10_240))
+        #expect(sweep.count == configuration.socketCount)
+        // By then the easy side has probed 1 024 ports.
+        let probes = drive(&easy, until: ms(10_230))
+        #expect(probes.count + 1 == 1_024)
     }
 }
 

@@ -172,6 +172,7 @@ class PortMappingTest(unittest.TestCase):
                 if leaks:
                     failures.append(f'{sender} -> {recipient} {text!r}: also printed by {leaks}')
             lists = {h: c[h].show_list() for h in ('c1', 's1')}
+            print(f'mapped endpoint {endpoint}; ' + '; '.join(f'{h}: m1 is {lists[h].get("m1")}' for h in lists), flush=True)
             for peer, listed in lists.items():
                 path = listed.get('m1', ('', ''))[1]
                 if not path.startswith('direct (port map)'):

@@ -17,11 +17,12 @@ lets each @chat the other once, and records:
   path       the path lines as printed (`direct (probed) ...`, `direct ...`, `relayed`)
 It prints a table (success rate, median and p90 time, median probes) and writes JSON.
 
-Classes are data: one line in CLASSES each. A new NAT kind in the testbed (a router with a
-port-mapping daemon, a carrier-grade NAT) is one more line, e.g.
-    ('upnp-symmetric', 'upnp', 'symmetric', 20.0),
-where the two middle fields are testbed NAT kinds (Tests/testbed/testbed.py NAT_KINDS) or
-'public', and the last is the bound in seconds for that class.
+Classes are data: one line in CLASSES each, e.g.
+    ('mapped_symmetric-cone', 'symmetric+map', 'cone', 15.0),
+where the two middle fields are sides: a testbed NAT kind (Tests/testbed/testbed.py NAT_KINDS)
+or 'public', optionally with '+map' (the home router runs miniupnpd, serving PCP) and/or
+'@cgn' (the home router sits behind a carrier-grade NAT, a 'cone' on 100.64.0.0/10); the
+last field is the bound in seconds for that class.
 
 Every wait is bounded; every process is started through the Testbed, which kills it by PID
 when the class is done (also on failure or Ctrl-C). Traffic stays between the testbed's
@@ -52,6 +53,9 @@ CLASSES = [
     ('symmetric-cone_open', 'symmetric', 'cone_open', 30.0),
     ('symmetric-symmetric', 'symmetric', 'symmetric', 10.0),
     ('public-symmetric', 'public', 'symmetric', 15.0),
+    ('mapped_symmetric-cone', 'symmetric+map', 'cone', 15.0),
+    ('mapped_symmetric-symmetric', 'symmetric+map', 'symmetric', 15.0),
+    ('cgn_cone-cone', 'cone@cgn', 'cone', 15.0),
 ]
 SMOKE_CLASSES = ['cone-cone', 'symmetric-cone']
 
@@ -62,13 +66,24 @@ PROBES = re.compile(r'probing \S+: (?:answered after|no answer after) (\d+) prob
 
 def topology(side_x, side_y):
     nats, hosts, public = {}, {}, {'srv': S.SERVER_IP}
-    for tag, kind in (('x', side_x), ('y', side_y)):
+    for tag, side in (('x', side_x), ('y', side_y)):
         host = tag + '1'
-        if kind == 'public':
+        if side == 'public':
             public[host] = PUBLIC_IP[tag]
-        else:
-            nats[tag.upper()] = kind
-            hosts[host] = (tag.upper(), LAN[tag])
+            continue
+        cgn = side.endswith('@cgn')
+        side = side.removesuffix('@cgn')
+        mapped = side.endswith('+map')
+        kind = side.removesuffix('+map')
+        spec = {'kind': kind}
+        if mapped:
+            spec['miniupnpd'] = ['pcp']
+        if cgn:
+            carrier = 'G' + tag.upper()
+            nats[carrier] = 'cone'
+            spec['upstream'] = carrier
+        nats[tag.upper()] = spec if len(spec) > 1 else kind
+        hosts[host] = (tag.upper(), LAN[tag])
     return nats, hosts, public
 
 
