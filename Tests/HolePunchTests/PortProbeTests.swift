@@ -304,3 +304,49 @@ private extension Array where Element == PathAgent.Output {
         #expect(agent.nextDeadline == nil)
     }
 }
+
+/// A peer's port mapping: a candidate of its own, and a side with one counts as no NAT.
+@Suite struct PathAgentPortMappingTests {
+    private let mapped = ep("203.0.113.7:10081")
+
+    private func mappedPeer(_ kind: NATKind) -> PeerInfo {
+        PeerInfo(id: bob, publicEndpoint: hardPublic, privateEndpoints: [], natKind: kind, dialect: .extended, mappedEndpoint: mapped)
+    }
+
+    @Test func aSymmetricPeerWithAMappingIsReachedAtItAndNotProbed() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100)
+        // Both symmetric: hopeless without the mapping; with it, a plain round to the mapped endpoint.
+        var outputs = agent.handlePunch(peer: mappedPeer(.endpointDependent), round: 1, delay: .zero,
+                                        selfNATKind: .endpointDependent, now: ms(0))
+        #expect(agent.relayReason == .punchingInProgress)
+        #expect(!outputs.contains(where: { if case .openProbeSockets = $0 { true } else { false } }))
+        let first = outputs.pings.filter { $0.to == mapped }
+        #expect(first.count == 1)
+        #expect(first.first?.socket == nil)
+        outputs = agent.handlePong(transaction: first[0].transaction, from: mapped, now: ms(2))
+        let followUp = outputs.pings.filter { $0.to == mapped }
+        #expect(followUp.count == 1, "the follow-up check")
+        outputs = agent.handlePong(transaction: followUp[0].transaction, from: mapped, now: ms(4))
+        #expect(outputs.pathChanges == [.direct(mapped, .portMapped)])
+        #expect("\(agent.path)" == "direct (port map) 203.0.113.7:10081")
+    }
+
+    @Test func ourOwnMappingMakesAHopelessPairPunchable() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100)
+        let peer = PeerInfo(id: bob, publicEndpoint: hardPublic, natKind: .endpointDependent, dialect: .extended)
+        _ = agent.handlePunch(peer: peer, round: 1, delay: .zero, selfNATKind: .endpointDependent, selfHasPortMapping: true, now: ms(0))
+        #expect(agent.relayReason == .punchingInProgress)
+        // Without it: symmetric on both sides.
+        var plain = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100)
+        _ = plain.handlePunch(peer: peer, round: 1, delay: .zero, selfNATKind: .endpointDependent, now: ms(0))
+        #expect(plain.relayReason == .hopeless(ours: .endpointDependent, peers: .endpointDependent))
+    }
+
+    @Test func theMappingRanksBetweenPrivateAndPublic() {
+        typealias Kind = PathAgent.CandidateKind
+        #expect(Kind.privateEndpoint > Kind.portMapped)
+        #expect(Kind.portMapped > Kind.publicEndpoint)
+        #expect(Kind.publicEndpoint > Kind.peerReflexive)
+        #expect(Kind.peerReflexive > Kind.probed)
+    }
+}
