@@ -15,39 +15,7 @@ import TransportPosix
 /// `natchat --probe`: asks a STUN server (natchat-server, coturn, any RFC 8489 server) for
 /// this socket's mapped address and, with an alternate port, classifies the NAT mapping.
 public enum ProbeRunner {
-    final class ProbeDriver: DatagramDriver {
-        var probe: MappingProbe
-        let finished: @Sendable (MappingProbe.Outcome) -> Void
-
-        init(probe: MappingProbe, finished: @escaping @Sendable (MappingProbe.Outcome) -> Void) {
-            self.probe = probe
-            self.finished = finished
-        }
-
-        func start(now: Instant, output: inout DatagramOutput) {
-            run(probe.start(now: now), output: &output)
-        }
-
-        func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
-            guard let message = try? STUN.decode(Array(payload.readableBytesView)) else { return }
-            run(probe.receive(message, from: source), output: &output)
-        }
-
-        func timeout(now: Instant, output: inout DatagramOutput) {
-            run(probe.handleTimeout(now: now), output: &output)
-        }
-
-        private func run(_ outputs: [MappingProbe.Output], output: inout DatagramOutput) {
-            for item in outputs {
-                switch item {
-                case .send(let bytes, let destination): output.send(bytes, to: destination)
-                case .settled(let outcome): finished(outcome)
-                }
-            }
-        }
-
-        func nextDeadline() -> Instant? { probe.nextDeadline }
-    }
+    typealias ProbeDriver = STUNProbeDriver<MappingProbe>
 
     /// Runs the probe; returns the outcome (kind `.unknown` and no mapping when nobody answered).
     public static func run(server: Endpoint, alternatePort: UInt16, bindAddress: String, port: Int,

@@ -13,39 +13,7 @@ import TransportPosix
 /// address, any port), then closes it: the probe spoils that socket's flow to the server's
 /// main port on purpose, so it must never be the chat socket.
 public enum RemapProbeRunner {
-    final class Driver: DatagramDriver {
-        var probe: RemapProbe
-        let finished: @Sendable (RemapProbe.Outcome) -> Void
-
-        init(probe: RemapProbe, finished: @escaping @Sendable (RemapProbe.Outcome) -> Void) {
-            self.probe = probe
-            self.finished = finished
-        }
-
-        func start(now: Instant, output: inout DatagramOutput) {
-            run(probe.start(now: now), output: &output)
-        }
-
-        func receive(_ payload: ByteBuffer, from source: Endpoint, now: Instant, output: inout DatagramOutput) {
-            guard let message = try? STUN.decode(Array(payload.readableBytesView)) else { return }
-            run(probe.receive(message, from: source, now: now), output: &output)
-        }
-
-        func timeout(now: Instant, output: inout DatagramOutput) {
-            run(probe.handleTimeout(now: now), output: &output)
-        }
-
-        func nextDeadline() -> Instant? { probe.nextDeadline }
-
-        private func run(_ outputs: [RemapProbe.Output], output: inout DatagramOutput) {
-            for item in outputs {
-                switch item {
-                case .send(let bytes, let destination): output.send(bytes, to: destination)
-                case .settled(let outcome): finished(outcome)
-                }
-            }
-        }
-    }
+    typealias Driver = STUNProbeDriver<RemapProbe>
 
     /// Starts the probe and returns at once; `completion` gets the outcome once (on an event
     /// loop thread), `.noAnswer` when the socket cannot be bound. The socket is closed after.
