@@ -475,6 +475,10 @@ public struct ExtendedRouter: Sendable, SansIOCore {
                     // Its NAT mapping changed: the direct path will be re-verified by checks.
                     runAgent(info.id) { $0.suspectPath(now: now) }
                 }
+                if info.mappedEndpoint != nil, previous.mappedEndpoint != info.mappedEndpoint, links[info.id] != nil {
+                    // A port mapping makes the peer reachable from anywhere: try again now.
+                    runAgent(info.id) { $0.peerGainedPortMapping(now: now) }
+                }
             case .left(let id, let reason, let endpoint):
                 forget(id, now: now)
                 emit(.left(id, reason, endpoint))

@@ -475,6 +475,23 @@ public struct PathAgent: Sendable, SansIOCore {
     }
 
 
+    /// The peer gained a port mapping since the last round (a roster update said so): a pair
+    /// that was relay-only, or cooling down after a failed round, may now have a direct path
+    /// at the mapped endpoint. Asks for a round at once (``Output/requestRound``), but only
+    /// while someone still talks to the peer (the interest window); otherwise nothing.
+    public mutating func peerGainedPortMapping(now: Instant) -> [Output] {
+        switch phase {
+        case .relayOnly, .coolingDown:
+            if let interest = lastInterest, now - interest <= configuration.interestWindow {
+                hopeless = false
+                requestRound(now: now)
+            }
+        case .idle, .awaitingPunch, .punching, .connected:
+            break
+        }
+        return takeOutputs()
+    }
+
     /// A chat sent on the direct path went unacknowledged: start checking the path now and
     /// every ``Configuration/suspectCheckInterval`` until a check is answered. The bounds
     /// for losing the path stay as they are: a retransmission is no proof of loss (the

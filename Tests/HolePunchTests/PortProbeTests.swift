@@ -350,3 +350,31 @@ private extension Array where Element == PathAgent.Output {
         #expect(Kind.peerReflexive > Kind.probed)
     }
 }
+
+/// A relay-only pair tries again when the peer gains a port mapping (within the interest window).
+@Suite struct PathAgentLateMappingTests {
+    @Test func aRelayOnlyPairAsksForARoundWhenThePeerGainsAMapping() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100)
+        _ = agent.noteInterest(now: ms(0))
+        let peer = PeerInfo(id: bob, publicEndpoint: hardPublic, natKind: .endpointDependent, dialect: .extended)
+        _ = agent.handlePunch(peer: peer, round: 1, delay: .zero, selfNATKind: .endpointDependent, now: ms(10))
+        #expect(agent.relayReason == .hopeless(ours: .endpointDependent, peers: .endpointDependent))
+        #expect(agent.peerGainedPortMapping(now: ms(1_000)) == [.requestRound])
+        #expect(agent.relayReason == .punchingInProgress)
+        // The next punch carries the mapping: a plain round towards it.
+        let mapped = ep("203.0.113.7:10081")
+        var withMapping = peer
+        withMapping.mappedEndpoint = mapped
+        let outputs = agent.handlePunch(peer: withMapping, round: 2, delay: .zero, selfNATKind: .endpointDependent, now: ms(1_010))
+        #expect(outputs.pings.contains { $0.to == mapped })
+    }
+
+    @Test func withoutRecentInterestNothingIsAsked() {
+        var agent = PathAgent(selfID: alice, peerID: bob, transactionSeed: 100)
+        _ = agent.noteInterest(now: ms(0))
+        let peer = PeerInfo(id: bob, publicEndpoint: hardPublic, natKind: .endpointDependent, dialect: .extended)
+        _ = agent.handlePunch(peer: peer, round: 1, delay: .zero, selfNATKind: .endpointDependent, now: ms(10))
+        #expect(agent.peerGainedPortMapping(now: ms(200_000)).isEmpty)
+        #expect(agent.relayReason == .hopeless(ours: .endpointDependent, peers: .endpointDependent))
+    }
+}
